@@ -1,9 +1,65 @@
 //! Start, supervise and talk to worker processes.
 //!
 //! `pool-core` decides *what* happens in a pool; this crate makes it happen with real
-//! processes: it starts children (re-executing the current binary, or forking), hands them
-//! their bootstrap, watches their exit, and moves bytes between parent and child over a
-//! transport (a socket pair or a shared-memory ring). It is the only crate of the workspace
-//! that talks to the OS for processes and transports.
+//! processes, and knows nothing of pools, jobs or chunks:
 //!
-//! Status: being built (see the project's issues); nothing public yet.
+//! - [`spawn`] starts a child by re-executing the current binary; the child recognises itself
+//!   before `main` (in any binary, test, doc test, example or bench that links this crate,
+//!   with no setup), checks that it is the same build, and runs the function it was given
+//!   (a plain `fn`, identified by its offset in the executable: see [`FnId`]).
+//! - [`Child`] watches a child through its pidfd: its exit is noticed at once and reported as
+//!   Python does ([`ExitStatus`]), signals never reach a reused pid, and nothing is left as a
+//!   zombie. Children die with their parent (`PR_SET_PDEATHSIG`, armed from a long-lived
+//!   spawner thread).
+//! - [`Channel`] moves messages over a transport chosen at run time ([`TransportKind`]): a
+//!   socket pair with checked framing, or shared-memory rings.
+//!
+//! Errors are typed; OS errors are converted at this crate's boundary.
+
+#![deny(missing_docs)]
+
+mod child;
+mod code;
+mod spawn;
+mod sys;
+pub mod transport;
+
+pub use child::Child;
+pub use code::{FnId, NotInExecutable};
+pub use spawn::{
+    ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, spawn,
+};
+pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
+
+/// How a process exited, as Python's `exitcode` tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Python's `exitcode`: the code, or minus the signal number.
+    pub fn python_exitcode(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(sig) => -sig,
+        }
+    }
+
+    /// Whether it exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(sig) => write!(f, "killed by signal {sig}"),
+        }
+    }
+}

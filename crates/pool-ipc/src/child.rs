@@ -1,0 +1,182 @@
+//! A child process, watched through its pidfd.
+//!
+//! Signals go through the pidfd, never to a raw pid (which may have been reused by the time
+//! the signal is sent); exits are reaped through it too. The pidfd is exposed so that a
+//! driver can wait for a child's exit in the same `poll` as its channels and notice it at
+//! once.
+//!
+//! Dropping a [`Child`] that is still running kills it (SIGKILL) and hands it to the reaper
+//! thread, so that nothing is left as a zombie. To let a child run on after its handle is
+//! gone, call [`Child::disown`]: the reaper then reaps it whenever it exits.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+
+use crate::{ExitStatus, sys};
+
+/// A running (or exited, not yet reaped) child process.
+#[derive(Debug)]
+pub struct Child {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    status: Option<ExitStatus>,
+}
+
+impl Child {
+    /// Takes charge of the child `pid`, which must be a child of this process that has not
+    /// been reaped.
+    pub(crate) fn from_pid(pid: u32) -> io::Result<Child> {
+        let pidfd = sys::pidfd_open(pid)?;
+        Ok(Child {
+            pid,
+            pidfd: Some(pidfd),
+            status: None,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The pidfd: readable once the child has exited. For a driver's `poll` set.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd
+            .as_ref()
+            .expect("a live Child has its pidfd")
+            .as_fd()
+    }
+
+    /// The exit status, if the child has exited (reaping it).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = sys::pidfd_reap(self.pidfd(), false)?;
+        }
+        Ok(self.status)
+    }
+
+    /// Waits for the child to exit, until `deadline` if given (`Ok(None)`: still running).
+    pub fn wait_deadline(&mut self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(Some(status));
+        }
+        if !sys::poll_one(self.pidfd(), PollFlags::IN, deadline)? {
+            return Ok(None);
+        }
+        self.status = sys::pidfd_reap(self.pidfd(), true)?;
+        Ok(self.status)
+    }
+
+    /// Waits for the child to exit.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.wait_deadline(None)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the child to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        self.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) through the pidfd. Signalling a child that has
+    /// exited does nothing.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        sys::pidfd_signal(self.pidfd(), signal)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) -> io::Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Terminates the child the polite way: SIGTERM, then SIGKILL if it has not exited after
+    /// `grace`; returns its exit status.
+    pub fn terminate(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        if let Some(status) = self.wait_timeout(grace)? {
+            return Ok(status);
+        }
+        self.kill()?;
+        self.wait()
+    }
+
+    /// Lets the child run on without this handle; it is reaped when it exits.
+    pub fn disown(mut self) {
+        if self.status.is_none() {
+            if let Some(pidfd) = self.pidfd.take() {
+                reaper::adopt(pidfd);
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(pidfd) = self.pidfd.take() {
+            if self.status.is_none() {
+                let _ = sys::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
+                // Reap right away if it is already gone; otherwise let the reaper wait.
+                match sys::pidfd_reap(pidfd.as_fd(), false) {
+                    Ok(Some(_)) => {}
+                    _ => reaper::adopt(pidfd),
+                }
+            }
+        }
+    }
+}
+
+/// The thread that reaps children nobody waits for any more.
+mod reaper {
+    use super::*;
+
+    static ADOPT: Mutex<Option<mpsc::Sender<OwnedFd>>> = Mutex::new(None);
+
+    /// Hands a child's pidfd to the reaper thread (started on first use).
+    pub(super) fn adopt(pidfd: OwnedFd) {
+        let mut guard = ADOPT.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = guard.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("pool-ipc-reaper".into())
+                .spawn(move || run(rx))
+                .expect("starting the reaper thread");
+            tx
+        });
+        let _ = sender.send(pidfd);
+    }
+
+    fn run(rx: mpsc::Receiver<OwnedFd>) {
+        let mut children: Vec<OwnedFd> = Vec::new();
+        loop {
+            // New adoptions are noticed within a poll period; exits at once.
+            while let Ok(fd) = rx.try_recv() {
+                children.push(fd);
+            }
+            if children.is_empty() {
+                match rx.recv() {
+                    Ok(fd) => children.push(fd),
+                    Err(_) => return,
+                }
+                continue;
+            }
+            let fds: Vec<BorrowedFd<'_>> = children.iter().map(AsFd::as_fd).collect();
+            let deadline = Some(Instant::now() + Duration::from_millis(50));
+            if let Ok(Some(_)) = sys::poll_any(&fds, PollFlags::IN, deadline) {
+                children.retain(|fd| {
+                    !matches!(sys::pidfd_reap(fd.as_fd(), false), Ok(Some(_)) | Err(_))
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Starting a child by re-executing the current binary (the `spawn` start method).
+//!
+//! # The parent
+//!
+//! [`spawn`] makes a control socket pair and the data channel, then (on the spawner thread,
+//! see below) forks and executes `/proc/self/exe` with `POOL_IPC_CONTROL_FD` in the
+//! environment, stdin on `/dev/null`, SIGINT ignored, no arguments, and exactly the control
+//! and channel descriptors inherited. It sends the bootstrap (the build's identity, the
+//! function to run, its payload) and waits, with a deadline, for the child's hello. A child
+//! that dies first gives [`SpawnError::ChildExited`] with its status, one that stays silent
+//! [`SpawnError::Timeout`] (it is killed and reaped), one of another build
+//! [`SpawnError::Mismatch`].
+//!
+//! # The child
+//!
+//! A constructor of this crate runs before `main` (before libtest's, in a test binary): it
+//! sees `POOL_IPC_CONTROL_FD`, removes it from the environment (so user code in the child can
+//! start children of its own), receives the bootstrap, checks the build, and runs the
+//! function, then exits with its return value; a panic exits with code 1 after the panic
+//! hook printed it. Neither the program's `main` nor its argument parsing ever runs. Because
+//! this happens before std's runtime setup, the child does what that setup would have done
+//! for this code: SIGPIPE is ignored.
+//!
+//! # The spawner thread
+//!
+//! `PR_SET_PDEATHSIG` kills a child when the *thread* that forked it exits, not the process.
+//! Children are therefore forked from one long-lived thread, so that a pool created on a
+//! short-lived thread (a test, a request handler) keeps its workers until the process dies.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::{self, FnId, NotInExecutable};
+use crate::transport::pipe::PipeChannel;
+use crate::transport::{Channel, RecvError, TransportKind};
+use crate::{Child, ExitStatus, sys};
+
+/// The environment variable that tells a process it is a child of pool-ipc, and on which
+/// descriptor its bootstrap arrives.
+const CONTROL_ENV: &str = "POOL_IPC_CONTROL_FD";
+
+/// Bumped whenever the bootstrap's shape changes.
+const PROTOCOL: u32 = 1;
+
+/// Exit code of a child whose bootstrap failed before the function ran.
+pub const EXIT_BOOTSTRAP_FAILED: i32 = 70;
+
+/// What a child runs: it gets its end of the channel and the payload, and returns the exit
+/// code. A plain `fn` (or a closure that captures nothing).
+pub type ChildMain = fn(ChildStart) -> i32;
+
+/// What a child's function receives.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ChildStart {
+    /// The child's end of the data channel.
+    pub channel: Channel,
+    /// The bytes the parent passed to [`spawn`].
+    pub payload: Vec<u8>,
+    /// The name the parent gave the child.
+    pub name: String,
+}
+
+/// How to start a child.
+#[derive(Clone, Debug)]
+pub struct SpawnOptions {
+    transport: TransportKind,
+    handshake_timeout: Duration,
+    name: String,
+    program: Option<(PathBuf, Vec<OsString>)>,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        SpawnOptions {
+            transport: TransportKind::Pipe,
+            handshake_timeout: Duration::from_secs(30),
+            name: String::new(),
+            program: None,
+        }
+    }
+}
+
+impl SpawnOptions {
+    /// Defaults: the `pipe` transport, a 30 s handshake deadline, no name.
+    pub fn new() -> SpawnOptions {
+        SpawnOptions::default()
+    }
+
+    /// The transport of the data channel.
+    pub fn transport(mut self, kind: TransportKind) -> SpawnOptions {
+        self.transport = kind;
+        self
+    }
+
+    /// How long the child has to answer the bootstrap (it includes loading the executable,
+    /// which can take a while on a loaded machine).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> SpawnOptions {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// A name for the child (Python's process name), passed to it in [`ChildStart`].
+    pub fn name(mut self, name: impl Into<String>) -> SpawnOptions {
+        self.name = name.into();
+        self
+    }
+
+    /// Executes another program instead of this executable. It must be a build of the same
+    /// program that links pool-ipc, or the handshake fails; mostly useful to test that.
+    pub fn program(mut self, path: impl Into<PathBuf>, args: Vec<OsString>) -> SpawnOptions {
+        self.program = Some((path.into(), args));
+        self
+    }
+}
+
+/// A started child and the parent's end of its channel.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child process.
+    pub child: Child,
+    /// The parent's end of the data channel.
+    pub channel: Channel,
+}
+
+/// Why a child could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The function cannot travel to a child.
+    #[error(transparent)]
+    NotInExecutable(#[from] NotInExecutable),
+    /// The child died before it was ready.
+    #[error("child {pid} exited during start-up ({status})")]
+    ChildExited {
+        /// Its pid.
+        pid: u32,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// The child did not answer within the handshake deadline; it was killed.
+    #[error("child {pid} did not answer its bootstrap within {timeout:?}")]
+    Timeout {
+        /// Its pid.
+        pid: u32,
+        /// The deadline it missed.
+        timeout: Duration,
+    },
+    /// The child runs another build of the program; nothing was run in it.
+    #[error("child refused to start: {0}")]
+    Mismatch(String),
+    /// The child broke the handshake protocol.
+    #[error("child {pid} broke the start-up protocol: {reason}")]
+    Protocol {
+        /// Its pid.
+        pid: u32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An OS error (creating the channel, forking, executing).
+    #[error("cannot start a child: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Bootstrap {
+    protocol: u32,
+    identity: [u64; 5],
+    layout: i64,
+    parent_pid: u32,
+    main: FnId,
+    transport: TransportKind,
+    data_fd: i32,
+    name: String,
+    payload: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Hello {
+    Ready { pid: u32 },
+    Refused { reason: String },
+}
+
+/// Starts a child running `main` with `payload`; returns once the child is ready.
+///
+/// ```
+/// use pool_ipc::{ChildStart, SpawnOptions, spawn};
+///
+/// fn double(mut start: ChildStart) -> i32 {
+///     let mut buf = Vec::new();
+///     start.channel.recv_into(&mut buf, None).unwrap();
+///     buf.iter_mut().for_each(|b| *b *= 2);
+///     start.channel.send(&buf, None).unwrap();
+///     0
+/// }
+///
+/// let mut spawned = spawn(double, b"", &SpawnOptions::new()).unwrap();
+/// spawned.channel.send(&[1, 2, 3], None).unwrap();
+/// let mut reply = Vec::new();
+/// spawned.channel.recv_into(&mut reply, None).unwrap();
+/// assert_eq!(reply, [2, 4, 6]);
+/// assert_eq!(spawned.child.wait().unwrap(), pool_ipc::ExitStatus::Code(0));
+/// ```
+pub fn spawn(
+    main: ChildMain,
+    payload: &[u8],
+    options: &SpawnOptions,
+) -> Result<Spawned, SpawnError> {
+    let main = FnId::new(main as usize)?;
+    // Referencing the child hook keeps its object file (and so its constructor) linked into
+    // every program that can spawn.
+    std::hint::black_box(child_side::HOOK);
+    let (control, control_child) = PipeChannel::pair()?;
+    let (channel, data_fds) = Channel::for_child(options.transport)?;
+    let control_child = control_child.into_fd();
+    let mut keep: Vec<RawFd> = vec![control_child.as_raw_fd()];
+    keep.extend(data_fds.iter().map(|fd| fd.as_raw_fd()));
+
+    let mut command = match &options.program {
+        Some((path, args)) => {
+            let mut c = Command::new(path);
+            c.args(args);
+            c
+        }
+        None => Command::new(sys::SELF_EXE),
+    };
+    command
+        .env(CONTROL_ENV, control_child.as_raw_fd().to_string())
+        .stdin(Stdio::null());
+    let keep_in_child = keep.clone();
+    // SAFETY: the hook only makes async-signal-safe syscalls (see `in_child_after_fork`) and
+    // uses `keep_in_child`, allocated before the fork.
+    unsafe {
+        command.pre_exec(move || sys::in_child_after_fork(&keep_in_child));
+    }
+    let pid = spawner::spawn(command)?;
+    let mut child = Child::from_pid(pid)?;
+    // The child has its copies; ours would keep its channel from reaching EOF.
+    drop(control_child);
+    let data_fd = keep.get(1).copied().unwrap_or(-1);
+    drop(data_fds);
+
+    let bootstrap = Bootstrap {
+        protocol: PROTOCOL,
+        identity: identity()?,
+        layout: code::layout(),
+        parent_pid: std::process::id(),
+        main,
+        transport: options.transport,
+        data_fd,
+        name: options.name.clone(),
+        payload: payload.to_vec(),
+    };
+    let deadline = Instant::now() + options.handshake_timeout;
+    match handshake(
+        control,
+        &bootstrap,
+        deadline,
+        &mut child,
+        options.handshake_timeout,
+    ) {
+        Ok(()) => Ok(Spawned { child, channel }),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait_timeout(Duration::from_secs(5));
+            Err(e)
+        }
+    }
+}
+
+fn handshake(
+    control: PipeChannel,
+    bootstrap: &Bootstrap,
+    deadline: Instant,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<(), SpawnError> {
+    let pid = child.pid();
+    let mut control = Channel::from(control);
+    let bytes = postcard::to_stdvec(bootstrap).map_err(|e| io::Error::other(e.to_string()))?;
+    // A child that dies before reading is seen below, through EOF on the control socket.
+    let _ = control.send(&bytes, Some(deadline));
+    let mut reply = Vec::new();
+    match control.recv_into(&mut reply, Some(deadline)) {
+        Ok(()) => {}
+        Err(RecvError::Timeout) => return Err(SpawnError::Timeout { pid, timeout }),
+        Err(_) => {
+            // The child closed its end: it is exiting (or exec failed late). Its status says why.
+            let status = child.wait_timeout(Duration::from_secs(5))?;
+            return Err(match status {
+                Some(status) => SpawnError::ChildExited { pid, status },
+                None => SpawnError::Protocol {
+                    pid,
+                    reason: "closed the control socket".into(),
+                },
+            });
+        }
+    }
+    match postcard::from_bytes::<Hello>(&reply) {
+        Ok(Hello::Ready { pid: theirs }) if theirs == pid => Ok(()),
+        Ok(Hello::Ready { pid: theirs }) => Err(SpawnError::Protocol {
+            pid,
+            reason: format!("said it was pid {theirs}"),
+        }),
+        Ok(Hello::Refused { reason }) => Err(SpawnError::Mismatch(reason)),
+        Err(e) => Err(SpawnError::Protocol {
+            pid,
+            reason: format!("undecodable hello: {e}"),
+        }),
+    }
+}
+
+fn identity() -> io::Result<[u64; 5]> {
+    static IDENTITY: Mutex<Option<[u64; 5]>> = Mutex::new(None);
+    let mut cached = IDENTITY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(id) = *cached {
+        return Ok(id);
+    }
+    let id = sys::executable_identity()?;
+    *cached = Some(id);
+    Ok(id)
+}
+
+/// The long-lived thread children are forked from (see the module documentation).
+mod spawner {
+    use super::*;
+
+    type Request = (Command, mpsc::Sender<io::Result<u32>>);
+
+    static REQUESTS: Mutex<Option<mpsc::Sender<Request>>> = Mutex::new(None);
+
+    pub(super) fn spawn(command: Command) -> io::Result<u32> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        {
+            let mut guard = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
+            let requests = guard.get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel::<Request>();
+                std::thread::Builder::new()
+                    .name("pool-ipc-spawner".into())
+                    .spawn(move || {
+                        for (mut command, reply) in rx {
+                            let _ = reply.send(command.spawn().map(|c| c.id()));
+                        }
+                    })
+                    .expect("starting the spawner thread");
+                tx
+            });
+            requests
+                .send((command, reply_tx))
+                .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+        }
+        reply_rx
+            .recv()
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?
+    }
+}
+
+/// The child's side: runs before `main` in every process that links this crate.
+mod child_side {
+    use super::*;
+
+    // SAFETY (of running before main): the hook returns at once unless this process was
+    // started by `spawn`; then it only uses std facilities that work before `main` on Linux
+    // (the environment, files, allocation, panics) and never returns.
+    pub(super) static HOOK: fn() = pool_ipc_child_hook;
+
+    #[ctor::ctor(unsafe)]
+    fn pool_ipc_child_hook() {
+        let Some(fd) = std::env::var_os(CONTROL_ENV) else {
+            return;
+        };
+        // SAFETY: before `main`, no other thread of this program exists yet.
+        unsafe { std::env::remove_var(CONTROL_ENV) };
+        let code = run(fd);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
+
+    fn run(fd: OsString) -> i32 {
+        // What std's runtime does before `main`, which has not run here.
+        // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        match bootstrap(fd) {
+            // A panic was printed by the hook; Python's exit code for an exception in the
+            // target is 1.
+            Ok((main, start)) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| main(start))).unwrap_or(1)
+            }
+            Err(()) => EXIT_BOOTSTRAP_FAILED,
+        }
+    }
+
+    fn take_fd(raw: i32) -> Result<OwnedFd, ()> {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(());
+        }
+        // SAFETY: the descriptor is open and was handed to this process by its parent for it
+        // alone; nothing else in this process refers to it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Our own children must not inherit it.
+        // SAFETY: setting FD_CLOEXEC on an open descriptor we own.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(fd)
+    }
+
+    fn bootstrap(fd: OsString) -> Result<(ChildMain, ChildStart), ()> {
+        let raw: i32 = fd.to_str().and_then(|s| s.parse().ok()).ok_or(())?;
+        let control = PipeChannel::from_fd(take_fd(raw)?).map_err(|_| ())?;
+        let mut control = Channel::from(control);
+        let mut bytes = Vec::new();
+        let deadline = Some(Instant::now() + Duration::from_secs(60));
+        control.recv_into(&mut bytes, deadline).map_err(|_| ())?;
+        let refuse = |control: &mut Channel, reason: String| {
+            if let Ok(msg) = postcard::to_stdvec(&Hello::Refused { reason }) {
+                let _ = control.send(&msg, deadline);
+            }
+        };
+        let boot: Bootstrap = match postcard::from_bytes(&bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                refuse(&mut control, format!("undecodable bootstrap: {e}"));
+                return Err(());
+            }
+        };
+        if boot.protocol != PROTOCOL {
+            refuse(
+                &mut control,
+                format!("protocol {} where {PROTOCOL} was expected", boot.protocol),
+            );
+            return Err(());
+        }
+        let mine = sys::executable_identity().map_err(|_| ())?;
+        if boot.identity != mine || boot.layout != code::layout() {
+            refuse(
+                &mut control,
+                "the child runs a different build of the executable".into(),
+            );
+            return Err(());
+        }
+        if sys::parent_pid() != boot.parent_pid {
+            // The parent died before PR_SET_PDEATHSIG was armed: nobody wants us.
+            return Err(());
+        }
+        let data = if boot.data_fd >= 0 {
+            vec![take_fd(boot.data_fd)?]
+        } else {
+            Vec::new()
+        };
+        let channel = Channel::from_inherited(boot.transport, data).map_err(|_| ())?;
+        let hello = postcard::to_stdvec(&Hello::Ready {
+            pid: std::process::id(),
+        })
+        .map_err(|_| ())?;
+        control.send(&hello, deadline).map_err(|_| ())?;
+        // SAFETY: the parent made `main` from a `ChildMain` of this very build (identity and
+        // layout checked above), so the address is that function.
+        let main: ChildMain = unsafe { std::mem::transmute::<usize, ChildMain>(boot.main.addr()) };
+        Ok((
+            main,
+            ChildStart {
+                channel,
+                payload: boot.payload,
+                name: boot.name,
+            },
+        ))
+    }
+}

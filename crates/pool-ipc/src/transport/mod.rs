@@ -1,0 +1,273 @@
+//! Moving messages between two processes: one contract, two flavors.
+//!
+//! A [`Channel`] is one end of a bidirectional, message-oriented link. Messages are byte
+//! strings; boundaries are kept (an empty message is a message). Both flavors implement the
+//! same contract, checked by one conformance suite (`tests/conformance.rs`):
+//!
+//! - `pipe`: a Unix stream socket pair with our own framing (an 8-byte little-endian length,
+//!   then the bytes). The length is checked against a limit before anything is allocated, and
+//!   the receive buffer grows only as bytes really arrive, so a lying header costs nothing.
+//! - `shm`: two single-producer/single-consumer byte rings (one per direction) in a memfd
+//!   mapping, with a short adaptive spin and then a futex sleep. A message larger than the ring
+//!   is streamed through it in pieces, so data is copied once on each side.
+//!
+//! The contract, for both:
+//! - `send` returns once the whole message is in the channel (not when the peer has read it);
+//!   it blocks while the channel is full, up to its deadline.
+//! - `recv_into` replaces the buffer's contents with the next message, reusing its capacity.
+//! - A peer that closes its end or dies gives [`RecvError::Disconnected`] /
+//!   [`SendError::Disconnected`] once the messages already sent are read — never a hang. For
+//!   `shm`, death is noticed by whoever watches the peer process (a pidfd), which calls
+//!   [`PeerDeath::notify`]; a graceful close is noticed by itself.
+//! - A channel splits into a [`Sender`] and a [`Receiver`] that may live on different threads,
+//!   so that a side that sends a large message while its peer does the same can also receive:
+//!   a full channel never deadlocks a side that keeps receiving.
+//!
+//! The flavor is chosen at run time with [`TransportKind`], and dispatched through an enum
+//! rather than a trait object (as crossbeam-channel does with its flavors).
+
+mod error;
+pub(crate) mod frame;
+pub mod pipe;
+pub mod shm;
+
+pub use error::{RecvError, SendError};
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+/// Which transport carries a channel's messages.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum TransportKind {
+    /// A Unix socket pair with length-prefixed framing.
+    #[default]
+    Pipe,
+    /// Shared-memory rings with futex wake-ups.
+    Shm,
+}
+
+/// The largest message a channel accepts unless told otherwise: 16 GiB. It exists so that a
+/// corrupt length header is refused rather than believed; raise it with `with_max_message`.
+pub const DEFAULT_MAX_MESSAGE: u64 = 16 << 30;
+
+/// One end of a channel. See the [module documentation](self) for the contract.
+#[derive(Debug)]
+pub struct Channel {
+    sender: Sender,
+    receiver: Receiver,
+}
+
+/// The sending half of a [`Channel`].
+#[derive(Debug)]
+pub struct Sender {
+    flavor: SenderFlavor,
+}
+
+/// The receiving half of a [`Channel`].
+#[derive(Debug)]
+pub struct Receiver {
+    flavor: ReceiverFlavor,
+}
+
+#[derive(Debug)]
+enum SenderFlavor {
+    Pipe(pipe::PipeSender),
+    Shm(shm::ShmSender),
+}
+
+#[derive(Debug)]
+enum ReceiverFlavor {
+    Pipe(pipe::PipeReceiver),
+    Shm(shm::ShmReceiver),
+}
+
+/// Marks a channel's peer as dead, waking anything blocked on it. Only `shm` channels need it
+/// (a socket's peer death is seen by the kernel); for `pipe` it does nothing.
+#[derive(Clone, Debug)]
+pub struct PeerDeath {
+    shm: Option<shm::ShmPeerDeath>,
+}
+
+impl PeerDeath {
+    /// The peer is gone: blocked and future operations on the channel report `Disconnected`
+    /// once the data already in the channel has been read.
+    pub fn notify(&self) {
+        if let Some(shm) = &self.shm {
+            shm.notify();
+        }
+    }
+}
+
+impl Channel {
+    /// A connected pair of channels of the given kind, both in this process (for threads, and
+    /// for tests). Across processes, use [`Channel::for_child`].
+    pub fn pair(kind: TransportKind) -> io::Result<(Channel, Channel)> {
+        Ok(match kind {
+            TransportKind::Pipe => {
+                let (a, b) = pipe::PipeChannel::pair()?;
+                (a.into(), b.into())
+            }
+            TransportKind::Shm => {
+                let (a, b) = shm::ShmChannel::pair(shm::DEFAULT_RING_CAPACITY)?;
+                (a.into(), b.into())
+            }
+        })
+    }
+
+    /// This process's end of a new channel, and the file descriptors the child inherits to
+    /// open the other end with [`Channel::from_inherited`].
+    pub fn for_child(kind: TransportKind) -> io::Result<(Channel, Vec<OwnedFd>)> {
+        Ok(match kind {
+            TransportKind::Pipe => {
+                let (mine, theirs) = pipe::PipeChannel::pair()?;
+                (mine.into(), vec![theirs.into_fd()])
+            }
+            TransportKind::Shm => {
+                let (mine, fd) = shm::ShmChannel::create(shm::DEFAULT_RING_CAPACITY)?;
+                (mine.into(), vec![fd])
+            }
+        })
+    }
+
+    /// Opens the child's end of a channel from the descriptors [`Channel::for_child`] gave the
+    /// parent, inherited by this process. The mapping's header is validated, never trusted.
+    pub fn from_inherited(kind: TransportKind, mut fds: Vec<OwnedFd>) -> io::Result<Channel> {
+        let fd = match (fds.pop(), fds.is_empty()) {
+            (Some(fd), true) => fd,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a channel end is made of exactly one descriptor",
+                ));
+            }
+        };
+        Ok(match kind {
+            TransportKind::Pipe => pipe::PipeChannel::from_fd(fd)?.into(),
+            TransportKind::Shm => shm::ShmChannel::open(fd)?.into(),
+        })
+    }
+
+    /// Sets the largest message this end accepts (both directions), [`DEFAULT_MAX_MESSAGE`]
+    /// by default.
+    pub fn with_max_message(mut self, limit: u64) -> Channel {
+        match &mut self.receiver.flavor {
+            ReceiverFlavor::Pipe(r) => r.set_max_message(limit),
+            ReceiverFlavor::Shm(r) => r.set_max_message(limit),
+        }
+        match &mut self.sender.flavor {
+            SenderFlavor::Pipe(s) => s.set_max_message(limit),
+            SenderFlavor::Shm(s) => s.set_max_message(limit),
+        }
+        self
+    }
+
+    /// A handle that declares this channel's peer dead (see [`PeerDeath`]).
+    pub fn peer_death(&self) -> PeerDeath {
+        match &self.receiver.flavor {
+            ReceiverFlavor::Pipe(_) => PeerDeath { shm: None },
+            ReceiverFlavor::Shm(r) => PeerDeath {
+                shm: Some(r.peer_death()),
+            },
+        }
+    }
+
+    /// Sends one message; see [`Sender::send`].
+    pub fn send(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendError> {
+        self.sender.send(msg, deadline)
+    }
+
+    /// Sends one message made of `parts`; see [`Sender::send_parts`].
+    pub fn send_parts(
+        &mut self,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        self.sender.send_parts(parts, deadline)
+    }
+
+    /// Receives one message; see [`Receiver::recv_into`].
+    pub fn recv_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), RecvError> {
+        self.receiver.recv_into(buf, deadline)
+    }
+
+    /// Splits the channel into halves that may be used from different threads.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// Joins halves split from the same channel.
+    pub fn unsplit(sender: Sender, receiver: Receiver) -> Channel {
+        Channel { sender, receiver }
+    }
+}
+
+impl Sender {
+    /// Sends one message, blocking while the channel is full, until `deadline` if given.
+    /// On `Ok` the whole message is in the channel.
+    pub fn send(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendError> {
+        self.send_parts(&[msg], deadline)
+    }
+
+    /// Sends one message whose bytes are the concatenation of `parts` (a header and a payload,
+    /// say) without concatenating them first.
+    pub fn send_parts(
+        &mut self,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        match &mut self.flavor {
+            SenderFlavor::Pipe(s) => s.send_parts(parts, deadline),
+            SenderFlavor::Shm(s) => s.send_parts(parts, deadline),
+        }
+    }
+}
+
+impl Receiver {
+    /// Receives the next message into `buf` (its previous contents are replaced, its capacity
+    /// reused), blocking until one arrives, the peer is gone, or `deadline` passes.
+    pub fn recv_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), RecvError> {
+        match &mut self.flavor {
+            ReceiverFlavor::Pipe(r) => r.recv_into(buf, deadline),
+            ReceiverFlavor::Shm(r) => r.recv_into(buf, deadline),
+        }
+    }
+}
+
+impl From<pipe::PipeChannel> for Channel {
+    fn from(c: pipe::PipeChannel) -> Channel {
+        let (s, r) = c.split();
+        Channel {
+            sender: Sender {
+                flavor: SenderFlavor::Pipe(s),
+            },
+            receiver: Receiver {
+                flavor: ReceiverFlavor::Pipe(r),
+            },
+        }
+    }
+}
+
+impl From<shm::ShmChannel> for Channel {
+    fn from(c: shm::ShmChannel) -> Channel {
+        let (s, r) = c.split();
+        Channel {
+            sender: Sender {
+                flavor: SenderFlavor::Shm(s),
+            },
+            receiver: Receiver {
+                flavor: ReceiverFlavor::Shm(r),
+            },
+        }
+    }
+}

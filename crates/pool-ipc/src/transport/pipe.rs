@@ -1,0 +1,290 @@
+//! The `pipe` transport: a Unix stream socket pair with length-prefixed framing.
+//!
+//! A socket pair rather than two pipes: one descriptor per end, full duplex, and `sendmsg`
+//! takes `MSG_NOSIGNAL`, so a dead peer is an `EPIPE` error rather than a SIGPIPE that kills
+//! a worker whose signal dispositions were never set up by std's runtime.
+//!
+//! Receiving reads into a staging buffer, so a small message costs one `recv` (header and
+//! body together, often several messages at once); a large body is read straight into the
+//! caller's buffer, so bulk data is copied once. The two halves of a split channel share one
+//! open socket (through `dup`), so blocking is chosen per call (`MSG_DONTWAIT`) rather than
+//! with `O_NONBLOCK`, which the halves would share.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use rustix::event::PollFlags;
+use rustix::net::{RecvFlags, SendFlags};
+
+use super::frame::{self, HEADER};
+use super::{DEFAULT_MAX_MESSAGE, RecvError, SendError};
+use crate::sys;
+
+const STAGING: usize = 64 * 1024;
+
+/// One end of a `pipe` channel.
+#[derive(Debug)]
+pub struct PipeChannel {
+    stream: UnixStream,
+}
+
+/// The sending half of a [`PipeChannel`].
+#[derive(Debug)]
+pub struct PipeSender {
+    stream: UnixStream,
+    max_message: u64,
+}
+
+/// The receiving half of a [`PipeChannel`].
+#[derive(Debug)]
+pub struct PipeReceiver {
+    stream: UnixStream,
+    max_message: u64,
+    /// Bytes received and not yet handed out: `staging[start..]`.
+    staging: Vec<u8>,
+    start: usize,
+    /// Between a consumed header and the end of its body.
+    mid_message: bool,
+    /// Set when a message was cut by a timeout: the stream is out of step.
+    broken: bool,
+}
+
+impl PipeChannel {
+    /// A connected pair (close-on-exec).
+    pub fn pair() -> io::Result<(PipeChannel, PipeChannel)> {
+        let (a, b) = UnixStream::pair()?;
+        Ok((PipeChannel { stream: a }, PipeChannel { stream: b }))
+    }
+
+    /// Opens an end from an inherited descriptor, which must be a stream socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<PipeChannel> {
+        let kind = rustix::net::sockopt::socket_type(&fd)?;
+        if kind != rustix::net::SocketType::STREAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a stream socket",
+            ));
+        }
+        Ok(PipeChannel {
+            stream: UnixStream::from(fd),
+        })
+    }
+
+    /// The end's descriptor, to be inherited by a child.
+    pub fn into_fd(self) -> OwnedFd {
+        self.stream.into()
+    }
+
+    /// Splits into halves (the sender gets a duplicate of the descriptor).
+    ///
+    /// # Panics
+    /// If the descriptor cannot be duplicated (the process is out of descriptors).
+    pub fn split(self) -> (PipeSender, PipeReceiver) {
+        let sender = self
+            .stream
+            .try_clone()
+            .expect("duplicating a channel descriptor");
+        (
+            PipeSender {
+                stream: sender,
+                max_message: DEFAULT_MAX_MESSAGE,
+            },
+            PipeReceiver {
+                stream: self.stream,
+                max_message: DEFAULT_MAX_MESSAGE,
+                staging: Vec::with_capacity(STAGING),
+                start: 0,
+                mid_message: false,
+                broken: false,
+            },
+        )
+    }
+}
+
+impl PipeSender {
+    /// Sets the largest message this half sends.
+    pub fn set_max_message(&mut self, limit: u64) {
+        self.max_message = limit;
+    }
+
+    /// Sends one message made of `parts`; see [`Sender::send_parts`](super::Sender::send_parts).
+    pub fn send_parts(
+        &mut self,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if len > self.max_message {
+            return Err(SendError::TooLarge {
+                len,
+                limit: self.max_message,
+            });
+        }
+        let header = frame::header(len);
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        slices.push(&header);
+        slices.extend(parts.iter().copied().filter(|p| !p.is_empty()));
+        let (mut idx, mut off) = (0usize, 0usize);
+        while idx < slices.len() {
+            let iov: Vec<IoSlice<'_>> = std::iter::once(&slices[idx][off..])
+                .chain(slices[idx + 1..].iter().copied())
+                .take(64)
+                .map(IoSlice::new)
+                .collect();
+            let mut flags = SendFlags::NOSIGNAL;
+            if deadline.is_some() {
+                flags |= SendFlags::DONTWAIT;
+            }
+            let sent = match rustix::net::sendmsg(
+                &self.stream,
+                &iov,
+                &mut rustix::net::SendAncillaryBuffer::default(),
+                flags,
+            ) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => 0,
+                Err(rustix::io::Errno::AGAIN) => {
+                    if !sys::poll_one(self.stream.as_fd(), PollFlags::OUT, deadline)? {
+                        return Err(SendError::Timeout);
+                    }
+                    0
+                }
+                Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
+                    return Err(SendError::Disconnected);
+                }
+                Err(e) => return Err(SendError::Io(e.into())),
+            };
+            // Advance over what was written.
+            let mut left = sent;
+            while left > 0 {
+                let rest = slices[idx].len() - off;
+                if left >= rest {
+                    left -= rest;
+                    idx += 1;
+                    off = 0;
+                } else {
+                    off += left;
+                    left = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PipeReceiver {
+    /// Sets the largest message this half accepts.
+    pub fn set_max_message(&mut self, limit: u64) {
+        self.max_message = limit;
+    }
+
+    /// Receives one message; see [`Receiver::recv_into`](super::Receiver::recv_into).
+    pub fn recv_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), RecvError> {
+        if self.broken {
+            return Err(RecvError::Corrupt(
+                "a previous receive was cut short by its deadline",
+            ));
+        }
+        let result = self.recv_inner(buf, deadline);
+        // A timeout before the header was complete leaves the stream in step (the partial
+        // header stays staged); one inside a body does not.
+        if matches!(result, Err(RecvError::Timeout)) && self.mid_message {
+            self.broken = true;
+        }
+        self.mid_message = false;
+        result
+    }
+
+    fn recv_inner(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), RecvError> {
+        buf.clear();
+        while self.buffered() < HEADER {
+            self.fill(deadline, HEADER - self.buffered())?;
+        }
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(&self.staging[self.start..self.start + HEADER]);
+        let len = frame::body_len(header, self.max_message)?;
+        self.start += HEADER;
+        self.mid_message = true;
+        // What is already staged goes over first.
+        let staged = self
+            .buffered()
+            .min(usize::try_from(len).unwrap_or(usize::MAX));
+        buf.extend_from_slice(&self.staging[self.start..self.start + staged]);
+        self.start += staged;
+        // The rest straight into `buf`, grown only as bytes arrive.
+        while (buf.len() as u64) < len {
+            let step = frame::reserve_step(len, buf.len());
+            if len - (buf.len() as u64) < STAGING as u64 {
+                // A small remainder: stage it so that the next message's header comes along.
+                self.fill(deadline, 1)?;
+                let take = self.buffered().min(step);
+                buf.extend_from_slice(&self.staging[self.start..self.start + take]);
+                self.start += take;
+                continue;
+            }
+            buf.reserve(step);
+            let spare = &mut buf.spare_capacity_mut()[..step];
+            let n = recv_some(&self.stream, spare, deadline)?;
+            // SAFETY: `recv_some` initialized the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+        }
+        Ok(())
+    }
+
+    fn buffered(&self) -> usize {
+        self.staging.len() - self.start
+    }
+
+    /// Receives at least one byte into the staging buffer (`want` is a hint).
+    fn fill(&mut self, deadline: Option<Instant>, want: usize) -> Result<(), RecvError> {
+        if self.start > 0 {
+            self.staging.drain(..self.start);
+            self.start = 0;
+        }
+        let room = STAGING.max(want);
+        self.staging.reserve(room);
+        let len = self.staging.len();
+        let spare = &mut self.staging.spare_capacity_mut()[..room];
+        let n = recv_some(&self.stream, spare, deadline)?;
+        // SAFETY: `recv_some` initialized the first `n` bytes of the spare capacity.
+        unsafe { self.staging.set_len(len + n) };
+        Ok(())
+    }
+}
+
+/// Receives at least one byte, waiting until `deadline`; end of stream is `Disconnected`.
+fn recv_some(
+    stream: &UnixStream,
+    into: &mut [std::mem::MaybeUninit<u8>],
+    deadline: Option<Instant>,
+) -> Result<usize, RecvError> {
+    loop {
+        let flags = if deadline.is_some() {
+            RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::empty()
+        };
+        match rustix::net::recv(stream, &mut *into, flags) {
+            Ok((_, 0)) => return Err(RecvError::Disconnected),
+            Ok((_, n)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                if !sys::poll_one(stream.as_fd(), PollFlags::IN, deadline)? {
+                    return Err(RecvError::Timeout);
+                }
+            }
+            Err(rustix::io::Errno::CONNRESET) => return Err(RecvError::Disconnected),
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+}
