@@ -1,0 +1,297 @@
+//! One conformance suite for every transport (the style of ipc-channel's
+//! `src/platform/test.rs`): each test runs once per [`TransportKind`].
+//!
+//! The contract is in `src/transport/mod.rs`. Tests that need a peer to die mid-message use a
+//! real child process and, like a pool's supervisor, tell the channel through `PeerDeath`
+//! once the child's pidfd reports its exit.
+
+#![allow(clippy::print_stderr)]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pool_ipc::{Channel, ChildStart, RecvError, SendError, SpawnOptions, TransportKind, spawn};
+
+const GENEROUS: Duration = Duration::from_secs(20);
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + GENEROUS)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A child that sends one enormous message, slowly enough to be killed in the middle.
+fn sends_forever(mut start: ChildStart) -> i32 {
+    let big = vec![0xabu8; 1 << 30];
+    let _ = start.channel.send(&big, None);
+    thread::sleep(Duration::from_secs(600));
+    0
+}
+
+macro_rules! conformance {
+    ($module:ident, $kind:expr) => {
+        mod $module {
+            use super::*;
+
+            fn pair() -> (Channel, Channel) {
+                Channel::pair($kind).expect("creating a channel pair")
+            }
+
+            #[test]
+            fn messages_keep_order_and_boundaries() {
+                let (mut a, mut b) = pair();
+                let sender = thread::spawn(move || {
+                    for i in 0..2000u32 {
+                        let msg = pattern((i % 300) as usize, i as u8);
+                        a.send(&msg, soon()).unwrap();
+                    }
+                    a
+                });
+                let mut buf = Vec::new();
+                for i in 0..2000u32 {
+                    b.recv_into(&mut buf, soon()).unwrap();
+                    assert_eq!(buf, pattern((i % 300) as usize, i as u8), "message {i}");
+                }
+                drop(sender.join().unwrap());
+            }
+
+            #[test]
+            fn empty_messages_are_messages() {
+                let (mut a, mut b) = pair();
+                a.send(b"", soon()).unwrap();
+                a.send(b"x", soon()).unwrap();
+                a.send(b"", soon()).unwrap();
+                let mut buf = vec![1, 2, 3];
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert!(buf.is_empty());
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(buf, b"x");
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert!(buf.is_empty());
+            }
+
+            #[test]
+            fn sizes_from_zero_to_64_mib_and_parts() {
+                let (a, mut b) = pair();
+                let sizes = [0usize, 1, 7, 8, 9, 65_536, 3 << 20, 64 << 20];
+                let sender = thread::spawn(move || {
+                    let mut a = a;
+                    for (i, size) in sizes.iter().enumerate() {
+                        a.send(&pattern(*size, i as u8), soon()).unwrap();
+                    }
+                    // One message from several parts.
+                    a.send_parts(&[b"head", b"", &pattern(100_000, 9)], soon())
+                        .unwrap();
+                    a
+                });
+                let mut buf = Vec::new();
+                for (i, size) in sizes.iter().enumerate() {
+                    b.recv_into(&mut buf, soon()).unwrap();
+                    assert_eq!(buf.len(), *size);
+                    assert!(
+                        buf == pattern(*size, i as u8),
+                        "content of the {size}-byte message"
+                    );
+                }
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(&buf[..4], b"head");
+                assert!(buf[4..] == pattern(100_000, 9)[..]);
+                drop(sender.join().unwrap());
+            }
+
+            #[test]
+            fn both_sides_sending_big_messages_do_not_deadlock() {
+                // Each side sends on one thread and receives on another: a full channel must
+                // never stop a side that keeps receiving.
+                let (a, b) = pair();
+                let run = |chan: Channel, seed: u8| {
+                    let (mut tx, mut rx) = chan.split();
+                    let sender = thread::spawn(move || {
+                        for i in 0..6u8 {
+                            tx.send(&pattern(4 << 20, seed ^ i), soon()).unwrap();
+                        }
+                        tx
+                    });
+                    let receiver = thread::spawn(move || {
+                        let mut buf = Vec::new();
+                        for i in 0..6u8 {
+                            rx.recv_into(&mut buf, soon()).unwrap();
+                            assert!(buf == pattern(4 << 20, (seed ^ 0xff) ^ i));
+                        }
+                        rx
+                    });
+                    (sender, receiver)
+                };
+                let (sa, ra) = run(a, 0);
+                let (sb, rb) = run(b, 0xff);
+                let halves = (
+                    sa.join().unwrap(),
+                    ra.join().unwrap(),
+                    sb.join().unwrap(),
+                    rb.join().unwrap(),
+                );
+                drop(halves);
+            }
+
+            #[test]
+            fn a_closed_peer_is_disconnected_after_its_messages_are_read() {
+                let (mut a, mut b) = pair();
+                a.send(b"last words", soon()).unwrap();
+                drop(a);
+                let mut buf = Vec::new();
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(buf, b"last words");
+                assert!(matches!(
+                    b.recv_into(&mut buf, soon()),
+                    Err(RecvError::Disconnected)
+                ));
+                assert!(matches!(
+                    b.send(b"anyone?", soon()),
+                    Err(SendError::Disconnected)
+                ));
+            }
+
+            #[test]
+            fn a_deadline_gives_timeout_and_the_channel_stays_usable() {
+                let (mut a, mut b) = pair();
+                let mut buf = Vec::new();
+                let t = Instant::now();
+                let r = b.recv_into(&mut buf, Some(Instant::now() + Duration::from_millis(50)));
+                assert!(matches!(r, Err(RecvError::Timeout)), "{r:?}");
+                assert!(t.elapsed() >= Duration::from_millis(50));
+                a.send(b"late", soon()).unwrap();
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(buf, b"late");
+            }
+
+            #[test]
+            fn oversized_messages_are_refused_on_both_sides() {
+                // The sender refuses what exceeds its own limit, before writing anything.
+                let (a, _b) = pair();
+                let mut a = a.with_max_message(1024);
+                assert!(matches!(
+                    a.send(&[0; 1025], soon()),
+                    Err(SendError::TooLarge {
+                        len: 1025,
+                        limit: 1024
+                    })
+                ));
+                // The receiver refuses what exceeds its limit, whatever the peer's.
+                let (mut c, d) = pair();
+                c.send(&[0; 2000], soon()).unwrap();
+                let mut d = d.with_max_message(1024);
+                let mut buf = Vec::new();
+                assert!(matches!(
+                    d.recv_into(&mut buf, soon()),
+                    Err(RecvError::TooLarge {
+                        len: 2000,
+                        limit: 1024
+                    })
+                ));
+                assert!(
+                    buf.capacity() < 2000,
+                    "nothing was reserved for the refused message"
+                );
+            }
+
+            #[test]
+            fn a_peer_killed_mid_message_is_a_disconnect_not_a_hang() {
+                let mut spawned =
+                    spawn(sends_forever, b"", &SpawnOptions::new().transport($kind)).unwrap();
+                let death = spawned.channel.peer_death();
+                let (_tx, mut rx) = spawned.channel.split();
+                let receiver = thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let r = rx.recv_into(&mut buf, soon());
+                    (r, buf.len())
+                });
+                // Let part of the message arrive, then kill the sender; the supervisor's part
+                // (pidfd -> PeerDeath) is played by this thread.
+                thread::sleep(Duration::from_millis(100));
+                let t = Instant::now();
+                spawned.child.kill().unwrap();
+                spawned
+                    .child
+                    .wait_timeout(GENEROUS)
+                    .unwrap()
+                    .expect("child exited");
+                death.notify();
+                let (r, got) = receiver.join().unwrap();
+                eprintln!(
+                    "{:?}: disconnect seen {:?} after kill, {got} bytes in",
+                    $kind,
+                    t.elapsed()
+                );
+                assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
+                assert!(t.elapsed() < GENEROUS);
+            }
+        }
+    };
+}
+
+conformance!(pipe, TransportKind::Pipe);
+// The shm flavor joins this suite when its ring lands (see src/transport/shm.rs).
+
+/// Hostile bytes on the pipe transport's raw socket: a header claiming a huge length, and a
+/// message cut short. (The shm ring has the same checks, tested beside its code.)
+mod pipe_raw {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use pool_ipc::transport::pipe::PipeChannel;
+
+    use super::*;
+
+    fn raw_pair() -> (UnixStream, Channel) {
+        let (raw, ours) = PipeChannel::pair().unwrap();
+        (UnixStream::from(raw.into_fd()), Channel::from(ours))
+    }
+
+    #[test]
+    fn a_lying_length_header_is_refused_without_allocating() {
+        let (mut raw, chan) = raw_pair();
+        let mut chan = chan.with_max_message(1 << 20);
+        raw.write_all(&(1u64 << 40).to_le_bytes()).unwrap();
+        let mut buf = Vec::new();
+        assert!(matches!(
+            chan.recv_into(&mut buf, soon()),
+            Err(RecvError::TooLarge { len, .. }) if len == 1 << 40
+        ));
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[test]
+    fn a_header_within_the_limit_but_never_followed_costs_only_what_arrived() {
+        let (mut raw, mut chan) = raw_pair();
+        // Claims 8 GiB (under the default limit), sends 10 bytes, then hangs up.
+        raw.write_all(&(8u64 << 30).to_le_bytes()).unwrap();
+        raw.write_all(&[1; 10]).unwrap();
+        drop(raw);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            chan.recv_into(&mut buf, soon()),
+            Err(RecvError::Disconnected)
+        ));
+        assert!(
+            buf.capacity() <= 128 << 20,
+            "reserved {} bytes",
+            buf.capacity()
+        );
+    }
+
+    #[test]
+    fn a_truncated_header_is_a_disconnect() {
+        let (mut raw, mut chan) = raw_pair();
+        raw.write_all(&[5, 0, 0]).unwrap();
+        drop(raw);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            chan.recv_into(&mut buf, soon()),
+            Err(RecvError::Disconnected)
+        ));
+    }
+}
