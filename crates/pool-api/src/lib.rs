@@ -1,8 +1,33 @@
 //! Python's `multiprocessing`, done in Rust.
 //!
-//! This is the facade users depend on: `Pool` with Python's vocabulary (`apply`, `map`,
-//! `imap`, `close`, `join`, ...) and the primitives (`Process`, `Queue`, `Pipe`, `Lock`, ...).
-//! It drives the pure scheduler of `pool-core` with the processes and transports of
-//! `pool-ipc`.
+//! This is the facade users depend on: [`Pool`] with Python's vocabulary (`apply`,
+//! `apply_async` with callbacks, `map`, `starmap`, `imap`, `imap_unordered`, `close`,
+//! `terminate`, `join`, an initializer, `maxtasksperchild`) over real worker processes, with
+//! Python's failure modes fixed:
 //!
-//! Status: being built (see the project's issues); nothing public yet.
+//! - a worker that dies mid-task (segfault, `abort`, SIGKILL, `exit`) fails only the chunk it
+//!   was running, with [`Error::WorkerLost`]; it is replaced and the pool goes on (CPython's
+//!   `Pool` hangs forever there);
+//! - a task can have a time limit: its worker is killed and replaced, the task fails with
+//!   [`Error::TimedOut`];
+//! - a failing initializer is reported as [`Error::InitializerFailed`] instead of workers
+//!   being respawned forever;
+//! - a panicking callback is reported and later results still arrive.
+//!
+//! It drives the pure scheduler of `pool-core` with the processes and transports of
+//! `pool-ipc`. Workers are this same executable, started again: nothing to set up in `main`,
+//! and it works in tests, doc tests and examples too.
+
+#![deny(missing_docs)]
+
+mod error;
+mod pool;
+mod process;
+mod task;
+mod worker;
+
+pub use error::Error;
+pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
+pub use pool_ipc::TransportKind;
+pub use process::{ProcessInfo, current_process};
+pub use task::StarFn;

@@ -111,6 +111,14 @@ impl Child {
         self.wait()
     }
 
+    /// A handle that can signal this child from other threads (a duplicate of its pidfd), so
+    /// that one thread can wait for the child while others may kill it.
+    pub fn killer(&self) -> io::Result<Killer> {
+        Ok(Killer {
+            pidfd: std::sync::Arc::new(self.pidfd().try_clone_to_owned()?),
+        })
+    }
+
     /// Lets the child run on without this handle; it is reaped when it exits.
     pub fn disown(mut self) {
         if self.status.is_none() {
@@ -133,6 +141,25 @@ impl Drop for Child {
                 }
             }
         }
+    }
+}
+
+/// Signals one child through a duplicate of its pidfd; see [`Child::killer`]. Signals to a
+/// child that has exited (even if reaped) do nothing: the pidfd never names another process.
+#[derive(Clone, Debug)]
+pub struct Killer {
+    pidfd: std::sync::Arc<OwnedFd>,
+}
+
+impl Killer {
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        sys::pidfd_signal(self.pidfd.as_fd(), signal)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) -> io::Result<()> {
+        self.signal(libc::SIGKILL)
     }
 }
 

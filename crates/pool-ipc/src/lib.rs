@@ -24,7 +24,7 @@ mod spawn;
 mod sys;
 pub mod transport;
 
-pub use child::Child;
+pub use child::{Child, Killer};
 pub use code::{FnId, NotInExecutable};
 pub use spawn::{
     ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, spawn,

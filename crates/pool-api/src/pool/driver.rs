@@ -1,0 +1,707 @@
+//! The driver: carries out the scheduler's commands with real processes.
+//!
+//! There is no central event-loop thread. The scheduler lives in one mutex, and whichever
+//! thread has news takes the lock, feeds the event in, and drains the commands: the caller
+//! that submits a job, the reader thread of the worker that answered, the timer thread. This
+//! saves a thread hop on every task: a worker's answer reaches the waiting caller through its
+//! reader thread alone.
+//!
+//! Slow work never happens under the lock. Draining commands only records *effects* (messages
+//! queued in a worker's outbox, spawns, kills, results handed to waiting callers, callbacks);
+//! they are carried out after the lock is released. Each worker's outbox is flushed under its
+//! own send lock, which keeps its messages in order even when two threads flush it.
+//!
+//! Threads per pool: one reader per worker (blocking on its channel, then reaping it), one
+//! spawner (starting a worker takes milliseconds), one timer (deadlines), one callback runner.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use pool_core::{
+    ChunkFailure, ChunkId, ChunkOutcome, Command, JobId, Lifecycle, Scheduler, Time, WorkerId,
+};
+use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
+
+use super::job::{ChunkResult, JobShared, Source};
+use crate::Error;
+use crate::task::{self, Call, FromWorker, ToWorker};
+use crate::worker::{WorkerBoot, worker_main};
+
+/// What every worker of a pool is started with.
+#[derive(Debug)]
+pub(crate) struct WorkerSetup {
+    pub(crate) transport: TransportKind,
+    pub(crate) initializer: Option<(Call, Vec<u8>)>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) time_limit: Option<Duration>,
+}
+
+/// Everything the pool's threads share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    epoch: Instant,
+    /// The timer thread waits here for the next deadline.
+    timer: Condvar,
+    /// `join` waits here for the last worker's exit.
+    joined: Condvar,
+    setup: WorkerSetup,
+    callbacks: Callbacks,
+}
+
+#[derive(Debug)]
+struct State {
+    sched: Scheduler,
+    workers: HashMap<WorkerId, Arc<WorkerLink>>,
+    pids: HashMap<WorkerId, u32>,
+    /// Kills ordered for workers whose spawn had not completed.
+    doomed: HashSet<WorkerId>,
+    jobs: HashMap<JobId, Arc<JobShared>>,
+    /// Encoded arguments of chunks, from pull to end (a requeued chunk is sent again from here).
+    payloads: HashMap<ChunkId, Arc<Vec<u8>>>,
+    /// Results received, until the scheduler delivers the chunk.
+    results: HashMap<ChunkId, ChunkResult>,
+    spawner: Option<mpsc::Sender<WorkerId>>,
+    timer_at: Option<Time>,
+    shutdown: bool,
+}
+
+/// The parent's link to one worker.
+#[derive(Debug)]
+struct WorkerLink {
+    pid: u32,
+    killer: Killer,
+    outbox: Mutex<VecDeque<Outgoing>>,
+    sender: Mutex<pool_ipc::Sender>,
+}
+
+#[derive(Debug)]
+enum Outgoing {
+    Task { header: Vec<u8>, body: Arc<Vec<u8>> },
+    Retire,
+}
+
+/// What draining commands asks to be done once the state lock is released.
+#[derive(Default)]
+struct Effects {
+    flush: Vec<Arc<WorkerLink>>,
+    kill: Vec<Killer>,
+    spawn: Vec<WorkerId>,
+    wake: Vec<Arc<JobShared>>,
+    finished: Vec<Arc<JobShared>>,
+}
+
+impl Shared {
+    pub(crate) fn start(sched: Scheduler, setup: WorkerSetup) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                sched,
+                workers: HashMap::new(),
+                pids: HashMap::new(),
+                doomed: HashSet::new(),
+                jobs: HashMap::new(),
+                payloads: HashMap::new(),
+                results: HashMap::new(),
+                spawner: None,
+                timer_at: None,
+                shutdown: false,
+            }),
+            epoch: Instant::now(),
+            timer: Condvar::new(),
+            joined: Condvar::new(),
+            setup,
+            callbacks: Callbacks::start(),
+        });
+        let (tx, rx) = mpsc::channel();
+        {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("pool-spawner".into())
+                .spawn(move || spawner(weak, rx))
+                .expect("starting the pool's spawner thread");
+            let timer = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("pool-timer".into())
+                .spawn(move || timer_thread(timer))
+                .expect("starting the pool's timer thread");
+        }
+        let mut state = shared.lock();
+        state.spawner = Some(tx);
+        let effects = shared.drain(&mut state);
+        drop(state);
+        shared.apply(effects);
+        shared
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
+    }
+
+    /// Runs `f` on the scheduler under the lock, then carries out what it caused.
+    pub(crate) fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler, Time) -> T) -> T {
+        let mut state = self.lock();
+        let now = self.now();
+        let out = f(&mut state.sched, now);
+        let effects = self.drain(&mut state);
+        drop(state);
+        self.apply(effects);
+        out
+    }
+
+    /// Submits a job whose chunks come from `source`.
+    pub(crate) fn submit(
+        &self,
+        spec: pool_core::JobSpec,
+        call: Call,
+        source: Source,
+        callback: Option<super::job::Callback>,
+    ) -> Result<Arc<JobShared>, Error> {
+        let mut state = self.lock();
+        let now = self.now();
+        let single = matches!(source, Source::Single(_));
+        let job_id = state.sched.submit(spec, now)?;
+        let job = JobShared::new(job_id, call, source, callback, self.setup.time_limit);
+        if single {
+            if let Some(payload) = job.take_single() {
+                state.payloads.insert(
+                    ChunkId {
+                        job: job_id,
+                        index: 0,
+                    },
+                    payload,
+                );
+            }
+        }
+        state.jobs.insert(job_id, job.clone());
+        let effects = self.drain(&mut state);
+        drop(state);
+        self.apply(effects);
+        Ok(job)
+    }
+
+    /// A caller serviced a pull: the chunk's encoded items, `items` of them.
+    pub(crate) fn pulled(&self, chunk: ChunkId, items: u32, payload: Vec<u8>) {
+        let mut state = self.lock();
+        let now = self.now();
+        if items > 0 {
+            state.payloads.insert(chunk, Arc::new(payload));
+        }
+        if !state.sched.handle_pulled(chunk, items, now) {
+            state.payloads.remove(&chunk);
+        }
+        let effects = self.drain(&mut state);
+        drop(state);
+        self.apply(effects);
+    }
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lock().sched.lifecycle()
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        let state = self.lock();
+        let mut pids: Vec<u32> = state.workers.values().map(|w| w.pid).collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    pub(crate) fn stats(&self) -> pool_core::Stats {
+        self.lock().sched.stats()
+    }
+
+    pub(crate) fn terminate(&self) {
+        // No callback runs for the work terminate kills, and none after it returns.
+        self.callbacks.disable();
+        self.with_scheduler(|s, now| s.terminate(now));
+    }
+
+    /// Waits until the pool is joined: closed or terminated, every worker's exit reaped.
+    pub(crate) fn join(&self) -> Result<(), Error> {
+        let mut state = self.lock();
+        state.sched.check_join().map_err(|_| Error::StillRunning)?;
+        while state.sched.lifecycle() != Lifecycle::Joined {
+            state = self.joined.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Stops the pool's helper threads (after terminate). The readers end with their workers.
+    pub(crate) fn shut_down(&self) {
+        let mut state = self.lock();
+        state.shutdown = true;
+        state.spawner = None;
+        drop(state);
+        self.timer.notify_all();
+        self.callbacks.stop();
+    }
+
+    /// Drains the scheduler's commands, recording their effects.
+    fn drain(&self, state: &mut State) -> Effects {
+        let mut fx = Effects::default();
+        while let Some(cmd) = state.sched.poll_command() {
+            match cmd {
+                Command::Spawn { worker } => fx.spawn.push(worker),
+                Command::Pull {
+                    chunk,
+                    first_item: _,
+                    max_items,
+                } => {
+                    let Some(job) = state.jobs.get(&chunk.job).cloned() else {
+                        continue;
+                    };
+                    match job.pull_now(max_items) {
+                        // Pre-encoded input: answer at once, under the lock.
+                        Some((items, payload)) => {
+                            if items > 0 {
+                                state.payloads.insert(chunk, payload);
+                            }
+                            let now = self.now();
+                            if !state.sched.handle_pulled(chunk, items, now) {
+                                state.payloads.remove(&chunk);
+                            }
+                        }
+                        // The caller's iterator: its thread answers.
+                        None => {
+                            job.request_pull(chunk, max_items);
+                            fx.wake.push(job);
+                        }
+                    }
+                }
+                Command::Dispatch { worker, chunk } => {
+                    let (Some(link), Some(job), Some(body)) = (
+                        state.workers.get(&worker),
+                        state.jobs.get(&chunk.id.job),
+                        state.payloads.get(&chunk.id),
+                    ) else {
+                        continue;
+                    };
+                    let msg = ToWorker::Task {
+                        job: chunk.id.job.0,
+                        index: chunk.id.index,
+                        call: job.call,
+                    };
+                    match task::header_bytes(&msg) {
+                        Ok(header) => {
+                            link.outbox
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push_back(Outgoing::Task {
+                                    header,
+                                    body: body.clone(),
+                                });
+                            fx.flush.push(link.clone());
+                        }
+                        Err(_) => fx.kill.push(link.killer.clone()),
+                    }
+                }
+                // Workers run one chunk at a time and do not read ahead, so a recalled chunk is
+                // always already running by the time it could be given back: nothing to do.
+                Command::Recall { .. } => {}
+                Command::Retire { worker } => {
+                    if let Some(link) = state.workers.get(&worker) {
+                        link.outbox
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_back(Outgoing::Retire);
+                        fx.flush.push(link.clone());
+                    }
+                }
+                Command::Kill { worker } => match state.workers.get(&worker) {
+                    Some(link) => fx.kill.push(link.killer.clone()),
+                    None => {
+                        state.doomed.insert(worker);
+                    }
+                },
+                Command::ChunkEnded { chunk, outcome } => {
+                    state.payloads.remove(&chunk.id);
+                    let result = match outcome {
+                        ChunkOutcome::Finished => {
+                            state
+                                .results
+                                .remove(&chunk.id)
+                                .unwrap_or(ChunkResult::Failed(Error::Codec(
+                                    "a finished chunk without its result".into(),
+                                )))
+                        }
+                        ChunkOutcome::Failed(failure) => {
+                            ChunkResult::Failed(self.failure(state, &failure, chunk.id.job))
+                        }
+                    };
+                    if let Some(job) = state.jobs.get(&chunk.id.job) {
+                        job.deliver(chunk, result);
+                        fx.wake.push(job.clone());
+                    }
+                }
+                Command::JobFinished { job } => {
+                    if let Some(job) = state.jobs.remove(&job) {
+                        job.finish();
+                        fx.finished.push(job);
+                    }
+                }
+            }
+        }
+        // Wake the timer if a deadline earlier than the one it sleeps toward appeared.
+        let next = state.sched.poll_timeout();
+        if next.is_some() && (state.timer_at.is_none() || next < state.timer_at) {
+            state.timer_at = next;
+            self.timer.notify_one();
+        }
+        if state.sched.lifecycle() == Lifecycle::Joined {
+            self.joined.notify_all();
+        }
+        fx
+    }
+
+    fn failure(&self, state: &State, failure: &ChunkFailure, job: JobId) -> Error {
+        let pid = |w: &WorkerId| state.pids.get(w).copied().unwrap_or(0);
+        match failure {
+            ChunkFailure::WorkerLost { worker, status } => Error::WorkerLost {
+                pid: pid(worker),
+                exitcode: status.python_exitcode(),
+            },
+            ChunkFailure::TimedOut { worker } => {
+                let limit = state
+                    .jobs
+                    .get(&job)
+                    .and_then(|j| j.time_limit)
+                    .unwrap_or_default();
+                Error::TimedOut {
+                    pid: pid(worker),
+                    limit,
+                }
+            }
+            ChunkFailure::Terminated => Error::Terminated,
+            ChunkFailure::Cancelled => Error::Cancelled,
+            ChunkFailure::InitializerFailed(m) => Error::InitializerFailed(m.to_string()),
+            other => Error::Io(other.to_string()),
+        }
+    }
+
+    /// Carries out effects, outside the state lock.
+    fn apply(&self, fx: Effects) {
+        for killer in &fx.kill {
+            let _ = killer.kill();
+        }
+        for link in dedup(fx.flush) {
+            flush(&link);
+        }
+        if !fx.spawn.is_empty() {
+            let state = self.lock();
+            if let Some(spawner) = &state.spawner {
+                for worker in fx.spawn {
+                    let _ = spawner.send(worker);
+                }
+            }
+        }
+        for job in dedup(fx.wake) {
+            job.wake();
+        }
+        for job in fx.finished {
+            job.wake();
+            if let Some(callback) = job.take_callback() {
+                self.callbacks.run(job.clone(), callback);
+            }
+        }
+    }
+
+    /// A worker's message, from its reader thread.
+    fn on_message(&self, worker: WorkerId, frame: Vec<u8>) -> Result<(), ()> {
+        let (msg, body_at) = match task::split_frame::<FromWorker>(&frame) {
+            Ok((msg, body)) => (msg, frame.len() - body.len()),
+            Err(_) => return Err(()),
+        };
+        let mut state = self.lock();
+        let now = self.now();
+        let chunk = |job: u64, index: u32| ChunkId {
+            job: JobId(job),
+            index,
+        };
+        let verdict = match msg {
+            FromWorker::Ready => state.sched.handle_worker_started(worker, now),
+            FromWorker::InitFailed { message } => {
+                state.sched.handle_worker_init_failed(worker, &message, now)
+            }
+            FromWorker::Started { job, index } => {
+                state
+                    .sched
+                    .handle_chunk_started(worker, chunk(job, index), now)
+            }
+            FromWorker::Finished { job, index } => {
+                let id = chunk(job, index);
+                let pid = state.pids.get(&worker).copied().unwrap_or(0);
+                state.results.insert(
+                    id,
+                    ChunkResult::Bytes {
+                        frame,
+                        body_at,
+                        pid,
+                    },
+                );
+                let verdict = state.sched.handle_chunk_finished(worker, id, now);
+                // A stale report (the chunk already timed out) leaves its result unclaimed.
+                if !state.payloads.contains_key(&id) {
+                    state.results.remove(&id);
+                }
+                verdict
+            }
+            FromWorker::Failed {
+                job,
+                index,
+                message,
+            } => {
+                let id = chunk(job, index);
+                state
+                    .results
+                    .insert(id, ChunkResult::Failed(Error::Codec(message)));
+                let verdict = state.sched.handle_chunk_finished(worker, id, now);
+                if !state.payloads.contains_key(&id) {
+                    state.results.remove(&id);
+                }
+                verdict
+            }
+        };
+        let effects = self.drain(&mut state);
+        drop(state);
+        self.apply(effects);
+        verdict.map_err(|violation| {
+            tracing::warn!(%violation, "worker broke the protocol; killing it");
+        })
+    }
+
+    /// A worker's process exited, from its reader thread.
+    fn on_exit(&self, worker: WorkerId, status: pool_ipc::ExitStatus) {
+        let mut state = self.lock();
+        state.workers.remove(&worker);
+        let now = self.now();
+        state
+            .sched
+            .handle_worker_exited(worker, core_status(status), now);
+        let effects = self.drain(&mut state);
+        drop(state);
+        self.apply(effects);
+    }
+}
+
+fn core_status(status: pool_ipc::ExitStatus) -> pool_core::ExitStatus {
+    match status {
+        pool_ipc::ExitStatus::Code(c) => pool_core::ExitStatus::Code(c),
+        pool_ipc::ExitStatus::Signal(s) => pool_core::ExitStatus::Signal(s),
+    }
+}
+
+fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
+    let mut out: Vec<Arc<T>> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.iter().any(|o| Arc::ptr_eq(o, &item)) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// Sends what the worker's outbox holds, in order. A send that fails means the worker is
+/// gone; its reader thread reports the exit.
+fn flush(link: &WorkerLink) {
+    let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let next = link
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        let Some(msg) = next else { break };
+        let sent = match &msg {
+            Outgoing::Task { header, body } => sender.send_parts(&[header, body], None),
+            Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
+                Ok(header) => sender.send(&header, None),
+                Err(_) => Ok(()),
+            },
+        };
+        if sent.is_err() {
+            let _ = link.killer.kill();
+            link.outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            break;
+        }
+    }
+}
+
+/// Starts workers as the scheduler asks, one at a time.
+fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) {
+    for worker in requests {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let boot = WorkerBoot {
+            name: worker.to_string(),
+            initializer: shared.setup.initializer.clone(),
+        };
+        let payload = postcard::to_stdvec(&boot).unwrap_or_default();
+        let options = SpawnOptions::new()
+            .transport(shared.setup.transport)
+            .handshake_timeout(shared.setup.handshake_timeout)
+            .name(worker.to_string());
+        match pool_ipc::spawn(worker_main, &payload, &options) {
+            Ok(spawned) => {
+                let killer = match spawned.child.killer() {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot watch a new worker");
+                        drop(spawned);
+                        shared.on_exit(
+                            worker,
+                            pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
+                        );
+                        continue;
+                    }
+                };
+                let (tx, rx) = spawned.channel.split();
+                let link = Arc::new(WorkerLink {
+                    pid: spawned.child.pid(),
+                    killer,
+                    outbox: Mutex::new(VecDeque::new()),
+                    sender: Mutex::new(tx),
+                });
+                {
+                    let mut state = shared.lock();
+                    state.pids.insert(worker, link.pid);
+                    if state.doomed.remove(&worker) {
+                        let _ = link.killer.kill();
+                    }
+                    state.workers.insert(worker, link);
+                }
+                let reader_shared = Arc::clone(&shared);
+                let child = spawned.child;
+                std::thread::Builder::new()
+                    .name(format!("pool-reader-{}", worker.0))
+                    .spawn(move || reader(reader_shared, worker, rx, child))
+                    .expect("starting a worker's reader thread");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %worker, "worker failed to start");
+                let status = match e {
+                    SpawnError::ChildExited { status, .. } => status,
+                    _ => pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
+                };
+                shared.on_exit(worker, status);
+            }
+        }
+    }
+}
+
+/// Reads a worker's messages until its channel closes, then reaps it and reports the exit.
+fn reader(shared: Arc<Shared>, worker: WorkerId, mut rx: pool_ipc::Receiver, mut child: Child) {
+    loop {
+        let mut frame = Vec::new();
+        if rx.recv_into(&mut frame, None).is_err() {
+            break;
+        }
+        if shared.on_message(worker, frame).is_err() {
+            // Garbage or a lie from a worker: it is not trusted further.
+            let _ = child.kill();
+            break;
+        }
+    }
+    let status = child.wait().unwrap_or(pool_ipc::ExitStatus::Code(-1));
+    shared.on_exit(worker, status);
+}
+
+/// Handles the scheduler's deadlines.
+fn timer_thread(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut state = shared.lock();
+        if state.shutdown {
+            return;
+        }
+        let now = shared.now();
+        let next = state.sched.poll_timeout();
+        state.timer_at = next;
+        match next {
+            Some(at) if at <= now => {
+                state.sched.handle_timeout(now);
+                let effects = shared.drain(&mut state);
+                drop(state);
+                shared.apply(effects);
+            }
+            Some(at) => {
+                let wait = at - now;
+                let _unused = shared
+                    .timer
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            None => {
+                // Re-check now and then so that the thread notices the pool is gone.
+                let _unused = shared
+                    .timer
+                    .wait_timeout(state, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+/// A finished job and the callback to run with it.
+type PendingCallback = (Arc<JobShared>, super::job::Callback);
+
+/// The one thread on which a pool's callbacks run, in completion order.
+#[derive(Debug)]
+struct Callbacks {
+    queue: Mutex<Option<mpsc::Sender<PendingCallback>>>,
+    /// Held while a callback runs; `false` once the pool was terminated.
+    enabled: Arc<Mutex<bool>>,
+}
+
+impl Callbacks {
+    fn start() -> Callbacks {
+        let (tx, rx) = mpsc::channel::<PendingCallback>();
+        let enabled = Arc::new(Mutex::new(true));
+        let gate = Arc::clone(&enabled);
+        std::thread::Builder::new()
+            .name("pool-callbacks".into())
+            .spawn(move || {
+                for (job, callback) in rx {
+                    let enabled = gate.lock().unwrap_or_else(|e| e.into_inner());
+                    if !*enabled {
+                        continue;
+                    }
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&job)));
+                    if outcome.is_err() {
+                        tracing::error!("a result callback panicked; later callbacks still run");
+                    }
+                    drop(enabled);
+                }
+            })
+            .expect("starting the pool's callback thread");
+        Callbacks {
+            queue: Mutex::new(Some(tx)),
+            enabled,
+        }
+    }
+
+    fn run(&self, job: Arc<JobShared>, callback: super::job::Callback) {
+        if let Some(queue) = &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = queue.send((job, callback));
+        }
+    }
+
+    /// Waits for a running callback to return, and runs no more.
+    fn disable(&self) {
+        *self.enabled.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+
+    fn stop(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}

@@ -1,0 +1,789 @@
+//! `Pool`: Python's process pool, over real processes, with Python's failure modes fixed.
+
+mod driver;
+mod job;
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pool_core::{
+    ChunkId, Config, Delivery, Input, JobSpec, Lifecycle, Scheduler, Time, default_chunksize,
+};
+use pool_ipc::TransportKind;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::driver::{Shared, WorkerSetup};
+use self::job::{Callback, JobShared, Source, Wake};
+use crate::Error;
+use crate::task::{Call, StarFn};
+
+/// A pool of worker processes, with Python's `multiprocessing.Pool` vocabulary.
+///
+/// Functions are passed as `fn` pointers (a plain function, or a closure that captures
+/// nothing): they travel to the workers by identity, since every worker runs this same
+/// executable. Arguments and results travel with serde.
+///
+/// ```
+/// use pool_api::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.map(square, 1..=10)?.iter().sum::<u64>(), 385);
+/// assert_eq!(pool.apply(|s: String| s.len(), "four".to_string())?, 4);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), pool_api::Error>(())
+/// ```
+///
+/// Dropping a pool terminates it, as leaving Python's `with Pool() as p:` block does.
+#[derive(Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+    processes: u32,
+}
+
+/// Settings of a [`Pool`]; see [`Pool::builder`].
+#[derive(Debug)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Result<(Call, Vec<u8>), Error>>,
+    max_tasks_per_child: Option<usize>,
+    transport: TransportKind,
+    time_limit: Option<Duration>,
+    chunks_per_worker: u32,
+    handshake_timeout: Duration,
+}
+
+impl Pool {
+    /// A pool of `processes` workers. Zero is an [`Error::InvalidArgument`].
+    pub fn new(processes: usize) -> Result<Pool, Error> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder, for the settings beyond the number of processes.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            initializer: None,
+            max_tasks_per_child: None,
+            transport: TransportKind::Pipe,
+            time_limit: None,
+            chunks_per_worker: 2,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes as usize
+    }
+
+    /// Calls `f(args)` in a worker and waits for the result.
+    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, Error>
+    where
+        F: Fn(A) -> R,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// Calls `f(args)` in a worker; the result comes through the returned handle.
+    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> Result<AsyncResult<R>, Error>
+    where
+        F: Fn(A) -> R,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async_with(f, args, Callbacks::none())
+    }
+
+    /// [`Pool::apply_async`] with Python's `callback` and `error_callback`: they run in this
+    /// process, on the pool's one callback thread, in completion order. A callback that blocks
+    /// delays later callbacks (not results); one that panics is reported through `tracing`
+    /// and later callbacks still run.
+    pub fn apply_async_with<F, A, R>(
+        &self,
+        f: F,
+        args: A,
+        callbacks: Callbacks<R>,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        F: Fn(A) -> R,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let call = Call::new(&f)?;
+        let chunk = postcard::to_stdvec(std::slice::from_ref(&args))?;
+        let callback = callbacks.into_callback(|job: &JobShared| single(job));
+        let job = self.shared.submit(
+            JobSpec::single(),
+            call,
+            Source::Single(Arc::new(chunk)),
+            callback,
+        )?;
+        Ok(AsyncResult {
+            job,
+            _r: PhantomData,
+        })
+    }
+
+    /// Applies `f` to every item, in chunks spread over the workers, and returns the results
+    /// in input order. Input is read as it is dispatched.
+    ///
+    /// Like Python, it waits for every chunk; unlike Python, which raises whichever failure
+    /// arrived first, on failure it returns the error of the *lowest-index* failed item (the
+    /// same error every time). [`Pool::map_results`] gives every item's own outcome.
+    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        first_error(self.map_results(f, items, None)?)
+    }
+
+    /// [`Pool::map`] with an explicit chunk size (0 is an error).
+    pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        first_error(self.map_results(f, items, Some(chunksize))?)
+    }
+
+    /// Python's `starmap`: every item is a tuple of arguments (`f` takes 2 to 5 of them).
+    pub fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        F: StarFn<A, R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        first_error(self.submit_map(Call::new_star(&f)?, items, None)?)
+    }
+
+    /// Every item's own outcome, in input order. The call fails as a whole only if it cannot
+    /// be submitted (pool closed, chunksize 0, ...).
+    pub fn map_results<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<Result<R, Error>>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.submit_map(Call::new(&f)?, items, chunksize)
+    }
+
+    fn submit_map<A, R, I>(
+        &self,
+        call: Call,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<Result<R, Error>>, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let mut items = items.into_iter();
+        let (lo, hi) = items.size_hint();
+        // A length must be known for Python's default chunk size; an iterator that cannot tell
+        // is read once into memory.
+        let (len, mut items): (usize, Box<dyn Iterator<Item = A>>) = if hi == Some(lo) {
+            (lo, Box::new(items))
+        } else {
+            let all: Vec<A> = items.by_ref().collect();
+            (all.len(), Box::new(all.into_iter()))
+        };
+        let chunksize = self.chunksize(len, chunksize)?;
+        let spec = JobSpec::new(
+            Input::Sized {
+                items: len as u64,
+                chunksize: Some(chunksize),
+            },
+            Delivery::Ordered,
+        );
+        let job = self.shared.submit(spec, call, Source::Caller, None)?;
+        let mut guard = CancelOnDrop {
+            shared: &self.shared,
+            job: &job,
+            armed: true,
+        };
+        let mut out = Vec::with_capacity(len);
+        loop {
+            match job.next_wake(None) {
+                Wake::Pull { chunk, max_items } => self.feed(chunk, max_items, &mut items)?,
+                Wake::Delivered(chunks) => {
+                    for (chunk, result) in chunks {
+                        out.extend(result.decode::<R>(chunk.items));
+                    }
+                }
+                Wake::Finished => break,
+                Wake::TimedOut => {}
+            }
+        }
+        guard.armed = false;
+        Ok(out)
+    }
+
+    /// [`Pool::map`] without waiting: all arguments are encoded now (so they need not outlive
+    /// the call), and the results come through the returned handle.
+    pub fn map_async<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<MapResult<R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async_with(f, items, chunksize, Callbacks::none())
+    }
+
+    /// [`Pool::map_async`] with callbacks (the callback receives the whole result vector).
+    pub fn map_async_with<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<MapResult<R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        self.submit_map_async(Call::new(&f)?, items, chunksize, callbacks)
+    }
+
+    fn submit_map_async<A, R>(
+        &self,
+        call: Call,
+        items: Vec<A>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<MapResult<R>, Error>
+    where
+        A: Serialize,
+        R: DeserializeOwned + 'static,
+    {
+        let len = items.len();
+        let chunksize = self.chunksize(len, chunksize)?;
+        let mut chunks = VecDeque::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let batch: Vec<A> = items.by_ref().take(chunksize as usize).collect();
+            chunks.push_back((batch.len() as u32, Arc::new(postcard::to_stdvec(&batch)?)));
+        }
+        let spec = JobSpec::new(
+            Input::Sized {
+                items: len as u64,
+                chunksize: Some(chunksize),
+            },
+            Delivery::Ordered,
+        );
+        let callback = callbacks.into_callback(|job: &JobShared| first_error(job.outcomes::<R>()));
+        let job = self
+            .shared
+            .submit(spec, call, Source::Encoded(chunks), callback)?;
+        Ok(MapResult {
+            job,
+            _r: PhantomData,
+        })
+    }
+
+    /// Python's `starmap_async`.
+    pub fn starmap_async<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<MapResult<R>, Error>
+    where
+        F: StarFn<A, R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        self.submit_map_async::<A, R>(Call::new_star(&f)?, items, chunksize, Callbacks::none())
+    }
+
+    /// Python's `imap`: results in input order, as they come. The input is read lazily, with
+    /// a bounded number of chunks ahead of the consumer, so an endless iterator is fine.
+    /// Chunks of `chunksize` items (Python's default for `imap` is 1).
+    pub fn imap<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMap<'_, A, R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.imap_with(f, items, chunksize, Delivery::Ordered)
+    }
+
+    /// Python's `imap_unordered`: results as they finish.
+    pub fn imap_unordered<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMap<'_, A, R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.imap_with(f, items, chunksize, Delivery::Unordered)
+    }
+
+    fn imap_with<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+        delivery: Delivery,
+    ) -> Result<IMap<'_, A, R>, Error>
+    where
+        F: Fn(A) -> R,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let chunksize = u32::try_from(chunksize)
+            .map_err(|_| Error::InvalidArgument("chunksize too large".into()))?;
+        // Enough chunks ahead to keep every worker's window full twice over.
+        let window = std::num::NonZeroU32::new(self.processes.saturating_mul(4).max(4));
+        let spec = JobSpec::new(Input::Stream { chunksize }, delivery).with_window(window);
+        let job = self
+            .shared
+            .submit(spec, Call::new(&f)?, Source::Caller, None)?;
+        Ok(IMap {
+            pool: self,
+            job,
+            items: Box::new(items.into_iter()),
+            ready: VecDeque::new(),
+            done: false,
+            _r: PhantomData,
+        })
+    }
+
+    /// Reads up to `max_items` items and hands them to the pool as `chunk`.
+    fn feed<A: Serialize>(
+        &self,
+        chunk: ChunkId,
+        max_items: u32,
+        items: &mut dyn Iterator<Item = A>,
+    ) -> Result<(), Error> {
+        let batch: Vec<A> = items.take(max_items as usize).collect();
+        let n = batch.len() as u32;
+        let bytes = postcard::to_stdvec(&batch)?;
+        self.shared.pulled(chunk, n, bytes);
+        Ok(())
+    }
+
+    fn chunksize(&self, len: usize, asked: Option<usize>) -> Result<u32, Error> {
+        match asked {
+            Some(0) => Err(Error::InvalidArgument(
+                "chunksize must be at least 1".into(),
+            )),
+            Some(n) => {
+                u32::try_from(n).map_err(|_| Error::InvalidArgument("chunksize too large".into()))
+            }
+            None => Ok(default_chunksize(len as u64, self.processes).max(1)),
+        }
+    }
+
+    /// Python's `close`: no more work is accepted; the work submitted is finished, then the
+    /// workers exit.
+    pub fn close(&self) {
+        self.shared.with_scheduler(|s, now| s.close(now));
+    }
+
+    /// Python's `terminate`: stops the workers at once. Unfinished work fails with
+    /// [`Error::Terminated`]; no callback runs for it, and none runs after this returns.
+    pub fn terminate(&self) {
+        self.shared.terminate();
+    }
+
+    /// Python's `join`: waits for the workers to exit, after [`Pool::close`] or
+    /// [`Pool::terminate`] ([`Error::StillRunning`] before).
+    pub fn join(&self) -> Result<(), Error> {
+        self.shared.join()
+    }
+
+    /// The pids of the live workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared.worker_pids()
+    }
+
+    /// Counters: workers spawned, lost, chunks dispatched, ...
+    pub fn stats(&self) -> pool_core::Stats {
+        self.shared.stats()
+    }
+
+    /// Cancels the job's work that was not dispatched yet.
+    fn cancel(shared: &Shared, job: &JobShared) -> bool {
+        shared.with_scheduler(|s, now| s.cancel(job.id, now))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.shared.lifecycle() != Lifecycle::Joined {
+            self.shared.terminate();
+        }
+        self.shared.shut_down();
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the available parallelism).
+    pub fn processes(mut self, n: usize) -> PoolBuilder {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Python's `initializer` and `initargs`: `f(args)` runs once in every worker before its
+    /// first task, replacements included. If it panics in three workers in a row, the pool
+    /// stops starting workers and fails its work with [`Error::InitializerFailed`].
+    pub fn initializer<F, A>(mut self, f: F, args: A) -> PoolBuilder
+    where
+        F: Fn(A),
+        A: Serialize + DeserializeOwned,
+    {
+        let setup = Call::new(&f)
+            .and_then(|call| Ok((call, postcard::to_stdvec(std::slice::from_ref(&args))?)));
+        self.initializer = Some(setup);
+        self
+    }
+
+    /// Python's `maxtasksperchild`: a worker is replaced after this many chunks (0 is an error).
+    pub fn max_tasks_per_child(mut self, n: usize) -> PoolBuilder {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// The transport between the pool and its workers.
+    pub fn transport(mut self, kind: TransportKind) -> PoolBuilder {
+        self.transport = kind;
+        self
+    }
+
+    /// A time limit for every chunk: past it, the worker is killed and replaced, and the
+    /// chunk's items fail with [`Error::TimedOut`].
+    pub fn time_limit(mut self, limit: Duration) -> PoolBuilder {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Most chunks queued at one worker (default 2; see `pool_core::Config`).
+    pub fn chunks_per_worker(mut self, n: u32) -> PoolBuilder {
+        self.chunks_per_worker = n;
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Pool, Error> {
+        let processes = match self.processes {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let processes = u32::try_from(processes)
+            .map_err(|_| Error::InvalidArgument("too many processes".into()))?;
+        let mut config = Config::new(processes);
+        config.max_tasks_per_child = self
+            .max_tasks_per_child
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        config.chunks_per_worker = self.chunks_per_worker;
+        config.task_time_limit = self.time_limit;
+        let sched = Scheduler::new(config, Time::ZERO)?;
+        let initializer = self.initializer.transpose()?;
+        let setup = WorkerSetup {
+            transport: self.transport,
+            initializer,
+            handshake_timeout: self.handshake_timeout,
+            time_limit: self.time_limit,
+        };
+        Ok(Pool {
+            shared: Shared::start(sched, setup),
+            processes,
+        })
+    }
+}
+
+/// Python's `callback` and `error_callback` for [`Pool::apply_async_with`] and
+/// [`Pool::map_async_with`].
+pub struct Callbacks<R> {
+    on_ok: Option<Box<dyn FnOnce(R) + Send>>,
+    on_err: Option<Box<dyn FnOnce(Error) + Send>>,
+}
+
+impl<R> std::fmt::Debug for Callbacks<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("on_ok", &self.on_ok.is_some())
+            .field("on_err", &self.on_err.is_some())
+            .finish()
+    }
+}
+
+impl<R: 'static> Callbacks<R> {
+    /// No callbacks.
+    pub fn none() -> Callbacks<R> {
+        Callbacks {
+            on_ok: None,
+            on_err: None,
+        }
+    }
+
+    /// Runs `f` with the result when the task succeeds (Python's `callback`).
+    pub fn on_ok(mut self, f: impl FnOnce(R) + Send + 'static) -> Callbacks<R> {
+        self.on_ok = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` with the error when the task fails (Python's `error_callback`).
+    pub fn on_err(mut self, f: impl FnOnce(Error) + Send + 'static) -> Callbacks<R> {
+        self.on_err = Some(Box::new(f));
+        self
+    }
+
+    fn into_callback(
+        self,
+        outcome: impl FnOnce(&JobShared) -> Result<R, Error> + Send + 'static,
+    ) -> Option<Callback> {
+        if self.on_ok.is_none() && self.on_err.is_none() {
+            return None;
+        }
+        let Callbacks { on_ok, on_err } = self;
+        Some(Box::new(move |job: &JobShared| match outcome(job) {
+            Ok(r) => {
+                if let Some(f) = on_ok {
+                    f(r);
+                }
+            }
+            Err(e) => {
+                if let Some(f) = on_err {
+                    f(e);
+                }
+            }
+        }))
+    }
+}
+
+/// The outcome of one task of an `apply`.
+fn single<R: DeserializeOwned>(job: &JobShared) -> Result<R, Error> {
+    job.outcomes::<R>()
+        .into_iter()
+        .next()
+        .unwrap_or(Err(Error::Terminated))
+}
+
+/// The values, or the error of the lowest-index failed item.
+fn first_error<R>(results: Vec<Result<R, Error>>) -> Result<Vec<R>, Error> {
+    results.into_iter().collect()
+}
+
+/// Cancels a job whose caller stops waiting for it (a panic while reading its input, or
+/// dropping an `imap` iterator), so that its undispatched work does not linger.
+struct CancelOnDrop<'a> {
+    shared: &'a Shared,
+    job: &'a JobShared,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.job.is_finished() {
+            Pool::cancel(self.shared, self.job);
+        }
+    }
+}
+
+/// The result of [`Pool::apply_async`]: Python's `AsyncResult`.
+#[derive(Debug)]
+pub struct AsyncResult<R> {
+    job: Arc<JobShared>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits for the result.
+    pub fn get(&self) -> Result<R, Error> {
+        self.job.wait_finished(None);
+        single(&self.job)
+    }
+
+    /// Waits at most `timeout`; [`Error::Timeout`] if the result is not ready (the task runs
+    /// on, and a later `get` returns its result).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
+        if !self.job.wait_finished(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout(timeout));
+        }
+        single(&self.job)
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        self.job.wait_finished(None);
+    }
+
+    /// Waits at most `timeout`; whether the result is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job.wait_finished(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the result is ready.
+    pub fn ready(&self) -> bool {
+        self.job.is_finished()
+    }
+
+    /// Whether the task succeeded; [`Error::NotReady`] before it is ready.
+    pub fn successful(&self) -> Result<bool, Error> {
+        if !self.ready() {
+            return Err(Error::NotReady);
+        }
+        Ok(single::<R>(&self.job).is_ok())
+    }
+}
+
+/// The result of [`Pool::map_async`]: Python's `MapResult`.
+#[derive(Debug)]
+pub struct MapResult<R> {
+    job: Arc<JobShared>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> MapResult<R> {
+    /// Waits for every result; on failure, the error of the lowest-index failed item.
+    pub fn get(&self) -> Result<Vec<R>, Error> {
+        self.job.wait_finished(None);
+        first_error(self.job.outcomes())
+    }
+
+    /// Waits at most `timeout`; [`Error::Timeout`] if not ready.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, Error> {
+        if !self.job.wait_finished(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout(timeout));
+        }
+        first_error(self.job.outcomes())
+    }
+
+    /// Every item's own outcome, in input order (waits).
+    pub fn get_results(&self) -> Vec<Result<R, Error>> {
+        self.job.wait_finished(None);
+        self.job.outcomes()
+    }
+
+    /// Waits until every result is ready.
+    pub fn wait(&self) {
+        self.job.wait_finished(None);
+    }
+
+    /// Whether every result is ready.
+    pub fn ready(&self) -> bool {
+        self.job.is_finished()
+    }
+
+    /// Whether every item succeeded; [`Error::NotReady`] before it is ready.
+    pub fn successful(&self) -> Result<bool, Error> {
+        if !self.ready() {
+            return Err(Error::NotReady);
+        }
+        Ok(self.job.outcomes::<R>().iter().all(Result::is_ok))
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one `Result` per item.
+///
+/// Dropping it before the end cancels the work not yet dispatched.
+pub struct IMap<'p, A, R> {
+    pool: &'p Pool,
+    job: Arc<JobShared>,
+    items: Box<dyn Iterator<Item = A>>,
+    ready: VecDeque<Result<R, Error>>,
+    done: bool,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<A, R> std::fmt::Debug for IMap<'_, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("job", &self.job)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Serialize, R: DeserializeOwned> Iterator for IMap<'_, A, R> {
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            match self.job.next_wake(None) {
+                Wake::Pull { chunk, max_items } => {
+                    if let Err(e) = self.pool.feed(chunk, max_items, &mut self.items) {
+                        self.pool.shared.pulled(chunk, 0, Vec::new());
+                        return Some(Err(e));
+                    }
+                }
+                Wake::Delivered(chunks) => {
+                    let n = chunks.len() as u32;
+                    for (chunk, result) in chunks {
+                        self.ready.extend(result.decode::<R>(chunk.items));
+                    }
+                    let id = self.job.id;
+                    self.pool
+                        .shared
+                        .with_scheduler(|s, now| s.handle_consumed(id, n, now));
+                }
+                Wake::Finished => self.done = true,
+                Wake::TimedOut => {}
+            }
+        }
+    }
+}
+
+impl<A, R> Drop for IMap<'_, A, R> {
+    fn drop(&mut self) {
+        if !self.done && !self.job.is_finished() {
+            Pool::cancel(&self.pool.shared, &self.job);
+        }
+    }
+}

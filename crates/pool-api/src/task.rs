@@ -1,0 +1,286 @@
+//! What crosses between the pool and its workers: the wire messages, and functions that
+//! travel by identity.
+//!
+//! A function item, or a closure that captures nothing, is a *zero-sized* type: the type is
+//! the whole function, and a value of it carries no data. So a task travels as one
+//! [`FnId`]: that of `trampoline::<F, A, R>`, monomorphized for the user's function type `F`.
+//! In the worker, the trampoline conjures the (data-free) `F`, decodes a chunk of `A`s, calls
+//! it on each (catching panics one by one), and encodes the `Result<R, Panic>`s. The worker
+//! calls every trampoline through one uniform signature, so it needs no knowledge of the
+//! types. The id is checked against the executable at spawn time (see `pool_ipc::FnId`).
+//!
+//! A closure that captures something is not zero-sized and is refused at compile time: its
+//! captures live in this process's memory and cannot be conjured in another.
+
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+
+use pool_ipc::FnId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The uniform signature of trampolines: the encoded chunk, and where to write the encoded
+/// results.
+pub(crate) type Trampoline = fn(&[u8], &mut Vec<u8>) -> Result<(), String>;
+
+/// A task function as it travels to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Call {
+    pub(crate) trampoline: FnId,
+}
+
+/// A panic caught in a worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Panic {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+/// Functions of several arguments, for [`Pool::starmap`](crate::Pool::starmap): each item is
+/// the tuple of arguments. Implemented for every `Fn` of 2 to 5 arguments.
+pub trait StarFn<Args, R> {
+    /// Calls the function with the tuple's elements as arguments.
+    fn call_with(&self, args: Args) -> R;
+}
+
+macro_rules! star_fn {
+    ($($name:ident),+) => {
+        impl<F, $($name,)+ R> StarFn<($($name,)+), R> for F
+        where
+            F: Fn($($name),+) -> R,
+        {
+            #[allow(non_snake_case)]
+            fn call_with(&self, ($($name,)+): ($($name,)+)) -> R {
+                self($($name),+)
+            }
+        }
+    };
+}
+star_fn!(A, B);
+star_fn!(A, B, C);
+star_fn!(A, B, C, D);
+star_fn!(A, B, C, D, E);
+
+/// The value of a zero-sized function type.
+fn conjure<F>() -> F {
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "pool tasks must be functions or closures that capture nothing"
+        )
+    };
+    // SAFETY: `F` is zero-sized (checked at compile time above), so a value has no bytes to
+    // initialize; it is a function item or a capture-free closure (only those implement `Fn`
+    // on stable Rust and are zero-sized), which carry no invariant beyond their type.
+    unsafe { std::mem::zeroed::<F>() }
+}
+
+thread_local! {
+    /// The last panic of this thread, recorded by the worker's panic hook.
+    static LAST_PANIC: RefCell<Option<Panic>> = const { RefCell::new(None) };
+}
+
+/// Installs the worker's panic hook: it records the panic for the task's result instead of
+/// printing it (the parent reports it through `get`, as Python re-raises in the parent).
+pub(crate) fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a panic with a non-string payload".to_owned()
+        };
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(Panic { message, location }));
+    }));
+}
+
+/// Runs `f`, turning a panic into a [`Panic`].
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or(Panic {
+            message: "the task panicked".into(),
+            location: None,
+        })
+    })
+}
+
+fn run_chunk<A, R>(chunk: &[u8], out: &mut Vec<u8>, f: impl Fn(A) -> R) -> Result<(), String>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let items: Vec<A> =
+        postcard::from_bytes(chunk).map_err(|e| format!("cannot decode arguments: {e}"))?;
+    let results: Vec<Result<R, Panic>> = items.into_iter().map(|a| catch(|| f(a))).collect();
+    out.clear();
+    postcard::to_io(&results, &mut *out).map_err(|e| format!("cannot encode results: {e}"))?;
+    Ok(())
+}
+
+fn trampoline<F, A, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+where
+    F: Fn(A) -> R,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let f: F = conjure();
+    run_chunk(chunk, out, f)
+}
+
+fn star_trampoline<F, T, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+where
+    F: StarFn<T, R>,
+    T: DeserializeOwned,
+    R: Serialize,
+{
+    let f: F = conjure();
+    run_chunk(chunk, out, |t| f.call_with(t))
+}
+
+impl Call {
+    fn from_trampoline(t: Trampoline) -> Result<Call, Error> {
+        let trampoline =
+            FnId::new(t as usize).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(Call { trampoline })
+    }
+
+    /// The call of `F` (zero-sized: checked at compile time) on items of type `A`.
+    pub(crate) fn new<F, A, R>(_f: &F) -> Result<Call, Error>
+    where
+        F: Fn(A) -> R,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        let _ = conjure::<F>;
+        Call::from_trampoline(trampoline::<F, A, R>)
+    }
+
+    /// The call of a function of several arguments on tuples of them.
+    pub(crate) fn new_star<F, T, R>(_f: &F) -> Result<Call, Error>
+    where
+        F: StarFn<T, R>,
+        T: DeserializeOwned,
+        R: Serialize,
+    {
+        Call::from_trampoline(star_trampoline::<F, T, R>)
+    }
+
+    /// Runs the call on an encoded chunk, in a worker.
+    pub(crate) fn run(&self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        // SAFETY: the id was made from a `Trampoline` in the parent, of this same build
+        // (checked at spawn), so the address is that function.
+        let t: Trampoline =
+            unsafe { std::mem::transmute::<usize, Trampoline>(self.trampoline.addr()) };
+        t(chunk, out)
+    }
+}
+
+/// Parent to worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Run a chunk; its encoded items follow the message in the same frame.
+    Task { job: u64, index: u32, call: Call },
+    /// Exit once the tasks before this message are done.
+    Retire,
+}
+
+/// Worker to parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The initializer ran (or there was none): ready for tasks.
+    Ready,
+    /// The initializer panicked.
+    InitFailed { message: String },
+    /// Starting the chunk.
+    Started { job: u64, index: u32 },
+    /// The chunk's results follow the message in the same frame.
+    Finished { job: u64, index: u32 },
+    /// The chunk could not be run at all (undecodable arguments).
+    Failed {
+        job: u64,
+        index: u32,
+        message: String,
+    },
+}
+
+/// Encodes `header` followed by `body` as one frame: the header is length-prefixed with a
+/// u32 so that the body can be sent as a separate part, without copying it.
+pub(crate) fn header_bytes<T: Serialize>(header: &T) -> Result<Vec<u8>, Error> {
+    let encoded = postcard::to_stdvec(header)?;
+    let mut out = Vec::with_capacity(encoded.len() + 4);
+    out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    out.extend_from_slice(&encoded);
+    Ok(out)
+}
+
+/// Splits a frame made by [`header_bytes`] + body into the decoded header and the body.
+pub(crate) fn split_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<(T, &[u8]), Error> {
+    let len_bytes: [u8; 4] = frame
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Codec("frame shorter than its header length".into()))?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let header = frame
+        .get(4..4 + len)
+        .ok_or_else(|| Error::Codec("frame shorter than its header".into()))?;
+    Ok((postcard::from_bytes(header)?, &frame[4 + len..]))
+}
+
+/// Decodes a chunk's results.
+pub(crate) fn decode_results<R: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<Vec<Result<R, Panic>>, Error> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add((a, b): (u32, u32)) -> u32 {
+        a + b
+    }
+
+    fn add2(a: u32, b: u32) -> u32 {
+        a + b
+    }
+
+    #[test]
+    fn a_call_runs_its_function_over_a_chunk() {
+        let call = Call::new(&add).unwrap();
+        let chunk = postcard::to_stdvec(&vec![(1u32, 2u32), (3, 4)]).unwrap();
+        let mut out = Vec::new();
+        call.run(&chunk, &mut out).unwrap();
+        let results: Vec<Result<u32, Panic>> = decode_results(&out).unwrap();
+        let values: Vec<u32> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(values, [3, 7]);
+        let star = Call::new_star(&add2).unwrap();
+        star.run(&chunk, &mut out).unwrap();
+        assert_eq!(decode_results::<u32>(&out).unwrap().len(), 2);
+        let closure = Call::new(&|x: u32| x * 10).unwrap();
+        closure
+            .run(&postcard::to_stdvec(&vec![4u32]).unwrap(), &mut out)
+            .unwrap();
+        assert_eq!(
+            decode_results::<u32>(&out).unwrap()[0].as_ref().unwrap(),
+            &40
+        );
+    }
+
+    #[test]
+    fn frames_split_back_into_header_and_body() {
+        let mut frame = header_bytes(&FromWorker::Finished { job: 3, index: 4 }).unwrap();
+        frame.extend_from_slice(b"body");
+        let (h, body): (FromWorker, &[u8]) = split_frame(&frame).unwrap();
+        assert!(matches!(h, FromWorker::Finished { job: 3, index: 4 }));
+        assert_eq!(body, b"body");
+        assert!(split_frame::<FromWorker>(&[9, 0, 0, 0, 1]).is_err());
+        assert!(split_frame::<FromWorker>(&[]).is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! The worker process's side of a pool: run the initializer, then chunks, until told to
+//! retire or until the parent is gone.
+//!
+//! The loop is single-threaded and runs chunks in the order they arrive, which is what the
+//! scheduler's model of a worker assumes. Before each chunk it tells the parent `Started`, so
+//! that a worker that dies inside a chunk fails that chunk (it is never run twice) while the
+//! chunks still queued behind it are given to other workers.
+
+use pool_ipc::ChildStart;
+use serde::{Deserialize, Serialize};
+
+use crate::process;
+use crate::task::{self, Call, FromWorker, ToWorker};
+
+/// What a worker is started with.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerBoot {
+    pub(crate) name: String,
+    pub(crate) initializer: Option<(Call, Vec<u8>)>,
+}
+
+/// Exit code of a worker that received something it could not decode from its parent.
+const EXIT_PROTOCOL: i32 = 71;
+
+/// The entry point of pool workers (a `pool_ipc::ChildMain`).
+pub(crate) fn worker_main(start: ChildStart) -> i32 {
+    task::install_panic_hook();
+    let Ok(boot) = postcard::from_bytes::<WorkerBoot>(&start.payload) else {
+        return EXIT_PROTOCOL;
+    };
+    process::set_current(boot.name.clone());
+    let (mut tx, mut rx) = start.channel.split();
+    let send = |tx: &mut pool_ipc::Sender, msg: &FromWorker, body: &[u8]| -> bool {
+        match task::header_bytes(msg) {
+            Ok(header) => tx.send_parts(&[&header, body], None).is_ok(),
+            Err(_) => false,
+        }
+    };
+    let mut out = Vec::new();
+    if let Some((call, args)) = &boot.initializer {
+        let failure = match call.run(args, &mut out) {
+            Err(message) => Some(message),
+            Ok(()) => match task::decode_results::<()>(&out) {
+                Ok(mut r) if r.len() == 1 => r.pop().and_then(|r| r.err()).map(|p| p.message),
+                _ => Some("the initializer's outcome could not be decoded".into()),
+            },
+        };
+        if let Some(message) = failure {
+            send(&mut tx, &FromWorker::InitFailed { message }, &[]);
+            return 1;
+        }
+    }
+    if !send(&mut tx, &FromWorker::Ready, &[]) {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    loop {
+        if rx.recv_into(&mut buf, None).is_err() {
+            // The parent is gone (or closed our channel): nothing more to do.
+            return 0;
+        }
+        let Ok((msg, body)) = task::split_frame::<ToWorker>(&buf) else {
+            return EXIT_PROTOCOL;
+        };
+        match msg {
+            ToWorker::Task { job, index, call } => {
+                if !send(&mut tx, &FromWorker::Started { job, index }, &[]) {
+                    return 0;
+                }
+                let reply = match call.run(body, &mut out) {
+                    Ok(()) => send(&mut tx, &FromWorker::Finished { job, index }, &out),
+                    Err(message) => send(
+                        &mut tx,
+                        &FromWorker::Failed {
+                            job,
+                            index,
+                            message,
+                        },
+                        &[],
+                    ),
+                };
+                if !reply {
+                    return 0;
+                }
+            }
+            ToWorker::Retire => return 0,
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! `Pool` over real worker processes (re-executed from this test binary).
+//!
+//! Ported behaviours name their source: CPython's `Lib/test/_test_multiprocessing.py`
+//! (`_TestPool`), and the seed tutorials in `shared/seeds/`. Time bounds are generous (the
+//! machine is shared) and tests print what they measured.
+
+#![allow(clippy::print_stderr)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pool_api::{Callbacks, Error, Pool, current_process};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn square_sum(numbers: Vec<u64>) -> u64 {
+    numbers.iter().map(|x| x * x).sum()
+}
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn panics_on_odd(x: u32) -> u32 {
+    assert!(x % 2 == 0, "odd input {x}");
+    x
+}
+
+/// Dies in the way its argument says, or returns it.
+fn dies(how: String) -> String {
+    match how.as_str() {
+        "sigkill" => {
+            // SAFETY: raising a signal at ourselves.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+        "abort" => std::process::abort(),
+        "exit" => std::process::exit(3),
+        "segfault" => {
+            // SAFETY: deliberately not safe: this worker must crash the way C code does.
+            unsafe { libc::raise(libc::SIGSEGV) };
+        }
+        _ => {}
+    }
+    how
+}
+
+fn worker_name(_: ()) -> String {
+    current_process().name
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn length(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+fn echo_bytes(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+#[test]
+fn map_returns_results_in_input_order() {
+    // seed 002: Pool().map(f, [1, 2, 3]) five times prints [1, 4, 9].
+    let pool = Pool::new(2).unwrap();
+    for _ in 0..5 {
+        assert_eq!(pool.map(square, [1, 2, 3]).unwrap(), [1, 4, 9]);
+    }
+    let big: Vec<u64> = (0..10_000).collect();
+    let expect: Vec<u64> = big.iter().map(|x| x * x).collect();
+    assert_eq!(pool.map(square, big.clone()).unwrap(), expect);
+    assert_eq!(pool.map_chunked(square, big, 1).unwrap(), expect);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn seed_square_sum_of_chunks_is_385() {
+    // seed 001: numbers 1..10 in chunks of 10 // 4 = 2 over 4 processes.
+    let numbers: Vec<u64> = (1..=10).collect();
+    let pool = Pool::new(4).unwrap();
+    let chunk_size = numbers.len() / 4;
+    let chunks: Vec<Vec<u64>> = numbers.chunks(chunk_size).map(<[u64]>::to_vec).collect();
+    let total: u64 = pool.map(square_sum, chunks).unwrap().iter().sum();
+    assert_eq!(total, 385);
+}
+
+#[test]
+fn empty_input_gives_an_empty_result_at_once() {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(
+        pool.map(square, Vec::<u64>::new()).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert!(
+        pool.map_async(square, Vec::<u64>::new(), None)
+            .unwrap()
+            .get()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(pool.imap(square, Vec::<u64>::new(), 1).unwrap().count(), 0);
+}
+
+#[test]
+fn starmap_and_async_variants() {
+    // seed 001: starmap(download_file, [(url, filename), ...]).
+    let pool = Pool::new(2).unwrap();
+    let pairs = vec![(1u64, 2u64), (3, 4), (5, 6)];
+    assert_eq!(pool.starmap(add, pairs.clone()).unwrap(), [3, 7, 11]);
+    let r = pool.starmap_async(add, pairs, Some(1)).unwrap();
+    assert_eq!(r.get().unwrap(), [3, 7, 11]);
+    assert!(r.ready());
+    assert_eq!(r.successful(), Ok(true));
+    let a = pool.apply_async(square, 12).unwrap();
+    assert_eq!(a.get().unwrap(), 144);
+    assert_eq!(a.get().unwrap(), 144, "get may be called again");
+}
+
+#[test]
+fn get_with_a_timeout_lets_the_task_run_on() {
+    // CPython _TestPool.test_async_timeout: get(timeout) raises TimeoutError.
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(sleep_ms, 300).unwrap();
+    assert_eq!(r.successful(), Err(Error::NotReady));
+    assert_eq!(
+        r.get_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(Duration::from_millis(10)))
+    );
+    assert!(!r.ready());
+    assert_eq!(r.get().unwrap(), 300);
+    assert_eq!(r.successful(), Ok(true));
+}
+
+#[test]
+fn a_panic_comes_back_from_get_and_the_worker_survives() {
+    let pool = Pool::new(1).unwrap();
+    let before = pool.apply(pid, ()).unwrap();
+    match pool.apply(panics_on_odd, 3) {
+        Err(Error::Panicked {
+            message,
+            location,
+            pid,
+        }) => {
+            assert_eq!(message, "odd input 3");
+            assert!(location.unwrap().contains("pool.rs"));
+            assert_eq!(pid, before);
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert_eq!(
+        pool.apply(pid, ()).unwrap(),
+        before,
+        "the same worker takes the next task"
+    );
+    // map: the error of the lowest-index failed item; per-item outcomes otherwise.
+    let err = pool.map(panics_on_odd, [0, 2, 5, 4, 7]).unwrap_err();
+    assert!(
+        matches!(err, Error::Panicked { ref message, .. } if message == "odd input 5"),
+        "{err}"
+    );
+    let each = pool.map_results(panics_on_odd, [0, 1, 2], Some(3)).unwrap();
+    assert!(each[0].is_ok() && each[1].is_err() && each[2].is_ok());
+}
+
+#[test]
+fn a_worker_that_dies_fails_only_its_task_and_is_replaced() {
+    // CPython's Pool hangs forever here (bpo-22393).
+    let pool = Pool::new(2).unwrap();
+    for (how, exitcode) in [
+        ("sigkill", -9),
+        ("abort", -6),
+        ("exit", 3),
+        ("segfault", -11),
+    ] {
+        let t = Instant::now();
+        let crash = pool.apply_async(dies, how.to_string()).unwrap();
+        let fine = pool.apply_async(dies, "fine".to_string()).unwrap();
+        match crash.get() {
+            Err(Error::WorkerLost {
+                exitcode: code,
+                pid,
+            }) => {
+                assert_eq!(code, exitcode, "{how}");
+                assert!(pid > 0);
+            }
+            other => panic!("{how}: expected worker lost, got {other:?}"),
+        }
+        eprintln!("{how}: worker loss reported after {:?}", t.elapsed());
+        assert_eq!(fine.get().unwrap(), "fine");
+    }
+    // The pool is back to two live workers, and still works.
+    let t = Instant::now();
+    while pool.worker_pids().len() < 2 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.worker_pids().len(), 2);
+    assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    assert_eq!(pool.stats().lost, 4);
+}
+
+#[test]
+fn a_chunk_of_a_lost_worker_fails_as_a_whole_and_the_map_goes_on() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<String> = (0..20)
+        .map(|i| {
+            if i == 7 {
+                "sigkill".into()
+            } else {
+                format!("ok{i}")
+            }
+        })
+        .collect();
+    let results = pool.map_results(dies, items, Some(4)).unwrap();
+    for (i, r) in results.iter().enumerate() {
+        if (4..8).contains(&i) {
+            assert!(
+                matches!(r, Err(Error::WorkerLost { exitcode: -9, .. })),
+                "item {i}: {r:?}"
+            );
+        } else {
+            assert_eq!(r.as_ref().unwrap(), &format!("ok{i}"));
+        }
+    }
+}
+
+#[test]
+fn a_task_over_its_time_limit_is_killed_and_reported() {
+    let pool = Pool::builder()
+        .processes(1)
+        .time_limit(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let first = pool.apply(pid, ()).unwrap();
+    let t = Instant::now();
+    let r = pool.apply(sleep_ms, 5_000);
+    eprintln!("time limit enforced after {:?}", t.elapsed());
+    assert!(
+        matches!(r, Err(Error::TimedOut { pid, .. }) if pid == first),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(4));
+    let second = pool.apply(pid, ()).unwrap();
+    assert_ne!(first, second, "the worker was replaced");
+    assert_eq!(pool.apply(sleep_ms, 10).unwrap(), 10);
+}
+
+#[test]
+fn maxtasksperchild_replaces_workers_and_the_initializer_runs_in_each() {
+    // seed 003: Pool(processes, initializer=start_process, maxtasksperchild=2).
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(2)
+        .initializer(remember_init, ())
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..12)
+        .map(|_| pool.apply(pid_if_initialized, ()).unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+    eprintln!(
+        "12 tasks, maxtasksperchild 2: {} distinct workers",
+        distinct.len()
+    );
+    assert!(distinct.len() >= 6, "workers were not replaced: {pids:?}");
+    let stats = pool.stats();
+    assert!(stats.spawned >= 6);
+}
+
+static INITIALIZED: AtomicUsize = AtomicUsize::new(0);
+
+fn remember_init(_: ()) {
+    INITIALIZED.fetch_add(1, Ordering::SeqCst);
+}
+
+fn pid_if_initialized(_: ()) -> u32 {
+    assert_eq!(
+        INITIALIZED.load(Ordering::SeqCst),
+        1,
+        "the initializer ran once in this worker"
+    );
+    std::process::id()
+}
+
+fn failing_init(_: ()) {
+    panic!("no configuration file");
+}
+
+#[test]
+fn a_failing_initializer_is_reported_once_and_not_respawned_forever() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(failing_init, ())
+        .build()
+        .unwrap();
+    let r = pool.apply(square, 3);
+    assert_eq!(
+        r,
+        Err(Error::InitializerFailed("no configuration file".into()))
+    );
+    assert_eq!(
+        pool.apply(square, 3),
+        Err(Error::InitializerFailed("no configuration file".into()))
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let spawned = pool.stats().spawned;
+    eprintln!("workers spawned before giving up: {spawned}");
+    assert!(spawned <= 4, "respawned {spawned} times");
+}
+
+#[test]
+fn worker_names_follow_python() {
+    // seed 003: "Starting PoolWorker-N" from current_process().name.
+    let pool = Pool::new(2).unwrap();
+    let name = pool.apply(worker_name, ()).unwrap();
+    assert!(name.starts_with("PoolWorker-"), "{name}");
+    assert_eq!(current_process().name, "MainProcess");
+}
+
+#[test]
+fn callbacks_run_once_each_in_the_parent_in_completion_order() {
+    // seed 004: ten apply_async(Foo, (i,), callback=Bar); Bar runs in the main process.
+    let pool = Pool::new(5).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let results: Vec<_> = (0..10u64)
+        .map(|i| {
+            let seen = Arc::clone(&seen);
+            let cb = Callbacks::none()
+                .on_ok(move |r: u64| seen.lock().unwrap().push((r, std::process::id())));
+            pool.apply_async_with(plus_100, i, cb).unwrap()
+        })
+        .collect();
+    pool.close();
+    pool.join().unwrap();
+    for r in &results {
+        r.get().unwrap();
+    }
+    // All callbacks are done once join returned and every result was taken.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    let values: Vec<u64> = seen.iter().map(|(v, _)| *v).collect();
+    assert_eq!(values, (100..110).collect::<Vec<_>>());
+    assert!(seen.iter().all(|(_, pid)| *pid == std::process::id()));
+}
+
+fn plus_100(i: u64) -> u64 {
+    i + 100
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_later_results() {
+    let pool = Pool::new(1).unwrap();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let oks = Arc::new(AtomicUsize::new(0));
+    let first = pool
+        .apply_async_with(
+            plus_100,
+            1,
+            Callbacks::none().on_ok(|_| panic!("callback bug")),
+        )
+        .unwrap();
+    let e = Arc::clone(&errors);
+    let second = pool
+        .apply_async_with(
+            panics_on_odd,
+            3,
+            Callbacks::none().on_err(move |_| {
+                e.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+    let o = Arc::clone(&oks);
+    let third = pool
+        .apply_async_with(
+            plus_100,
+            2,
+            Callbacks::none().on_ok(move |_| {
+                o.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+    assert_eq!(first.get().unwrap(), 101);
+    assert!(second.get().is_err());
+    assert_eq!(third.get().unwrap(), 102);
+    let t = Instant::now();
+    while oks.load(Ordering::SeqCst) == 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(errors.load(Ordering::SeqCst), 1);
+    assert_eq!(oks.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn lifecycle_errors_are_typed() {
+    // CPython: join before close raises ValueError; apply after close raises ValueError.
+    assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        Pool::builder().processes(1).max_tasks_per_child(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.join(), Err(Error::StillRunning));
+    assert!(matches!(
+        pool.map_chunked(square, [1], 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    pool.close();
+    assert_eq!(pool.apply(square, 2), Err(Error::Closed));
+    pool.join().unwrap();
+    assert!(pool.worker_pids().is_empty());
+}
+
+#[test]
+fn close_then_join_waits_for_all_work() {
+    // seed 000: Pool(3), five apply_async, close, join: every task ran.
+    let pool = Pool::new(3).unwrap();
+    let rs: Vec<_> = (0..5)
+        .map(|_| pool.apply_async(sleep_ms, 50).unwrap())
+        .collect();
+    pool.close();
+    pool.join().unwrap();
+    assert!(rs.iter().all(|r| r.ready()));
+}
+
+#[test]
+fn terminate_with_many_queued_tasks_returns_promptly() {
+    let pool = Pool::new(2).unwrap();
+    let rs: Vec<_> = (0..10_000)
+        .map(|_| pool.apply_async(sleep_ms, 1).unwrap())
+        .collect();
+    let t = Instant::now();
+    pool.terminate();
+    pool.join().unwrap();
+    eprintln!("terminate + join with 10 000 queued: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let terminated = rs
+        .iter()
+        .filter(|r| r.get() == Err(Error::Terminated))
+        .count();
+    assert!(terminated > 9_000, "{terminated}");
+    assert!(pool.worker_pids().is_empty());
+}
+
+#[test]
+fn results_of_a_dropped_pool_are_terminated_errors() {
+    let pool = Pool::new(1).unwrap();
+    let r = pool.apply_async(sleep_ms, 10_000).unwrap();
+    drop(pool);
+    assert_eq!(r.get(), Err(Error::Terminated));
+}
+
+#[test]
+fn imap_streams_in_order_and_imap_unordered_yields_each_once() {
+    let pool = Pool::new(2).unwrap();
+    let ordered: Vec<u64> = pool
+        .imap(square, 0..500u64, 7)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ordered, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..500u64, 3)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, ordered);
+}
+
+#[test]
+fn imap_over_an_endless_iterator_reads_its_input_lazily() {
+    let pool = Pool::new(2).unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut results = pool.imap(square, endless, 100).unwrap();
+    for i in 0..100_000u64 {
+        assert_eq!(results.next().unwrap().unwrap(), i * i);
+    }
+    let ahead = pulled.load(Ordering::SeqCst) - 100_000;
+    eprintln!("after 100 000 results, input read ahead by {ahead} items");
+    // A window of 4 x processes chunks of 100 items.
+    assert!(
+        ahead <= 8 * 100 + 100,
+        "read {ahead} items ahead of the consumer"
+    );
+    drop(results);
+    assert_eq!(
+        pool.apply(square, 3).unwrap(),
+        9,
+        "the pool goes on after a dropped imap"
+    );
+}
+
+#[test]
+fn sixty_four_mib_arguments_and_results() {
+    let pool = Pool::new(1).unwrap();
+    let big = vec![7u8; 64 << 20];
+    assert_eq!(pool.apply(length, big.clone()).unwrap(), 64 << 20);
+    let back = pool.apply(echo_bytes, big.clone()).unwrap();
+    assert!(back == big);
+}
