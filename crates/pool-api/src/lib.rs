@@ -31,3 +31,8 @@ pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;
 pub use process::{ProcessInfo, current_process};
 pub use task::StarFn;
+
+/// The workspace README's example, compiled and run as a doc test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExample;

@@ -1,13 +1,36 @@
 //! `pool`: the demonstration front end of the pool crates.
 //!
-//! It will run every example of the multiprocessing tutorials the project started from
-//! (`pool demo`). It is the only crate of the workspace that prints.
+//! `pool demo` runs every example of the multiprocessing tutorials the project started from
+//! (`shared/seeds/`), each under a header, printing what the tutorial prints. It is the only
+//! crate of the workspace that writes to stdout; its worker functions print too, as the
+//! tutorials' workers do, through the stdout they inherit.
 
-fn main() {
-    // The demos arrive with the Pool and primitives; until then say so plainly.
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("pool: the demos are not built yet (they arrive with pool-api's Pool).");
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod demos;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Python's multiprocessing, in Rust: runnable demonstrations.
+#[derive(Debug, Parser)]
+#[command(name = "pool", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the tutorials' examples with pool (all of them, or one by name).
+    #[command(after_help = demos::catalogue())]
+    Demo(demos::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Demo(args) => demos::run(&args),
     }
-    std::process::exit(2);
 }

@@ -1,0 +1,184 @@
+//! Every demo, run through the real `pool` binary, with its output checked against what the
+//! seed tutorial prints.
+
+use std::process::Command;
+
+fn demo(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pool"))
+        .arg("demo")
+        .args(args)
+        .output()
+        .expect("running pool");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pool demo {args:?} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn lines_with<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn apply_async_runs_five_tasks_three_at_a_time() {
+    let out = demo(&["apply-async"]);
+    assert_eq!(lines_with(&out, "in: python course").len(), 5);
+    assert_eq!(lines_with(&out, "out, python course").len(), 5);
+    // Three start before any finishes; the fourth only after one finished.
+    let events: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("in:") || l.starts_with("out,"))
+        .collect();
+    assert!(
+        events[..3].iter().all(|l| l.starts_with("in:")),
+        "{events:?}"
+    );
+    assert!(events[3].starts_with("out,"), "{events:?}");
+}
+
+#[test]
+fn map_prints_workers_and_squares() {
+    let out = demo(&["map"]);
+    for line in [
+        "Worker A is starting.",
+        "Worker B is starting.",
+        "Worker A is exiting.",
+        "Worker B is exiting.",
+    ] {
+        assert!(out.contains(line), "{line} missing:\n{out}");
+    }
+    assert_eq!(lines_with(&out, "[1, 4, 9]").len(), 5);
+}
+
+#[test]
+fn square_sum_is_385_and_scales() {
+    assert!(demo(&["square-sum"]).contains("Total square sum: 385"));
+    // 1..=1000: n(n+1)(2n+1)/6.
+    let out = demo(&["square-sum", "--n", "1000"]);
+    assert!(out.contains("Total square sum: 333833500"), "{out}");
+    assert!(out.contains("numbers/s"), "{out}");
+}
+
+#[test]
+fn starmap_copies_every_file() {
+    let out = demo(&["starmap"]);
+    assert_eq!(lines_with(&out, "Downloaded ").len(), 3, "{out}");
+}
+
+#[test]
+fn images_are_resized() {
+    let out = demo(&["images"]);
+    for name in ["image1.png", "image2.png", "image3.png"] {
+        assert!(out.contains(&format!("Processed {name}")), "{out}");
+    }
+}
+
+#[test]
+fn initializer_names_workers_and_maxtasksperchild_starts_more() {
+    let out = demo(&["initializer"]);
+    assert!(out.contains("Inputs  : [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"));
+    assert!(out.contains("Build-In : [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]"));
+    assert_eq!(
+        lines_with(&out, "Pool  : [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]").len(),
+        2
+    );
+    let (plain, recycled) = out.split_once("-- with maxtasksperchild=2").unwrap();
+    let started_plain = lines_with(plain, "Starting PoolWorker-").len();
+    let started_recycled = lines_with(recycled, "Starting PoolWorker-").len();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(started_plain, cpus * 2);
+    // Ten one-item chunks, two per worker: at least five workers start.
+    assert!(started_recycled >= 5, "{recycled}");
+}
+
+#[test]
+fn results_are_printed_in_order_after_join() {
+    let out = demo(&["results"]);
+    let done: Vec<&str> = lines_with(&out, "done hello ");
+    assert_eq!(
+        done,
+        (0..10)
+            .map(|i| format!("done hello {i}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(lines_with(&out, "hello ").len(), 30);
+    assert!(out.contains("Sub-process(es) done."));
+}
+
+#[test]
+fn callbacks_run_in_the_main_process() {
+    let out = demo(&["callback"]);
+    let main_pid = lines_with(&out, "main process pid: ")[0]
+        .trim_start_matches("main process pid: ")
+        .to_string();
+    let done = lines_with(&out, "-->exec done: ");
+    assert_eq!(done.len(), 13);
+    let mut values: Vec<u64> = done[..10]
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (100..110).collect::<Vec<_>>());
+    assert!(
+        done.iter()
+            .all(|l| l.ends_with(&format!("main process pid: {main_pid}"))),
+        "{out}"
+    );
+    assert!(out.contains("end"));
+}
+
+#[test]
+fn crash_reports_the_lost_worker_and_finishes_the_map() {
+    let out = demo(&["crash"]);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("was lost while running the task (exitcode -6)"))
+            .count(),
+        2
+    );
+    assert!(out.contains("19 -> 361"));
+    assert!(out.contains("18 results, 2 lost with their worker; the pool goes on: [1, 4, 9]"));
+}
+
+#[test]
+fn timeout_kills_the_stuck_task_and_goes_on() {
+    let out = demo(&["timeout"]);
+    assert_eq!(lines_with(&out, "slept ").len(), 2);
+    assert!(out.contains("exceeded its time limit"), "{out}");
+}
+
+#[test]
+fn list_and_help_name_every_demo_and_unknown_names_fail() {
+    let list = demo(&["--list"]);
+    let help = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_pool"))
+            .args(["demo", "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for name in [
+        "apply-async",
+        "map",
+        "square-sum",
+        "starmap",
+        "images",
+        "initializer",
+        "results",
+        "callback",
+        "crash",
+        "timeout",
+    ] {
+        assert!(list.contains(name) && help.contains(name), "{name}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_pool"))
+        .args(["demo", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
