@@ -20,12 +20,14 @@
 
 #![deny(missing_docs)]
 
+mod bytes;
 mod error;
 mod pool;
 mod process;
 mod task;
 mod worker;
 
+pub use bytes::Bytes;
 pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pool_api::{Callbacks, Error, Pool, current_process};
+use pool_api::{Bytes, Callbacks, Error, Pool, current_process};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -60,11 +60,11 @@ fn add(a: u64, b: u64) -> u64 {
     a + b
 }
 
-fn length(data: Vec<u8>) -> usize {
+fn length(data: Bytes) -> usize {
     data.len()
 }
 
-fn echo_bytes(data: Vec<u8>) -> Vec<u8> {
+fn echo_bytes(data: Bytes) -> Bytes {
     data
 }
 
@@ -507,8 +507,43 @@ fn imap_over_an_endless_iterator_reads_its_input_lazily() {
 #[test]
 fn sixty_four_mib_arguments_and_results() {
     let pool = Pool::new(1).unwrap();
-    let big = vec![7u8; 64 << 20];
+    let big = Bytes(vec![7u8; 64 << 20]);
     assert_eq!(pool.apply(length, big.clone()).unwrap(), 64 << 20);
     let back = pool.apply(echo_bytes, big.clone()).unwrap();
     assert!(back == big);
+}
+
+#[test]
+fn the_shm_transport_keeps_every_promise_of_the_pipe_one() {
+    use pool_api::TransportKind;
+    let pool = Pool::builder()
+        .processes(2)
+        .transport(TransportKind::Shm)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.map(square, 0..1000u64).unwrap(),
+        (0..1000u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        pool.apply(panics_on_odd, 1),
+        Err(Error::Panicked { .. })
+    ));
+    let crash = pool.apply_async(dies, "sigkill".to_string()).unwrap();
+    let fine = pool.apply_async(dies, "fine".to_string()).unwrap();
+    assert!(matches!(
+        crash.get(),
+        Err(Error::WorkerLost { exitcode: -9, .. })
+    ));
+    assert_eq!(fine.get().unwrap(), "fine");
+    let big = Bytes(vec![3u8; 64 << 20]);
+    assert!(pool.apply(echo_bytes, big.clone()).unwrap() == big);
+    let streamed: Vec<u64> = pool
+        .imap(square, 0..300u64, 5)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(streamed.len(), 300);
+    pool.close();
+    pool.join().unwrap();
 }

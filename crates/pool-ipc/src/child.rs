@@ -119,6 +119,14 @@ impl Child {
         })
     }
 
+    /// Calls `death.notify()` as soon as the child exits, from the watcher thread. This is the
+    /// supervision a shared-memory channel needs: a futex cannot be waited on together with a
+    /// pidfd, so whoever sees the pidfd fire wakes the channel's waiters.
+    pub fn notify_on_exit(&self, death: crate::PeerDeath) -> io::Result<()> {
+        watcher::watch(self.pidfd().try_clone_to_owned()?, death);
+        Ok(())
+    }
+
     /// Lets the child run on without this handle; it is reaped when it exits.
     pub fn disown(mut self) {
         if self.status.is_none() {
@@ -160,6 +168,69 @@ impl Killer {
     /// SIGKILL.
     pub fn kill(&self) -> io::Result<()> {
         self.signal(libc::SIGKILL)
+    }
+}
+
+/// The thread that turns child exits into `PeerDeath` notifications.
+mod watcher {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    struct Watcher {
+        new: mpsc::Sender<(OwnedFd, crate::PeerDeath)>,
+        wake: UnixStream,
+    }
+
+    static WATCHER: Mutex<Option<Watcher>> = Mutex::new(None);
+
+    pub(super) fn watch(pidfd: OwnedFd, death: crate::PeerDeath) {
+        let mut guard = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+        let watcher = guard.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel();
+            let (wake, wakened) =
+                UnixStream::pair().expect("creating the watcher's wake-up socket");
+            std::thread::Builder::new()
+                .name("pool-ipc-watcher".into())
+                .spawn(move || run(rx, wakened))
+                .expect("starting the watcher thread");
+            Watcher { new: tx, wake }
+        });
+        let _ = watcher.new.send((pidfd, death));
+        let _ = watcher.wake.write_all(&[1]);
+    }
+
+    fn run(rx: mpsc::Receiver<(OwnedFd, crate::PeerDeath)>, mut wakened: UnixStream) {
+        let mut watched: Vec<(OwnedFd, crate::PeerDeath)> = Vec::new();
+        let mut sink = [0u8; 64];
+        loop {
+            while let Ok(entry) = rx.try_recv() {
+                watched.push(entry);
+            }
+            let mut fds: Vec<BorrowedFd<'_>> = vec![wakened.as_fd()];
+            fds.extend(watched.iter().map(|(fd, _)| fd.as_fd()));
+            match sys::poll_any(&fds, PollFlags::IN, None) {
+                Ok(Some(0)) => {
+                    if matches!(wakened.read(&mut sink), Ok(0)) {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {
+                    // Every exited child (a readable pidfd) is reported and forgotten; its
+                    // owner still reaps it.
+                    watched.retain(|(fd, death)| {
+                        let exited = sys::poll_one(fd.as_fd(), PollFlags::IN, Some(Instant::now()))
+                            .unwrap_or(true);
+                        if exited {
+                            death.notify();
+                        }
+                        !exited
+                    });
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
     }
 }
 

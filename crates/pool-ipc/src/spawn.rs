@@ -267,7 +267,13 @@ pub fn spawn(
         &mut child,
         options.handshake_timeout,
     ) {
-        Ok(()) => Ok(Spawned { child, channel }),
+        Ok(()) => {
+            if options.transport == TransportKind::Shm {
+                // A futex wait cannot watch the child: the watcher wakes it when the child dies.
+                child.notify_on_exit(channel.peer_death())?;
+            }
+            Ok(Spawned { child, channel })
+        }
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait_timeout(Duration::from_secs(5));

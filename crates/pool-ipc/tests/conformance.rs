@@ -234,7 +234,7 @@ macro_rules! conformance {
 }
 
 conformance!(pipe, TransportKind::Pipe);
-// The shm flavor joins this suite when its ring lands (see src/transport/shm.rs).
+conformance!(shm, TransportKind::Shm);
 
 /// Hostile bytes on the pipe transport's raw socket: a header claiming a huge length, and a
 /// message cut short. (The shm ring has the same checks, tested beside its code.)

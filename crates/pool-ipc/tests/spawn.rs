@@ -194,3 +194,34 @@ fn terminate_escalates_to_sigkill_when_sigterm_is_not_enough() {
     let status = s.child.terminate(GENEROUS).unwrap();
     assert_eq!(status, ExitStatus::Signal(libc::SIGTERM));
 }
+
+#[test]
+fn a_shm_channel_reports_its_dead_child_without_help() {
+    // `spawn` registers shm children with the watcher, which wakes a blocked receive.
+    let s = spawn(
+        sleeps,
+        b"",
+        &SpawnOptions::new().transport(TransportKind::Shm),
+    )
+    .unwrap();
+    let (_tx, mut rx) = s.channel.split();
+    let waiter = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        rx.recv_into(&mut buf, Some(Instant::now() + GENEROUS))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    s.child.kill().unwrap();
+    let r = waiter.join().unwrap();
+    eprintln!(
+        "shm receiver woken {:?} after its peer was killed",
+        t.elapsed()
+    );
+    assert!(matches!(r, Err(pool_ipc::RecvError::Disconnected)), "{r:?}");
+    assert!(t.elapsed() < GENEROUS);
+}
+
+#[test]
+fn a_child_echoes_over_shared_memory() {
+    round_trip(TransportKind::Shm);
+}
