@@ -1,0 +1,128 @@
+//! The Pool's workloads (the definitions of the benchmark issue), for each transport:
+//! apply round trip (W2), pipelined apply_async (W2b), map of tiny items with the default
+//! chunk size and with chunk size 1 (W3), map of 1 MiB payloads (W4); and rayon running W3
+//! in-process, as the reference for what processes cost.
+
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pool_api::{Bytes, Pool, TransportKind};
+use rayon::prelude::*;
+
+fn noop(_: ()) {}
+
+fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn len(data: Bytes) -> usize {
+    data.len()
+}
+
+fn pool(kind: TransportKind) -> Pool {
+    Pool::builder()
+        .processes(2)
+        .transport(kind)
+        .build()
+        .expect("pool")
+}
+
+fn name(kind: TransportKind) -> String {
+    format!("{kind:?}").to_lowercase()
+}
+
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w2_apply_round_trip");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let p = pool(kind);
+        group.bench_function(name(kind), |b| b.iter(|| p.apply(noop, ()).unwrap()));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("w2b_apply_async_10k");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(10_000));
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let p = pool(kind);
+        group.bench_function(name(kind), |b| {
+            b.iter(|| {
+                let rs: Vec<_> = (0..10_000)
+                    .map(|_| p.apply_async(noop, ()).unwrap())
+                    .collect();
+                for r in rs {
+                    r.get().unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn map_tiny(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w3_map_1M_default_chunks");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1_000_000));
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let p = pool(kind);
+        group.bench_function(name(kind), |b| {
+            b.iter(|| p.map(square, 0..1_000_000u64).unwrap())
+        });
+    }
+    group.bench_function("rayon_in_process", |b| {
+        b.iter(|| {
+            (0..1_000_000u64)
+                .into_par_iter()
+                .map(square)
+                .collect::<Vec<_>>()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("w3_map_100k_chunksize_1");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(100_000));
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let p = pool(kind);
+        group.bench_function(name(kind), |b| {
+            b.iter(|| p.map_chunked(square, 0..100_000u64, 1).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn map_payloads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w4_map_64x1MiB");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Bytes(64 << 20));
+    let buffers: Vec<Bytes> = (0..64u8).map(|i| Bytes(vec![i; 1 << 20])).collect();
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let p = pool(kind);
+        for chunksize in [None, Some(1)] {
+            let label = format!(
+                "{}_chunksize_{}",
+                name(kind),
+                chunksize.map_or("default".into(), |c: usize| c.to_string())
+            );
+            group.bench_function(label, |b| {
+                b.iter(|| p.map_results(len, buffers.clone(), chunksize).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply, map_tiny, map_payloads);
+criterion_main!(benches);
