@@ -31,7 +31,7 @@ pub use bytes::Bytes;
 pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;
-pub use process::{ProcessInfo, current_process};
+pub use process::{Process, ProcessInfo, active_children, current_process};
 pub use task::StarFn;
 
 /// The workspace README's example, compiled and run as a doc test so that it stays true.

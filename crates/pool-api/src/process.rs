@@ -1,6 +1,21 @@
-//! Which process this is, as Python's `multiprocessing.current_process()` tells it.
+//! `Process`: one function in a child process, with Python's lifecycle; and which process
+//! this is (`current_process`, `active_children`).
+//!
+//! As in Python, a started process whose handle is dropped keeps running: the program's
+//! normal exit waits for such non-daemon children and terminates daemon ones (an `atexit`
+//! handler, like Python's `multiprocessing` registers), and children that exit meanwhile are
+//! reaped at once (the pidfd watcher), so none lingers as a zombie.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pool_ipc::{Child, ChildStart, Killer, SpawnOptions};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::task::{self, Call};
 
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -31,4 +46,327 @@ pub fn current_process() -> ProcessInfo {
 /// Names this process (once, at worker start).
 pub(crate) fn set_current(name: String) {
     let _ = NAME.set(name);
+}
+
+/// Numbers `Process-N` names, as Python does.
+static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Serialize, Deserialize)]
+struct ProcessBoot {
+    name: String,
+    call: Call,
+    args: Vec<u8>,
+}
+
+/// The entry point of `Process` children.
+fn process_main(start: ChildStart) -> i32 {
+    let Ok(boot) = postcard::from_bytes::<ProcessBoot>(&start.payload) else {
+        return pool_ipc::EXIT_BOOTSTRAP_FAILED;
+    };
+    set_current(boot.name);
+    // std's default panic hook prints the panic to this child's stderr, as Python prints the
+    // traceback of an exception in the target; the exit code is then 1, as in Python.
+    let mut out = Vec::new();
+    match boot.call.run(&boot.args, &mut out) {
+        Ok(()) => match task::decode_results::<()>(&out) {
+            Ok(results) if results.iter().all(Result::is_ok) => 0,
+            _ => 1,
+        },
+        Err(_) => 1,
+    }
+}
+
+/// A function running in a child process: Python's `multiprocessing.Process`.
+///
+/// ```
+/// use pool_api::Process;
+///
+/// fn greet(name: String) {
+///     assert_eq!(name, "test");
+/// }
+///
+/// let mut p = Process::new(greet, "test".to_string())?;
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), pool_api::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    daemon: bool,
+    payload: Vec<u8>,
+    child: Option<Child>,
+    exited: Option<Arc<AtomicBool>>,
+    exitcode: Option<i32>,
+}
+
+impl Process {
+    /// A process that will run `target(args)` once started. The target is a function or a
+    /// closure that captures nothing; the arguments are encoded now.
+    pub fn new<F, A>(target: F, args: A) -> Result<Process, Error>
+    where
+        F: Fn(A),
+        A: Serialize + DeserializeOwned,
+    {
+        let name = format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed));
+        let call = Call::new(&target)?;
+        let args = postcard::to_stdvec(std::slice::from_ref(&args))?;
+        let payload = postcard::to_stdvec(&ProcessBoot {
+            name: name.clone(),
+            call,
+            args,
+        })?;
+        Ok(Process {
+            name,
+            daemon: false,
+            payload,
+            child: None,
+            exited: None,
+            exitcode: None,
+        })
+    }
+
+    /// Names the process (default `Process-N`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Process {
+        self.name = name.into();
+        self
+    }
+
+    /// Python's `daemon` flag: a daemon process is terminated when the program exits, a
+    /// non-daemon one is waited for.
+    pub fn daemon(mut self, daemon: bool) -> Process {
+        self.daemon = daemon;
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pid, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::pid)
+    }
+
+    /// Starts the process. A process can be started once.
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.child.is_some() || self.exitcode.is_some() {
+            return Err(Error::InvalidArgument(
+                "a process can only be started once".into(),
+            ));
+        }
+        // The name may have been changed after `new`: the child learns the current one.
+        let mut boot: ProcessBoot = postcard::from_bytes(&self.payload)?;
+        boot.name = self.name.clone();
+        let payload = postcard::to_stdvec(&boot)?;
+        let options = SpawnOptions::new().name(self.name.clone());
+        let spawned = pool_ipc::spawn(process_main, &payload, &options)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let child = spawned.child;
+        let exited = Arc::new(AtomicBool::new(false));
+        registry::add(&child, &self.name, self.daemon, Arc::clone(&exited))?;
+        self.exited = Some(exited);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn started(&mut self) -> Result<&mut Child, Error> {
+        self.child
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("the process was not started".into()))
+    }
+
+    /// Records the exit of the child, reaping it.
+    fn reaped(&mut self, status: pool_ipc::ExitStatus) {
+        if let Some(child) = self.child.take() {
+            registry::remove(child.pid());
+        }
+        self.exitcode = Some(status.python_exitcode());
+    }
+
+    /// Waits for the process to exit.
+    pub fn join(&mut self) -> Result<(), Error> {
+        if self.exitcode.is_some() {
+            return Ok(());
+        }
+        let status = self
+            .started()?
+            .wait()
+            .map_err(|e| Error::Io(e.to_string()))?;
+        self.reaped(status);
+        Ok(())
+    }
+
+    /// Waits at most `timeout`; whether the process has exited.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
+        if self.exitcode.is_some() {
+            return Ok(true);
+        }
+        let deadline = Instant::now() + timeout;
+        match self
+            .started()?
+            .wait_deadline(Some(deadline))
+            .map_err(|e| Error::Io(e.to_string()))?
+        {
+            Some(status) => {
+                self.reaped(status);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Python's `exitcode`: `None` while running (or not started), else the exit code, or
+    /// minus the signal that killed it.
+    pub fn exitcode(&mut self) -> Option<i32> {
+        if self.exitcode.is_none() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.reaped(status);
+            }
+        }
+        self.exitcode
+    }
+
+    /// Whether the process was started and has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.is_some() && self.exitcode().is_none()
+    }
+
+    /// Python's `terminate`: SIGTERM.
+    pub fn terminate(&self) -> Result<(), Error> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Python's `kill`: SIGKILL.
+    pub fn kill(&self) -> Result<(), Error> {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(&self, sig: i32) -> Result<(), Error> {
+        match &self.child {
+            Some(child) => child.signal(sig).map_err(|e| Error::Io(e.to_string())),
+            None if self.exitcode.is_some() => Ok(()),
+            None => Err(Error::InvalidArgument("the process was not started".into())),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // A running process outlives its handle, as in Python: the registry reaps it when it
+        // exits, and the program's exit waits for it (or terminates it, for a daemon).
+        if let Some(child) = self.child.take() {
+            registry::orphan(child);
+        }
+    }
+}
+
+/// The live children started with [`Process`] by this process (Python's
+/// `multiprocessing.active_children()`).
+pub fn active_children() -> Vec<ProcessInfo> {
+    registry::active()
+}
+
+/// Every `Process` started by this process and not yet reaped.
+mod registry {
+    use super::*;
+
+    struct Entry {
+        pid: u32,
+        name: String,
+        daemon: bool,
+        killer: Killer,
+        exited: Arc<AtomicBool>,
+        /// Set once the `Process` handle is gone: the registry reaps it.
+        orphan: Option<Child>,
+    }
+
+    static ENTRIES: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    static AT_EXIT: OnceLock<()> = OnceLock::new();
+
+    fn entries() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+        ENTRIES.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn add(
+        child: &Child,
+        name: &str,
+        daemon: bool,
+        exited: Arc<AtomicBool>,
+    ) -> Result<(), Error> {
+        AT_EXIT.get_or_init(|| {
+            // SAFETY: registering a plain `extern "C" fn()` with the C library.
+            unsafe { libc::atexit(at_exit) };
+        });
+        let killer = child.killer().map_err(|e| Error::Io(e.to_string()))?;
+        let pid = child.pid();
+        entries().push(Entry {
+            pid,
+            name: name.to_owned(),
+            daemon,
+            killer,
+            exited: Arc::clone(&exited),
+            orphan: None,
+        });
+        child
+            .on_exit(move || {
+                exited.store(true, Ordering::SeqCst);
+                // An orphan is reaped now; a handle reaps its own child.
+                let mut entries = entries();
+                if let Some(i) = entries
+                    .iter()
+                    .position(|e| e.pid == pid && e.orphan.is_some())
+                {
+                    let mut entry = entries.remove(i);
+                    if let Some(child) = entry.orphan.as_mut() {
+                        let _ = child.wait();
+                    }
+                }
+            })
+            .map_err(|e| Error::Io(e.to_string()))
+    }
+
+    pub(super) fn remove(pid: u32) {
+        entries().retain(|e| e.pid != pid);
+    }
+
+    pub(super) fn orphan(mut child: Child) {
+        let mut entries = entries();
+        match entries.iter_mut().find(|e| e.pid == child.pid()) {
+            Some(entry) if !entry.exited.load(Ordering::SeqCst) => entry.orphan = Some(child),
+            _ => {
+                // Already exited (the watcher has fired or is about to): reap it here.
+                let pid = child.pid();
+                let _ = child.wait();
+                entries.retain(|e| e.pid != pid);
+            }
+        }
+    }
+
+    pub(super) fn active() -> Vec<ProcessInfo> {
+        entries()
+            .iter()
+            .filter(|e| !e.exited.load(Ordering::SeqCst))
+            .map(|e| ProcessInfo {
+                name: e.name.clone(),
+                pid: e.pid,
+            })
+            .collect()
+    }
+
+    /// At normal exit: terminate daemons, wait for the others (Python's `_exit_function`).
+    extern "C" fn at_exit() {
+        let mut entries = entries();
+        for entry in entries.iter().filter(|e| e.daemon) {
+            let _ = entry.killer.signal(libc::SIGTERM);
+        }
+        for entry in entries.iter_mut() {
+            let _ = entry.killer.wait_exited(None);
+            if let Some(child) = entry.orphan.as_mut() {
+                let _ = child.wait();
+            }
+        }
+    }
 }

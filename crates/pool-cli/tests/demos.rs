@@ -41,6 +41,33 @@ fn apply_async_runs_five_tasks_three_at_a_time() {
 }
 
 #[test]
+fn process_starts_joins_and_prints_pids() {
+    let out = demo(&["process"]);
+    for line in [
+        "Worker A is starting.",
+        "Worker B is exiting.",
+        "Process will start.",
+        "Process end.",
+    ] {
+        assert!(out.contains(line), "{line} missing:\n{out}");
+    }
+    let parent = lines_with(&out, "Parent process ")[0]
+        .trim_start_matches("Parent process ")
+        .trim_end_matches('.');
+    let child_line = lines_with(&out, "Run child process test (")[0];
+    assert!(
+        !child_line.contains(&format!("({parent})")),
+        "the child has its own pid: {child_line}"
+    );
+    let (start, end) = (
+        out.find("Process will start.").unwrap(),
+        out.find("Process end.").unwrap(),
+    );
+    let child_at = out.find("Run child process test").unwrap();
+    assert!(start < child_at && child_at < end, "{out}");
+}
+
+#[test]
 fn map_prints_workers_and_squares() {
     let out = demo(&["map"]);
     for line in [
@@ -164,6 +191,7 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
     .unwrap();
     for name in [
         "apply-async",
+        "process",
         "map",
         "square-sum",
         "starmap",

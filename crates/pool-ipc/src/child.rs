@@ -123,7 +123,13 @@ impl Child {
     /// supervision a shared-memory channel needs: a futex cannot be waited on together with a
     /// pidfd, so whoever sees the pidfd fire wakes the channel's waiters.
     pub fn notify_on_exit(&self, death: crate::PeerDeath) -> io::Result<()> {
-        watcher::watch(self.pidfd().try_clone_to_owned()?, death);
+        self.on_exit(move || death.notify())
+    }
+
+    /// Runs `action` on the watcher thread as soon as the child exits (it is not reaped by
+    /// this: its owner still reaps it). Keep `action` short; it delays other notifications.
+    pub fn on_exit(&self, action: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        watcher::watch(self.pidfd().try_clone_to_owned()?, Box::new(action));
         Ok(())
     }
 
@@ -169,6 +175,12 @@ impl Killer {
     pub fn kill(&self) -> io::Result<()> {
         self.signal(libc::SIGKILL)
     }
+
+    /// Waits until the child has exited (without reaping it), up to `deadline`; whether it
+    /// has.
+    pub fn wait_exited(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        sys::poll_one(self.pidfd.as_fd(), PollFlags::IN, deadline)
+    }
 }
 
 /// The thread that turns child exits into `PeerDeath` notifications.
@@ -179,13 +191,15 @@ mod watcher {
     use super::*;
 
     struct Watcher {
-        new: mpsc::Sender<(OwnedFd, crate::PeerDeath)>,
+        new: mpsc::Sender<(OwnedFd, Action)>,
         wake: UnixStream,
     }
 
+    type Action = Box<dyn FnOnce() + Send>;
+
     static WATCHER: Mutex<Option<Watcher>> = Mutex::new(None);
 
-    pub(super) fn watch(pidfd: OwnedFd, death: crate::PeerDeath) {
+    pub(super) fn watch(pidfd: OwnedFd, action: Action) {
         let mut guard = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
         let watcher = guard.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel();
@@ -197,16 +211,16 @@ mod watcher {
                 .expect("starting the watcher thread");
             Watcher { new: tx, wake }
         });
-        let _ = watcher.new.send((pidfd, death));
+        let _ = watcher.new.send((pidfd, action));
         let _ = watcher.wake.write_all(&[1]);
     }
 
-    fn run(rx: mpsc::Receiver<(OwnedFd, crate::PeerDeath)>, mut wakened: UnixStream) {
-        let mut watched: Vec<(OwnedFd, crate::PeerDeath)> = Vec::new();
+    fn run(rx: mpsc::Receiver<(OwnedFd, Action)>, mut wakened: UnixStream) {
+        let mut watched: Vec<(OwnedFd, Option<Action>)> = Vec::new();
         let mut sink = [0u8; 64];
         loop {
-            while let Ok(entry) = rx.try_recv() {
-                watched.push(entry);
+            while let Ok((fd, action)) = rx.try_recv() {
+                watched.push((fd, Some(action)));
             }
             let mut fds: Vec<BorrowedFd<'_>> = vec![wakened.as_fd()];
             fds.extend(watched.iter().map(|(fd, _)| fd.as_fd()));
@@ -219,11 +233,13 @@ mod watcher {
                 Ok(Some(_)) => {
                     // Every exited child (a readable pidfd) is reported and forgotten; its
                     // owner still reaps it.
-                    watched.retain(|(fd, death)| {
+                    watched.retain_mut(|(fd, action)| {
                         let exited = sys::poll_one(fd.as_fd(), PollFlags::IN, Some(Instant::now()))
                             .unwrap_or(true);
                         if exited {
-                            death.notify();
+                            if let Some(action) = action.take() {
+                                action();
+                            }
                         }
                         !exited
                     });

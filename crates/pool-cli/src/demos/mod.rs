@@ -4,6 +4,7 @@
 //! the tutorials' unless `--real-time` is given, so that `pool demo` runs in seconds.
 
 mod pooled;
+mod processes;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -48,6 +49,11 @@ struct Demo {
 }
 
 const DEMOS: &[Demo] = &[
+    Demo {
+        name: "process",
+        about: "seeds 001/002: Process(worker, A) and B started and joined; run_proc('test') with pids",
+        run: processes::process,
+    },
     Demo {
         name: "apply-async",
         about: "seed 000: Pool(3), five apply_async tasks; three run at once",

@@ -1,0 +1,179 @@
+//! `Process` over real child processes. Ported behaviours name their source: CPython's
+//! `Lib/test/_test_multiprocessing.py` (`_TestProcess`) and the seed tutorials.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pool_api::{Error, Process, active_children, current_process};
+
+const GENEROUS: Duration = Duration::from_secs(10);
+
+fn worker(name: String) {
+    let _ = name;
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+fn sleeps(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn panics(_: ()) {
+    panic!("deliberate panic in a Process target");
+}
+
+fn exits(code: i32) {
+    std::process::exit(code);
+}
+
+/// Writes the process's name into `path`, after `ms` milliseconds.
+fn write_name((path, ms): (PathBuf, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(path, current_process().name).unwrap();
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn two_processes_start_and_join() {
+    // seed 001: p1 = Process(target=worker, args=("A",)); p2 likewise; start both, join both.
+    let mut p1 = Process::new(worker, "A".to_string()).unwrap();
+    let mut p2 = Process::new(worker, "B".to_string()).unwrap();
+    assert_eq!(p1.exitcode(), None);
+    assert!(!p1.is_alive());
+    p1.start().unwrap();
+    p2.start().unwrap();
+    assert!(p1.pid().is_some() && p1.pid() != p2.pid());
+    p1.join().unwrap();
+    p2.join().unwrap();
+    assert_eq!((p1.exitcode(), p2.exitcode()), (Some(0), Some(0)));
+    assert!(!p1.is_alive());
+}
+
+#[test]
+fn lifecycle_misuse_is_a_typed_error() {
+    // CPython: start twice -> AssertionError; join before start -> AssertionError.
+    let mut p = Process::new(worker, "x".to_string()).unwrap();
+    assert!(matches!(p.join(), Err(Error::InvalidArgument(_))));
+    assert!(matches!(p.terminate(), Err(Error::InvalidArgument(_))));
+    p.start().unwrap();
+    assert!(matches!(p.start(), Err(Error::InvalidArgument(_))));
+    p.join().unwrap();
+    assert!(matches!(p.start(), Err(Error::InvalidArgument(_))));
+    p.terminate().unwrap();
+}
+
+#[test]
+fn exitcodes_follow_python() {
+    // CPython _TestProcess.test_process / test_terminate: exitcode is -SIGTERM after terminate.
+    let mut panicking = Process::new(panics, ()).unwrap();
+    let mut exiting = Process::new(exits, 3).unwrap();
+    let mut terminated = Process::new(sleeps, 60_000).unwrap();
+    let mut killed = Process::new(sleeps, 60_000).unwrap();
+    for p in [&mut panicking, &mut exiting, &mut terminated, &mut killed] {
+        p.start().unwrap();
+    }
+    assert!(terminated.is_alive());
+    assert_eq!(
+        terminated.join_timeout(Duration::from_millis(50)),
+        Ok(false)
+    );
+    terminated.terminate().unwrap();
+    killed.kill().unwrap();
+    for p in [&mut panicking, &mut exiting, &mut terminated, &mut killed] {
+        assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    }
+    assert_eq!(panicking.exitcode(), Some(1));
+    assert_eq!(exiting.exitcode(), Some(3));
+    assert_eq!(terminated.exitcode(), Some(-15));
+    assert_eq!(killed.exitcode(), Some(-9));
+}
+
+#[test]
+fn names_and_active_children() {
+    let dir = scratch();
+    let path = dir.path().join("name");
+    let mut named = Process::new(write_name, (path.clone(), 0))
+        .unwrap()
+        .with_name("writer");
+    assert_eq!(named.name(), "writer");
+    let mut unnamed = Process::new(sleeps, 300).unwrap();
+    assert!(unnamed.name().starts_with("Process-"), "{}", unnamed.name());
+    named.start().unwrap();
+    unnamed.start().unwrap();
+    let active: Vec<u32> = active_children().iter().map(|p| p.pid).collect();
+    assert!(active.contains(&unnamed.pid().unwrap()));
+    named.join().unwrap();
+    unnamed.join().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "writer");
+    let active: Vec<u32> = active_children().iter().map(|p| p.pid).collect();
+    assert!(!active.contains(&unnamed.pid().unwrap_or(0)));
+}
+
+/// Starts a child that writes a file after 300 ms and drops its handle at once, then
+/// returns: the program's exit must wait for it (non-daemon) or terminate it (daemon).
+fn abandons_a_child((path, daemon): (PathBuf, bool)) {
+    let mut child = Process::new(write_name, (path, 300))
+        .unwrap()
+        .daemon(daemon);
+    child.start().unwrap();
+    drop(child);
+}
+
+#[test]
+fn exit_waits_for_non_daemon_children_and_terminates_daemons() {
+    // seed 002: ten Processes started and never joined still all print.
+    let dir = scratch();
+    for daemon in [false, true] {
+        let path = dir.path().join(format!("daemon-{daemon}"));
+        let mut middle = Process::new(abandons_a_child, (path.clone(), daemon)).unwrap();
+        let t = Instant::now();
+        middle.start().unwrap();
+        assert_eq!(middle.join_timeout(GENEROUS), Ok(true));
+        assert_eq!(middle.exitcode(), Some(0));
+        eprintln!("daemon={daemon}: parent exited after {:?}", t.elapsed());
+        assert_eq!(path.exists(), !daemon, "daemon={daemon}");
+    }
+}
+
+/// Children of this process in the zombie state.
+fn my_zombies() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str())
+        })
+        .count()
+}
+
+/// Starts short-lived children, drops their handles, and exits 0 only if none is left as a
+/// zombie once they are done.
+fn churns(_: ()) {
+    for _ in 0..8 {
+        let mut p = Process::new(sleeps, 10).unwrap();
+        p.start().unwrap();
+    }
+    let t = Instant::now();
+    while (my_zombies() > 0 || !active_children().is_empty()) && t.elapsed() < GENEROUS {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if my_zombies() > 0 {
+        std::process::exit(1);
+    }
+}
+
+#[test]
+fn abandoned_children_are_reaped_as_they_exit() {
+    let mut p = Process::new(churns, ()).unwrap();
+    p.start().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0), "zombies were left");
+}
