@@ -21,13 +21,18 @@
 #![deny(missing_docs)]
 
 mod bytes;
+mod connection;
 mod error;
+mod handles;
 mod pool;
 mod process;
 mod task;
 mod worker;
 
 pub use bytes::Bytes;
+pub use connection::{
+    Connection, Pipe, ReadConnection, RecvError, SendError, Waitable, WriteConnection, wait,
+};
 pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;

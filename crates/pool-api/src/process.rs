@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{BorrowedFd, OwnedFd};
+
 use pool_ipc::{Child, ChildStart, Killer, SpawnOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::task::{self, Call};
+use crate::{Error, handles};
 
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -67,7 +69,8 @@ fn process_main(start: ChildStart) -> i32 {
     // std's default panic hook prints the panic to this child's stderr, as Python prints the
     // traceback of an exception in the target; the exit code is then 1, as in Python.
     let mut out = Vec::new();
-    match boot.call.run(&boot.args, &mut out) {
+    // The handles in the arguments (pipe ends, locks, ...) find their inherited descriptors.
+    match handles::with_descriptors(start.inherited, || boot.call.run(&boot.args, &mut out)) {
         Ok(()) => match task::decode_results::<()>(&out) {
             Ok(results) if results.iter().all(Result::is_ok) => 0,
             _ => 1,
@@ -96,6 +99,8 @@ pub struct Process {
     name: String,
     daemon: bool,
     payload: Vec<u8>,
+    /// Descriptors of the handles in the arguments, inherited by the child at start.
+    fds: Vec<OwnedFd>,
     child: Option<Child>,
     exited: Option<Arc<AtomicBool>>,
     exitcode: Option<i32>,
@@ -103,7 +108,8 @@ pub struct Process {
 
 impl Process {
     /// A process that will run `target(args)` once started. The target is a function or a
-    /// closure that captures nothing; the arguments are encoded now.
+    /// closure that captures nothing; the arguments are encoded now, and may contain handles
+    /// (a [`Connection`](crate::Connection), ...) which the child receives.
     pub fn new<F, A>(target: F, args: A) -> Result<Process, Error>
     where
         F: Fn(A),
@@ -111,7 +117,7 @@ impl Process {
     {
         let name = format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed));
         let call = Call::new(&target)?;
-        let args = postcard::to_stdvec(std::slice::from_ref(&args))?;
+        let (args, fds) = handles::encode(std::slice::from_ref(&args))?;
         let payload = postcard::to_stdvec(&ProcessBoot {
             name: name.clone(),
             call,
@@ -121,6 +127,7 @@ impl Process {
             name,
             daemon: false,
             payload,
+            fds,
             child: None,
             exited: None,
             exitcode: None,
@@ -161,7 +168,9 @@ impl Process {
         let mut boot: ProcessBoot = postcard::from_bytes(&self.payload)?;
         boot.name = self.name.clone();
         let payload = postcard::to_stdvec(&boot)?;
-        let options = SpawnOptions::new().name(self.name.clone());
+        let options = SpawnOptions::new()
+            .name(self.name.clone())
+            .inherit(std::mem::take(&mut self.fds));
         let spawned = pool_ipc::spawn(process_main, &payload, &options)
             .map_err(|e| Error::Io(e.to_string()))?;
         let child = spawned.child;
@@ -260,6 +269,15 @@ impl Drop for Process {
         if let Some(child) = self.child.take() {
             registry::orphan(child);
         }
+    }
+}
+
+impl crate::Waitable for Process {
+    fn ready_now(&self) -> bool {
+        self.exitcode.is_some()
+    }
+    fn sentinel(&self) -> Option<BorrowedFd<'_>> {
+        self.child.as_ref().map(Child::pidfd)
     }
 }
 

@@ -68,6 +68,11 @@ fn process_starts_joins_and_prints_pids() {
 }
 
 #[test]
+fn pipe_prints_the_list_the_child_sent() {
+    assert!(demo(&["pipe"]).lines().any(|l| l == "[42, None, 'hello']"));
+}
+
+#[test]
 fn map_prints_workers_and_squares() {
     let out = demo(&["map"]);
     for line in [
@@ -192,6 +197,7 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
     for name in [
         "apply-async",
         "process",
+        "pipe",
         "map",
         "square-sum",
         "starmap",

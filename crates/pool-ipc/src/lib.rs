@@ -31,6 +31,26 @@ pub use spawn::{
 };
 pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
 
+/// Waits until at least one of `fds` is readable (data, end of file, or for a pidfd: the
+/// process exited) or `deadline` passes; returns the indices of the readable ones (empty on
+/// timeout). The building block of `multiprocessing.connection.wait`.
+pub fn wait_readable(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    deadline: Option<std::time::Instant>,
+) -> std::io::Result<Vec<usize>> {
+    if sys::poll_any(fds, rustix::event::PollFlags::IN, deadline)?.is_none() {
+        return Ok(Vec::new());
+    }
+    let now = Some(std::time::Instant::now());
+    let mut ready = Vec::new();
+    for (i, fd) in fds.iter().enumerate() {
+        if sys::poll_one(*fd, rustix::event::PollFlags::IN, now)? {
+            ready.push(i);
+        }
+    }
+    Ok(ready)
+}
+
 /// How a process exited, as Python's `exitcode` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ExitStatus {

@@ -67,15 +67,18 @@ pub struct ChildStart {
     pub payload: Vec<u8>,
     /// The name the parent gave the child.
     pub name: String,
+    /// The descriptors the parent passed with [`SpawnOptions::inherit`], in order.
+    pub inherited: Vec<OwnedFd>,
 }
 
 /// How to start a child.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SpawnOptions {
     transport: TransportKind,
     handshake_timeout: Duration,
     name: String,
     program: Option<(PathBuf, Vec<OsString>)>,
+    inherit: Vec<OwnedFd>,
 }
 
 impl Default for SpawnOptions {
@@ -85,6 +88,7 @@ impl Default for SpawnOptions {
             handshake_timeout: Duration::from_secs(30),
             name: String::new(),
             program: None,
+            inherit: Vec::new(),
         }
     }
 }
@@ -111,6 +115,13 @@ impl SpawnOptions {
     /// A name for the child (Python's process name), passed to it in [`ChildStart`].
     pub fn name(mut self, name: impl Into<String>) -> SpawnOptions {
         self.name = name.into();
+        self
+    }
+
+    /// Descriptors the child inherits (as well as its channel), handed to its function in
+    /// [`ChildStart::inherited`]. This is how handles such as a pipe end reach a child.
+    pub fn inherit(mut self, fds: Vec<OwnedFd>) -> SpawnOptions {
+        self.inherit = fds;
         self
     }
 
@@ -179,6 +190,7 @@ struct Bootstrap {
     main: FnId,
     transport: TransportKind,
     data_fd: i32,
+    inherited: Vec<i32>,
     name: String,
     payload: Vec<u8>,
 }
@@ -223,6 +235,8 @@ pub fn spawn(
     let control_child = control_child.into_fd();
     let mut keep: Vec<RawFd> = vec![control_child.as_raw_fd()];
     keep.extend(data_fds.iter().map(|fd| fd.as_raw_fd()));
+    let inherited: Vec<i32> = options.inherit.iter().map(|fd| fd.as_raw_fd()).collect();
+    keep.extend(&inherited);
 
     let mut command = match &options.program {
         Some((path, args)) => {
@@ -256,6 +270,7 @@ pub fn spawn(
         main,
         transport: options.transport,
         data_fd,
+        inherited,
         name: options.name.clone(),
         payload: payload.to_vec(),
     };
@@ -463,6 +478,11 @@ mod child_side {
             Vec::new()
         };
         let channel = Channel::from_inherited(boot.transport, data).map_err(|_| ())?;
+        let inherited = boot
+            .inherited
+            .iter()
+            .map(|fd| take_fd(*fd))
+            .collect::<Result<Vec<_>, ()>>()?;
         let hello = postcard::to_stdvec(&Hello::Ready {
             pid: std::process::id(),
         })
@@ -477,6 +497,7 @@ mod child_side {
                 channel,
                 payload: boot.payload,
                 name: boot.name,
+                inherited,
             },
         ))
     }

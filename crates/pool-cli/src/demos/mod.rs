@@ -80,6 +80,11 @@ const DEMOS: &[Demo] = &[
         run: pooled::images,
     },
     Demo {
+        name: "pipe",
+        about: "seed 002: a child sends [42, None, 'hello'] through a Pipe; the parent prints it",
+        run: processes::pipe,
+    },
+    Demo {
         name: "initializer",
         about: "seed 003: initializer prints Starting PoolWorker-N; then maxtasksperchild=2",
         run: pooled::initializer,

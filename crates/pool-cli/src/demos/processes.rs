@@ -42,3 +42,36 @@ pub(crate) fn process(args: &DemoArgs) -> Outcome {
         other => Err(format!("the child exited with {other:?}")),
     }
 }
+
+/// A Python value, enough for seed 002's `[42, None, 'hello']`, printed as Python does.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Py {
+    Int(i64),
+    None,
+    Str(String),
+}
+
+impl std::fmt::Display for Py {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Py::Int(i) => write!(f, "{i}"),
+            Py::None => f.write_str("None"),
+            Py::Str(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+fn f_pipe(mut conn: pool_api::Connection) {
+    let _ = conn.send(&vec![Py::Int(42), Py::None, Py::Str("hello".into())]);
+}
+
+/// Seed 002: a child sends `[42, None, 'hello']` through a Pipe; the parent prints it.
+pub(crate) fn pipe(_: &DemoArgs) -> Outcome {
+    let (mut parent_conn, child_conn) = pool_api::Pipe::duplex().map_err(fail)?;
+    let mut p = Process::new(f_pipe, child_conn).map_err(fail)?;
+    p.start().map_err(fail)?;
+    let list: Vec<Py> = parent_conn.recv().map_err(|e| e.to_string())?;
+    let items: Vec<String> = list.iter().map(ToString::to_string).collect();
+    println!("[{}]", items.join(", "));
+    p.join().map_err(fail)
+}

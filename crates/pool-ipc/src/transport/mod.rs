@@ -188,6 +188,11 @@ impl Channel {
         self.sender.send_parts(parts, deadline)
     }
 
+    /// The receiving half, borrowed.
+    pub fn receiver(&self) -> &Receiver {
+        &self.receiver
+    }
+
     /// Receives one message; see [`Receiver::recv_into`].
     pub fn recv_into(
         &mut self,
@@ -230,6 +235,24 @@ impl Sender {
 }
 
 impl Receiver {
+    /// Whether a message (or its start) is already buffered, so that a receive would not wait
+    /// for the descriptor. Only the `pipe` flavor buffers; `shm` answers `false`.
+    pub fn has_buffered(&self) -> bool {
+        match &self.flavor {
+            ReceiverFlavor::Pipe(r) => r.has_buffered(),
+            ReceiverFlavor::Shm(_) => false,
+        }
+    }
+
+    /// The descriptor that becomes readable when data arrives or the peer hangs up (`pipe`
+    /// only), for a `poll` over several channels.
+    pub fn readable_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.flavor {
+            ReceiverFlavor::Pipe(r) => Some(r.fd()),
+            ReceiverFlavor::Shm(_) => None,
+        }
+    }
+
     /// Receives the next message into `buf` (its previous contents are replaced, its capacity
     /// reused), blocking until one arrives, the peer is gone, or `deadline` passes.
     pub fn recv_into(

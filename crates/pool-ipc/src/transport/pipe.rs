@@ -175,6 +175,16 @@ impl PipeSender {
 }
 
 impl PipeReceiver {
+    /// Whether received bytes wait in the staging buffer.
+    pub fn has_buffered(&self) -> bool {
+        self.buffered() > 0
+    }
+
+    /// The socket.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
     /// Sets the largest message this half accepts.
     pub fn set_max_message(&mut self, limit: u64) {
         self.max_message = limit;

@@ -1,0 +1,137 @@
+//! How handles (a pipe end, a lock, a queue) travel to a child inside its arguments.
+//!
+//! A handle is a serde value, so it can sit anywhere in a `Process`'s arguments, as a Python
+//! `Queue` sits in `args=(q,)`. What makes it work is a descriptor that must reach the child
+//! too. While pool encodes arguments for a child, a thread-local *sink* is active: a handle
+//! serializes by duplicating its descriptor into the sink and writing the descriptor's index.
+//! The child inherits the collected descriptors, and while it decodes its arguments a
+//! thread-local *source* hands each handle its descriptor back by index.
+//!
+//! Serializing a handle any other way (to JSON, say) finds no sink and fails with a clear
+//! error rather than writing a number that means nothing elsewhere. This is the trick
+//! ipc-channel plays with its own channels; doing it here keeps that dependency and its
+//! unchecked receive path out, and works for any descriptor.
+
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::de::Error as _;
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Error;
+
+thread_local! {
+    static SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Encodes `value`, collecting the descriptors of the handles inside it.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
+    SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+    let bytes = postcard::to_stdvec(value);
+    let fds = SINK
+        .with(|sink| sink.borrow_mut().take())
+        .unwrap_or_default();
+    Ok((bytes?, fds))
+}
+
+/// Runs `f` (which decodes) with `fds` available to the handles it meets.
+pub(crate) fn with_descriptors<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+    SOURCE.with(|source| *source.borrow_mut() = Some(fds.into_iter().map(Some).collect()));
+    let out = f();
+    SOURCE.with(|source| source.borrow_mut().take());
+    out
+}
+
+/// Decodes `bytes` with `fds` available to the handles inside.
+#[cfg(test)]
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, Error> {
+    with_descriptors(fds, || postcard::from_bytes(bytes).map_err(Error::from))
+}
+
+/// Serializes a handle's descriptor (see the module documentation).
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let index = SINK.with(|sink| -> Result<u32, String> {
+        let mut sink = sink.borrow_mut();
+        let sink = sink.as_mut().ok_or_else(|| {
+            "a pool handle (Pipe end, Lock, Queue, ...) can only be serialized by pool, as an argument of a child process"
+                .to_owned()
+        })?;
+        sink.push(fd.try_clone_to_owned().map_err(|e| format!("cannot duplicate a handle's descriptor: {e}"))?);
+        Ok((sink.len() - 1) as u32)
+    });
+    match index {
+        Ok(index) => serializer.serialize_u32(index),
+        Err(msg) => Err(S::Error::custom(msg)),
+    }
+}
+
+/// Deserializes a handle's descriptor.
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(deserializer)? as usize;
+    SOURCE.with(|source| {
+        let mut source = source.borrow_mut();
+        let fds = source
+            .as_mut()
+            .ok_or_else(|| D::Error::custom("a pool handle can only be deserialized by pool"))?;
+        fds.get_mut(index).and_then(Option::take).ok_or_else(|| {
+            D::Error::custom(format!(
+                "handle descriptor {index} is missing or used twice"
+            ))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    struct Handle(OwnedFd);
+
+    impl Serialize for Handle {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_fd(self.0.as_fd(), s)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Handle {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Handle, D::Error> {
+            deserialize_fd(d).map(Handle)
+        }
+    }
+
+    fn handle() -> Handle {
+        Handle(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    #[test]
+    fn handles_round_trip_with_their_descriptors() {
+        let (bytes, fds) = encode(&(1u8, handle(), "x", handle())).unwrap();
+        assert_eq!(fds.len(), 2);
+        let (n, _a, s, _b): (u8, Handle, String, Handle) = decode(&bytes, fds).unwrap();
+        assert_eq!((n, s.as_str()), (1, "x"));
+    }
+
+    #[test]
+    fn a_handle_outside_pool_is_a_clear_error() {
+        let err = postcard::to_stdvec(&handle()).unwrap_err();
+        let _ = err;
+        let (bytes, _) = encode(&handle()).unwrap();
+        assert!(postcard::from_bytes::<Handle>(&bytes).is_err());
+        assert!(
+            decode::<Handle>(&bytes, Vec::new()).is_err(),
+            "a missing descriptor"
+        );
+    }
+}
