@@ -26,6 +26,7 @@ mod error;
 mod handles;
 mod pool;
 mod process;
+mod sync;
 mod task;
 mod worker;
 
@@ -37,6 +38,7 @@ pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;
 pub use process::{Process, ProcessInfo, active_children, current_process};
+pub use sync::{Acquired, BoundedSemaphore, Event, Lock, LockGuard, RLock, Semaphore, SyncError};
 pub use task::StarFn;
 
 /// The workspace README's example, compiled and run as a doc test so that it stays true.

@@ -73,6 +73,16 @@ fn pipe_prints_the_list_the_child_sent() {
 }
 
 #[test]
+fn lock_lets_ten_processes_print_whole_lines() {
+    let out = demo(&["lock"]);
+    let mut lines: Vec<&str> = lines_with(&out, "hello world ");
+    lines.sort_unstable();
+    let mut want: Vec<String> = (0..10).map(|i| format!("hello world {i}")).collect();
+    want.sort_unstable();
+    assert_eq!(lines, want);
+}
+
+#[test]
 fn map_prints_workers_and_squares() {
     let out = demo(&["map"]);
     for line in [
@@ -198,6 +208,7 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
         "apply-async",
         "process",
         "pipe",
+        "lock",
         "map",
         "square-sum",
         "starmap",

@@ -20,6 +20,7 @@
 
 mod child;
 mod code;
+pub mod shared;
 mod spawn;
 mod sys;
 pub mod transport;

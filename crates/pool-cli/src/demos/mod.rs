@@ -85,6 +85,11 @@ const DEMOS: &[Demo] = &[
         run: processes::pipe,
     },
     Demo {
+        name: "lock",
+        about: "seed 002: ten processes print hello world i under one Lock",
+        run: processes::lock,
+    },
+    Demo {
         name: "initializer",
         about: "seed 003: initializer prints Starting PoolWorker-N; then maxtasksperchild=2",
         run: pooled::initializer,

@@ -75,3 +75,24 @@ pub(crate) fn pipe(_: &DemoArgs) -> Outcome {
     println!("[{}]", items.join(", "));
     p.join().map_err(fail)
 }
+
+fn f_lock((l, i): (pool_api::Lock, u32)) {
+    let _held = l.lock().expect("taking the lock");
+    println!("hello world {i}");
+}
+
+/// Seed 002: ten processes print under one Lock. As in the seed, they are started and never
+/// joined; the demo waits for them as the program's exit would.
+pub(crate) fn lock(_: &DemoArgs) -> Outcome {
+    let lock = pool_api::Lock::new().map_err(|e| e.to_string())?;
+    for num in 0..10 {
+        Process::new(f_lock, (lock.clone(), num))
+            .map_err(fail)?
+            .start()
+            .map_err(fail)?;
+    }
+    while !pool_api::active_children().is_empty() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}

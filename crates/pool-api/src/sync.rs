@@ -1,0 +1,611 @@
+//! Locks, semaphores and events shared between processes: futexes in shared memory.
+//!
+//! Each primitive is a small [`SharedRegion`] (an anonymous memfd) holding atomics; handles
+//! are serde values that travel to children in their arguments, like a pipe end.
+//!
+//! # A lock whose holder dies is not a deadlock
+//!
+//! The lock word holds the owner's pid itself (`0`: unlocked; otherwise the pid, with the top
+//! bit set when someone waits), so taking the lock and recording who took it are one atomic
+//! step: there is no window in which a holder could die unrecorded. Right after, the owner
+//! writes a record of its pid and start time beside the word. A waiter sleeps on the futex in
+//! slices; when a slice ends with the lock still taken, it checks the owner: dead if no live
+//! process has its pid, or if the record is this owner's and the live process with that pid
+//! started at another time (the pid was recycled). A record of another pid means the owner
+//! has just taken the lock and not written it yet: alive. A dead owner's lock is taken over
+//! with a compare-and-swap on its word (so only one waiter wins), and the new holder is told
+//! the previous owner died.
+//!
+//! Kernel robust futexes do not fit: they bind a lock to the thread that holds it, while a
+//! `Lock` (as in Python) may be released by another process. A [`Semaphore`] has no owner, so
+//! a dead process's units are lost, as in Python.
+//!
+//! # Memory ordering
+//!
+//! Acquiring is an `Acquire` compare-and-swap on the lock word and releasing a `Release`
+//! swap, so everything written under the lock happens-before the next holder's reads. The
+//! owner record is advisory (it only refines the liveness check) and uses `Relaxed`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pool_ipc::shared::{ProcessIdentity, SharedRegion, futex_wait, futex_wake};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::handles;
+
+/// How long a waiter sleeps before it checks whether the lock's owner still lives.
+const OWNER_CHECK: Duration = Duration::from_millis(50);
+/// The lock word's "someone waits" bit; the rest is the owner's pid.
+const WAITERS: u32 = 1 << 31;
+const MAGIC: u32 = 0x706f_6f6c;
+
+/// Why a lock, semaphore or event operation did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// A timed wait ended before it succeeded.
+    #[error("timed out")]
+    Timeout,
+    /// A non-blocking attempt found it taken.
+    #[error("would block")]
+    WouldBlock,
+    /// `release` of a lock that is not locked (Python's `ValueError`/`RuntimeError`).
+    #[error("release of an unlocked lock")]
+    NotLocked,
+    /// `release` of an `RLock` by a process or thread that does not own it.
+    #[error("release of an RLock not owned by this thread")]
+    NotOwner,
+    /// `release` of a `BoundedSemaphore` above its initial value.
+    #[error("semaphore released too many times")]
+    TooManyReleases,
+    /// The OS refused (creating the shared memory, a futex).
+    #[error("OS error: {0}")]
+    Io(String),
+}
+
+/// The outcome of taking a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "the lock is held: release it (or use `lock()` for a guard)"]
+pub struct Acquired {
+    /// The pid of the previous owner if it died holding the lock (the state it protected may
+    /// be half-updated).
+    pub previous_owner_died: Option<u32>,
+}
+
+fn io(e: std::io::Error) -> SyncError {
+    SyncError::Io(e.to_string())
+}
+
+fn me() -> ProcessIdentity {
+    use std::sync::Mutex;
+    // Cached per pid: a forked child must not use its parent's identity.
+    static CACHE: Mutex<Option<ProcessIdentity>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    match *cache {
+        Some(id) if id.pid == std::process::id() => id,
+        _ => {
+            let id = ProcessIdentity::current();
+            *cache = Some(id);
+            id
+        }
+    }
+}
+
+/// The calling thread's id (unique among live threads of the whole system).
+fn current_thread() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    (unsafe { libc::gettid() }) as u32
+}
+
+/// The shared state of one primitive, at the start of its region.
+#[repr(C, align(64))]
+struct Shared {
+    magic: AtomicU32,
+    kind: AtomicU32,
+    /// Lock: 0, or owner pid | WAITERS. Semaphore: the value. Event: 0 or 1.
+    word: AtomicU32,
+    /// Semaphore/Event: how many sleep on `word`.
+    sleepers: AtomicU32,
+    /// Lock: the owner's pid (top 24 bits) and start time (low 40 bits).
+    owner_record: AtomicU64,
+    /// RLock: owning thread and depth.
+    owner_thread: AtomicU32,
+    depth: AtomicU32,
+    /// BoundedSemaphore: the bound.
+    bound: AtomicU32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+enum Kind {
+    Lock = 1,
+    RLock = 2,
+    Semaphore = 3,
+    BoundedSemaphore = 4,
+    Event = 5,
+}
+
+/// A region holding one primitive's `Shared`, checked for its kind when received.
+struct Region {
+    region: SharedRegion,
+}
+
+impl Region {
+    fn create(kind: Kind) -> Result<Arc<Region>, SyncError> {
+        let region = SharedRegion::create("pool-sync", 4096).map_err(io)?;
+        let r = Region { region };
+        r.state().magic.store(MAGIC, Ordering::Relaxed);
+        r.state().kind.store(kind as u32, Ordering::Release);
+        Ok(Arc::new(r))
+    }
+
+    fn open(fd: std::os::fd::OwnedFd, kind: Kind) -> Result<Arc<Region>, String> {
+        let region = SharedRegion::open(fd).map_err(|e| e.to_string())?;
+        if region.len() < std::mem::size_of::<Shared>() {
+            return Err("a shared primitive's region is too small".into());
+        }
+        let r = Region { region };
+        if r.state().magic.load(Ordering::Acquire) != MAGIC
+            || r.state().kind.load(Ordering::Acquire) != kind as u32
+        {
+            return Err(format!("the descriptor is not a {kind:?}"));
+        }
+        Ok(Arc::new(r))
+    }
+
+    fn state(&self) -> &Shared {
+        // SAFETY: the region is page-aligned and at least `size_of::<Shared>()` long (made so
+        // by `create`, checked by `open`); `Shared` is only atomics, valid for any bytes, and
+        // only ever accessed through shared references.
+        unsafe { &*self.region.as_ptr().cast::<Shared>() }
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region")
+            .field("word", &self.state().word.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+macro_rules! handle_serde {
+    ($ty:ident, $kind:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                handles::serialize_fd(self.0.region.fd(), serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$ty, D::Error> {
+                use serde::de::Error as _;
+                let fd = handles::deserialize_fd(deserializer)?;
+                Region::open(fd, $kind).map($ty).map_err(D::Error::custom)
+            }
+        }
+    };
+}
+
+/// Takes the lock word for `owner`, waiting until `deadline`; takes it over if its owner died.
+fn take(
+    s: &Shared,
+    owner: ProcessIdentity,
+    deadline: Option<Instant>,
+    block: bool,
+) -> Result<Acquired, SyncError> {
+    let mine = owner.pid & !WAITERS;
+    let won = |died: Option<u32>| {
+        s.owner_record.store(record(owner), Ordering::Relaxed);
+        Ok(Acquired {
+            previous_owner_died: died,
+        })
+    };
+    if s.word
+        .compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
+        return won(None);
+    }
+    if !block {
+        return Err(SyncError::WouldBlock);
+    }
+    loop {
+        let cur = s.word.load(Ordering::Relaxed);
+        if cur == 0 {
+            // Taken with the waiters bit, since others may sleep: the release will wake one.
+            if s.word
+                .compare_exchange(0, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return won(None);
+            }
+            continue;
+        }
+        if cur & WAITERS == 0
+            && s.word
+                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        let slice = Instant::now() + OWNER_CHECK;
+        let until = deadline.map_or(slice, |d| d.min(slice));
+        futex_wait(&s.word, cur | WAITERS, Some(until)).map_err(io)?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(SyncError::Timeout);
+        }
+        // Still taken by the same owner after a slice: does it live?
+        let now = s.word.load(Ordering::Relaxed);
+        if now != 0 && now & !WAITERS == cur & !WAITERS {
+            let pid = now & !WAITERS;
+            if holder_died(pid, s.owner_record.load(Ordering::Relaxed))
+                && s.word
+                    .compare_exchange(now, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return won(Some(pid));
+            }
+        }
+    }
+}
+
+const START_BITS: u32 = 40;
+const START_MASK: u64 = (1 << START_BITS) - 1;
+
+/// The owner record: pid and start time in one word, so that a reader can tell whose it is.
+fn record(owner: ProcessIdentity) -> u64 {
+    (u64::from(owner.pid) << START_BITS) | (owner.start & START_MASK)
+}
+
+/// Whether the lock's holder `pid` is dead, given the owner record (see the module docs).
+fn holder_died(pid: u32, record: u64) -> bool {
+    match ProcessIdentity::of(pid) {
+        None => true,
+        Some(live) => {
+            record >> START_BITS == u64::from(pid) && record & START_MASK != live.start & START_MASK
+        }
+    }
+}
+
+fn give(s: &Shared) -> Result<(), SyncError> {
+    let prev = s.word.swap(0, Ordering::Release);
+    if prev == 0 {
+        return Err(SyncError::NotLocked);
+    }
+    if prev & WAITERS != 0 {
+        futex_wake(&s.word, 1);
+    }
+    Ok(())
+}
+
+fn deadline_of(timeout: Duration) -> Option<Instant> {
+    Some(Instant::now() + timeout)
+}
+
+/// Python's `multiprocessing.Lock`: a lock any process may release, shared by passing it to
+/// children. A holder that dies does not deadlock it (see the module documentation).
+///
+/// ```
+/// let lock = pool_api::Lock::new()?;
+/// {
+///     let _guard = lock.lock()?;
+///     assert!(lock.try_acquire().is_err());
+/// }
+/// let taken = lock.try_acquire()?;
+/// assert_eq!(taken.previous_owner_died, None);
+/// lock.release()?;
+/// # Ok::<(), pool_api::SyncError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Lock(Arc<Region>);
+handle_serde!(Lock, Kind::Lock);
+
+impl Lock {
+    /// A new, unlocked lock.
+    pub fn new() -> Result<Lock, SyncError> {
+        Region::create(Kind::Lock).map(Lock)
+    }
+
+    /// Takes the lock, waiting as long as it takes.
+    pub fn acquire(&self) -> Result<Acquired, SyncError> {
+        take(self.0.state(), me(), None, true)
+    }
+
+    /// Takes the lock, waiting at most `timeout` ([`SyncError::Timeout`]).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired, SyncError> {
+        take(self.0.state(), me(), deadline_of(timeout), true)
+    }
+
+    /// Takes the lock if it is free ([`SyncError::WouldBlock`] otherwise).
+    pub fn try_acquire(&self) -> Result<Acquired, SyncError> {
+        take(self.0.state(), me(), None, false)
+    }
+
+    /// Releases the lock (any process may); [`SyncError::NotLocked`] if it is not locked.
+    pub fn release(&self) -> Result<(), SyncError> {
+        give(self.0.state())
+    }
+
+    /// Takes the lock and returns a guard that releases it when dropped.
+    pub fn lock(&self) -> Result<LockGuard<'_>, SyncError> {
+        let acquired = self.acquire()?;
+        Ok(LockGuard {
+            lock: self,
+            acquired,
+        })
+    }
+}
+
+/// Holds a [`Lock`] until dropped.
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+    acquired: Acquired,
+}
+
+impl LockGuard<'_> {
+    /// The pid of the previous owner if it died holding the lock.
+    pub fn previous_owner_died(&self) -> Option<u32> {
+        self.acquired.previous_owner_died
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+/// Python's `multiprocessing.RLock`: a lock its owning thread (of its owning process) may
+/// take again; only the owner may release it. A dead owner is detected as for [`Lock`].
+#[derive(Clone, Debug)]
+pub struct RLock(Arc<Region>);
+handle_serde!(RLock, Kind::RLock);
+
+impl RLock {
+    /// A new, unlocked reentrant lock.
+    pub fn new() -> Result<RLock, SyncError> {
+        Region::create(Kind::RLock).map(RLock)
+    }
+
+    fn take(&self, deadline: Option<Instant>, block: bool) -> Result<Acquired, SyncError> {
+        let s = self.0.state();
+        let id = me();
+        let thread = current_thread();
+        let word = s.word.load(Ordering::Acquire);
+        if word != 0
+            && word & !WAITERS == id.pid
+            && s.owner_thread.load(Ordering::Relaxed) == thread
+        {
+            s.depth.fetch_add(1, Ordering::Relaxed);
+            return Ok(Acquired {
+                previous_owner_died: None,
+            });
+        }
+        let acquired = take(s, id, deadline, block)?;
+        s.owner_thread.store(thread, Ordering::Relaxed);
+        s.depth.store(1, Ordering::Relaxed);
+        Ok(acquired)
+    }
+
+    /// Takes the lock (again, if this thread holds it).
+    pub fn acquire(&self) -> Result<Acquired, SyncError> {
+        self.take(None, true)
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired, SyncError> {
+        self.take(deadline_of(timeout), true)
+    }
+
+    /// Takes the lock if it is free or already this thread's.
+    pub fn try_acquire(&self) -> Result<Acquired, SyncError> {
+        self.take(None, false)
+    }
+
+    /// Releases one level; [`SyncError::NotOwner`] if this thread does not hold it.
+    pub fn release(&self) -> Result<(), SyncError> {
+        let s = self.0.state();
+        let word = s.word.load(Ordering::Acquire);
+        if word == 0
+            || word & !WAITERS != me().pid
+            || s.owner_thread.load(Ordering::Relaxed) != current_thread()
+        {
+            return Err(SyncError::NotOwner);
+        }
+        if s.depth.fetch_sub(1, Ordering::Relaxed) > 1 {
+            return Ok(());
+        }
+        s.owner_thread.store(0, Ordering::Relaxed);
+        give(s)
+    }
+}
+
+/// Python's `multiprocessing.Semaphore`: a counter that `acquire` decrements, waiting while it
+/// is zero, and `release` increments. It has no owner: units held by a process that dies are
+/// lost (as in Python).
+#[derive(Clone, Debug)]
+pub struct Semaphore(Arc<Region>);
+handle_serde!(Semaphore, Kind::Semaphore);
+
+/// Python's `multiprocessing.BoundedSemaphore`: a [`Semaphore`] that refuses to be released
+/// above its initial value.
+#[derive(Clone, Debug)]
+pub struct BoundedSemaphore(Semaphore);
+
+impl Serialize for BoundedSemaphore {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        handles::serialize_fd(self.0.0.region.fd(), serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for BoundedSemaphore {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<BoundedSemaphore, D::Error> {
+        use serde::de::Error as _;
+        let fd = handles::deserialize_fd(deserializer)?;
+        Region::open(fd, Kind::BoundedSemaphore)
+            .map(|r| BoundedSemaphore(Semaphore(r)))
+            .map_err(D::Error::custom)
+    }
+}
+
+impl Semaphore {
+    /// A semaphore with `value` units.
+    pub fn new(value: u32) -> Result<Semaphore, SyncError> {
+        let r = Region::create(Kind::Semaphore)?;
+        r.state().word.store(value, Ordering::Release);
+        Ok(Semaphore(r))
+    }
+
+    fn take(&self, deadline: Option<Instant>, block: bool) -> Result<(), SyncError> {
+        let s = self.0.state();
+        loop {
+            let v = s.word.load(Ordering::Relaxed);
+            if v > 0 {
+                if s.word
+                    .compare_exchange(v, v - 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !block {
+                return Err(SyncError::WouldBlock);
+            }
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            let woke = futex_wait(&s.word, 0, deadline);
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if !woke.map_err(io)? && s.word.load(Ordering::Relaxed) == 0 {
+                return Err(SyncError::Timeout);
+            }
+        }
+    }
+
+    /// Takes a unit, waiting while there is none.
+    pub fn acquire(&self) -> Result<(), SyncError> {
+        self.take(None, true)
+    }
+
+    /// Takes a unit, waiting at most `timeout`.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), SyncError> {
+        self.take(deadline_of(timeout), true)
+    }
+
+    /// Takes a unit if there is one.
+    pub fn try_acquire(&self) -> Result<(), SyncError> {
+        self.take(None, false)
+    }
+
+    /// Gives a unit back.
+    pub fn release(&self) -> Result<(), SyncError> {
+        let s = self.0.state();
+        let bound = s.bound.load(Ordering::Relaxed);
+        loop {
+            let v = s.word.load(Ordering::Relaxed);
+            if bound != 0 && v >= bound {
+                return Err(SyncError::TooManyReleases);
+            }
+            if s.word
+                .compare_exchange(v, v + 1, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            futex_wake(&s.word, 1);
+        }
+        Ok(())
+    }
+
+    /// The current value (approximate: others may change it at any moment).
+    pub fn value(&self) -> u32 {
+        self.0.state().word.load(Ordering::Relaxed)
+    }
+}
+
+impl BoundedSemaphore {
+    /// A bounded semaphore with `value` units, which is also its bound.
+    pub fn new(value: u32) -> Result<BoundedSemaphore, SyncError> {
+        let r = Region::create(Kind::BoundedSemaphore)?;
+        r.state().bound.store(value, Ordering::Relaxed);
+        r.state().word.store(value, Ordering::Release);
+        Ok(BoundedSemaphore(Semaphore(r)))
+    }
+
+    /// See [`Semaphore::acquire`].
+    pub fn acquire(&self) -> Result<(), SyncError> {
+        self.0.acquire()
+    }
+
+    /// See [`Semaphore::acquire_timeout`].
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), SyncError> {
+        self.0.acquire_timeout(timeout)
+    }
+
+    /// See [`Semaphore::try_acquire`].
+    pub fn try_acquire(&self) -> Result<(), SyncError> {
+        self.0.try_acquire()
+    }
+
+    /// Gives a unit back; [`SyncError::TooManyReleases`] above the initial value.
+    pub fn release(&self) -> Result<(), SyncError> {
+        self.0.release()
+    }
+
+    /// The current value.
+    pub fn value(&self) -> u32 {
+        self.0.value()
+    }
+}
+
+/// Python's `multiprocessing.Event`: a flag that processes can wait for.
+#[derive(Clone, Debug)]
+pub struct Event(Arc<Region>);
+handle_serde!(Event, Kind::Event);
+
+impl Event {
+    /// A new, cleared event.
+    pub fn new() -> Result<Event, SyncError> {
+        Region::create(Kind::Event).map(Event)
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) {
+        let s = self.0.state();
+        s.word.store(1, Ordering::Release);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            futex_wake(&s.word, u32::MAX);
+        }
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) {
+        self.0.state().word.store(0, Ordering::Release);
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> bool {
+        self.0.state().word.load(Ordering::Acquire) == 1
+    }
+
+    /// Waits until the flag is set, at most `timeout` (`None`: forever); whether it is set.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
+        let s = self.0.state();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while !self.is_set() {
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            let woke = futex_wait(&s.word, 0, deadline);
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if !woke.map_err(io)? {
+                return Ok(self.is_set());
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,213 @@
+//! Locks, semaphores and events across real processes. Ported behaviours name their source:
+//! CPython's `Lib/test/_test_multiprocessing.py` (`_TestLock`, `_TestSemaphore`, `_TestEvent`)
+//! and seed 002.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pool_api::{BoundedSemaphore, Event, Lock, Process, RLock, Semaphore, SyncError};
+
+const GENEROUS: Duration = Duration::from_secs(20);
+
+/// Under the lock: read a counter from a file, add one, write it back (a race without the
+/// lock), `rounds` times; and append a line, like seed 002's print under a lock.
+fn increment((lock, path, i, rounds): (Lock, PathBuf, u32, u32)) {
+    for _ in 0..rounds {
+        let _guard = lock.lock().unwrap();
+        let n: u32 = std::fs::read_to_string(&path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::fs::write(&path, (n + 1).to_string()).unwrap();
+    }
+    let _guard = lock.lock().unwrap();
+    let log = path.with_extension("log");
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.push_str(&format!("hello world {i}\n"));
+    std::fs::write(log, text).unwrap();
+}
+
+#[test]
+fn ten_processes_under_one_lock_lose_no_update() {
+    // seed 002: for num in range(10): Process(target=f_lock, args=(lock, num)).start()
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("counter");
+    std::fs::write(&path, "0").unwrap();
+    let lock = Lock::new().unwrap();
+    let mut ps: Vec<Process> = (0..10)
+        .map(|i| Process::new(increment, (lock.clone(), path.clone(), i, 30)).unwrap())
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    for p in &mut ps {
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "300");
+    let mut lines: Vec<String> = std::fs::read_to_string(path.with_extension("log"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("hello world {i}")).collect();
+    want.sort();
+    assert_eq!(lines, want);
+}
+
+#[test]
+fn lock_semantics_follow_python() {
+    // CPython _TestLock.test_lock: acquire, non-blocking acquire fails, release twice errors.
+    let lock = Lock::new().unwrap();
+    let held = lock.acquire().unwrap();
+    assert_eq!(held.previous_owner_died, None);
+    assert_eq!(lock.try_acquire(), Err(SyncError::WouldBlock));
+    let t = Instant::now();
+    assert_eq!(
+        lock.acquire_timeout(Duration::from_millis(60)),
+        Err(SyncError::Timeout)
+    );
+    assert!(t.elapsed() >= Duration::from_millis(60));
+    // No owner: another thread may release it.
+    let other = lock.clone();
+    std::thread::spawn(move || other.release().unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(lock.release(), Err(SyncError::NotLocked));
+}
+
+fn hold_lock_forever((lock, ready): (Lock, Event)) {
+    let held = lock.acquire().unwrap();
+    let _ = held;
+    ready.set();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn hold_rlock_forever((lock, ready): (RLock, Event)) {
+    let _ = lock.acquire().unwrap();
+    let _ = lock.acquire().unwrap();
+    ready.set();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
+    let lock = Lock::new().unwrap();
+    let ready = Event::new().unwrap();
+    let mut holder = Process::new(hold_lock_forever, (lock.clone(), ready.clone())).unwrap();
+    holder.start().unwrap();
+    assert!(ready.wait(Some(GENEROUS)).unwrap());
+    let pid = holder.pid().unwrap();
+    assert_eq!(lock.try_acquire(), Err(SyncError::WouldBlock));
+    holder.kill().unwrap();
+    let t = Instant::now();
+    let taken = lock.acquire_timeout(GENEROUS).unwrap();
+    eprintln!("a dead holder's lock taken over after {:?}", t.elapsed());
+    assert_eq!(taken.previous_owner_died, Some(pid));
+    lock.release().unwrap();
+    let again = lock.acquire().unwrap();
+    assert_eq!(again.previous_owner_died, None);
+    lock.release().unwrap();
+}
+
+#[test]
+fn an_rlock_whose_holder_is_killed_is_taken_over() {
+    let lock = RLock::new().unwrap();
+    let ready = Event::new().unwrap();
+    let mut holder = Process::new(hold_rlock_forever, (lock.clone(), ready.clone())).unwrap();
+    holder.start().unwrap();
+    assert!(ready.wait(Some(GENEROUS)).unwrap());
+    assert_eq!(lock.release(), Err(SyncError::NotOwner), "we do not own it");
+    holder.kill().unwrap();
+    let taken = lock.acquire_timeout(GENEROUS).unwrap();
+    assert_eq!(taken.previous_owner_died, holder.pid());
+    lock.release().unwrap();
+    assert_eq!(lock.release(), Err(SyncError::NotOwner));
+}
+
+#[test]
+fn rlock_is_reentrant_for_its_owner_only() {
+    // CPython _TestLock.test_rlock.
+    let lock = RLock::new().unwrap();
+    let _ = lock.acquire().unwrap();
+    let _ = lock.acquire().unwrap();
+    let _ = lock.try_acquire().unwrap();
+    let other = lock.clone();
+    let from_other_thread = std::thread::spawn(move || (other.try_acquire(), other.release()))
+        .join()
+        .unwrap();
+    assert_eq!(
+        from_other_thread,
+        (Err(SyncError::WouldBlock), Err(SyncError::NotOwner))
+    );
+    for _ in 0..3 {
+        lock.release().unwrap();
+    }
+    assert_eq!(lock.release(), Err(SyncError::NotOwner));
+    let other = lock.clone();
+    std::thread::spawn(move || {
+        let _ = other.try_acquire().unwrap();
+        other.release().unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+fn take_one_unit_and_die(sem: Semaphore) {
+    sem.acquire().unwrap();
+    std::process::exit(0);
+}
+
+fn wait_then_report((event, done): (Event, Event)) {
+    if event.wait(Some(GENEROUS)).unwrap() {
+        done.set();
+    }
+}
+
+#[test]
+fn semaphores_count_across_processes() {
+    // CPython _TestSemaphore.test_semaphore / test_bounded_semaphore.
+    let sem = Semaphore::new(2).unwrap();
+    sem.acquire().unwrap();
+    assert_eq!(sem.value(), 1);
+    let mut p = Process::new(take_one_unit_and_die, sem.clone()).unwrap();
+    p.start().unwrap();
+    p.join().unwrap();
+    // No owner: a unit taken by a process that exits is gone, as in Python.
+    assert_eq!(sem.value(), 0);
+    assert_eq!(sem.try_acquire(), Err(SyncError::WouldBlock));
+    assert_eq!(
+        sem.acquire_timeout(Duration::from_millis(30)),
+        Err(SyncError::Timeout)
+    );
+    sem.release().unwrap();
+    sem.acquire_timeout(GENEROUS).unwrap();
+    let bounded = BoundedSemaphore::new(1).unwrap();
+    assert_eq!(bounded.release(), Err(SyncError::TooManyReleases));
+    bounded.acquire().unwrap();
+    bounded.release().unwrap();
+    assert_eq!(bounded.value(), 1);
+}
+
+#[test]
+fn an_event_wakes_a_waiting_process() {
+    // CPython _TestEvent.test_event.
+    let event = Event::new().unwrap();
+    let done = Event::new().unwrap();
+    assert!(!event.is_set());
+    let t = Instant::now();
+    assert!(!event.wait(Some(Duration::from_millis(40))).unwrap());
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    let mut p = Process::new(wait_then_report, (event.clone(), done.clone())).unwrap();
+    p.start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    event.set();
+    assert!(done.wait(Some(GENEROUS)).unwrap());
+    p.join().unwrap();
+    event.clear();
+    assert!(!event.is_set());
+}

@@ -1,0 +1,269 @@
+//! Shared memory and futexes: the OS half of cross-process locks, events and queues.
+//!
+//! A [`SharedRegion`] is an anonymous memfd mapped shared: nothing appears in `/dev/shm`, and
+//! the memory is gone when the last process holding it closes it, crash or not. Its
+//! descriptor travels to children like any handle's. [`futex_wait`] and [`futex_wake`] are
+//! the shared (not process-private) futex, so waiters in different processes meet on the same
+//! word. [`ProcessIdentity`] names a process by pid *and* start time, so that the owner of a
+//! lock who died is never confused with a new process that got its pid.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::futex;
+
+/// A region of memory shared between processes (an anonymous memfd, mapped shared).
+#[derive(Debug)]
+pub struct SharedRegion {
+    base: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the region is plain memory; all access to its contents goes through atomics or
+// through code that synchronizes with them (the users' documented contract), and the mapping
+// itself is owned by this value alone.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above: `&SharedRegion` only hands out raw pointers, never references.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// A new zero-filled region of `len` bytes (at least 1). Its size is sealed, so a process
+    /// it is passed to cannot shrink it under another's feet.
+    pub fn create(name: &str, len: usize) -> io::Result<SharedRegion> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared region needs at least 1 byte",
+            ));
+        }
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a region received from another process. Its size is read from the descriptor,
+    /// which must be sealed against shrinking (as [`SharedRegion::create`] makes it), so that
+    /// no access can fault.
+    pub fn open(fd: OwnedFd) -> io::Result<SharedRegion> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared region is not sealed against shrinking",
+            ));
+        }
+        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad shared region size"))?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty shared region",
+            ));
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
+        // SAFETY: a fresh shared mapping of `len` bytes of a file that is at least that long
+        // (checked or made so above); nothing else refers to the address range yet.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let base =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedRegion { base, len, fd })
+    }
+
+    /// The first byte. Page-aligned.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: regions have at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The memfd, to pass the region to another process.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range `map` created, unmapped once, by its only owner.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Sleeps while `*word == expected`, until woken, `deadline` passes, or a signal interrupts.
+/// Returns `false` only when the deadline passed. The word may be shared between processes.
+pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> io::Result<bool> {
+    let timeout = match deadline {
+        None => None,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            Some(
+                rustix::fs::Timespec::try_from(left).unwrap_or(rustix::fs::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                }),
+            )
+        }
+    };
+    match futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref()) {
+        Ok(()) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(true),
+        Err(rustix::io::Errno::TIMEDOUT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wakes up to `n` waiters of `word` (in any process).
+pub fn futex_wake(word: &AtomicU32, n: u32) {
+    let _ = futex::wake(word, futex::Flags::empty(), n);
+}
+
+/// A process named by pid and start time (in clock ticks since boot, from `/proc`), which no
+/// later process with the same pid shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessIdentity {
+    /// The pid.
+    pub pid: u32,
+    /// Its start time.
+    pub start: u64,
+}
+
+impl ProcessIdentity {
+    /// This process.
+    pub fn current() -> ProcessIdentity {
+        let pid = std::process::id();
+        ProcessIdentity {
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+
+    /// The live (not zombie) process with this pid now, if any.
+    pub fn of(pid: u32) -> Option<ProcessIdentity> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        match parse_stat(&stat)? {
+            ('Z' | 'X', _) => None,
+            (_, start) => Some(ProcessIdentity { pid, start }),
+        }
+    }
+
+    /// Whether that very process still runs (a zombie counts as dead).
+    pub fn is_alive(self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => parse_stat(&stat)
+                .is_some_and(|(state, start)| state != 'Z' && state != 'X' && start == self.start),
+            Err(_) => false,
+        }
+    }
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, start)| start)
+}
+
+/// The state and start time from a `/proc/PID/stat` line. The command name may contain
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state come fields 4..; the start time is field 22, the 19th after it.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not_the_same_process() {
+        let me = ProcessIdentity::current();
+        assert!(me.start > 0);
+        assert!(me.is_alive());
+        assert!(
+            !ProcessIdentity {
+                pid: me.pid,
+                start: me.start + 1
+            }
+            .is_alive()
+        );
+        assert!(
+            !ProcessIdentity {
+                pid: u32::MAX - 1,
+                start: 0
+            }
+            .is_alive()
+        );
+    }
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 777 1000 10";
+        assert_eq!(parse_stat(line), Some(('S', 777)));
+    }
+
+    #[test]
+    fn regions_are_shared_through_their_descriptor() {
+        let a = SharedRegion::create("test", 4096).unwrap();
+        let b = SharedRegion::open(a.fd().try_clone_to_owned().unwrap()).unwrap();
+        // SAFETY: both map the same 4096-byte file; single-threaded test.
+        unsafe {
+            *a.as_ptr() = 7;
+            assert_eq!(*b.as_ptr(), 7);
+        }
+        assert!(SharedRegion::create("test", 0).is_err());
+    }
+
+    #[test]
+    fn futex_wait_times_out_and_returns_at_once_on_a_changed_word() {
+        let word = AtomicU32::new(1);
+        assert!(
+            futex_wait(
+                &word,
+                0,
+                Some(Instant::now() + std::time::Duration::from_secs(5))
+            )
+            .unwrap()
+        );
+        let t = Instant::now();
+        assert!(
+            !futex_wait(
+                &word,
+                1,
+                Some(Instant::now() + std::time::Duration::from_millis(30))
+            )
+            .unwrap()
+        );
+        assert!(t.elapsed() >= std::time::Duration::from_millis(30));
+    }
+}
