@@ -26,6 +26,7 @@ mod error;
 mod handles;
 mod pool;
 mod process;
+mod queue;
 mod sync;
 mod task;
 mod worker;
@@ -38,6 +39,7 @@ pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;
 pub use process::{Process, ProcessInfo, active_children, current_process};
+pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueError, SimpleQueue};
 pub use sync::{Acquired, BoundedSemaphore, Event, Lock, LockGuard, RLock, Semaphore, SyncError};
 pub use task::StarFn;
 

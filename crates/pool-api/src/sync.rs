@@ -190,21 +190,50 @@ macro_rules! handle_serde {
     };
 }
 
-/// Takes the lock word for `owner`, waiting until `deadline`; takes it over if its owner died.
+/// A lock word and its owner record, wherever they live in shared memory.
+pub(crate) struct RawLock<'a> {
+    pub(crate) word: &'a AtomicU32,
+    pub(crate) record: &'a AtomicU64,
+}
+
+impl RawLock<'_> {
+    /// Takes the lock for this process, waiting until `deadline` (see [`take_raw`]).
+    pub(crate) fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired, SyncError> {
+        take_raw(self.word, self.record, me(), deadline, true)
+    }
+
+    /// Releases it.
+    pub(crate) fn release(&self) -> Result<(), SyncError> {
+        give_raw(self.word)
+    }
+}
+
+/// Takes `s`'s lock word for `owner` (see [`take_raw`]).
 fn take(
     s: &Shared,
     owner: ProcessIdentity,
     deadline: Option<Instant>,
     block: bool,
 ) -> Result<Acquired, SyncError> {
+    take_raw(&s.word, &s.owner_record, owner, deadline, block)
+}
+
+/// Takes the lock word for `owner`, waiting until `deadline`; takes it over if its owner died.
+fn take_raw(
+    word: &AtomicU32,
+    owner_record: &AtomicU64,
+    owner: ProcessIdentity,
+    deadline: Option<Instant>,
+    block: bool,
+) -> Result<Acquired, SyncError> {
     let mine = owner.pid & !WAITERS;
     let won = |died: Option<u32>| {
-        s.owner_record.store(record(owner), Ordering::Relaxed);
+        owner_record.store(record(owner), Ordering::Relaxed);
         Ok(Acquired {
             previous_owner_died: died,
         })
     };
-    if s.word
+    if word
         .compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed)
         .is_ok()
     {
@@ -214,10 +243,10 @@ fn take(
         return Err(SyncError::WouldBlock);
     }
     loop {
-        let cur = s.word.load(Ordering::Relaxed);
+        let cur = word.load(Ordering::Relaxed);
         if cur == 0 {
             // Taken with the waiters bit, since others may sleep: the release will wake one.
-            if s.word
+            if word
                 .compare_exchange(0, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
@@ -226,7 +255,7 @@ fn take(
             continue;
         }
         if cur & WAITERS == 0
-            && s.word
+            && word
                 .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
@@ -234,16 +263,16 @@ fn take(
         }
         let slice = Instant::now() + OWNER_CHECK;
         let until = deadline.map_or(slice, |d| d.min(slice));
-        futex_wait(&s.word, cur | WAITERS, Some(until)).map_err(io)?;
+        futex_wait(word, cur | WAITERS, Some(until)).map_err(io)?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(SyncError::Timeout);
         }
         // Still taken by the same owner after a slice: does it live?
-        let now = s.word.load(Ordering::Relaxed);
+        let now = word.load(Ordering::Relaxed);
         if now != 0 && now & !WAITERS == cur & !WAITERS {
             let pid = now & !WAITERS;
-            if holder_died(pid, s.owner_record.load(Ordering::Relaxed))
-                && s.word
+            if holder_died(pid, owner_record.load(Ordering::Relaxed))
+                && word
                     .compare_exchange(now, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
@@ -272,12 +301,16 @@ fn holder_died(pid: u32, record: u64) -> bool {
 }
 
 fn give(s: &Shared) -> Result<(), SyncError> {
-    let prev = s.word.swap(0, Ordering::Release);
+    give_raw(&s.word)
+}
+
+fn give_raw(word: &AtomicU32) -> Result<(), SyncError> {
+    let prev = word.swap(0, Ordering::Release);
     if prev == 0 {
         return Err(SyncError::NotLocked);
     }
     if prev & WAITERS != 0 {
-        futex_wake(&s.word, 1);
+        futex_wake(word, 1);
     }
     Ok(())
 }

@@ -83,6 +83,27 @@ fn lock_lets_ten_processes_print_whole_lines() {
 }
 
 #[test]
+fn queue_passes_a_b_c_from_writer_to_reader() {
+    let out = demo(&["queue"]);
+    assert_eq!(
+        lines_with(&out, "Put "),
+        [
+            "Put A to queue...",
+            "Put B to queue...",
+            "Put C to queue..."
+        ]
+    );
+    assert_eq!(
+        lines_with(&out, "Get "),
+        [
+            "Get A from queue.",
+            "Get B from queue.",
+            "Get C from queue."
+        ]
+    );
+}
+
+#[test]
 fn map_prints_workers_and_squares() {
     let out = demo(&["map"]);
     for line in [
@@ -207,6 +228,7 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
     for name in [
         "apply-async",
         "process",
+        "queue",
         "pipe",
         "lock",
         "map",

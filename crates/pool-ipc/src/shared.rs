@@ -103,6 +103,24 @@ impl SharedRegion {
         false
     }
 
+    /// Gives the memory of `len` bytes at `offset` back to the system (they read as zeros
+    /// afterwards): consumed parts of a large, sparse region stop costing memory.
+    pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the region",
+            ));
+        }
+        rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            offset as u64,
+            len as u64,
+        )?;
+        Ok(())
+    }
+
     /// The memfd, to pass the region to another process.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -80,6 +80,11 @@ const DEMOS: &[Demo] = &[
         run: pooled::images,
     },
     Demo {
+        name: "queue",
+        about: "seed 002: a writer process puts A, B, C into a Queue; a reader process gets them",
+        run: processes::queue,
+    },
+    Demo {
         name: "pipe",
         about: "seed 002: a child sends [42, None, 'hello'] through a Pipe; the parent prints it",
         run: processes::pipe,

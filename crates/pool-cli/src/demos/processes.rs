@@ -96,3 +96,47 @@ pub(crate) fn lock(_: &DemoArgs) -> Outcome {
     }
     Ok(())
 }
+
+/// A sleep of up to `max_ms`, varying by process and call (the seed's `random.random()`).
+fn random_pause(max_ms: u64, salt: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mix = (u64::from(nanos) ^ u64::from(std::process::id()) ^ salt)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Duration::from_millis((mix >> 33) % max_ms.max(1))
+}
+
+fn write((q, max_ms): (pool_api::Queue<String>, u64)) {
+    for (i, value) in ["A", "B", "C"].into_iter().enumerate() {
+        println!("Put {value} to queue...");
+        q.put(value.to_string()).expect("putting into the queue");
+        std::thread::sleep(random_pause(max_ms, i as u64));
+    }
+}
+
+fn read(q: pool_api::Queue<String>) {
+    loop {
+        let Ok(value) = q.get() else { return };
+        println!("Get {value} from queue.");
+    }
+}
+
+/// Seed 002: a writer process puts A, B, C with random sleeps; a reader process loops on
+/// `get`; the parent joins the writer and terminates the reader.
+pub(crate) fn queue(args: &DemoArgs) -> Outcome {
+    let q = pool_api::Queue::new().map_err(|e| e.to_string())?;
+    let max_ms = args.sleep(1.0).as_millis() as u64;
+    let mut pw = Process::new(write, (q.clone(), max_ms)).map_err(fail)?;
+    let mut pr = Process::new(read, q.clone()).map_err(fail)?;
+    pw.start().map_err(fail)?;
+    pr.start().map_err(fail)?;
+    pw.join().map_err(fail)?;
+    // The reader loops forever: once the queue is drained, it can only be terminated.
+    while !q.empty() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    pr.terminate().map_err(fail)?;
+    pr.join().map_err(fail)
+}

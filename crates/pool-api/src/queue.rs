@@ -1,0 +1,589 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue`: Python's process queues, without the feeder
+//! thread.
+//!
+//! # Layout
+//!
+//! One anonymous memfd: a header page, then a byte ring of records (`u64` length, the
+//! encoded item, padding to 8 bytes), addressed by `head` and `tail` counters that only grow.
+//! The ring is large (8 GiB by default) but *sparse*: memory is allocated only where records
+//! are written, and the consumer punches the consumed part back out, so an unbounded queue
+//! costs what it holds.
+//!
+//! # Why no feeder thread
+//!
+//! CPython's `Queue.put` hands the item to a background thread that writes it to a pipe
+//! later, which is why a process that put items and exits may lose them or block at exit
+//! ("joining processes that use queues"). Here `put` copies the item into the shared ring
+//! before it returns: when `put` returns `Ok`, the item is in the queue, and a producer that
+//! exits afterwards neither loses it nor blocks.
+//!
+//! # Crashes
+//!
+//! Producers and consumers take the queue's lock (the owner-death-aware lock of
+//! [`Lock`](crate::Lock)), copy, and only then move `tail` (or `head`) and the item count:
+//! moving them is the last step. A process killed in the middle of a copy has changed nothing
+//! that others read, and the next user takes the lock over. So no other item is lost or
+//! duplicated; the killed producer's item was never in the queue (its `put` never returned),
+//! and the killed consumer's item stays there for the next `get`.
+//!
+//! Positions read from shared memory are checked before use: a corrupted header gives an
+//! error, never an out-of-bounds access.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pool_ipc::shared::{SharedRegion, futex_wait, futex_wake};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::handles;
+use crate::sync::{RawLock, SyncError};
+
+const MAGIC: u64 = 0x706f_6f6c_7175_6575;
+const DATA_OFFSET: usize = 4096;
+/// The ring's size unless told otherwise. Virtual: only what is queued costs memory.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8 << 30;
+/// Consumed space is given back in steps of this much.
+const DISCARD_STEP: u64 = 2 << 20;
+
+/// Why a queue operation did not succeed. The item is handed back where one was given.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError<T> {
+    /// `try_put` on a full queue, or `put` timed out on one.
+    #[error("the queue is full")]
+    Full(T),
+    /// `try_get` on an empty queue, or `get` timed out on one.
+    #[error("the queue is empty")]
+    Empty,
+    /// This handle was closed.
+    #[error("the queue is closed")]
+    Closed,
+    /// `task_done` was called more times than items were put.
+    #[error("task_done called too many times")]
+    TooManyTaskDone,
+    /// The item cannot be encoded, or is larger than the queue's ring.
+    #[error("cannot queue the item: {0}")]
+    Encode(String),
+    /// The item taken does not decode as the queue's type.
+    #[error("cannot decode the item: {0}")]
+    Decode(String),
+    /// The queue's shared state is corrupt (a process scribbled on it).
+    #[error("the queue's shared state is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The OS refused.
+    #[error("OS error: {0}")]
+    Io(String),
+}
+
+impl<T> From<SyncError> for QueueError<T> {
+    fn from(e: SyncError) -> QueueError<T> {
+        QueueError::Io(e.to_string())
+    }
+}
+
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    capacity: AtomicU64,
+    maxsize: AtomicU64,
+    lock: AtomicU32,
+    _pad: AtomicU32,
+    lock_owner: AtomicU64,
+    head: AtomicU64,
+    tail: AtomicU64,
+    count: AtomicU64,
+    discarded: AtomicU64,
+    /// Bumped by every put: getters sleep on it.
+    put_seq: AtomicU32,
+    /// Bumped by every get: putters sleep on it.
+    get_seq: AtomicU32,
+    getters: AtomicU32,
+    putters: AtomicU32,
+    /// JoinableQueue: items put and not yet marked done, and a futex word for `join`.
+    unfinished: AtomicU64,
+    done_seq: AtomicU32,
+    joiners: AtomicU32,
+}
+
+struct Ring {
+    region: SharedRegion,
+    capacity: u64,
+}
+
+impl Ring {
+    fn create(capacity: usize, maxsize: u64) -> Result<Ring, String> {
+        let capacity = capacity.max(4096).next_multiple_of(8);
+        let region = SharedRegion::create("pool-queue", DATA_OFFSET + capacity)
+            .map_err(|e| e.to_string())?;
+        let ring = Ring {
+            region,
+            capacity: capacity as u64,
+        };
+        let h = ring.header();
+        h.capacity.store(capacity as u64, Ordering::Relaxed);
+        h.maxsize.store(maxsize, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(ring)
+    }
+
+    fn open(fd: std::os::fd::OwnedFd) -> Result<Ring, String> {
+        let region = SharedRegion::open(fd).map_err(|e| e.to_string())?;
+        if region.len() <= DATA_OFFSET {
+            return Err("the descriptor is not a queue".into());
+        }
+        // SAFETY: the region is longer than the header page (checked above) and page-aligned.
+        let h = unsafe { &*region.as_ptr().cast::<Header>() };
+        let capacity = h.capacity.load(Ordering::Acquire);
+        if h.magic.load(Ordering::Acquire) != MAGIC
+            || capacity != (region.len() - DATA_OFFSET) as u64
+        {
+            return Err("the descriptor is not a queue".into());
+        }
+        Ok(Ring { region, capacity })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the region starts with a header page (made so by `create`, checked by
+        // `open`); `Header` is only atomics, valid for any bytes, used through `&` only.
+        unsafe { &*self.region.as_ptr().cast::<Header>() }
+    }
+
+    fn lock(&self) -> RawLock<'_> {
+        let h = self.header();
+        RawLock {
+            word: &h.lock,
+            record: &h.lock_owner,
+        }
+    }
+
+    /// Copies `bytes` into the ring at position `at` (wrapping).
+    ///
+    /// # Safety
+    /// The caller holds the queue's lock and `[at, at + len)` is free space of the ring.
+    unsafe fn write(&self, at: u64, bytes: &[u8]) {
+        let start = (at % self.capacity) as usize;
+        let first = bytes.len().min(self.capacity as usize - start);
+        let data = self.region.as_ptr().wrapping_add(DATA_OFFSET);
+        // SAFETY: both ranges lie inside the data area (`start + first <= capacity`, the rest
+        // wraps to the start and is shorter than the capacity); the caller owns them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(start), first);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), data, bytes.len() - first);
+        }
+    }
+
+    /// Copies `out.len()` bytes out of the ring from position `at` (wrapping).
+    ///
+    /// # Safety
+    /// The caller holds the queue's lock and `[at, at + out.len())` holds queued data.
+    unsafe fn read(&self, at: u64, out: &mut [u8]) {
+        let start = (at % self.capacity) as usize;
+        let first = out.len().min(self.capacity as usize - start);
+        let data = self.region.as_ptr().wrapping_add(DATA_OFFSET);
+        // SAFETY: as in `write`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+        }
+    }
+}
+
+/// Rounds a record (length word and item) up to 8 bytes.
+fn record_len(item: usize) -> u64 {
+    (8 + item as u64).next_multiple_of(8)
+}
+
+/// Python's `multiprocessing.Queue`: many producers and consumers in any processes, items in
+/// order, none lost or duplicated. Pass it to a child in its arguments.
+///
+/// `qsize` is exact at the moment it is read, and stale the moment after, as in Python.
+///
+/// ```
+/// let q = pool_api::Queue::<String>::new()?;
+/// q.put("A".to_string())?;
+/// assert_eq!(q.qsize(), 1);
+/// assert_eq!(q.get()?, "A");
+/// assert!(q.empty());
+/// # Ok::<(), pool_api::QueueError<String>>(())
+/// ```
+pub struct Queue<T> {
+    ring: Arc<Ring>,
+    closed: bool,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            ring: Arc::clone(&self.ring),
+            closed: false,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.ring.header();
+        f.debug_struct("Queue")
+            .field("qsize", &h.count.load(Ordering::Relaxed))
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// An unbounded queue.
+    pub fn new() -> Result<Queue<T>, QueueError<T>> {
+        Queue::with_limits(0, DEFAULT_QUEUE_CAPACITY)
+    }
+
+    /// A queue of at most `maxsize` items (Python's `Queue(maxsize)`; 0: unbounded).
+    pub fn bounded(maxsize: usize) -> Result<Queue<T>, QueueError<T>> {
+        Queue::with_limits(maxsize, DEFAULT_QUEUE_CAPACITY)
+    }
+
+    /// A queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of ring (virtual
+    /// memory; only what is queued is allocated).
+    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<Queue<T>, QueueError<T>> {
+        let ring = Ring::create(capacity, maxsize as u64).map_err(QueueError::Io)?;
+        Ok(Queue {
+            ring: Arc::new(ring),
+            closed: false,
+            _t: PhantomData,
+        })
+    }
+
+    /// Puts an item, waiting while the queue is full (only with a `maxsize`, or once the
+    /// ring's bytes are used up).
+    pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
+        self.put_inner(item, None, true)
+    }
+
+    /// Puts an item, waiting at most `timeout` while the queue is full
+    /// ([`QueueError::Full`] hands the item back).
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), QueueError<T>> {
+        self.put_inner(item, Some(Instant::now() + timeout), true)
+    }
+
+    /// Puts an item if there is room now ([`QueueError::Full`] hands it back).
+    pub fn try_put(&self, item: T) -> Result<(), QueueError<T>> {
+        self.put_inner(item, None, false)
+    }
+
+    fn put_inner(
+        &self,
+        item: T,
+        deadline: Option<Instant>,
+        block: bool,
+    ) -> Result<(), QueueError<T>> {
+        if self.closed {
+            return Err(QueueError::Closed);
+        }
+        let bytes = match postcard::to_stdvec(&item) {
+            Ok(b) => b,
+            Err(e) => return Err(QueueError::Encode(e.to_string())),
+        };
+        let need = record_len(bytes.len());
+        let ring = &*self.ring;
+        if need > ring.capacity {
+            return Err(QueueError::Encode(format!(
+                "an item of {} bytes does not fit the queue's ring",
+                bytes.len()
+            )));
+        }
+        let h = ring.header();
+        let lock = ring.lock();
+        loop {
+            match lock.acquire(deadline) {
+                Ok(_) => {}
+                Err(SyncError::Timeout) => return Err(QueueError::Full(item)),
+                Err(e) => return Err(e.into()),
+            }
+            let (head, tail) = (
+                h.head.load(Ordering::Relaxed),
+                h.tail.load(Ordering::Relaxed),
+            );
+            if tail < head || tail - head > ring.capacity {
+                let _ = lock.release();
+                return Err(QueueError::Corrupt("positions out of range"));
+            }
+            let maxsize = h.maxsize.load(Ordering::Relaxed);
+            let full = (maxsize != 0 && h.count.load(Ordering::Relaxed) >= maxsize)
+                || tail - head + need > ring.capacity;
+            if !full {
+                // SAFETY: the lock is held and `[tail, tail + need)` is free (checked above).
+                unsafe {
+                    ring.write(tail, &(bytes.len() as u64).to_le_bytes());
+                    ring.write(tail + 8, &bytes);
+                }
+                // Publishing is the last step: a producer killed before it changed nothing.
+                h.tail.store(tail + need, Ordering::Release);
+                h.count.fetch_add(1, Ordering::Relaxed);
+                h.unfinished.fetch_add(1, Ordering::Relaxed);
+                h.put_seq.fetch_add(1, Ordering::Release);
+                let wake = h.getters.load(Ordering::Relaxed) > 0;
+                lock.release()?;
+                if wake {
+                    futex_wake(&h.put_seq, 1);
+                }
+                return Ok(());
+            }
+            let seq = h.get_seq.load(Ordering::Acquire);
+            h.putters.fetch_add(1, Ordering::Relaxed);
+            lock.release()?;
+            let waited = if block {
+                futex_wait(&h.get_seq, seq, deadline)
+            } else {
+                Ok(false)
+            };
+            h.putters.fetch_sub(1, Ordering::Relaxed);
+            if !waited.map_err(|e| QueueError::Io(e.to_string()))? {
+                return Err(QueueError::Full(item));
+            }
+        }
+    }
+
+    /// Takes the oldest item, waiting while the queue is empty.
+    pub fn get(&self) -> Result<T, QueueError<T>> {
+        self.get_inner(None, true)
+    }
+
+    /// Takes the oldest item, waiting at most `timeout` ([`QueueError::Empty`]).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError<T>> {
+        self.get_inner(Some(Instant::now() + timeout), true)
+    }
+
+    /// Takes the oldest item if there is one ([`QueueError::Empty`] otherwise).
+    pub fn try_get(&self) -> Result<T, QueueError<T>> {
+        self.get_inner(None, false)
+    }
+
+    fn get_inner(&self, deadline: Option<Instant>, block: bool) -> Result<T, QueueError<T>> {
+        if self.closed {
+            return Err(QueueError::Closed);
+        }
+        let ring = &*self.ring;
+        let h = ring.header();
+        let lock = ring.lock();
+        loop {
+            // A previous owner that died left the queue consistent (see the module docs).
+            let _taken = lock.acquire(None)?;
+            if h.count.load(Ordering::Relaxed) > 0 {
+                let bytes = self.take_one(ring, h);
+                let wake = h.putters.load(Ordering::Relaxed) > 0;
+                lock.release()?;
+                if wake {
+                    futex_wake(&h.get_seq, 1);
+                }
+                let bytes = bytes?;
+                return postcard::from_bytes(&bytes).map_err(|e| QueueError::Decode(e.to_string()));
+            }
+            let seq = h.put_seq.load(Ordering::Acquire);
+            h.getters.fetch_add(1, Ordering::Relaxed);
+            lock.release()?;
+            let waited = if block {
+                futex_wait(&h.put_seq, seq, deadline)
+            } else {
+                Ok(false)
+            };
+            h.getters.fetch_sub(1, Ordering::Relaxed);
+            if !waited.map_err(|e| QueueError::Io(e.to_string()))? {
+                return Err(QueueError::Empty);
+            }
+        }
+    }
+
+    /// Copies the oldest record out and removes it. The lock is held.
+    fn take_one(&self, ring: &Ring, h: &Header) -> Result<Vec<u8>, QueueError<T>> {
+        let (head, tail) = (
+            h.head.load(Ordering::Relaxed),
+            h.tail.load(Ordering::Acquire),
+        );
+        if tail < head + 8 || tail - head > ring.capacity {
+            return Err(QueueError::Corrupt("positions out of range"));
+        }
+        let mut len = [0u8; 8];
+        // SAFETY: the lock is held and at least 8 bytes are queued at `head` (checked above).
+        unsafe { ring.read(head, &mut len) };
+        let len = u64::from_le_bytes(len);
+        if len > tail - head - 8 {
+            return Err(QueueError::Corrupt("a record longer than the queued data"));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        // SAFETY: the lock is held and `len` bytes are queued after the length (checked).
+        unsafe { ring.read(head + 8, &mut bytes) };
+        // Removing is the last step: a consumer killed before it leaves the item queued.
+        let new_head = head + record_len(len as usize);
+        h.head.store(new_head, Ordering::Release);
+        h.count.fetch_sub(1, Ordering::Relaxed);
+        h.get_seq.fetch_add(1, Ordering::Release);
+        self.discard_consumed(ring, h, new_head);
+        Ok(bytes)
+    }
+
+    /// Gives consumed pages of the ring back to the system, in steps.
+    fn discard_consumed(&self, ring: &Ring, h: &Header, head: u64) {
+        let done = h.discarded.load(Ordering::Relaxed);
+        let upto = head / DISCARD_STEP * DISCARD_STEP;
+        if upto <= done {
+            return;
+        }
+        let mut at = done;
+        while at < upto {
+            let offset = (at % ring.capacity) as usize;
+            let len = (DISCARD_STEP as usize).min(ring.capacity as usize - offset);
+            let _ = ring.region.discard(DATA_OFFSET + offset, len);
+            at += len as u64;
+        }
+        h.discarded.store(upto, Ordering::Relaxed);
+    }
+
+    /// Items in the queue now (Python's `qsize`: stale as soon as it is read).
+    pub fn qsize(&self) -> usize {
+        self.ring.header().count.load(Ordering::Acquire) as usize
+    }
+
+    /// Whether the queue is empty now.
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue is at its `maxsize` now (never for an unbounded queue).
+    pub fn full(&self) -> bool {
+        let maxsize = self.ring.header().maxsize.load(Ordering::Relaxed);
+        maxsize != 0 && self.qsize() as u64 >= maxsize
+    }
+
+    /// Closes this handle: its later `put` and `get` give [`QueueError::Closed`]. Other
+    /// handles, in this process or others, are not affected (as in Python).
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        handles::serialize_fd(self.ring.region.fd(), serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Queue<T>, D::Error> {
+        use serde::de::Error as _;
+        let fd = handles::deserialize_fd(deserializer)?;
+        let ring = Ring::open(fd).map_err(D::Error::custom)?;
+        Ok(Queue {
+            ring: Arc::new(ring),
+            closed: false,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// Python's `multiprocessing.SimpleQueue`: a [`Queue`] with only `put`, `get` and `empty`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SimpleQueue<T>(Queue<T>);
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue(self.0.clone())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// A new, empty queue.
+    pub fn new() -> Result<SimpleQueue<T>, QueueError<T>> {
+        Queue::new().map(SimpleQueue)
+    }
+
+    /// Puts an item.
+    pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
+        self.0.put(item)
+    }
+
+    /// Takes the oldest item, waiting while there is none.
+    pub fn get(&self) -> Result<T, QueueError<T>> {
+        self.0.get()
+    }
+
+    /// Whether the queue is empty now.
+    pub fn empty(&self) -> bool {
+        self.0.empty()
+    }
+}
+
+/// Python's `multiprocessing.JoinableQueue`: a [`Queue`] whose consumers mark items done, so
+/// that a producer can `join` until every item put has been processed.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct JoinableQueue<T>(Queue<T>);
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    pub fn new() -> Result<JoinableQueue<T>, QueueError<T>> {
+        Queue::new().map(JoinableQueue)
+    }
+
+    /// The queue's `put`, `get` and the rest.
+    pub fn queue(&self) -> &Queue<T> {
+        &self.0
+    }
+
+    /// Puts an item (one more unfinished task).
+    pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
+        self.0.put(item)
+    }
+
+    /// Takes the oldest item.
+    pub fn get(&self) -> Result<T, QueueError<T>> {
+        self.0.get()
+    }
+
+    /// Marks one item taken with `get` as processed; [`QueueError::TooManyTaskDone`] if more
+    /// were marked than put.
+    pub fn task_done(&self) -> Result<(), QueueError<T>> {
+        let h = self.0.ring.header();
+        let prev = h
+            .unfinished
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .map_err(|_| QueueError::TooManyTaskDone)?;
+        if prev == 1 {
+            h.done_seq.fetch_add(1, Ordering::Release);
+            if h.joiners.load(Ordering::SeqCst) > 0 {
+                futex_wake(&h.done_seq, u32::MAX);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every item put has been marked done, at most `timeout` (`None`: forever);
+    /// whether they all were.
+    pub fn join(&self, timeout: Option<Duration>) -> Result<bool, QueueError<T>> {
+        let h = self.0.ring.header();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let seq = h.done_seq.load(Ordering::Acquire);
+            if h.unfinished.load(Ordering::Acquire) == 0 {
+                return Ok(true);
+            }
+            h.joiners.fetch_add(1, Ordering::SeqCst);
+            let woke = futex_wait(&h.done_seq, seq, deadline);
+            h.joiners.fetch_sub(1, Ordering::SeqCst);
+            if !woke.map_err(|e| QueueError::Io(e.to_string()))? {
+                return Ok(h.unfinished.load(Ordering::Acquire) == 0);
+            }
+        }
+    }
+}

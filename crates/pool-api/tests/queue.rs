@@ -1,0 +1,243 @@
+//! Queues across real processes. Ported behaviours name their source: CPython's
+//! `Lib/test/_test_multiprocessing.py` (`_TestQueue`) and seed 002.
+
+#![allow(clippy::print_stderr)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use pool_api::{Bytes, Event, JoinableQueue, Process, Queue, QueueError, SimpleQueue};
+
+const GENEROUS: Duration = Duration::from_secs(20);
+
+fn write(q: Queue<String>) {
+    // seed 002: for value in ['A', 'B', 'C']: q.put(value); time.sleep(random.random())
+    for (i, value) in ["A", "B", "C"].into_iter().enumerate() {
+        q.put(value.to_string()).unwrap();
+        std::thread::sleep(Duration::from_millis(10 * i as u64));
+    }
+}
+
+fn read((q, seen): (Queue<String>, Queue<String>)) {
+    loop {
+        let value = q.get().unwrap();
+        seen.put(format!("Get {value} from queue.")).unwrap();
+    }
+}
+
+#[test]
+fn seed_writer_and_reader_processes() {
+    let q = Queue::new().unwrap();
+    let seen = Queue::new().unwrap();
+    let mut pw = Process::new(write, q.clone()).unwrap();
+    let mut pr = Process::new(read, (q.clone(), seen.clone())).unwrap();
+    pw.start().unwrap();
+    pr.start().unwrap();
+    pw.join().unwrap();
+    let got: Vec<String> = (0..3)
+        .map(|_| seen.get_timeout(GENEROUS).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "Get A from queue.",
+            "Get B from queue.",
+            "Get C from queue."
+        ]
+    );
+    // The reader loops forever: it can only be terminated.
+    pr.terminate().unwrap();
+    pr.join().unwrap();
+    assert_eq!(pr.exitcode(), Some(-15));
+}
+
+fn consume((q, out, n): (Queue<u32>, Queue<u32>, u32)) {
+    for _ in 0..n {
+        out.put(q.get().unwrap()).unwrap();
+    }
+}
+
+fn produce((q, from, to): (Queue<u32>, u32, u32)) {
+    for i in from..to {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn many_producers_and_consumers_lose_and_duplicate_nothing() {
+    let q = Queue::new().unwrap();
+    let out = Queue::new().unwrap();
+    let mut ps: Vec<Process> = Vec::new();
+    for c in 0..3 {
+        let _ = c;
+        ps.push(Process::new(consume, (q.clone(), out.clone(), 1000)).unwrap());
+    }
+    for p in 0..3u32 {
+        ps.push(Process::new(produce, (q.clone(), p * 1000, (p + 1) * 1000)).unwrap());
+    }
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    let mut got = BTreeSet::new();
+    for _ in 0..3000 {
+        assert!(
+            got.insert(out.get_timeout(GENEROUS).unwrap()),
+            "duplicate item"
+        );
+    }
+    assert_eq!(got, (0..3000).collect());
+    for p in &mut ps {
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    assert!(q.empty() && out.empty());
+}
+
+fn put_and_exit_at_once((q, n): (Queue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn a_producer_that_exits_right_after_put_loses_nothing() {
+    // CPython's "joining processes that use queues" pitfall cannot happen: no feeder thread.
+    let q = Queue::new().unwrap();
+    let mut p = Process::new(put_and_exit_at_once, (q.clone(), 5000)).unwrap();
+    p.start().unwrap();
+    assert_eq!(
+        p.join_timeout(GENEROUS),
+        Ok(true),
+        "the producer exits without waiting for a consumer"
+    );
+    assert_eq!(q.qsize(), 5000);
+    let got: Vec<u64> = (0..5000).map(|_| q.try_get().unwrap()).collect();
+    assert_eq!(got, (0..5000).collect::<Vec<_>>());
+}
+
+#[test]
+fn bounded_queues_timeouts_and_close() {
+    // CPython _TestQueue.test_put / test_get: Full, Empty, timeouts, qsize/empty/full.
+    let mut q = Queue::bounded(2).unwrap();
+    assert!(q.empty() && !q.full());
+    q.put(1u8).unwrap();
+    q.try_put(2).unwrap();
+    assert!(q.full());
+    assert!(matches!(q.try_put(3), Err(QueueError::Full(3))));
+    let t = Instant::now();
+    assert!(matches!(
+        q.put_timeout(4, Duration::from_millis(40)),
+        Err(QueueError::Full(4))
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(q.get().unwrap(), 2);
+    assert!(matches!(q.try_get(), Err(QueueError::Empty)));
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(30)),
+        Err(QueueError::Empty)
+    ));
+    let other = q.clone();
+    q.close();
+    assert!(matches!(q.put(5), Err(QueueError::Closed)));
+    assert!(matches!(q.get(), Err(QueueError::Closed)));
+    other.put(6).unwrap();
+    assert_eq!(other.get().unwrap(), 6);
+}
+
+#[test]
+fn items_larger_than_small_messages_and_wrapping_the_ring() {
+    let q: Queue<Bytes> = Queue::with_limits(0, 1 << 20).unwrap();
+    for round in 0..40u8 {
+        let item = Bytes(vec![round; 300_000]);
+        q.put(item.clone()).unwrap();
+        assert_eq!(q.get().unwrap(), item);
+    }
+    assert!(matches!(
+        q.put(Bytes(vec![0; 2 << 20])),
+        Err(QueueError::Encode(_))
+    ));
+}
+
+fn block_in_get((q, ready): (Queue<u32>, Event)) {
+    ready.set();
+    let _ = q.get();
+}
+
+fn put_big_after_signal((q, ready): (Queue<Bytes>, Event)) {
+    q.put(Bytes(b"before".to_vec())).unwrap();
+    let item = Bytes(vec![7; 64 << 20]);
+    ready.set();
+    // Most of each round is spent inside `put` (encoding, then copying under the queue's
+    // lock), so the kill usually lands in the middle of one.
+    loop {
+        q.put(item.clone()).unwrap();
+    }
+}
+
+#[test]
+fn killed_users_lose_no_other_item() {
+    // A consumer killed while blocked in get.
+    let q = Queue::new().unwrap();
+    let ready = Event::new().unwrap();
+    let mut consumer = Process::new(block_in_get, (q.clone(), ready.clone())).unwrap();
+    consumer.start().unwrap();
+    assert!(ready.wait(Some(GENEROUS)).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    consumer.kill().unwrap();
+    consumer.join().unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert_eq!((q.get().unwrap(), q.get().unwrap()), (1, 2));
+
+    // A producer killed while putting 64 MiB items.
+    let big: Queue<Bytes> = Queue::new().unwrap();
+    let ready = Event::new().unwrap();
+    let mut producer = Process::new(put_big_after_signal, (big.clone(), ready.clone())).unwrap();
+    producer.start().unwrap();
+    assert!(ready.wait(Some(GENEROUS)).unwrap());
+    std::thread::sleep(Duration::from_millis(250));
+    producer.kill().unwrap();
+    producer.join().unwrap();
+    big.put(Bytes(b"after".to_vec())).unwrap();
+    assert_eq!(big.get_timeout(GENEROUS).unwrap().0, b"before");
+    let mut complete = 0;
+    loop {
+        let item = big.get_timeout(GENEROUS).unwrap();
+        if item.0 == b"after" {
+            break;
+        }
+        assert_eq!(item.len(), 64 << 20, "only whole items");
+        assert!(item.iter().all(|b| *b == 7));
+        complete += 1;
+    }
+    eprintln!("{complete} whole 64 MiB items were queued before the producer was killed");
+    assert!(big.empty());
+}
+
+fn work_and_mark_done((q, n): (JoinableQueue<u32>, u32)) {
+    for _ in 0..n {
+        let _ = q.get().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        q.task_done().unwrap();
+    }
+}
+
+#[test]
+fn joinable_queue_join_waits_for_task_done() {
+    // CPython _TestQueue.test_task_done.
+    let q = JoinableQueue::new().unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    assert!(!q.join(Some(Duration::from_millis(20))).unwrap());
+    let mut p = Process::new(work_and_mark_done, (q.clone(), 10)).unwrap();
+    p.start().unwrap();
+    assert!(q.join(Some(GENEROUS)).unwrap());
+    p.join().unwrap();
+    assert!(matches!(q.task_done(), Err(QueueError::TooManyTaskDone)));
+    let simple = SimpleQueue::new().unwrap();
+    simple.put("x".to_string()).unwrap();
+    assert!(!simple.empty());
+    assert_eq!(simple.get().unwrap(), "x");
+}
