@@ -14,8 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Python's multiprocessing, in Rust: runnable demonstrations.
+///
+/// The libraries log through `tracing`; set RUST_LOG (e.g. RUST_LOG=debug) to see it on
+/// stderr.
 #[derive(Debug, Parser)]
-#[command(name = "pool", version, about, long_about = None)]
+#[command(name = "pool", version, about, after_help = demos::catalogue())]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -29,6 +32,10 @@ enum Commands {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Commands::Demo(args) => demos::run(&args),

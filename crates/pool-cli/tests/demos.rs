@@ -217,6 +217,14 @@ fn timeout_kills_the_stuck_task_and_goes_on() {
 #[test]
 fn list_and_help_name_every_demo_and_unknown_names_fail() {
     let list = demo(&["--list"]);
+    let top = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_pool"))
+            .arg("--help")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let help = String::from_utf8(
         Command::new(env!("CARGO_BIN_EXE_pool"))
             .args(["demo", "--help"])
@@ -241,7 +249,10 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
         "crash",
         "timeout",
     ] {
-        assert!(list.contains(name) && help.contains(name), "{name}");
+        assert!(
+            list.contains(name) && help.contains(name) && top.contains(name),
+            "{name}"
+        );
     }
     let bad = Command::new(env!("CARGO_BIN_EXE_pool"))
         .args(["demo", "nope"])
