@@ -40,7 +40,10 @@ pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::TransportKind;
 pub use process::{Process, ProcessInfo, active_children, current_process};
 pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueError, SimpleQueue};
-pub use sync::{Acquired, BoundedSemaphore, Event, Lock, LockGuard, RLock, Semaphore, SyncError};
+pub use sync::{
+    Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore,
+    SyncError,
+};
 pub use task::StarFn;
 
 /// The workspace README's example, compiled and run as a doc test so that it stays true.

@@ -61,6 +61,13 @@ pub enum SyncError {
     /// `release` of a `BoundedSemaphore` above its initial value.
     #[error("semaphore released too many times")]
     TooManyReleases,
+    /// A `Barrier` was aborted, reset while this process waited, timed out, or its action
+    /// panicked (Python's `BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+    /// An argument that makes no sense (a barrier of 0 parties).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
     /// The OS refused (creating the shared memory, a futex).
     #[error("OS error: {0}")]
     Io(String),
@@ -116,7 +123,20 @@ struct Shared {
     depth: AtomicU32,
     /// BoundedSemaphore: the bound.
     bound: AtomicU32,
+    /// Condition: bumped by every notify. Barrier: the generation.
+    seq: AtomicU32,
+    /// Barrier: arrivals in this generation, the parties, whether broken, and the last
+    /// generation that ended broken (plus one; 0: none).
+    count: AtomicU32,
+    parties: AtomicU32,
+    broken: AtomicU32,
+    broken_generation: AtomicU32,
+    /// Barrier: the encoded action (a `Call`), if any, stored at `ACTION_OFFSET`.
+    action_len: AtomicU32,
 }
+
+/// Where a barrier's encoded action lives in its region.
+const ACTION_OFFSET: usize = 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u32)]
@@ -126,6 +146,8 @@ enum Kind {
     Semaphore = 3,
     BoundedSemaphore = 4,
     Event = 5,
+    Condition = 6,
+    Barrier = 7,
 }
 
 /// A region holding one primitive's `Shared`, checked for its kind when received.
@@ -640,5 +662,353 @@ impl Event {
             }
         }
         Ok(true)
+    }
+}
+
+impl RLock {
+    /// Releases every level this thread holds (for `Condition::wait`); the depth to restore.
+    fn release_save(&self) -> Result<u32, SyncError> {
+        let s = self.0.state();
+        let word = s.word.load(Ordering::Acquire);
+        if word == 0
+            || word & !WAITERS != me().pid
+            || s.owner_thread.load(Ordering::Relaxed) != current_thread()
+        {
+            return Err(SyncError::NotOwner);
+        }
+        let depth = s.depth.swap(0, Ordering::Relaxed);
+        s.owner_thread.store(0, Ordering::Relaxed);
+        give(s)?;
+        Ok(depth)
+    }
+
+    /// Takes the lock back at `depth` levels (after `Condition::wait`).
+    fn acquire_restore(&self, depth: u32) -> Result<Acquired, SyncError> {
+        let s = self.0.state();
+        let acquired = take(s, me(), None, true)?;
+        s.owner_thread.store(current_thread(), Ordering::Relaxed);
+        s.depth.store(depth, Ordering::Relaxed);
+        Ok(acquired)
+    }
+
+    fn held_by_me(&self) -> bool {
+        let s = self.0.state();
+        let word = s.word.load(Ordering::Acquire);
+        word != 0
+            && word & !WAITERS == me().pid
+            && s.owner_thread.load(Ordering::Relaxed) == current_thread()
+    }
+}
+
+/// The lock of a [`Condition`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum CondLock {
+    Lock(Lock),
+    RLock(RLock),
+}
+
+/// A condition's own futex word.
+#[derive(Clone, Debug)]
+struct CondState(Arc<Region>);
+handle_serde!(CondState, Kind::Condition);
+
+/// Python's `multiprocessing.Condition`: wait until notified, across processes.
+///
+/// `wait` may return although no `notify` was meant for this waiter (a spurious wake-up, as
+/// condition variables allow): check the condition in a loop, or use
+/// [`Condition::wait_for`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Condition {
+    lock: CondLock,
+    state: CondState,
+}
+
+impl Condition {
+    /// A condition with its own [`RLock`] (Python's default).
+    pub fn new() -> Result<Condition, SyncError> {
+        Ok(Condition {
+            lock: CondLock::RLock(RLock::new()?),
+            state: CondState(Region::create(Kind::Condition)?),
+        })
+    }
+
+    /// A condition over an existing [`Lock`].
+    pub fn with_lock(lock: Lock) -> Result<Condition, SyncError> {
+        Ok(Condition {
+            lock: CondLock::Lock(lock),
+            state: CondState(Region::create(Kind::Condition)?),
+        })
+    }
+
+    /// Takes the condition's lock.
+    pub fn acquire(&self) -> Result<Acquired, SyncError> {
+        match &self.lock {
+            CondLock::Lock(l) => l.acquire(),
+            CondLock::RLock(l) => l.acquire(),
+        }
+    }
+
+    /// Releases the condition's lock.
+    pub fn release(&self) -> Result<(), SyncError> {
+        match &self.lock {
+            CondLock::Lock(l) => l.release(),
+            CondLock::RLock(l) => l.release(),
+        }
+    }
+
+    fn check_held(&self) -> Result<(), SyncError> {
+        let held = match &self.lock {
+            // A `Lock` has no owner: held means taken (Python checks the same way).
+            CondLock::Lock(l) => l.0.state().word.load(Ordering::Acquire) != 0,
+            CondLock::RLock(l) => l.held_by_me(),
+        };
+        if held {
+            Ok(())
+        } else {
+            Err(SyncError::NotOwner)
+        }
+    }
+
+    /// Releases the lock, waits to be notified (at most `timeout`; `None`: forever), takes
+    /// the lock back. Returns `false` if the timeout passed. The lock must be held
+    /// ([`SyncError::NotOwner`] otherwise).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
+        self.check_held()?;
+        let s = self.state.0.state();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Read under the lock: a notify after the release changes it, so it is not lost.
+        let seq = s.seq.load(Ordering::Acquire);
+        s.sleepers.fetch_add(1, Ordering::SeqCst);
+        let saved = match &self.lock {
+            CondLock::Lock(l) => {
+                l.release()?;
+                0
+            }
+            CondLock::RLock(l) => l.release_save()?,
+        };
+        let woke = futex_wait(&s.seq, seq, deadline);
+        s.sleepers.fetch_sub(1, Ordering::SeqCst);
+        let _retaken = match &self.lock {
+            CondLock::Lock(l) => l.acquire()?,
+            CondLock::RLock(l) => l.acquire_restore(saved)?,
+        };
+        Ok(woke.map_err(io)? || s.seq.load(Ordering::Acquire) != seq)
+    }
+
+    /// Waits until `predicate` holds (checked with the lock held), at most `timeout`; the
+    /// predicate's last value.
+    pub fn wait_for(
+        &self,
+        mut predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<bool, SyncError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if predicate() {
+                return Ok(true);
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(predicate()),
+                },
+                None => None,
+            };
+            self.wait(left)?;
+        }
+    }
+
+    /// Wakes up to `n` waiters. The lock must be held.
+    pub fn notify(&self, n: u32) -> Result<(), SyncError> {
+        self.check_held()?;
+        let s = self.state.0.state();
+        s.seq.fetch_add(1, Ordering::Release);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            futex_wake(&s.seq, n);
+        }
+        Ok(())
+    }
+
+    /// Wakes every waiter. The lock must be held.
+    pub fn notify_all(&self) -> Result<(), SyncError> {
+        self.notify(u32::MAX)
+    }
+}
+
+/// Python's `multiprocessing.Barrier`: `parties` processes (or threads) wait until all have
+/// arrived; then all go on. `wait` returns each a distinct index; an optional action runs
+/// once per round, in the last process to arrive. A timeout, `abort`, a `reset` during a
+/// round, or a panicking action breaks it ([`SyncError::BrokenBarrier`]) until `reset`.
+#[derive(Clone, Debug)]
+pub struct Barrier(Arc<Region>);
+handle_serde!(Barrier, Kind::Barrier);
+
+impl Barrier {
+    /// A barrier for `parties` (at least 1).
+    pub fn new(parties: u32) -> Result<Barrier, SyncError> {
+        if parties == 0 {
+            return Err(SyncError::InvalidArgument(
+                "a barrier needs at least one party",
+            ));
+        }
+        let r = Region::create(Kind::Barrier)?;
+        r.state().parties.store(parties, Ordering::Release);
+        Ok(Barrier(r))
+    }
+
+    /// A barrier whose `action` (a function, or a closure that captures nothing) runs once per
+    /// round, in the process that arrives last, before the others go on.
+    pub fn with_action<F: Fn()>(parties: u32, action: F) -> Result<Barrier, SyncError> {
+        let barrier = Barrier::new(parties)?;
+        let call =
+            crate::task::Call::new_nullary(&action).map_err(|e| SyncError::Io(e.to_string()))?;
+        let bytes = postcard::to_stdvec(&call).map_err(|e| SyncError::Io(e.to_string()))?;
+        assert!(
+            bytes.len() < 4096 - ACTION_OFFSET,
+            "an encoded call is a few bytes"
+        );
+        // SAFETY: the region is 4096 bytes and private to this process until the handle is
+        // shared, which happens-after this write (descriptor passing or process start).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                barrier.0.region.as_ptr().add(ACTION_OFFSET),
+                bytes.len(),
+            )
+        };
+        barrier
+            .0
+            .state()
+            .action_len
+            .store(bytes.len() as u32, Ordering::Release);
+        Ok(barrier)
+    }
+
+    fn lock(&self) -> RawLock<'_> {
+        let s = self.0.state();
+        RawLock {
+            word: &s.word,
+            record: &s.owner_record,
+        }
+    }
+
+    fn run_action(&self) -> Result<(), String> {
+        let len =
+            (self.0.state().action_len.load(Ordering::Acquire) as usize).min(4096 - ACTION_OFFSET);
+        if len == 0 {
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; len];
+        // SAFETY: `len` bytes at `ACTION_OFFSET` lie inside the 4096-byte region (clamped).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.0.region.as_ptr().add(ACTION_OFFSET),
+                bytes.as_mut_ptr(),
+                len,
+            )
+        };
+        let call: crate::task::Call = postcard::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        call.run(&[], &mut Vec::new())
+    }
+
+    /// Waits until every party arrived (at most `timeout`); this party's arrival index, from
+    /// 0 to `parties - 1`.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<u32, SyncError> {
+        let s = self.0.state();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let lock = self.lock();
+        let _held = lock.acquire(None)?;
+        if s.broken.load(Ordering::Relaxed) != 0 {
+            lock.release()?;
+            return Err(SyncError::BrokenBarrier);
+        }
+        let generation = s.seq.load(Ordering::Relaxed);
+        let index = s.count.fetch_add(1, Ordering::Relaxed);
+        if index + 1 >= s.parties.load(Ordering::Relaxed) {
+            let outcome = self.run_action();
+            if outcome.is_err() {
+                s.broken.store(1, Ordering::Relaxed);
+                s.broken_generation
+                    .store(generation.wrapping_add(1), Ordering::Relaxed);
+            }
+            s.count.store(0, Ordering::Relaxed);
+            s.seq.store(generation.wrapping_add(1), Ordering::Release);
+            lock.release()?;
+            futex_wake(&s.seq, u32::MAX);
+            return outcome
+                .map(|()| index)
+                .map_err(|_| SyncError::BrokenBarrier);
+        }
+        lock.release()?;
+        loop {
+            let woke = futex_wait(&s.seq, generation, deadline).map_err(io)?;
+            if s.seq.load(Ordering::Acquire) != generation {
+                // The round ended: well, or broken (reset, abort, a failed action).
+                return if s.broken_generation.load(Ordering::Acquire) == generation.wrapping_add(1)
+                {
+                    Err(SyncError::BrokenBarrier)
+                } else {
+                    Ok(index)
+                };
+            }
+            if s.broken.load(Ordering::Acquire) != 0 {
+                return Err(SyncError::BrokenBarrier);
+            }
+            if !woke {
+                // Timed out: the barrier breaks for everyone in this round, as in Python.
+                self.break_round()?;
+                return Err(SyncError::BrokenBarrier);
+            }
+        }
+    }
+
+    /// Ends the current round broken.
+    fn break_round(&self) -> Result<(), SyncError> {
+        let s = self.0.state();
+        let lock = self.lock();
+        let _held = lock.acquire(None)?;
+        let generation = s.seq.load(Ordering::Relaxed);
+        s.broken.store(1, Ordering::Relaxed);
+        if s.count.load(Ordering::Relaxed) > 0 {
+            s.broken_generation
+                .store(generation.wrapping_add(1), Ordering::Relaxed);
+            s.count.store(0, Ordering::Relaxed);
+            s.seq.store(generation.wrapping_add(1), Ordering::Release);
+        }
+        lock.release()?;
+        futex_wake(&s.seq, u32::MAX);
+        Ok(())
+    }
+
+    /// Breaks the barrier: waiters and later `wait`s get [`SyncError::BrokenBarrier`] until
+    /// [`Barrier::reset`].
+    pub fn abort(&self) -> Result<(), SyncError> {
+        self.break_round()
+    }
+
+    /// Makes the barrier usable again; parties waiting in the current round get
+    /// [`SyncError::BrokenBarrier`].
+    pub fn reset(&self) -> Result<(), SyncError> {
+        self.break_round()?;
+        let s = self.0.state();
+        let lock = self.lock();
+        let _held = lock.acquire(None)?;
+        s.broken.store(0, Ordering::Relaxed);
+        lock.release()
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> u32 {
+        self.0.state().parties.load(Ordering::Relaxed)
+    }
+
+    /// Parties waiting now.
+    pub fn n_waiting(&self) -> u32 {
+        self.0.state().count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.0.state().broken.load(Ordering::Acquire) != 0
     }
 }

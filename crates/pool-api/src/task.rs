@@ -143,7 +143,17 @@ where
     run_chunk(chunk, out, |t| f.call_with(t))
 }
 
+fn nullary_trampoline<F: Fn()>(_: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+    let f: F = conjure();
+    catch(|| f()).map_err(|p| p.message)
+}
+
 impl Call {
+    /// The call of a function of no arguments (a barrier's action); `run` reports its panic.
+    pub(crate) fn new_nullary<F: Fn()>(_f: &F) -> Result<Call, Error> {
+        Call::from_trampoline(nullary_trampoline::<F>)
+    }
+
     fn from_trampoline(t: Trampoline) -> Result<Call, Error> {
         let trampoline =
             FnId::new(t as usize).map_err(|e| Error::InvalidArgument(e.to_string()))?;

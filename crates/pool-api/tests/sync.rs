@@ -211,3 +211,159 @@ fn an_event_wakes_a_waiting_process() {
     event.clear();
     assert!(!event.is_set());
 }
+
+fn wait_on_condition(
+    (cond, ready, out, i): (pool_api::Condition, Semaphore, pool_api::Queue<u32>, u32),
+) {
+    let _ = cond.acquire().unwrap();
+    ready.release().unwrap();
+    // Spurious wake-ups are allowed: wait until notified at least once.
+    assert!(cond.wait(Some(GENEROUS)).unwrap());
+    out.put(i).unwrap();
+    cond.release().unwrap();
+}
+
+#[test]
+fn condition_notify_and_notify_all_wake_waiting_processes() {
+    // CPython _TestCondition.test_notify / test_notify_all.
+    let cond = pool_api::Condition::new().unwrap();
+    let ready = Semaphore::new(0).unwrap();
+    let out = pool_api::Queue::new().unwrap();
+    let mut ps: Vec<Process> = (0..3)
+        .map(|i| {
+            Process::new(
+                wait_on_condition,
+                (cond.clone(), ready.clone(), out.clone(), i),
+            )
+            .unwrap()
+        })
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    for _ in 0..3 {
+        ready.acquire_timeout(GENEROUS).unwrap();
+    }
+    // Every child released the lock inside `wait` before we can take it.
+    let _ = cond.acquire().unwrap();
+    cond.notify(1).unwrap();
+    cond.release().unwrap();
+    let first = out.get_timeout(GENEROUS).unwrap();
+    let _ = cond.acquire().unwrap();
+    cond.notify_all().unwrap();
+    cond.release().unwrap();
+    let mut all = vec![first];
+    for _ in 0..2 {
+        all.push(out.get_timeout(GENEROUS).unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2]);
+    for p in &mut ps {
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+}
+
+#[test]
+fn condition_misuse_and_timeouts() {
+    let cond = pool_api::Condition::with_lock(Lock::new().unwrap()).unwrap();
+    assert_eq!(
+        cond.wait(Some(Duration::from_millis(10))),
+        Err(SyncError::NotOwner)
+    );
+    assert_eq!(cond.notify(1), Err(SyncError::NotOwner));
+    let _ = cond.acquire().unwrap();
+    let t = Instant::now();
+    assert_eq!(cond.wait(Some(Duration::from_millis(40))), Ok(false));
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    let mut calls = 0;
+    assert_eq!(
+        cond.wait_for(
+            || {
+                calls += 1;
+                calls > 2
+            },
+            Some(Duration::from_millis(200))
+        ),
+        Ok(true)
+    );
+    assert_eq!(
+        cond.wait_for(|| false, Some(Duration::from_millis(30))),
+        Ok(false)
+    );
+    cond.release().unwrap();
+}
+
+fn arrive((barrier, out): (pool_api::Barrier, pool_api::Queue<u32>)) {
+    out.put(barrier.wait(Some(GENEROUS)).unwrap()).unwrap();
+}
+
+#[test]
+fn barrier_releases_all_parties_with_distinct_indices() {
+    // CPython _TestBarrier.test_barrier.
+    let barrier = pool_api::Barrier::new(4).unwrap();
+    let out = pool_api::Queue::new().unwrap();
+    let mut ps: Vec<Process> = (0..3)
+        .map(|_| Process::new(arrive, (barrier.clone(), out.clone())).unwrap())
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    let mine = barrier.wait(Some(GENEROUS)).unwrap();
+    let mut indices: Vec<u32> = (0..3).map(|_| out.get_timeout(GENEROUS).unwrap()).collect();
+    indices.push(mine);
+    indices.sort_unstable();
+    assert_eq!(indices, [0, 1, 2, 3]);
+    for p in &mut ps {
+        p.join().unwrap();
+    }
+    assert_eq!(barrier.n_waiting(), 0);
+    assert_eq!(barrier.parties(), 4);
+}
+
+static ACTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_action() {
+    ACTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn barrier_action_timeout_abort_and_reset() {
+    // CPython _TestBarrier.test_action / test_timeout / test_abort / test_reset.
+    assert!(matches!(
+        pool_api::Barrier::new(0),
+        Err(SyncError::InvalidArgument(_))
+    ));
+    let barrier = pool_api::Barrier::with_action(2, count_action).unwrap();
+    for _ in 0..3 {
+        let other = barrier.clone();
+        let t = std::thread::spawn(move || other.wait(Some(GENEROUS)));
+        barrier.wait(Some(GENEROUS)).unwrap();
+        t.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        ACTIONS.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the action runs once per round"
+    );
+
+    let lonely = pool_api::Barrier::new(2).unwrap();
+    assert_eq!(
+        lonely.wait(Some(Duration::from_millis(30))),
+        Err(SyncError::BrokenBarrier)
+    );
+    assert!(lonely.broken());
+    assert_eq!(
+        lonely.wait(Some(Duration::from_millis(30))),
+        Err(SyncError::BrokenBarrier)
+    );
+    lonely.reset().unwrap();
+    assert!(!lonely.broken());
+    let other = lonely.clone();
+    let waiter = std::thread::spawn(move || other.wait(Some(GENEROUS)));
+    while lonely.n_waiting() == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    lonely.abort().unwrap();
+    assert_eq!(waiter.join().unwrap(), Err(SyncError::BrokenBarrier));
+}

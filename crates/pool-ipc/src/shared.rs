@@ -159,8 +159,10 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) ->
     }
 }
 
-/// Wakes up to `n` waiters of `word` (in any process).
+/// Wakes up to `n` waiters of `word` (in any process); `u32::MAX` wakes them all.
 pub fn futex_wake(word: &AtomicU32, n: u32) {
+    // The kernel reads the count as a signed int: `u32::MAX` would arrive as -1 and wake one.
+    let n = n.min(i32::MAX as u32);
     let _ = futex::wake(word, futex::Flags::empty(), n);
 }
 
@@ -260,6 +262,35 @@ mod tests {
             assert_eq!(*b.as_ptr(), 7);
         }
         assert!(SharedRegion::create("test", 0).is_err());
+    }
+
+    #[test]
+    fn waking_all_wakes_every_waiter() {
+        use std::sync::Arc;
+        let word = Arc::new(AtomicU32::new(0));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let w = Arc::clone(&word);
+                std::thread::spawn(move || {
+                    let deadline = Some(Instant::now() + std::time::Duration::from_secs(20));
+                    while w.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                        futex_wait(&w, 0, deadline).unwrap();
+                    }
+                    Instant::now()
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let woken_at = Instant::now();
+        word.store(1, std::sync::atomic::Ordering::Release);
+        futex_wake(&word, u32::MAX);
+        for w in waiters {
+            let t = w.join().unwrap();
+            assert!(
+                t.duration_since(woken_at) < std::time::Duration::from_secs(10),
+                "a waiter slept on"
+            );
+        }
     }
 
     #[test]
