@@ -145,7 +145,7 @@ where
 
 fn nullary_trampoline<F: Fn()>(_: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
     let f: F = conjure();
-    catch(|| f()).map_err(|p| p.message)
+    catch(f).map_err(|p| p.message)
 }
 
 impl Call {
