@@ -29,6 +29,7 @@ mod process;
 mod queue;
 mod sync;
 mod task;
+mod values;
 mod worker;
 
 pub use bytes::Bytes;
@@ -45,6 +46,7 @@ pub use sync::{
     SyncError,
 };
 pub use task::StarFn;
+pub use values::{Array, Plain, SharedMemory, ShmError, Value, ValueGuard};
 
 /// The workspace README's example, compiled and run as a doc test so that it stays true.
 #[cfg(doctest)]

@@ -59,6 +59,51 @@ impl SharedRegion {
                 "the shared region is not sealed against shrinking",
             ));
         }
+        Self::open_unsealed(fd)
+    }
+
+    /// Maps a named segment received as a descriptor (named segments cannot be sealed; see
+    /// [`SharedRegion::open_named`]).
+    pub fn open_unsealed(fd: OwnedFd) -> io::Result<SharedRegion> {
+        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad shared region size"))?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty shared region",
+            ));
+        }
+        Self::map(fd, len)
+    }
+
+    /// A new named POSIX shared-memory segment (`/dev/shm/NAME`) of `len` bytes, which other
+    /// processes can attach by name. It stays in `/dev/shm` until [`unlink_named`] removes it,
+    /// even if every process using it dies: the caller owns that clean-up.
+    pub fn create_named(name: &str, len: usize) -> io::Result<SharedRegion> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared region needs at least 1 byte",
+            ));
+        }
+        let fd = rustix::shm::open(
+            posix_name(name)?.as_str(),
+            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        Self::map(fd, len)
+    }
+
+    /// Attaches the named segment `name` ([`io::ErrorKind::NotFound`] if there is none).
+    /// Named segments cannot be sealed: a process that shrinks one makes accesses beyond the
+    /// new end fault, so share names only between cooperating processes.
+    pub fn open_named(name: &str) -> io::Result<SharedRegion> {
+        let fd = rustix::shm::open(
+            posix_name(name)?.as_str(),
+            rustix::shm::OFlags::RDWR,
+            rustix::fs::Mode::empty(),
+        )?;
         let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad shared region size"))?;
         if len == 0 {
@@ -132,6 +177,24 @@ impl Drop for SharedRegion {
         // SAFETY: exactly the range `map` created, unmapped once, by its only owner.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
+}
+
+/// Removes the named segment `name` from `/dev/shm` (processes that have it mapped keep it
+/// until they unmap it). This is also how to clean up after a creator that was killed.
+pub fn unlink_named(name: &str) -> io::Result<()> {
+    rustix::shm::unlink(posix_name(name)?.as_str())?;
+    Ok(())
+}
+
+/// `/NAME`, refusing names that POSIX shared memory cannot hold.
+fn posix_name(name: &str) -> io::Result<String> {
+    if name.is_empty() || name.len() > 200 || name.contains('/') || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a shared memory name is 1 to 200 bytes without '/'",
+        ));
+    }
+    Ok(format!("/{name}"))
 }
 
 /// Sleeps while `*word == expected`, until woken, `deadline` passes, or a signal interrupts.
