@@ -452,6 +452,28 @@ fn terminate_with_many_queued_tasks_returns_promptly() {
 }
 
 #[test]
+fn cancel_stops_work_that_was_not_dispatched() {
+    let pool = Pool::new(1).unwrap();
+    let running = pool.apply_async(sleep_ms, 300).unwrap();
+    let queued = pool.apply_async(sleep_ms, 1).unwrap();
+    let many = pool.map_async(sleep_ms, vec![1; 50], Some(1)).unwrap();
+    assert!(queued.cancel());
+    assert!(many.cancel());
+    assert_eq!(queued.get(), Err(Error::Cancelled));
+    assert_eq!(running.get(), Ok(300), "a running task is not interrupted");
+    let results = many.get_results();
+    assert_eq!(results.len(), 50);
+    assert!(
+        results
+            .iter()
+            .filter(|r| **r == Err(Error::Cancelled))
+            .count()
+            >= 49
+    );
+    assert!(!running.cancel(), "nothing left to cancel");
+}
+
+#[test]
 fn results_of_a_dropped_pool_are_terminated_errors() {
     let pool = Pool::new(1).unwrap();
     let r = pool.apply_async(sleep_ms, 10_000).unwrap();

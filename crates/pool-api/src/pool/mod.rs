@@ -130,6 +130,7 @@ impl Pool {
         )?;
         Ok(AsyncResult {
             job,
+            shared: Arc::clone(&self.shared),
             _r: PhantomData,
         })
     }
@@ -308,6 +309,7 @@ impl Pool {
             .submit(spec, call, Source::Encoded(chunks), callback)?;
         Ok(MapResult {
             job,
+            shared: Arc::clone(&self.shared),
             _r: PhantomData,
         })
     }
@@ -634,6 +636,7 @@ impl Drop for CancelOnDrop<'_> {
 #[derive(Debug)]
 pub struct AsyncResult<R> {
     job: Arc<JobShared>,
+    shared: Arc<Shared>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -675,12 +678,19 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         }
         Ok(single::<R>(&self.job).is_ok())
     }
+
+    /// Cancels the task if it was not dispatched to a worker yet (its result is then
+    /// [`Error::Cancelled`]); whether it was. A running task is not interrupted.
+    pub fn cancel(&self) -> bool {
+        Pool::cancel(&self.shared, &self.job)
+    }
 }
 
 /// The result of [`Pool::map_async`]: Python's `MapResult`.
 #[derive(Debug)]
 pub struct MapResult<R> {
     job: Arc<JobShared>,
+    shared: Arc<Shared>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -713,6 +723,12 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// Whether every result is ready.
     pub fn ready(&self) -> bool {
         self.job.is_finished()
+    }
+
+    /// Cancels the items not dispatched yet (they fail with [`Error::Cancelled`]); whether
+    /// any was.
+    pub fn cancel(&self) -> bool {
+        Pool::cancel(&self.shared, &self.job)
     }
 
     /// Whether every item succeeded; [`Error::NotReady`] before it is ready.
