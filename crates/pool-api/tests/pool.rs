@@ -526,6 +526,26 @@ fn imap_over_an_endless_iterator_reads_its_input_lazily() {
     );
 }
 
+fn grow(data: Bytes) -> Bytes {
+    let mut out = data.0;
+    out.push(1);
+    Bytes(out)
+}
+
+#[test]
+fn big_arguments_and_big_results_in_flight_together_do_not_deadlock() {
+    // A reader thread that sent the worker its next (big) chunk while the worker was writing
+    // a big result would wait on the worker, which waits on the reader: found in review.
+    let pool = Pool::new(1).unwrap();
+    let items: Vec<Bytes> = (0..24).map(|i| Bytes(vec![i as u8; 1 << 20])).collect();
+    let r = pool.map_async(grow, items, Some(1)).unwrap();
+    let out = r
+        .get_timeout(Duration::from_secs(60))
+        .expect("the map finished");
+    assert_eq!(out.len(), 24);
+    assert!(out.iter().all(|b| b.len() == (1 << 20) + 1));
+}
+
 #[test]
 fn sixty_four_mib_arguments_and_results() {
     let pool = Pool::new(1).unwrap();

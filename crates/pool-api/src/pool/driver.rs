@@ -8,11 +8,17 @@
 //!
 //! Slow work never happens under the lock. Draining commands only records *effects* (messages
 //! queued in a worker's outbox, spawns, kills, results handed to waiting callers, callbacks);
-//! they are carried out after the lock is released. Each worker's outbox is flushed under its
-//! own send lock, which keeps its messages in order even when two threads flush it.
+//! they are carried out after the lock is released.
 //!
-//! Threads per pool: one reader per worker (blocking on its channel, then reaping it), one
-//! spawner (starting a worker takes milliseconds), one timer (deadlines), one callback runner.
+//! Nobody but a worker's own *writer thread* ever blocks sending to it. If a reader thread
+//! sent the next chunk itself, it could block on a worker that is itself blocked writing a
+//! large result the reader is not reading: a deadlock (found in review, tested by
+//! `big_arguments_and_big_results_in_flight_together_do_not_deadlock`). So messages go into
+//! the worker's outbox, and its writer drains it in order.
+//!
+//! Threads per pool: per worker a reader (blocking on its channel, then reaping it) and a
+//! writer; one spawner (starting a worker takes milliseconds), one timer (deadlines), one
+//! callback runner.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
@@ -72,8 +78,31 @@ struct State {
 struct WorkerLink {
     pid: u32,
     killer: Killer,
-    outbox: Mutex<VecDeque<Outgoing>>,
-    sender: Mutex<pool_ipc::Sender>,
+    outbox: Mutex<Outbox>,
+    /// Wakes the worker's writer thread.
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Outgoing>,
+    closed: bool,
+}
+
+impl WorkerLink {
+    fn push(&self, msg: Outgoing) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .push_back(msg);
+    }
+
+    /// Stops the writer thread (the worker is gone).
+    fn close(&self) {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -287,13 +316,10 @@ impl Shared {
                     };
                     match task::header_bytes(&msg) {
                         Ok(header) => {
-                            link.outbox
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push_back(Outgoing::Task {
-                                    header,
-                                    body: body.clone(),
-                                });
+                            link.push(Outgoing::Task {
+                                header,
+                                body: body.clone(),
+                            });
                             fx.flush.push(link.clone());
                         }
                         Err(_) => fx.kill.push(link.killer.clone()),
@@ -304,10 +330,7 @@ impl Shared {
                 Command::Recall { .. } => {}
                 Command::Retire { worker } => {
                     if let Some(link) = state.workers.get(&worker) {
-                        link.outbox
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push_back(Outgoing::Retire);
+                        link.push(Outgoing::Retire);
                         fx.flush.push(link.clone());
                     }
                 }
@@ -388,7 +411,7 @@ impl Shared {
             let _ = killer.kill();
         }
         for link in dedup(fx.flush) {
-            flush(&link);
+            link.ready.notify_one();
         }
         if !fx.spawn.is_empty() {
             let state = self.lock();
@@ -476,7 +499,9 @@ impl Shared {
     /// A worker's process exited, from its reader thread.
     fn on_exit(&self, worker: WorkerId, status: pool_ipc::ExitStatus) {
         let mut state = self.lock();
-        state.workers.remove(&worker);
+        if let Some(link) = state.workers.remove(&worker) {
+            link.close();
+        }
         let now = self.now();
         state
             .sched
@@ -504,17 +529,22 @@ fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
     out
 }
 
-/// Sends what the worker's outbox holds, in order. A send that fails means the worker is
-/// gone; its reader thread reports the exit.
-fn flush(link: &WorkerLink) {
-    let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
+/// A worker's writer thread: sends what its outbox holds, in order, until the worker is gone.
+/// A send that fails means the worker is gone too; its reader thread reports the exit.
+fn writer(link: Arc<WorkerLink>, mut sender: pool_ipc::Sender) {
     loop {
-        let next = link
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
-        let Some(msg) = next else { break };
+        let msg = {
+            let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(msg) = outbox.queue.pop_front() {
+                    break msg;
+                }
+                if outbox.closed {
+                    return;
+                }
+                outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
+            }
+        };
         let sent = match &msg {
             Outgoing::Task { header, body } => sender.send_parts(&[header, body], None),
             Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
@@ -527,8 +557,9 @@ fn flush(link: &WorkerLink) {
             link.outbox
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .queue
                 .clear();
-            break;
+            return;
         }
     }
 }
@@ -566,9 +597,23 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
                 let link = Arc::new(WorkerLink {
                     pid: spawned.child.pid(),
                     killer,
-                    outbox: Mutex::new(VecDeque::new()),
-                    sender: Mutex::new(tx),
+                    outbox: Mutex::new(Outbox::default()),
+                    ready: Condvar::new(),
                 });
+                let writer_link = Arc::clone(&link);
+                let started = std::thread::Builder::new()
+                    .name(format!("pool-writer-{}", worker.0))
+                    .spawn(move || writer(writer_link, tx));
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "cannot start a worker's writer thread");
+                    // Dropping the `Child` kills and reaps it.
+                    drop(spawned.child);
+                    shared.on_exit(
+                        worker,
+                        pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
+                    );
+                    continue;
+                }
                 {
                     let mut state = shared.lock();
                     state.pids.insert(worker, link.pid);
@@ -579,10 +624,22 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
                 }
                 let reader_shared = Arc::clone(&shared);
                 let child = spawned.child;
-                std::thread::Builder::new()
+                let killer = child.killer();
+                let started = std::thread::Builder::new()
                     .name(format!("pool-reader-{}", worker.0))
-                    .spawn(move || reader(reader_shared, worker, rx, child))
-                    .expect("starting a worker's reader thread");
+                    .spawn(move || reader(reader_shared, worker, rx, child));
+                if let Err(e) = started {
+                    // Without a reader nobody would see this worker's exit: kill it, and the
+                    // failed spawn closure dropped the `Child`, which reaps it.
+                    tracing::error!(error = %e, "cannot start a worker's reader thread");
+                    if let Ok(k) = killer {
+                        let _ = k.kill();
+                    }
+                    shared.on_exit(
+                        worker,
+                        pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
+                    );
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, %worker, "worker failed to start");
@@ -600,8 +657,16 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
 fn reader(shared: Arc<Shared>, worker: WorkerId, mut rx: pool_ipc::Receiver, mut child: Child) {
     loop {
         let mut frame = Vec::new();
-        if rx.recv_into(&mut frame, None).is_err() {
-            break;
+        match rx.recv_into(&mut frame, None) {
+            Ok(()) => {}
+            Err(pool_ipc::RecvError::Disconnected) => break,
+            Err(e) => {
+                // An oversized or broken frame: the worker is not trusted further. Kill it so
+                // that its exit can be reaped below (it would otherwise wait for work forever).
+                tracing::warn!(error = %e, "unreadable message from a worker; killing it");
+                let _ = child.kill();
+                break;
+            }
         }
         if shared.on_message(worker, frame).is_err() {
             // Garbage or a lie from a worker: it is not trusted further.
