@@ -426,9 +426,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(bytes)
     }
 
-    /// Gives consumed pages of the ring back to the system, in steps.
+    /// Gives consumed pages of the ring back to the system, in steps. The lock is held.
+    ///
+    /// A consumed position `p` shares its bytes with `p + capacity`, which a producer may
+    /// already have written once the ring wrapped: only positions with `p + capacity >= tail`
+    /// are really free.
     fn discard_consumed(&self, ring: &Ring, h: &Header, head: u64) {
-        let done = h.discarded.load(Ordering::Relaxed);
+        let tail = h.tail.load(Ordering::Relaxed);
+        let reusable_from = tail
+            .saturating_sub(ring.capacity)
+            .next_multiple_of(DISCARD_STEP);
+        let done = h.discarded.load(Ordering::Relaxed).max(reusable_from);
         let upto = head / DISCARD_STEP * DISCARD_STEP;
         if upto <= done {
             return;
@@ -557,10 +565,10 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         let h = self.0.ring.header();
         let prev = h
             .unfinished
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .map_err(|_| QueueError::TooManyTaskDone)?;
         if prev == 1 {
-            h.done_seq.fetch_add(1, Ordering::Release);
+            h.done_seq.fetch_add(1, Ordering::SeqCst);
             if h.joiners.load(Ordering::SeqCst) > 0 {
                 futex_wake(&h.done_seq, u32::MAX);
             }

@@ -25,6 +25,12 @@
 //! Acquiring is an `Acquire` compare-and-swap on the lock word and releasing a `Release`
 //! swap, so everything written under the lock happens-before the next holder's reads. The
 //! owner record is advisory (it only refines the liveness check) and uses `Relaxed`.
+//!
+//! Where a waker stores one word (an event's flag, a semaphore's count, a condition's
+//! sequence) and then reads another (how many sleep), and a sleeper does the opposite (counts
+//! itself, then sleeps on the first word), both sides are `SeqCst`: with weaker orderings the
+//! waker's store could be ordered after its load (store buffering), it would see no sleeper,
+//! the sleeper would see the old value, and the wake-up would be lost (found in review).
 
 use std::fmt;
 use std::sync::Arc;
@@ -95,7 +101,10 @@ fn me() -> ProcessIdentity {
         Some(id) if id.pid == std::process::id() => id,
         _ => {
             let id = ProcessIdentity::current();
-            *cache = Some(id);
+            // An unknown start time (0) is not cached: the next call tries again.
+            if id.start != 0 {
+                *cache = Some(id);
+            }
             id
         }
     }
@@ -307,18 +316,31 @@ fn take_raw(
 const START_BITS: u32 = 40;
 const START_MASK: u64 = (1 << START_BITS) - 1;
 
+/// A start time that says "unknown": the record then identifies the owner by pid only.
+const UNKNOWN_START: u64 = START_MASK;
+
 /// The owner record: pid and start time in one word, so that a reader can tell whose it is.
 fn record(owner: ProcessIdentity) -> u64 {
-    (u64::from(owner.pid) << START_BITS) | (owner.start & START_MASK)
+    let start = if owner.start == 0 {
+        UNKNOWN_START
+    } else {
+        owner.start & START_MASK
+    };
+    (u64::from(owner.pid) << START_BITS) | start
 }
 
 /// Whether the lock's holder `pid` is dead, given the owner record (see the module docs).
+/// When `/proc` cannot tell, the holder counts as alive: a lock must never have two holders.
 fn holder_died(pid: u32, record: u64) -> bool {
-    match ProcessIdentity::of(pid) {
-        None => true,
-        Some(live) => {
-            record >> START_BITS == u64::from(pid) && record & START_MASK != live.start & START_MASK
+    match ProcessIdentity::lookup(pid) {
+        Ok(None) => true,
+        Ok(Some(live)) => {
+            let recorded = record & START_MASK;
+            record >> START_BITS == u64::from(pid)
+                && recorded != UNKNOWN_START
+                && recorded != live.start & START_MASK
         }
+        Err(_) => false,
     }
 }
 
@@ -562,11 +584,12 @@ impl Semaphore {
         let bound = s.bound.load(Ordering::Relaxed);
         loop {
             let v = s.word.load(Ordering::Relaxed);
-            if bound != 0 && v >= bound {
+            // The bound is stored plus one, so that 0 means none (a `Semaphore`).
+            if (bound != 0 && v >= bound - 1) || v == u32::MAX {
                 return Err(SyncError::TooManyReleases);
             }
             if s.word
-                .compare_exchange(v, v + 1, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange(v, v + 1, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
                 break;
@@ -587,8 +610,13 @@ impl Semaphore {
 impl BoundedSemaphore {
     /// A bounded semaphore with `value` units, which is also its bound.
     pub fn new(value: u32) -> Result<BoundedSemaphore, SyncError> {
+        if value == u32::MAX {
+            return Err(SyncError::InvalidArgument(
+                "a bounded semaphore's value must be below u32::MAX",
+            ));
+        }
         let r = Region::create(Kind::BoundedSemaphore)?;
-        r.state().bound.store(value, Ordering::Relaxed);
+        r.state().bound.store(value + 1, Ordering::Relaxed);
         r.state().word.store(value, Ordering::Release);
         Ok(BoundedSemaphore(Semaphore(r)))
     }
@@ -633,7 +661,7 @@ impl Event {
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
         let s = self.0.state();
-        s.word.store(1, Ordering::Release);
+        s.word.store(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             futex_wake(&s.word, u32::MAX);
         }
@@ -646,7 +674,7 @@ impl Event {
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        self.0.state().word.load(Ordering::Acquire) == 1
+        self.0.state().word.load(Ordering::Acquire) != 0
     }
 
     /// Waits until the flag is set, at most `timeout` (`None`: forever); whether it is set.
@@ -655,6 +683,7 @@ impl Event {
         let deadline = timeout.map(|t| Instant::now() + t);
         while !self.is_set() {
             s.sleepers.fetch_add(1, Ordering::SeqCst);
+            // A word other than 0 means set (a scribbling process cannot make us spin).
             let woke = futex_wait(&s.word, 0, deadline);
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
             if !woke.map_err(io)? {
@@ -822,7 +851,7 @@ impl Condition {
     pub fn notify(&self, n: u32) -> Result<(), SyncError> {
         self.check_held()?;
         let s = self.state.0.state();
-        s.seq.fetch_add(1, Ordering::Release);
+        s.seq.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             futex_wake(&s.seq, n);
         }

@@ -146,6 +146,29 @@ fn bounded_queues_timeouts_and_close() {
 }
 
 #[test]
+fn giving_consumed_memory_back_never_touches_queued_items() {
+    // Found in review: when the consumer crossed a 2 MiB boundary, the range given back
+    // could already hold new items written after the ring wrapped.
+    let q: Queue<Bytes> = Queue::with_limits(0, 1 << 20).unwrap();
+    let mut next_in = 0u32;
+    let mut next_out = 0u32;
+    for _ in 0..40 {
+        // Keep the ring well filled while the consumer moves across boundaries.
+        while q.qsize() < 6 {
+            q.put(Bytes(vec![(next_in % 251) as u8; 100_000])).unwrap();
+            next_in += 1;
+        }
+        let item = q.get().unwrap();
+        assert_eq!(item.len(), 100_000);
+        assert!(
+            item.iter().all(|b| *b == (next_out % 251) as u8),
+            "item {next_out} was overwritten"
+        );
+        next_out += 1;
+    }
+}
+
+#[test]
 fn items_larger_than_small_messages_and_wrapping_the_ring() {
     let q: Queue<Bytes> = Queue::with_limits(0, 1 << 20).unwrap();
     for round in 0..40u8 {

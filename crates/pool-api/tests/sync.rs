@@ -186,6 +186,12 @@ fn semaphores_count_across_processes() {
     );
     sem.release().unwrap();
     sem.acquire_timeout(GENEROUS).unwrap();
+    let zero = BoundedSemaphore::new(0).unwrap();
+    assert_eq!(
+        zero.release(),
+        Err(SyncError::TooManyReleases),
+        "a bound of 0 is a bound"
+    );
     let bounded = BoundedSemaphore::new(1).unwrap();
     assert_eq!(bounded.release(), Err(SyncError::TooManyReleases));
     bounded.acquire().unwrap();

@@ -241,36 +241,46 @@ pub struct ProcessIdentity {
 
 impl ProcessIdentity {
     /// This process.
+    /// This process. Its start time is 0 if `/proc` could not tell it (callers must not
+    /// treat 0 as a real start time).
     pub fn current() -> ProcessIdentity {
         let pid = std::process::id();
-        ProcessIdentity {
-            pid,
-            start: start_time(pid).unwrap_or(0),
+        let start = ProcessIdentity::lookup(pid)
+            .ok()
+            .flatten()
+            .map_or(0, |id| id.start);
+        ProcessIdentity { pid, start }
+    }
+
+    /// The live (not zombie) process with this pid now: `Ok(None)` if there is none for sure,
+    /// `Err` if `/proc` could not tell (out of descriptors, a restricted `/proc`, ...), which
+    /// a caller deciding whether a lock's owner died must take as "maybe alive".
+    pub fn lookup(pid: u32) -> io::Result<Option<ProcessIdentity>> {
+        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match parse_stat(&stat) {
+            Some(('Z' | 'X', _)) => Ok(None),
+            Some((_, start)) => Ok(Some(ProcessIdentity { pid, start })),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unreadable /proc stat line",
+            )),
         }
     }
 
-    /// The live (not zombie) process with this pid now, if any.
-    pub fn of(pid: u32) -> Option<ProcessIdentity> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        match parse_stat(&stat)? {
-            ('Z' | 'X', _) => None,
-            (_, start) => Some(ProcessIdentity { pid, start }),
-        }
-    }
-
-    /// Whether that very process still runs (a zombie counts as dead).
+    /// Whether that very process still runs (a zombie counts as dead; "cannot tell" counts
+    /// as alive).
     pub fn is_alive(self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => parse_stat(&stat)
-                .is_some_and(|(state, start)| state != 'Z' && state != 'X' && start == self.start),
-            Err(_) => false,
+        match ProcessIdentity::lookup(self.pid) {
+            Ok(Some(live)) => live.start == self.start,
+            Ok(None) => false,
+            Err(_) => true,
         }
     }
-}
-
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat).map(|(_, start)| start)
 }
 
 /// The state and start time from a `/proc/PID/stat` line. The command name may contain
