@@ -151,8 +151,7 @@ fn giving_consumed_memory_back_never_touches_queued_items() {
     // could already hold new items written after the ring wrapped.
     let q: Queue<Bytes> = Queue::with_limits(0, 1 << 20).unwrap();
     let mut next_in = 0u32;
-    let mut next_out = 0u32;
-    for _ in 0..40 {
+    for next_out in 0..40u32 {
         // Keep the ring well filled while the consumer moves across boundaries.
         while q.qsize() < 6 {
             q.put(Bytes(vec![(next_in % 251) as u8; 100_000])).unwrap();
@@ -164,7 +163,6 @@ fn giving_consumed_memory_back_never_touches_queued_items() {
             item.iter().all(|b| *b == (next_out % 251) as u8),
             "item {next_out} was overwritten"
         );
-        next_out += 1;
     }
 }
 
