@@ -112,7 +112,7 @@ impl Process {
     /// (a [`Connection`](crate::Connection), ...) which the child receives.
     pub fn new<F, A>(target: F, args: A) -> Result<Process, Error>
     where
-        F: Fn(A),
+        F: Fn(A) + Copy + 'static,
         A: Serialize + DeserializeOwned,
     {
         let name = format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed));

@@ -887,7 +887,10 @@ impl Barrier {
 
     /// A barrier whose `action` (a function, or a closure that captures nothing) runs once per
     /// round, in the process that arrives last, before the others go on.
-    pub fn with_action<F: Fn()>(parties: u32, action: F) -> Result<Barrier, SyncError> {
+    pub fn with_action<F: Fn() + Copy + 'static>(
+        parties: u32,
+        action: F,
+    ) -> Result<Barrier, SyncError> {
         let barrier = Barrier::new(parties)?;
         let call =
             crate::task::Call::new_nullary(&action).map_err(|e| SyncError::Io(e.to_string()))?;

@@ -10,7 +10,12 @@
 //! types. The id is checked against the executable at spawn time (see `pool_ipc::FnId`).
 //!
 //! A closure that captures something is not zero-sized and is refused at compile time: its
-//! captures live in this process's memory and cannot be conjured in another.
+//! captures live in this process's memory and cannot be conjured in another. The function
+//! type must also be `Copy` and `'static`: a closure capturing a zero-sized value that is not
+//! `Copy` (a capability token, a type with a destructor) or that borrows (a lifetime-bound
+//! token) would be zero-sized too, and conjuring it would forge that value (found in review).
+//! What remains allowed is a function item or a closure capturing only `Copy`, `'static`,
+//! zero-sized values, which carry no invariant a copy could break.
 
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
@@ -64,7 +69,7 @@ star_fn!(A, B, C, D);
 star_fn!(A, B, C, D, E);
 
 /// The value of a zero-sized function type.
-fn conjure<F>() -> F {
+fn conjure<F: Copy + 'static>() -> F {
     const {
         assert!(
             std::mem::size_of::<F>() == 0,
@@ -72,8 +77,9 @@ fn conjure<F>() -> F {
         )
     };
     // SAFETY: `F` is zero-sized (checked at compile time above), so a value has no bytes to
-    // initialize; it is a function item or a capture-free closure (only those implement `Fn`
-    // on stable Rust and are zero-sized), which carry no invariant beyond their type.
+    // initialize. On stable Rust only function items and closures implement `Fn`; being
+    // zero-sized, `Copy` and `'static`, this one captures at most `Copy`, `'static`, data-free
+    // values, which have no destructor and no invariant a duplicate could break.
     unsafe { std::mem::zeroed::<F>() }
 }
 
@@ -125,7 +131,7 @@ where
 
 fn trampoline<F, A, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
-    F: Fn(A) -> R,
+    F: Fn(A) -> R + Copy + 'static,
     A: DeserializeOwned,
     R: Serialize,
 {
@@ -135,7 +141,7 @@ where
 
 fn star_trampoline<F, T, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
-    F: StarFn<T, R>,
+    F: StarFn<T, R> + Copy + 'static,
     T: DeserializeOwned,
     R: Serialize,
 {
@@ -143,14 +149,14 @@ where
     run_chunk(chunk, out, |t| f.call_with(t))
 }
 
-fn nullary_trampoline<F: Fn()>(_: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+fn nullary_trampoline<F: Fn() + Copy + 'static>(_: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
     let f: F = conjure();
     catch(f).map_err(|p| p.message)
 }
 
 impl Call {
     /// The call of a function of no arguments (a barrier's action); `run` reports its panic.
-    pub(crate) fn new_nullary<F: Fn()>(_f: &F) -> Result<Call, Error> {
+    pub(crate) fn new_nullary<F: Fn() + Copy + 'static>(_f: &F) -> Result<Call, Error> {
         Call::from_trampoline(nullary_trampoline::<F>)
     }
 
@@ -163,7 +169,7 @@ impl Call {
     /// The call of `F` (zero-sized: checked at compile time) on items of type `A`.
     pub(crate) fn new<F, A, R>(_f: &F) -> Result<Call, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         A: DeserializeOwned,
         R: Serialize,
     {
@@ -174,7 +180,7 @@ impl Call {
     /// The call of a function of several arguments on tuples of them.
     pub(crate) fn new_star<F, T, R>(_f: &F) -> Result<Call, Error>
     where
-        F: StarFn<T, R>,
+        F: StarFn<T, R> + Copy + 'static,
         T: DeserializeOwned,
         R: Serialize,
     {

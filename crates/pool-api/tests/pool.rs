@@ -401,6 +401,38 @@ fn a_panicking_callback_does_not_stop_later_results() {
 }
 
 #[test]
+fn a_callback_may_terminate_its_own_pool() {
+    // A common Python pattern: error_callback=lambda e: pool.terminate(). Found in review
+    // to deadlock the callback thread.
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let inside = Arc::clone(&pool);
+    let r = pool
+        .apply_async_with(
+            panics_on_odd,
+            1,
+            Callbacks::none().on_err(move |_| inside.terminate()),
+        )
+        .unwrap();
+    assert!(r.get().is_err());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joiner = Arc::clone(&pool);
+    std::thread::spawn(move || {
+        // The callback runs on its own thread: join once it has terminated the pool.
+        let mut joined = joiner.join();
+        while joined == Err(Error::StillRunning) {
+            std::thread::sleep(Duration::from_millis(5));
+            joined = joiner.join();
+        }
+        tx.send(joined).unwrap();
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)),
+        Ok(Ok(())),
+        "the pool was terminated and joined"
+    );
+}
+
+#[test]
 fn lifecycle_errors_are_typed() {
     // CPython: join before close raises ValueError; apply after close raises ValueError.
     assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));

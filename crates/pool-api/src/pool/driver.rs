@@ -719,38 +719,48 @@ fn timer_thread(shared: std::sync::Weak<Shared>) {
 /// A finished job and the callback to run with it.
 type PendingCallback = (Arc<JobShared>, super::job::Callback);
 
+thread_local! {
+    /// Set on the callback thread while a callback runs.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The one thread on which a pool's callbacks run, in completion order.
 #[derive(Debug)]
 struct Callbacks {
     queue: Mutex<Option<mpsc::Sender<PendingCallback>>>,
-    /// Held while a callback runs; `false` once the pool was terminated.
-    enabled: Arc<Mutex<bool>>,
+    /// Held while a callback runs, so that `terminate` can wait for it to return.
+    running: Arc<Mutex<()>>,
+    /// `false` once the pool was terminated: no more callbacks run.
+    enabled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Callbacks {
     fn start() -> Callbacks {
         let (tx, rx) = mpsc::channel::<PendingCallback>();
-        let enabled = Arc::new(Mutex::new(true));
-        let gate = Arc::clone(&enabled);
+        let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let running = Arc::new(Mutex::new(()));
+        let (gate, busy) = (Arc::clone(&enabled), Arc::clone(&running));
         std::thread::Builder::new()
             .name("pool-callbacks".into())
             .spawn(move || {
                 for (job, callback) in rx {
-                    let enabled = gate.lock().unwrap_or_else(|e| e.into_inner());
-                    if !*enabled {
+                    let _running = busy.lock().unwrap_or_else(|e| e.into_inner());
+                    if !gate.load(std::sync::atomic::Ordering::SeqCst) {
                         continue;
                     }
+                    IN_CALLBACK.with(|c| c.set(true));
                     let outcome =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&job)));
+                    IN_CALLBACK.with(|c| c.set(false));
                     if outcome.is_err() {
                         tracing::error!("a result callback panicked; later callbacks still run");
                     }
-                    drop(enabled);
                 }
             })
             .expect("starting the pool's callback thread");
         Callbacks {
             queue: Mutex::new(Some(tx)),
+            running,
             enabled,
         }
     }
@@ -761,9 +771,14 @@ impl Callbacks {
         }
     }
 
-    /// Waits for a running callback to return, and runs no more.
+    /// Runs no more callbacks, and waits for a running one to return, unless it is that very
+    /// callback asking (a callback may terminate its own pool).
     fn disable(&self) {
-        *self.enabled.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if !IN_CALLBACK.with(std::cell::Cell::get) {
+            drop(self.running.lock().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 
     fn stop(&self) {

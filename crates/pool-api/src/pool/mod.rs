@@ -87,7 +87,7 @@ impl Pool {
     /// Calls `f(args)` in a worker and waits for the result.
     pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -97,7 +97,7 @@ impl Pool {
     /// Calls `f(args)` in a worker; the result comes through the returned handle.
     pub fn apply_async<F, A, R>(&self, f: F, args: A) -> Result<AsyncResult<R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -115,7 +115,7 @@ impl Pool {
         callbacks: Callbacks<R>,
     ) -> Result<AsyncResult<R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -143,7 +143,7 @@ impl Pool {
     /// same error every time). [`Pool::map_results`] gives every item's own outcome.
     pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -154,7 +154,7 @@ impl Pool {
     /// [`Pool::map`] with an explicit chunk size (0 is an error).
     pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -165,7 +165,7 @@ impl Pool {
     /// Python's `starmap`: every item is a tuple of arguments (`f` takes 2 to 5 of them).
     pub fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
     where
-        F: StarFn<A, R>,
+        F: StarFn<A, R> + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -182,7 +182,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<Vec<Result<R, Error>>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -251,7 +251,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<MapResult<R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
@@ -268,7 +268,7 @@ impl Pool {
         callbacks: Callbacks<Vec<R>>,
     ) -> Result<MapResult<R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
@@ -322,7 +322,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<MapResult<R>, Error>
     where
-        F: StarFn<A, R>,
+        F: StarFn<A, R> + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
@@ -341,7 +341,7 @@ impl Pool {
         chunksize: usize,
     ) -> Result<IMap<'_, A, R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'static,
         A: Serialize + DeserializeOwned,
@@ -358,7 +358,7 @@ impl Pool {
         chunksize: usize,
     ) -> Result<IMap<'_, A, R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'static,
         A: Serialize + DeserializeOwned,
@@ -375,7 +375,7 @@ impl Pool {
         delivery: Delivery,
     ) -> Result<IMap<'_, A, R>, Error>
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'static,
         A: Serialize + DeserializeOwned,
@@ -480,7 +480,7 @@ impl PoolBuilder {
     /// stops starting workers and fails its work with [`Error::InitializerFailed`].
     pub fn initializer<F, A>(mut self, f: F, args: A) -> PoolBuilder
     where
-        F: Fn(A),
+        F: Fn(A) + Copy + 'static,
         A: Serialize + DeserializeOwned,
     {
         let setup = Call::new(&f)
