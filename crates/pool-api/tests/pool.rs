@@ -532,6 +532,24 @@ fn imap_streams_in_order_and_imap_unordered_yields_each_once() {
 }
 
 #[test]
+fn an_idle_imap_does_not_starve_other_jobs() {
+    // Found in review: an imap whose iterator is not being consumed held the only pull the
+    // scheduler allowed, and a map on the same one-worker pool waited forever.
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let idle = pool.imap(square, 0..10u64, 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = Arc::clone(&pool);
+    std::thread::spawn(move || {
+        let _ = tx.send(other.map(square, [1u64, 2, 3]));
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)),
+        Ok(Ok(vec![1, 4, 9]))
+    );
+    drop(idle);
+}
+
+#[test]
 fn imap_over_an_endless_iterator_reads_its_input_lazily() {
     let pool = Pool::new(2).unwrap();
     let pulled = Arc::new(AtomicUsize::new(0));

@@ -921,7 +921,9 @@ impl Scheduler {
     }
 
     /// Asks the driver for as many new chunks as workers have room for, beyond those already
-    /// asked for, one outstanding pull per job, oldest job first.
+    /// asked for, one outstanding pull per job, oldest job first. A job with nothing in
+    /// progress may always ask for one chunk: otherwise a job whose pulls are answered late
+    /// (an `imap` nobody iterates) could hold the whole budget and starve the others.
     fn request_pulls(&mut self) {
         if self.lifecycle == Lifecycle::Terminated || self.broken.is_some() {
             return;
@@ -929,16 +931,20 @@ impl Scheduler {
         let free: u32 = self.workers.values().map(|w| self.capacity(w)).sum();
         let mut wanted = free.saturating_sub(self.pulls_in_flight);
         let mut i = 0;
-        while wanted > 0 && i < self.pullable.len() {
+        while i < self.pullable.len() {
             let id = self.pullable[i];
             i += 1;
             let job = self.jobs.get_mut(&id).expect("pullable jobs exist");
             if !job.may_pull() {
                 continue;
             }
+            let starving = job.in_progress == 0;
+            if wanted == 0 && !starving {
+                continue;
+            }
             job.pull_pending = true;
             self.pulls_in_flight += 1;
-            wanted -= 1;
+            wanted = wanted.saturating_sub(1);
             self.commands.push_back(Command::Pull {
                 chunk: ChunkId {
                     job: id,
