@@ -192,6 +192,38 @@ impl Ring {
     }
 }
 
+/// Rebuilds the item count from the records between head and tail, after the queue's lock
+/// was taken over from a process that died holding it: the count is updated just after the
+/// position that publishes or removes an item, so a death in between leaves it off by one.
+/// (`JoinableQueue`'s count of unfinished tasks cannot be rebuilt this way: a producer or
+/// consumer killed at that moment may leave it off by one; documented there.) The lock is held.
+fn recount<T>(ring: &Ring, h: &Header) -> Result<(), QueueError<T>> {
+    let (head, tail) = (
+        h.head.load(Ordering::Relaxed),
+        h.tail.load(Ordering::Relaxed),
+    );
+    if tail < head || tail - head > ring.capacity {
+        return Err(QueueError::Corrupt("positions out of range"));
+    }
+    let (mut at, mut items) = (head, 0u64);
+    while at < tail {
+        if tail - at < 8 {
+            return Err(QueueError::Corrupt("a record cut short"));
+        }
+        let mut len = [0u8; 8];
+        // SAFETY: the lock is held and at least 8 bytes are queued at `at` (checked above).
+        unsafe { ring.read(at, &mut len) };
+        let len = u64::from_le_bytes(len);
+        if len > tail - at - 8 {
+            return Err(QueueError::Corrupt("a record longer than the queued data"));
+        }
+        at += record_len(len as usize);
+        items += 1;
+    }
+    h.count.store(items, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Rounds a record (length word and item) up to 8 bytes.
 fn record_len(item: usize) -> u64 {
     (8 + item as u64).next_multiple_of(8)
@@ -300,6 +332,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let lock = ring.lock();
         loop {
             match lock.acquire(deadline) {
+                Ok(taken) if taken.previous_owner_died.is_some() => {
+                    if let Err(e) = recount(ring, h) {
+                        let _ = lock.release();
+                        return Err(e);
+                    }
+                }
                 Ok(_) => {}
                 Err(SyncError::Timeout) => return Err(QueueError::Full(item)),
                 Err(e) => return Err(e.into()),
@@ -372,7 +410,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let lock = ring.lock();
         loop {
             // A previous owner that died left the queue consistent (see the module docs).
-            let _taken = lock.acquire(None)?;
+            let taken = lock.acquire(None)?;
+            if taken.previous_owner_died.is_some() {
+                if let Err(e) = recount(ring, h) {
+                    let _ = lock.release();
+                    return Err(e);
+                }
+            }
             if h.count.load(Ordering::Relaxed) > 0 {
                 let bytes = self.take_one(ring, h);
                 let wake = h.putters.load(Ordering::Relaxed) > 0;
@@ -404,7 +448,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             h.head.load(Ordering::Relaxed),
             h.tail.load(Ordering::Acquire),
         );
-        if tail < head + 8 || tail - head > ring.capacity {
+        if head.checked_add(8).is_none_or(|h8| tail < h8) || tail - head > ring.capacity {
             return Err(QueueError::Corrupt("positions out of range"));
         }
         let mut len = [0u8; 8];
@@ -528,6 +572,10 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
 
 /// Python's `multiprocessing.JoinableQueue`: a [`Queue`] whose consumers mark items done, so
 /// that a producer can `join` until every item put has been processed.
+///
+/// A producer killed in the middle of `put` may leave the count of unfinished tasks one too
+/// high (then `join` waits for a task that never comes; use its timeout), since that count,
+/// unlike the items, cannot be rebuilt from the queue's contents.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct JoinableQueue<T>(Queue<T>);

@@ -255,8 +255,19 @@ pub fn spawn(
     unsafe {
         command.pre_exec(move || sys::in_child_after_fork(&keep_in_child));
     }
-    let pid = spawner::spawn(command)?;
-    let mut child = Child::from_pid(pid)?;
+    let mut std_child = spawner::spawn(command)?;
+    let mut child = match Child::from_pid(std_child.id()) {
+        Ok(child) => child,
+        Err(e) => {
+            // Without a pidfd (an old kernel, no descriptors left) it cannot be supervised:
+            // do not leave it running, nor as a zombie.
+            let _ = std_child.kill();
+            let _ = std_child.wait();
+            return Err(e.into());
+        }
+    };
+    // From here the pidfd reaps it; std's handle is dropped without waiting.
+    drop(std_child);
     // The child has its copies; ours would keep its channel from reaching EOF.
     drop(control_child);
     let data_fd = keep.get(1).copied().unwrap_or(-1);
@@ -354,11 +365,11 @@ fn identity() -> io::Result<[u64; 5]> {
 mod spawner {
     use super::*;
 
-    type Request = (Command, mpsc::Sender<io::Result<u32>>);
+    type Request = (Command, mpsc::Sender<io::Result<std::process::Child>>);
 
     static REQUESTS: Mutex<Option<mpsc::Sender<Request>>> = Mutex::new(None);
 
-    pub(super) fn spawn(command: Command) -> io::Result<u32> {
+    pub(super) fn spawn(command: Command) -> io::Result<std::process::Child> {
         let (reply_tx, reply_rx) = mpsc::channel();
         {
             let mut guard = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,7 +379,7 @@ mod spawner {
                     .name("pool-ipc-spawner".into())
                     .spawn(move || {
                         for (mut command, reply) in rx {
-                            let _ = reply.send(command.spawn().map(|c| c.id()));
+                            let _ = reply.send(command.spawn());
                         }
                     })
                     .expect("starting the spawner thread");
