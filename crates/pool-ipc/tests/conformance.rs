@@ -284,6 +284,40 @@ mod pipe_raw {
     }
 
     #[test]
+    fn descriptors_travel_with_their_message() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let (a, b) = Channel::pair(TransportKind::Pipe).unwrap();
+        let ((mut tx, _), (_, mut rx)) = (a.split(), b.split());
+        let (mut reader, writer) = UnixStream::pair().unwrap();
+        tx.send(b"plain", soon()).unwrap();
+        tx.send_parts_with_fds(&[b"with one"], &[writer.as_fd()], soon())
+            .unwrap();
+        drop(writer);
+        let mut buf = Vec::new();
+        rx.recv_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, b"plain");
+        rx.recv_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, b"with one");
+        let mut fds = rx.take_fds(1).expect("the descriptor arrived");
+        assert!(rx.take_fds(1).is_none());
+        let mut received = UnixStream::from(fds.pop().unwrap());
+        received.write_all(b"through it").unwrap();
+        drop(received);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "through it");
+        let (shm, _peer) = Channel::pair(TransportKind::Shm).unwrap();
+        let (mut shm_tx, _) = shm.split();
+        let (_r, w) = UnixStream::pair().unwrap();
+        assert!(
+            shm_tx
+                .send_parts_with_fds(&[b"x"], &[w.as_fd()], soon())
+                .is_err()
+        );
+    }
+
+    #[test]
     fn a_truncated_header_is_a_disconnect() {
         let (mut raw, mut chan) = raw_pair();
         raw.write_all(&[5, 0, 0]).unwrap();

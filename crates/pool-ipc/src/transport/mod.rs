@@ -220,6 +220,25 @@ impl Sender {
         self.send_parts(&[msg], deadline)
     }
 
+    /// Sends one message carrying duplicates of `fds` to the peer, which takes them with
+    /// [`Receiver::take_fds`] once it read the message. Only the `pipe` flavor carries
+    /// descriptors: `shm` refuses any (an `Unsupported` I/O error) and sends nothing.
+    pub fn send_parts_with_fds(
+        &mut self,
+        parts: &[&[u8]],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        match &mut self.flavor {
+            SenderFlavor::Pipe(s) => s.send_parts_with_fds(parts, fds, deadline),
+            SenderFlavor::Shm(s) if fds.is_empty() => s.send_parts(parts, deadline),
+            SenderFlavor::Shm(_) => Err(SendError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the shm transport cannot carry descriptors",
+            ))),
+        }
+    }
+
     /// Sends one message whose bytes are the concatenation of `parts` (a header and a payload,
     /// say) without concatenating them first.
     pub fn send_parts(
@@ -235,6 +254,15 @@ impl Sender {
 }
 
 impl Receiver {
+    /// Takes the `n` oldest descriptors that arrived with messages (see
+    /// [`Sender::send_parts_with_fds`]); `None` if fewer arrived.
+    pub fn take_fds(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        match &mut self.flavor {
+            ReceiverFlavor::Pipe(r) => r.take_fds(n),
+            ReceiverFlavor::Shm(_) => (n == 0).then(Vec::new),
+        }
+    }
+
     /// Whether a message (or its start) is already buffered, so that a receive would not wait
     /// for the descriptor. Only the `pipe` flavor buffers; `shm` answers `false`.
     pub fn has_buffered(&self) -> bool {

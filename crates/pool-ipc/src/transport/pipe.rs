@@ -10,8 +10,10 @@
 //! open socket (through `dup`), so blocking is chosen per call (`MSG_DONTWAIT`) rather than
 //! with `O_NONBLOCK`, which the halves would share.
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, OwnedFd};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -42,14 +44,22 @@ pub struct PipeSender {
 pub struct PipeReceiver {
     stream: UnixStream,
     max_message: u64,
-    /// Bytes received and not yet handed out: `staging[start..]`.
-    staging: Vec<u8>,
+    /// Bytes received and not yet handed out: `staging[start..end]`. Zero-initialised once,
+    /// so that `recvmsg` (which needs initialised memory) can read into it.
+    staging: Box<[u8]>,
+    end: usize,
     start: usize,
     /// Between a consumed header and the end of its body.
     mid_message: bool,
     /// Set when a message was cut by a timeout: the stream is out of step.
     broken: bool,
+    /// Descriptors received with the first byte of the messages that carried them, in order,
+    /// until the message's reader takes them with [`PipeReceiver::take_fds`].
+    fds: VecDeque<OwnedFd>,
 }
+
+/// Most descriptors one message may carry.
+pub const MAX_FDS_PER_MESSAGE: usize = 64;
 
 impl PipeChannel {
     /// A connected pair (close-on-exec).
@@ -94,10 +104,12 @@ impl PipeChannel {
             PipeReceiver {
                 stream: self.stream,
                 max_message: DEFAULT_MAX_MESSAGE,
-                staging: Vec::with_capacity(STAGING),
+                staging: vec![0u8; STAGING].into_boxed_slice(),
+                end: 0,
                 start: 0,
                 mid_message: false,
                 broken: false,
+                fds: VecDeque::new(),
             },
         )
     }
@@ -115,6 +127,27 @@ impl PipeSender {
         parts: &[&[u8]],
         deadline: Option<Instant>,
     ) -> Result<(), SendError> {
+        self.send_parts_with_fds(parts, &[], deadline)
+    }
+
+    /// Sends one message made of `parts`, carrying duplicates of `fds` to the peer: they
+    /// travel with the message's first byte (see [`PipeReceiver::take_fds`]).
+    pub fn send_parts_with_fds(
+        &mut self,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        if fds.len() > MAX_FDS_PER_MESSAGE {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many descriptors in one message",
+            );
+            return Err(SendError::Io(e));
+        }
+        let mut space =
+            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+        let mut fds_pending = !fds.is_empty();
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len > self.max_message {
             return Err(SendError::TooLarge {
@@ -137,12 +170,13 @@ impl PipeSender {
             if deadline.is_some() {
                 flags |= SendFlags::DONTWAIT;
             }
-            let sent = match rustix::net::sendmsg(
-                &self.stream,
-                &iov,
-                &mut rustix::net::SendAncillaryBuffer::default(),
-                flags,
-            ) {
+            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+            if fds_pending && !control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
+                return Err(SendError::Io(io::Error::other(
+                    "no room for the descriptors",
+                )));
+            }
+            let sent = match rustix::net::sendmsg(&self.stream, &iov, &mut control, flags) {
                 Ok(n) => n,
                 Err(rustix::io::Errno::INTR) => 0,
                 Err(rustix::io::Errno::AGAIN) => {
@@ -156,6 +190,9 @@ impl PipeSender {
                 }
                 Err(e) => return Err(SendError::Io(e.into())),
             };
+            if sent > 0 {
+                fds_pending = false;
+            }
             // Advance over what was written.
             let mut left = sent;
             while left > 0 {
@@ -175,6 +212,15 @@ impl PipeSender {
 }
 
 impl PipeReceiver {
+    /// Takes the `n` oldest descriptors received: those carried by the message just read,
+    /// when its header says it carries `n`. `None` (and nothing taken) if fewer arrived.
+    pub fn take_fds(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        if self.fds.len() < n {
+            return None;
+        }
+        Some(self.fds.drain(..n).collect())
+    }
+
     /// Whether received bytes wait in the staging buffer.
     pub fn has_buffered(&self) -> bool {
         self.buffered() > 0
@@ -252,27 +298,74 @@ impl PipeReceiver {
     }
 
     fn buffered(&self) -> usize {
-        self.staging.len() - self.start
+        self.end - self.start
     }
 
-    /// Receives at least one byte into the staging buffer (`want` is a hint).
-    fn fill(&mut self, deadline: Option<Instant>, want: usize) -> Result<(), RecvError> {
+    /// Receives at least one byte into the staging buffer, with any descriptors that came
+    /// along. Only called with fewer than a header's bytes staged, so there is room.
+    fn fill(&mut self, deadline: Option<Instant>, _want: usize) -> Result<(), RecvError> {
         if self.start > 0 {
-            self.staging.drain(..self.start);
+            self.staging.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let room = STAGING.max(want);
-        self.staging.reserve(room);
-        let len = self.staging.len();
-        let spare = &mut self.staging.spare_capacity_mut()[..room];
-        let n = recv_some(&self.stream, spare, deadline)?;
-        // SAFETY: `recv_some` initialized the first `n` bytes of the spare capacity.
-        unsafe { self.staging.set_len(len + n) };
+        let n = recv_staged(
+            &self.stream,
+            &mut self.staging[self.end..],
+            deadline,
+            &mut self.fds,
+        )?;
+        self.end += n;
         Ok(())
     }
 }
 
-/// Receives at least one byte, waiting until `deadline`; end of stream is `Disconnected`.
+/// Receives at least one byte into `into` with `recvmsg`, collecting the descriptors that came
+/// along into `fds`; end of stream is `Disconnected`. Every message's first bytes (its header,
+/// which its descriptors ride with) are read through here.
+fn recv_staged(
+    stream: &UnixStream,
+    into: &mut [u8],
+    deadline: Option<Instant>,
+    fds: &mut VecDeque<OwnedFd>,
+) -> Result<usize, RecvError> {
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    loop {
+        let mut flags = RecvFlags::CMSG_CLOEXEC;
+        if deadline.is_some() {
+            flags |= RecvFlags::DONTWAIT;
+        }
+        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            stream,
+            &mut [IoSliceMut::new(&mut *into)],
+            &mut control,
+            flags,
+        );
+        for message in control.drain() {
+            if let rustix::net::RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        match got {
+            Ok(msg) if msg.bytes == 0 => return Err(RecvError::Disconnected),
+            Ok(msg) => return Ok(msg.bytes),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                if !sys::poll_one(stream.as_fd(), PollFlags::IN, deadline)? {
+                    return Err(RecvError::Timeout);
+                }
+            }
+            Err(rustix::io::Errno::CONNRESET) => return Err(RecvError::Disconnected),
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+}
+
+/// Receives at least one byte of a message's body straight into the caller's buffer, waiting
+/// until `deadline`; end of stream is `Disconnected`. Never reads past the body it is given
+/// room for, so never reaches the next message's first byte and its descriptors.
 fn recv_some(
     stream: &UnixStream,
     into: &mut [std::mem::MaybeUninit<u8>],
