@@ -201,7 +201,12 @@ impl Call {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
     /// Run a chunk; its encoded items follow the message in the same frame.
-    Task { job: u64, index: u32, call: Call },
+    Task {
+        job: u64,
+        index: u32,
+        call: Call,
+        fds: u32,
+    },
     /// Exit once the tasks before this message are done.
     Retire,
 }

@@ -63,11 +63,21 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
             return EXIT_PROTOCOL;
         };
         match msg {
-            ToWorker::Task { job, index, call } => {
+            ToWorker::Task {
+                job,
+                index,
+                call,
+                fds,
+            } => {
+                // The descriptors of the handles in the arguments came with the message.
+                let Some(fds) = rx.take_fds(fds as usize) else {
+                    return EXIT_PROTOCOL;
+                };
                 if !send(&mut tx, &FromWorker::Started { job, index }, &[]) {
                     return 0;
                 }
-                let reply = match call.run(body, &mut out) {
+                let reply = match crate::handles::with_descriptors(fds, || call.run(body, &mut out))
+                {
                     Ok(()) => send(&mut tx, &FromWorker::Finished { job, index }, &out),
                     Err(message) => send(
                         &mut tx,

@@ -596,6 +596,45 @@ fn big_arguments_and_big_results_in_flight_together_do_not_deadlock() {
     assert!(out.iter().all(|b| b.len() == (1 << 20) + 1));
 }
 
+fn put_under_lock((q, lock, i): (pool_api::Queue<u64>, pool_api::Lock, u64)) -> u64 {
+    let _held = lock.lock().unwrap();
+    q.put(i * 2).unwrap();
+    i
+}
+
+#[test]
+fn handles_travel_in_task_arguments() {
+    let pool = Pool::new(2).unwrap();
+    let q = pool_api::Queue::new().unwrap();
+    let lock = pool_api::Lock::new().unwrap();
+    let items: Vec<_> = (0..30u64).map(|i| (q.clone(), lock.clone(), i)).collect();
+    assert_eq!(
+        pool.map(put_under_lock, items).unwrap(),
+        (0..30).collect::<Vec<u64>>()
+    );
+    let mut got: Vec<u64> = (0..30)
+        .map(|_| q.get_timeout(Duration::from_secs(20)).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..30).map(|i| i * 2).collect::<Vec<u64>>());
+    assert_eq!(
+        pool.apply(put_under_lock, (q.clone(), lock.clone(), 7))
+            .unwrap(),
+        7
+    );
+    assert_eq!(q.get().unwrap(), 14);
+    // The shm transport cannot carry descriptors: a clear error, not a lost task.
+    let shm = Pool::builder()
+        .processes(1)
+        .transport(pool_api::TransportKind::Shm)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        shm.apply(put_under_lock, (q, lock, 1)),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
 #[test]
 fn sixty_four_mib_arguments_and_results() {
     let pool = Pool::new(1).unwrap();

@@ -29,7 +29,7 @@ use pool_core::{
 };
 use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 
-use super::job::{ChunkResult, JobShared, Source};
+use super::job::{ChunkResult, JobShared, Payload, Source};
 use crate::Error;
 use crate::task::{self, Call, FromWorker, ToWorker};
 use crate::worker::{WorkerBoot, worker_main};
@@ -65,7 +65,7 @@ struct State {
     doomed: HashSet<WorkerId>,
     jobs: HashMap<JobId, Arc<JobShared>>,
     /// Encoded arguments of chunks, from pull to end (a requeued chunk is sent again from here).
-    payloads: HashMap<ChunkId, Arc<Vec<u8>>>,
+    payloads: HashMap<ChunkId, Payload>,
     /// Results received, until the scheduler delivers the chunk.
     results: HashMap<ChunkId, ChunkResult>,
     spawner: Option<mpsc::Sender<WorkerId>>,
@@ -107,7 +107,7 @@ impl WorkerLink {
 
 #[derive(Debug)]
 enum Outgoing {
-    Task { header: Vec<u8>, body: Arc<Vec<u8>> },
+    Task { header: Vec<u8>, body: Payload },
     Retire,
 }
 
@@ -214,11 +214,11 @@ impl Shared {
     }
 
     /// A caller serviced a pull: the chunk's encoded items, `items` of them.
-    pub(crate) fn pulled(&self, chunk: ChunkId, items: u32, payload: Vec<u8>) {
+    pub(crate) fn pulled(&self, chunk: ChunkId, items: u32, payload: Payload) {
         let mut state = self.lock();
         let now = self.now();
         if items > 0 {
-            state.payloads.insert(chunk, Arc::new(payload));
+            state.payloads.insert(chunk, payload);
         }
         if !state.sched.handle_pulled(chunk, items, now) {
             state.payloads.remove(&chunk);
@@ -313,6 +313,7 @@ impl Shared {
                         job: chunk.id.job.0,
                         index: chunk.id.index,
                         call: job.call,
+                        fds: body.fds.len() as u32,
                     };
                     match task::header_bytes(&msg) {
                         Ok(header) => {
@@ -546,7 +547,11 @@ fn writer(link: Arc<WorkerLink>, mut sender: pool_ipc::Sender) {
             }
         };
         let sent = match &msg {
-            Outgoing::Task { header, body } => sender.send_parts(&[header, body], None),
+            Outgoing::Task { header, body } => {
+                use std::os::fd::AsFd;
+                let fds: Vec<_> = body.fds.iter().map(AsFd::as_fd).collect();
+                sender.send_parts_with_fds(&[header, &body.bytes], &fds, None)
+            }
             Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
                 Ok(header) => sender.send(&header, None),
                 Err(_) => Ok(()),

@@ -14,13 +14,32 @@ use crate::task::{self, Call};
 /// A callback to run on the pool's callback thread once the job finished.
 pub(crate) type Callback = Box<dyn FnOnce(&JobShared) + Send>;
 
+/// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
+/// clone: a requeued chunk is sent again from the same payload.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Payload {
+    pub(crate) bytes: Arc<Vec<u8>>,
+    pub(crate) fds: Arc<Vec<std::os::fd::OwnedFd>>,
+}
+
+impl Payload {
+    /// Encodes `value`, collecting the handles' descriptors.
+    pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Payload, Error> {
+        let (bytes, fds) = crate::handles::encode(value)?;
+        Ok(Payload {
+            bytes: Arc::new(bytes),
+            fds: Arc::new(fds),
+        })
+    }
+}
+
 /// Where a job's chunks come from.
 #[derive(Debug)]
 pub(crate) enum Source {
     /// `apply`: the one chunk, encoded at submission.
-    Single(Arc<Vec<u8>>),
+    Single(Payload),
     /// `map_async`, `starmap_async`: every chunk encoded at submission, in order.
-    Encoded(VecDeque<(u32, Arc<Vec<u8>>)>),
+    Encoded(VecDeque<(u32, Payload)>),
     /// `map`, `imap`: the waiting caller's thread reads and encodes chunks as they are pulled.
     Caller,
 }
@@ -137,7 +156,7 @@ impl JobShared {
 
     // ----- the driver's side -----
 
-    pub(crate) fn take_single(&self) -> Option<Arc<Vec<u8>>> {
+    pub(crate) fn take_single(&self) -> Option<Payload> {
         match &self.lock().source {
             Source::Single(bytes) => Some(bytes.clone()),
             _ => None,
@@ -145,14 +164,14 @@ impl JobShared {
     }
 
     /// Answers a pull from pre-encoded input; `None` if the caller must answer it.
-    pub(crate) fn pull_now(&self, _max_items: u32) -> Option<(u32, Arc<Vec<u8>>)> {
+    pub(crate) fn pull_now(&self, _max_items: u32) -> Option<(u32, Payload)> {
         match &mut self.lock().source {
             Source::Encoded(chunks) => Some(
                 chunks
                     .pop_front()
-                    .unwrap_or_else(|| (0, Arc::new(Vec::new()))),
+                    .unwrap_or_else(|| (0, Payload::default())),
             ),
-            Source::Single(_) => Some((0, Arc::new(Vec::new()))),
+            Source::Single(_) => Some((0, Payload::default())),
             Source::Caller => None,
         }
     }

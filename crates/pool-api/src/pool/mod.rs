@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use self::driver::{Shared, WorkerSetup};
-use self::job::{Callback, JobShared, Source, Wake};
+use self::job::{Callback, JobShared, Payload, Source, Wake};
 use crate::Error;
 use crate::task::{Call, StarFn};
 
@@ -46,6 +46,7 @@ use crate::task::{Call, StarFn};
 pub struct Pool {
     shared: Arc<Shared>,
     processes: u32,
+    transport: TransportKind,
 }
 
 /// Settings of a [`Pool`]; see [`Pool::builder`].
@@ -120,14 +121,11 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let call = Call::new(&f)?;
-        let chunk = postcard::to_stdvec(std::slice::from_ref(&args))?;
+        let chunk = self.payload(std::slice::from_ref(&args))?;
         let callback = callbacks.into_callback(|job: &JobShared| single(job));
-        let job = self.shared.submit(
-            JobSpec::single(),
-            call,
-            Source::Single(Arc::new(chunk)),
-            callback,
-        )?;
+        let job = self
+            .shared
+            .submit(JobSpec::single(), call, Source::Single(chunk), callback)?;
         Ok(AsyncResult {
             job,
             shared: Arc::clone(&self.shared),
@@ -294,7 +292,7 @@ impl Pool {
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             let batch: Vec<A> = items.by_ref().take(chunksize as usize).collect();
-            chunks.push_back((batch.len() as u32, Arc::new(postcard::to_stdvec(&batch)?)));
+            chunks.push_back((batch.len() as u32, self.payload(&batch)?));
         }
         let spec = JobSpec::new(
             Input::Sized {
@@ -408,9 +406,29 @@ impl Pool {
     ) -> Result<(), Error> {
         let batch: Vec<A> = items.take(max_items as usize).collect();
         let n = batch.len() as u32;
-        let bytes = postcard::to_stdvec(&batch)?;
-        self.shared.pulled(chunk, n, bytes);
+        let payload = self.payload(&batch)?;
+        self.shared.pulled(chunk, n, payload);
         Ok(())
+    }
+
+    /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
+    /// with the task as descriptors, which only the `pipe` transport can carry.
+    fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
+        let payload = Payload::encode(args)?;
+        if payload.fds.len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
+            return Err(Error::InvalidArgument(format!(
+                "{} handles in one chunk; at most {} fit in a message: use a smaller chunksize",
+                payload.fds.len(),
+                pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE
+            )));
+        }
+        if !payload.fds.is_empty() && self.transport != TransportKind::Pipe {
+            return Err(Error::InvalidArgument(
+                "handles (Lock, Queue, Pipe ends, ...) in task arguments need the pipe transport"
+                    .into(),
+            ));
+        }
+        Ok(payload)
     }
 
     fn chunksize(&self, len: usize, asked: Option<usize>) -> Result<u32, Error> {
@@ -536,9 +554,11 @@ impl PoolBuilder {
             handshake_timeout: self.handshake_timeout,
             time_limit: self.time_limit,
         };
+        let transport = self.transport;
         Ok(Pool {
             shared: Shared::start(sched, setup),
             processes,
+            transport,
         })
     }
 }
@@ -775,7 +795,7 @@ impl<A: Serialize, R: DeserializeOwned> Iterator for IMap<'_, A, R> {
             match self.job.next_wake(None) {
                 Wake::Pull { chunk, max_items } => {
                     if let Err(e) = self.pool.feed(chunk, max_items, &mut self.items) {
-                        self.pool.shared.pulled(chunk, 0, Vec::new());
+                        self.pool.shared.pulled(chunk, 0, Payload::default());
                         return Some(Err(e));
                     }
                 }

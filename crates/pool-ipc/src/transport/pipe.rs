@@ -58,8 +58,8 @@ pub struct PipeReceiver {
     fds: VecDeque<OwnedFd>,
 }
 
-/// Most descriptors one message may carry.
-pub const MAX_FDS_PER_MESSAGE: usize = 64;
+/// Most descriptors one message may carry (Linux's `SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
 
 impl PipeChannel {
     /// A connected pair (close-on-exec).
