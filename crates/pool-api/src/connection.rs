@@ -92,7 +92,16 @@ impl Pipe {
     /// ```
     pub fn duplex() -> Result<(Connection, Connection), Error> {
         let (a, b) = Channel::pair(TransportKind::Pipe).map_err(|e| Error::Io(e.to_string()))?;
-        Ok((Connection { chan: a }, Connection { chan: b }))
+        Ok((
+            Connection {
+                chan: a,
+                scratch: Vec::new(),
+            },
+            Connection {
+                chan: b,
+                scratch: Vec::new(),
+            },
+        ))
     }
 
     /// A one-way pipe (Python's `Pipe(duplex=False)`): the reading end, then the writing end.
@@ -106,6 +115,9 @@ impl Pipe {
 #[derive(Debug)]
 pub struct Connection {
     chan: Channel,
+    /// Reused by `recv_bytes_into`, so that receiving into a caller's buffer allocates nothing
+    /// once it has grown to the messages' size.
+    scratch: Vec<u8>,
 }
 
 impl Connection {
@@ -136,15 +148,16 @@ impl Connection {
     /// Receives one message into `buf`, returning its length. A message longer than `buf`
     /// gives [`RecvError::BufferTooShort`], which carries it.
     pub fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        let message = self.recv_bytes()?;
-        if message.len() > buf.len() {
+        self.chan.recv_into(&mut self.scratch, None)?;
+        let len = self.scratch.len();
+        if len > buf.len() {
             return Err(RecvError::BufferTooShort {
-                needed: message.len(),
-                message,
+                needed: len,
+                message: std::mem::take(&mut self.scratch),
             });
         }
-        buf[..message.len()].copy_from_slice(&message);
-        Ok(message.len())
+        buf[..len].copy_from_slice(&self.scratch);
+        Ok(len)
     }
 
     /// Whether a message (or the end of file) is ready, waiting up to `timeout` (`None`:
@@ -218,6 +231,7 @@ impl<'de> Deserialize<'de> for Connection {
         let chan = PipeChannel::from_fd(fd).map_err(|e| D::Error::custom(e.to_string()))?;
         Ok(Connection {
             chan: Channel::from(chan),
+            scratch: Vec::new(),
         })
     }
 }
