@@ -40,9 +40,7 @@ fn child(main: pool_ipc::ChildMain, kind: TransportKind) -> Spawned {
 
 fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("round_trip_8B");
-    group
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
+    group.measurement_time(secs(3)).warm_up_time(secs(1) / 2);
 
     let mut cat = Command::new("cat")
         .stdin(Stdio::piped())
@@ -78,8 +76,8 @@ fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_way_64MiB");
     group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_millis(500));
+        .measurement_time(secs(5))
+        .warm_up_time(secs(1) / 2);
     group.throughput(Throughput::Bytes(64 << 20));
     let payload = vec![0x5au8; 64 << 20];
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
@@ -93,6 +91,16 @@ fn throughput(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// A measurement time, cut short under `POOL_BENCH_QUICK` (what `cargo xtask bench --quick`
+/// sets), where only the shape of the results matters.
+fn secs(n: u64) -> Duration {
+    if std::env::var_os("POOL_BENCH_QUICK").is_some() {
+        Duration::from_millis(300 * n.min(2))
+    } else {
+        Duration::from_secs(n)
+    }
 }
 
 criterion_group!(benches, round_trip, throughput);

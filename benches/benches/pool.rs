@@ -33,11 +33,32 @@ fn name(kind: TransportKind) -> String {
     format!("{kind:?}").to_lowercase()
 }
 
+fn w1_startup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w1_pool_startup");
+    group.sample_size(10).measurement_time(secs(5));
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        group.bench_function(name(kind), |b| {
+            b.iter(|| {
+                let p = pool(kind);
+                let mut seen = std::collections::BTreeSet::new();
+                while seen.len() < 2 {
+                    seen.extend(p.map_chunked(pid, 0..4, 1).unwrap());
+                }
+                p.close();
+                p.join().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+fn pid(_: u32) -> u32 {
+    std::process::id()
+}
+
 fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("w2_apply_round_trip");
-    group
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
+    group.measurement_time(secs(3)).warm_up_time(secs(1) / 2);
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
         let p = pool(kind);
         group.bench_function(name(kind), |b| b.iter(|| p.apply(noop, ()).unwrap()));
@@ -45,9 +66,7 @@ fn apply(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("w2b_apply_async_10k");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     group.throughput(Throughput::Elements(10_000));
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
         let p = pool(kind);
@@ -67,9 +86,7 @@ fn apply(c: &mut Criterion) {
 
 fn map_tiny(c: &mut Criterion) {
     let mut group = c.benchmark_group("w3_map_1M_default_chunks");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     group.throughput(Throughput::Elements(1_000_000));
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
         let p = pool(kind);
@@ -88,9 +105,7 @@ fn map_tiny(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("w3_map_100k_chunksize_1");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     group.throughput(Throughput::Elements(100_000));
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
         let p = pool(kind);
@@ -103,9 +118,7 @@ fn map_tiny(c: &mut Criterion) {
 
 fn map_payloads(c: &mut Criterion) {
     let mut group = c.benchmark_group("w4_map_64x1MiB");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     group.throughput(Throughput::Bytes(64 << 20));
     let buffers: Vec<Bytes> = (0..64u8).map(|i| Bytes(vec![i; 1 << 20])).collect();
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
@@ -124,5 +137,15 @@ fn map_payloads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply, map_tiny, map_payloads);
+/// A measurement time, cut short under `POOL_BENCH_QUICK` (what `cargo xtask bench --quick`
+/// sets), where only the shape of the results matters.
+fn secs(n: u64) -> Duration {
+    if std::env::var_os("POOL_BENCH_QUICK").is_some() {
+        Duration::from_millis(300 * n.min(2))
+    } else {
+        Duration::from_secs(n)
+    }
+}
+
+criterion_group!(benches, w1_startup, apply, map_tiny, map_payloads);
 criterion_main!(benches);

@@ -25,9 +25,7 @@ fn w5_pipe(c: &mut Criterion) {
     let mut p = Process::new(pipe_sink, child_conn).unwrap();
     p.start().unwrap();
     let mut group = c.benchmark_group("w5_pipe");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     for (count, size) in [(10_000u64, 1024usize), (4, 64 << 20)] {
         let msg = vec![7u8; size];
         group.throughput(Throughput::Bytes(count * size as u64));
@@ -54,9 +52,7 @@ fn produce((q, n): (Queue<u64>, u64)) {
 
 fn w6_queue(c: &mut Criterion) {
     let mut group = c.benchmark_group("w6_queue");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     let n = 200_000u64;
     group.throughput(Throughput::Elements(n));
     group.bench_function("200k_small_items_producer_process", |b| {
@@ -88,9 +84,7 @@ fn increment((lock, counter, n): (Lock, Value<u64>, u64)) {
 
 fn w7_lock(c: &mut Criterion) {
     let mut group = c.benchmark_group("w7_lock");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(secs(5));
     let per = 50_000u64;
     group.throughput(Throughput::Elements(2 * per));
     group.bench_function("2_processes_x_50k_increments", |b| {
@@ -122,9 +116,7 @@ fn noop(_: ()) {}
 
 fn w8_process(c: &mut Criterion) {
     let mut group = c.benchmark_group("w8_process_start_join");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(20).measurement_time(secs(5));
     group.bench_function("spawn", |b| {
         b.iter(|| {
             let mut p = Process::new(noop, ()).unwrap();
@@ -133,6 +125,16 @@ fn w8_process(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// A measurement time, cut short under `POOL_BENCH_QUICK` (what `cargo xtask bench --quick`
+/// sets), where only the shape of the results matters.
+fn secs(n: u64) -> Duration {
+    if std::env::var_os("POOL_BENCH_QUICK").is_some() {
+        Duration::from_millis(300 * n.min(2))
+    } else {
+        Duration::from_secs(n)
+    }
 }
 
 criterion_group!(benches, w5_pipe, w6_queue, w7_lock, w8_process);

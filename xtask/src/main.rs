@@ -7,12 +7,16 @@
 
 use std::process::{Command, ExitCode};
 
+mod bench;
 mod tidy;
 
 const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
+  bench [--quick]       build in release and run pool's benchmarks beside CPython's
+                        multiprocessing (benches/python/mp_bench.py), workload by workload;
+                        print one markdown table, write target/bench/results.json
   core-stress [CASES]   run pool-core's property tests with CASES generated sequences
                         (default 20000) from a random seed; a failure prints the seed
   help                  this text
@@ -22,6 +26,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("core-stress") => core_stress(args.get(1).map(String::as_str)),
+        Some("bench") => match bench::run(args.iter().any(|a| a == "--quick")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             ExitCode::SUCCESS

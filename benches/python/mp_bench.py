@@ -1,0 +1,210 @@
+"""The benchmark workloads (W1-W8) on CPython's multiprocessing, for `cargo xtask bench`.
+
+Prints one JSON object per line: {"workload": ..., "variant": ..., "value": ..., "unit": ...}.
+`--quick` runs smaller counts. The definitions mirror pool's criterion benches.
+"""
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+QUICK = "--quick" in sys.argv
+
+
+def emit(workload, variant, value, unit):
+    print(json.dumps({"workload": workload, "variant": variant, "value": value, "unit": unit}), flush=True)
+
+
+def noop(_=None):
+    return None
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def square(x):
+    return x * x
+
+
+def length(b):
+    return len(b)
+
+
+def w1_startup(method):
+    ctx = mp.get_context(method)
+    runs = []
+    for _ in range(3 if QUICK else 5):
+        t = time.perf_counter()
+        with ctx.Pool(2) as pool:
+            seen = set()
+            while len(seen) < 2:
+                seen.update(pool.map(getpid, range(4), chunksize=1))
+            pool.close()
+            pool.join()
+        runs.append(time.perf_counter() - t)
+    emit("W1 pool startup", method, statistics.median(runs) * 1e3, "ms")
+
+
+def w2_apply(pool):
+    n = 1000 if QUICK else 10000
+    for _ in range(100 if QUICK else 500):
+        pool.apply(noop)
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        pool.apply(noop)
+        samples.append(time.perf_counter() - t)
+    samples.sort()
+    emit("W2 apply round trip", "median", samples[len(samples) // 2] * 1e6, "us")
+    emit("W2 apply round trip", "p99", samples[int(len(samples) * 0.99)] * 1e6, "us")
+    t = time.perf_counter()
+    rs = [pool.apply_async(noop) for _ in range(n)]
+    for r in rs:
+        r.get()
+    emit("W2b apply_async pipelined", "", n / (time.perf_counter() - t), "tasks/s")
+
+
+def w3_map(pool):
+    n = 200_000 if QUICK else 1_000_000
+    t = time.perf_counter()
+    pool.map(square, range(n))
+    emit("W3 map tiny items", "default chunksize", n / (time.perf_counter() - t), "items/s")
+    n = 20_000 if QUICK else 100_000
+    t = time.perf_counter()
+    pool.map(square, range(n), chunksize=1)
+    emit("W3 map tiny items", "chunksize 1", n / (time.perf_counter() - t), "items/s")
+
+
+def w3_executor():
+    n = 200_000 if QUICK else 1_000_000
+    with ProcessPoolExecutor(2) as ex:
+        t = time.perf_counter()
+        list(ex.map(square, range(n), chunksize=max(1, n // 8)))
+        emit("W3 map tiny items", "ProcessPoolExecutor", n / (time.perf_counter() - t), "items/s")
+
+
+def w4_payloads(pool):
+    buffers = [bytes([i]) * (1 << 20) for i in range(64)]
+    for variant, chunksize in (("default chunksize", None), ("chunksize 1", 1)):
+        t = time.perf_counter()
+        pool.map(length, buffers, chunksize=chunksize)
+        emit("W4 map 64 x 1 MiB", variant, 64 / (time.perf_counter() - t), "MiB/s")
+
+
+def pipe_sink(conn):
+    buf = bytearray(64 << 20)
+    while True:
+        # A forked child holds a copy of the parent's end too, so it would never see EOF:
+        # the parent says when to stop.
+        request = conn.recv()
+        if request is None:
+            return
+        count, size = request
+        for _ in range(count):
+            conn.recv_bytes_into(buf)
+        conn.send(1)
+
+
+def w5_pipe():
+    parent, child = mp.Pipe()
+    p = mp.Process(target=pipe_sink, args=(child,))
+    p.start()
+    child.close()
+    for count, size in ((10_000, 1024), (4, 64 << 20)):
+        msg = b"x" * size
+        t = time.perf_counter()
+        parent.send((count, size))
+        for _ in range(count):
+            parent.send_bytes(msg)
+        parent.recv()
+        secs = time.perf_counter() - t
+        if size == 1024:
+            emit("W5 Pipe 1 KiB", "one way", count / secs, "msgs/s")
+        else:
+            emit("W5 Pipe 64 MiB", "one way", count * 64 / secs, "MiB/s")
+    parent.send(None)
+    p.join()
+
+
+def produce(q, n):
+    for i in range(n):
+        q.put(i)
+
+
+def w6_queue():
+    n = 50_000 if QUICK else 200_000
+    q = mp.Queue()
+    p = mp.Process(target=produce, args=(q, n))
+    t = time.perf_counter()
+    p.start()
+    for _ in range(n):
+        q.get()
+    emit("W6 Queue small items", "", n / (time.perf_counter() - t), "items/s")
+    p.join()
+
+
+def increment(lock, counter, n):
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
+def w7_lock():
+    per = 10_000 if QUICK else 50_000
+    lock = mp.Lock()
+    counter = mp.RawValue("q", 0)
+    ps = [mp.Process(target=increment, args=(lock, counter, per)) for _ in range(2)]
+    t = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    assert counter.value == 2 * per
+    emit("W7 Lock contended by 2 processes", "", 2 * per / (time.perf_counter() - t), "ops/s")
+
+
+def w8_process(method):
+    ctx = mp.get_context(method)
+    runs = []
+    for _ in range(5 if QUICK else 20):
+        t = time.perf_counter()
+        p = ctx.Process(target=noop)
+        p.start()
+        p.join()
+        runs.append(time.perf_counter() - t)
+    emit("W8 Process start + join", method, statistics.median(runs) * 1e3, "ms")
+
+
+def main():
+    only = [a for a in sys.argv[1:] if not a.startswith("--")]
+    def wanted(name):
+        return not only or name in only
+    if wanted("w1"):
+        for method in ("fork", "spawn"):
+            w1_startup(method)
+    with mp.get_context("fork").Pool(2) as pool:
+        if wanted("w2"):
+            w2_apply(pool)
+        if wanted("w3"):
+            w3_map(pool)
+        if wanted("w4"):
+            w4_payloads(pool)
+    if wanted("w3"):
+        w3_executor()
+    if wanted("w5"):
+        w5_pipe()
+    if wanted("w6"):
+        w6_queue()
+    if wanted("w7"):
+        w7_lock()
+    if wanted("w8"):
+        for method in ("fork", "spawn"):
+            w8_process(method)
+
+
+if __name__ == "__main__":
+    main()

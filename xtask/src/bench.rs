@@ -1,0 +1,505 @@
+//! `cargo xtask bench`: pool's criterion benches beside CPython's multiprocessing, measured in
+//! the same run, printed as one markdown table of ratios.
+//!
+//! Timings on a shared machine drift, so both sides of each workload run back to back, and
+//! what counts is their ratio. The CPython side is `benches/python/mp_bench.py`; the Rust side
+//! is read from criterion's own estimates (`target/criterion/<group>/<bench>/new/`), medians.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A CPython figure, keyed by workload and variant.
+type PythonFigure = ((String, String), Figure);
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+struct Figure {
+    value: f64,
+    unit: &'static str,
+}
+
+/// How a workload's Rust figure derives from a criterion bench's median time.
+struct RustSide {
+    bench_file: &'static str,
+    group: &'static str,
+    /// (column, bench id) pairs: the pipe and shm columns.
+    ids: [(&'static str, &'static str); 2],
+    /// From seconds per iteration to the figure.
+    derive: fn(f64) -> f64,
+    unit: &'static str,
+}
+
+struct Workload {
+    /// Row label.
+    name: &'static str,
+    /// `mp_bench.py` workload and variant it compares with.
+    python: (&'static str, &'static str),
+    /// Which `mp_bench.py` group (`w1` ... `w8`) produces it.
+    python_group: &'static str,
+    rust: RustSide,
+    target: &'static str,
+}
+
+fn per_second(items: f64) -> fn(f64) -> f64 {
+    // Function pointers cannot capture: one helper per count keeps the table declarative.
+    match items as u64 {
+        10_000 => |s| 10_000.0 / s,
+        100_000 => |s| 100_000.0 / s,
+        200_000 => |s| 200_000.0 / s,
+        1_000_000 => |s| 1_000_000.0 / s,
+        _ => |s| 1.0 / s,
+    }
+}
+
+fn workloads() -> Vec<Workload> {
+    let ms = |s: f64| s * 1e3;
+    let us = |s: f64| s * 1e6;
+    let mib64 = |s: f64| 64.0 / s;
+    let mib256 = |s: f64| 256.0 / s;
+    vec![
+        Workload {
+            name: "W1 Pool(2) start, 2 answers, close+join (ms, lower is better)",
+            python: ("W1 pool startup", "spawn"),
+            python_group: "w1",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w1_pool_startup",
+                ids: [("pipe", "pipe"), ("shm", "shm")],
+                derive: ms,
+                unit: "ms",
+            },
+            target: "<= 3 ms",
+        },
+        Workload {
+            name: "W2 apply round trip, median (us, lower is better)",
+            python: ("W2 apply round trip", "median"),
+            python_group: "w2",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w2_apply_round_trip",
+                ids: [("pipe", "pipe"), ("shm", "shm")],
+                derive: us,
+                unit: "us",
+            },
+            target: "<= 25 us pipe, <= 5 us shm",
+        },
+        Workload {
+            name: "W2b 10k apply_async pipelined (tasks/s)",
+            python: ("W2b apply_async pipelined", ""),
+            python_group: "w2",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w2b_apply_async_10k",
+                ids: [("pipe", "pipe"), ("shm", "shm")],
+                derive: per_second(10_000.0),
+                unit: "tasks/s",
+            },
+            target: ">= 250k/s shm",
+        },
+        Workload {
+            name: "W3 map 1M tiny items, default chunks (items/s)",
+            python: ("W3 map tiny items", "default chunksize"),
+            python_group: "w3",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w3_map_1M_default_chunks",
+                ids: [("pipe", "pipe"), ("shm", "shm")],
+                derive: per_second(1_000_000.0),
+                unit: "items/s",
+            },
+            target: ">= 60M/s",
+        },
+        Workload {
+            name: "W3 map 100k tiny items, chunksize 1 (items/s)",
+            python: ("W3 map tiny items", "chunksize 1"),
+            python_group: "w3",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w3_map_100k_chunksize_1",
+                ids: [("pipe", "pipe"), ("shm", "shm")],
+                derive: per_second(100_000.0),
+                unit: "items/s",
+            },
+            target: ">= 200k/s shm",
+        },
+        Workload {
+            name: "W4 map 64 x 1 MiB, default chunks (MiB/s)",
+            python: ("W4 map 64 x 1 MiB", "default chunksize"),
+            python_group: "w4",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w4_map_64x1MiB",
+                ids: [
+                    ("pipe", "pipe_chunksize_default"),
+                    ("shm", "shm_chunksize_default"),
+                ],
+                derive: mib64,
+                unit: "MiB/s",
+            },
+            target: ">= 1.5 GiB/s pipe, >= 4 GiB/s shm",
+        },
+        Workload {
+            name: "W5 Pipe 10k x 1 KiB one way (msgs/s)",
+            python: ("W5 Pipe 1 KiB", "one way"),
+            python_group: "w5",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w5_pipe",
+                ids: [("pipe", "10000x1024B_one_way"), ("shm", "")],
+                derive: per_second(10_000.0),
+                unit: "msgs/s",
+            },
+            target: ">= 500k/s socket",
+        },
+        Workload {
+            name: "W5 Pipe 4 x 64 MiB one way, reused buffer (MiB/s)",
+            python: ("W5 Pipe 64 MiB", "one way"),
+            python_group: "w5",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w5_pipe",
+                ids: [("pipe", "4x67108864B_one_way"), ("shm", "")],
+                derive: mib256,
+                unit: "MiB/s",
+            },
+            target: ">= 4 GiB/s shm",
+        },
+        Workload {
+            name: "W6 Queue, 200k small items from a producer process (items/s)",
+            python: ("W6 Queue small items", ""),
+            python_group: "w6",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w6_queue",
+                ids: [("pipe", "200k_small_items_producer_process"), ("shm", "")],
+                derive: per_second(200_000.0),
+                unit: "items/s",
+            },
+            target: ">= 2M/s",
+        },
+        Workload {
+            name: "W7 Lock, 2 processes x 50k increments (ops/s)",
+            python: ("W7 Lock contended by 2 processes", ""),
+            python_group: "w7",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w7_lock",
+                ids: [("pipe", "2_processes_x_50k_increments"), ("shm", "")],
+                derive: per_second(100_000.0),
+                unit: "ops/s",
+            },
+            target: ">= 10M/s",
+        },
+        Workload {
+            name: "W8 Process start + join, spawn (ms, lower is better)",
+            python: ("W8 Process start + join", "spawn"),
+            python_group: "w8",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w8_process_start_join",
+                ids: [("pipe", "spawn"), ("shm", "")],
+                derive: ms,
+                unit: "ms",
+            },
+            target: "<= 1.5 ms",
+        },
+    ]
+}
+
+/// Runs the comparison; `quick` shortens every measurement (CI's smoke test).
+pub(crate) fn run(quick: bool) -> Result<(), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
+    let cargo = env!("CARGO");
+    println!("building the benches in release ...");
+    status(Command::new(cargo).current_dir(&root).args([
+        "bench",
+        "-p",
+        "pool-benches",
+        "--no-run",
+        "--quiet",
+    ]))?;
+    let python = python_available();
+    if !python {
+        println!("python3 is missing: the CPython column stays empty.");
+    }
+    let mut python_figures: BTreeMap<(String, String), Figure> = BTreeMap::new();
+    let mut done_python = std::collections::BTreeSet::new();
+    let mut done_rust = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    for w in workloads() {
+        // Interleave: this workload's CPython side, then its Rust side.
+        if python && done_python.insert(w.python_group) {
+            for (key, fig) in run_python(&root, w.python_group, quick)? {
+                python_figures.insert(key, fig);
+            }
+        }
+        let bench_key = (w.rust.bench_file, w.rust.group);
+        if done_rust.insert(bench_key) {
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(&root)
+                .args([
+                    "bench",
+                    "-p",
+                    "pool-benches",
+                    "--quiet",
+                    "--bench",
+                    w.rust.bench_file,
+                    "--",
+                    w.rust.group,
+                ])
+                .stdout(std::process::Stdio::null());
+            if quick {
+                cmd.env("POOL_BENCH_QUICK", "1");
+            }
+            status(&mut cmd)?;
+        }
+        let cpython = python_figures
+            .get(&(w.python.0.to_string(), w.python.1.to_string()))
+            .cloned();
+        let mut ours = Vec::new();
+        for (column, id) in w.rust.ids {
+            let fig = if id.is_empty() {
+                None
+            } else {
+                median_seconds(&root, w.rust.group, id).map(|s| Figure {
+                    value: (w.rust.derive)(s),
+                    unit: w.rust.unit,
+                })
+            };
+            ours.push((column, fig));
+        }
+        rows.push((w, cpython, ours));
+    }
+    print_table(&rows);
+    write_json(&root, &rows)?;
+    Ok(())
+}
+
+fn status(cmd: &mut Command) -> Result<(), String> {
+    let s = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if s.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {s}"))
+    }
+}
+
+fn python_available() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>, String> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(root.join("benches/python/mp_bench.py")).arg(group);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mp_bench.py {group} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(parse_python_line)
+        .collect())
+}
+
+/// `{"workload": "...", "variant": "...", "value": 1.5, "unit": "..."}`, as mp_bench.py prints.
+fn parse_python_line(line: &str) -> Option<PythonFigure> {
+    let text = |key: &str| -> Option<String> {
+        let start = line.find(&format!("\"{key}\": \""))? + key.len() + 5;
+        let end = start + line[start..].find('"')?;
+        Some(line[start..end].to_string())
+    };
+    let start = line.find("\"value\": ")? + 9;
+    let end = start + line[start..].find([',', '}'])?;
+    let value: f64 = line[start..end].trim().parse().ok()?;
+    let unit: &'static str = match text("unit")?.as_str() {
+        "ms" => "ms",
+        "us" => "us",
+        "tasks/s" => "tasks/s",
+        "items/s" => "items/s",
+        "MiB/s" => "MiB/s",
+        "msgs/s" => "msgs/s",
+        "ops/s" => "ops/s",
+        _ => return None,
+    };
+    Some((
+        (text("workload")?, text("variant")?),
+        Figure { value, unit },
+    ))
+}
+
+/// Criterion's median estimate for `group/id`, in seconds.
+fn median_seconds(root: &Path, group: &str, id: &str) -> Option<f64> {
+    let path: PathBuf = root
+        .join("target/criterion")
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let json = std::fs::read_to_string(path).ok()?;
+    let median = &json[json.find("\"median\"")?..];
+    let start = median.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let end = start + median[start..].find([',', '}'])?;
+    let nanos: f64 = median[start..end].trim().parse().ok()?;
+    Some(nanos / 1e9)
+}
+
+fn lower_is_better(unit: &str) -> bool {
+    unit == "ms" || unit == "us"
+}
+
+fn show(f: &Option<Figure>) -> String {
+    match f {
+        None => "–".into(),
+        Some(f) if f.value >= 1e6 => format!("{:.2} M{}", f.value / 1e6, f.unit),
+        Some(f) if f.value >= 1e4 => format!("{:.0} k{}", f.value / 1e3, f.unit),
+        Some(f) => format!("{:.2} {}", f.value, f.unit),
+    }
+}
+
+type Row = (
+    Workload,
+    Option<Figure>,
+    Vec<(&'static str, Option<Figure>)>,
+);
+
+/// How many times better than CPython the better of our columns is.
+fn ratio(cpython: &Option<Figure>, ours: &[(&'static str, Option<Figure>)]) -> Option<f64> {
+    let c = cpython.as_ref()?;
+    let best = ours
+        .iter()
+        .filter_map(|(_, f)| f.as_ref().map(|f| f.value))
+        .reduce(|a, b| {
+            if lower_is_better(c.unit) {
+                a.min(b)
+            } else {
+                a.max(b)
+            }
+        })?;
+    Some(if lower_is_better(c.unit) {
+        c.value / best
+    } else {
+        best / c.value
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| workload | CPython 3 multiprocessing | pool (pipe) | pool (shm) | pool vs CPython | target |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (w, cpython, ours) in rows {
+        let r = ratio(cpython, ours).map_or("–".into(), |r| format!("{r:.1}x"));
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            w.name,
+            show(cpython),
+            show(&ours[0].1),
+            show(&ours[1].1),
+            r,
+            w.target
+        );
+    }
+    println!();
+    println!(
+        "(W5-W8 have one column: pool's Pipe is a socket, and Queue, Lock and Process have no transport choice.)"
+    );
+}
+
+fn write_json(root: &Path, rows: &[Row]) -> Result<(), String> {
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let num = |f: &Option<Figure>| {
+        f.as_ref()
+            .map_or("null".to_string(), |f| format!("{}", f.value))
+    };
+    let mut out = String::from("[\n");
+    for (i, (w, cpython, ours)) in rows.iter().enumerate() {
+        out.push_str(&format!(
+            "  {{\"workload\": {:?}, \"unit\": {:?}, \"cpython\": {}, \"pool_pipe\": {}, \"pool_shm\": {}}}{}\n",
+            w.name,
+            w.rust.unit,
+            num(cpython),
+            num(&ours[0].1),
+            num(&ours[1].1),
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    out.push(']');
+    let path = dir.join("results.json");
+    std::fs::write(&path, out).map_err(|e| e.to_string())?;
+    println!("raw results: {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_lines_parse() {
+        let line = r#"{"workload": "W6 Queue small items", "variant": "", "value": 145000.5, "unit": "items/s"}"#;
+        let ((w, v), f) = parse_python_line(line).unwrap();
+        assert_eq!(
+            (w.as_str(), v.as_str(), f.value, f.unit),
+            ("W6 Queue small items", "", 145000.5, "items/s")
+        );
+        assert!(parse_python_line("garbage").is_none());
+    }
+
+    #[test]
+    fn ratios_favour_the_better_column() {
+        let c = Some(Figure {
+            value: 100.0,
+            unit: "us",
+        });
+        let ours = [
+            (
+                "pipe",
+                Some(Figure {
+                    value: 20.0,
+                    unit: "us",
+                }),
+            ),
+            (
+                "shm",
+                Some(Figure {
+                    value: 10.0,
+                    unit: "us",
+                }),
+            ),
+        ];
+        assert_eq!(ratio(&c, &ours), Some(10.0));
+        let c = Some(Figure {
+            value: 100.0,
+            unit: "items/s",
+        });
+        let ours = [
+            (
+                "pipe",
+                Some(Figure {
+                    value: 300.0,
+                    unit: "items/s",
+                }),
+            ),
+            ("shm", None),
+        ];
+        assert_eq!(ratio(&c, &ours), Some(3.0));
+    }
+}
