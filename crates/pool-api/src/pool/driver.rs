@@ -10,11 +10,14 @@
 //! queued in a worker's outbox, spawns, kills, results handed to waiting callers, callbacks);
 //! they are carried out after the lock is released.
 //!
-//! Nobody but a worker's own *writer thread* ever blocks sending to it. If a reader thread
-//! sent the next chunk itself, it could block on a worker that is itself blocked writing a
-//! large result the reader is not reading: a deadlock (found in review, tested by
+//! No thread that receives from workers ever blocks sending to one. If a reader thread sent
+//! the next chunk itself, it could block on a worker that is itself blocked writing a large
+//! result the reader is not reading: a deadlock (found in review, tested by
 //! `big_arguments_and_big_results_in_flight_together_do_not_deadlock`). So messages go into
-//! the worker's outbox, and its writer drains it in order.
+//! the worker's outbox. A caller's thread (which receives nothing from workers) drains it at
+//! once when nobody else is, sparing a thread hop on every `apply`; readers, the timer and
+//! the spawner leave it to the worker's writer thread. One drainer at a time keeps the
+//! messages in order.
 //!
 //! Threads per pool: per worker a reader (blocking on its channel, then reaping it) and a
 //! writer; one spawner (starting a worker takes milliseconds), one timer (deadlines), one
@@ -81,12 +84,27 @@ struct WorkerLink {
     outbox: Mutex<Outbox>,
     /// Wakes the worker's writer thread.
     ready: Condvar,
+    /// The sending half; taken by whoever drains the outbox (`Outbox::draining`).
+    sender: Mutex<pool_ipc::Sender>,
 }
 
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Outgoing>,
+    /// Someone is sending this worker's messages: others leave theirs in the queue, which
+    /// keeps them in order.
+    draining: bool,
     closed: bool,
+}
+
+thread_local! {
+    /// Whether this thread may block sending to a worker. Never a thread that receives from
+    /// workers (a reader), nor the timer, nor the spawner: see the module documentation.
+    static MAY_BLOCK_SENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn forbid_blocking_sends() {
+    MAY_BLOCK_SENDING.with(|c| c.set(false));
 }
 
 impl WorkerLink {
@@ -411,8 +429,14 @@ impl Shared {
         for killer in &fx.kill {
             let _ = killer.kill();
         }
+        let direct = MAY_BLOCK_SENDING.with(std::cell::Cell::get);
         for link in dedup(fx.flush) {
-            link.ready.notify_one();
+            if direct {
+                // A caller's thread: send now rather than hop through the writer thread.
+                drain(&link);
+            } else {
+                link.ready.notify_one();
+            }
         }
         if !fx.spawn.is_empty() {
             let state = self.lock();
@@ -530,23 +554,38 @@ fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
     out
 }
 
-/// A worker's writer thread: sends what its outbox holds, in order, until the worker is gone.
-/// A send that fails means the worker is gone too; its reader thread reports the exit.
-fn writer(link: Arc<WorkerLink>, mut sender: pool_ipc::Sender) {
-    loop {
-        let msg = {
-            let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if let Some(msg) = outbox.queue.pop_front() {
-                    break msg;
-                }
-                if outbox.closed {
-                    return;
-                }
-                outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        let sent = match &msg {
+/// Sends what the worker's outbox holds, in order, unless someone else is already doing so
+/// (then that drainer, or the writer thread, will). Returns `false` once the worker is gone.
+fn drain(link: &WorkerLink) -> bool {
+    let batch: Vec<Outgoing> = {
+        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if outbox.draining || outbox.closed {
+            return !outbox.closed;
+        }
+        outbox.draining = true;
+        outbox.queue.drain(..).collect()
+    };
+    let ok = send_all(link, &batch);
+    let more = {
+        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        outbox.draining = false;
+        if !ok {
+            outbox.queue.clear();
+        }
+        !outbox.queue.is_empty()
+    };
+    if more {
+        link.ready.notify_one();
+    }
+    ok
+}
+
+/// Sends messages in order. A send that fails means the worker is gone (its reader thread
+/// reports the exit); it is killed to be sure.
+fn send_all(link: &WorkerLink, batch: &[Outgoing]) -> bool {
+    let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
+    for msg in batch {
+        let sent = match msg {
             Outgoing::Task { header, body } => {
                 use std::os::fd::AsFd;
                 let fds: Vec<_> = body.fds.iter().map(AsFd::as_fd).collect();
@@ -559,11 +598,25 @@ fn writer(link: Arc<WorkerLink>, mut sender: pool_ipc::Sender) {
         };
         if sent.is_err() {
             let _ = link.killer.kill();
-            link.outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .queue
-                .clear();
+            return false;
+        }
+    }
+    true
+}
+
+/// A worker's writer thread: drains its outbox whenever told to, until the worker is gone.
+fn writer(link: Arc<WorkerLink>) {
+    loop {
+        {
+            let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            while !outbox.closed && (outbox.queue.is_empty() || outbox.draining) {
+                outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
+            }
+            if outbox.closed {
+                return;
+            }
+        }
+        if !drain(&link) {
             return;
         }
     }
@@ -571,6 +624,7 @@ fn writer(link: Arc<WorkerLink>, mut sender: pool_ipc::Sender) {
 
 /// Starts workers as the scheduler asks, one at a time.
 fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) {
+    forbid_blocking_sends();
     for worker in requests {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -604,11 +658,12 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
                     killer,
                     outbox: Mutex::new(Outbox::default()),
                     ready: Condvar::new(),
+                    sender: Mutex::new(tx),
                 });
                 let writer_link = Arc::clone(&link);
                 let started = std::thread::Builder::new()
                     .name(format!("pool-writer-{}", worker.0))
-                    .spawn(move || writer(writer_link, tx));
+                    .spawn(move || writer(writer_link));
                 if let Err(e) = started {
                     tracing::error!(error = %e, "cannot start a worker's writer thread");
                     // Dropping the `Child` kills and reaps it.
@@ -660,6 +715,7 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
 
 /// Reads a worker's messages until its channel closes, then reaps it and reports the exit.
 fn reader(shared: Arc<Shared>, worker: WorkerId, mut rx: pool_ipc::Receiver, mut child: Child) {
+    forbid_blocking_sends();
     loop {
         let mut frame = Vec::new();
         match rx.recv_into(&mut frame, None) {
@@ -685,6 +741,7 @@ fn reader(shared: Arc<Shared>, worker: WorkerId, mut rx: pool_ipc::Receiver, mut
 
 /// Handles the scheduler's deadlines.
 fn timer_thread(shared: std::sync::Weak<Shared>) {
+    forbid_blocking_sends();
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
