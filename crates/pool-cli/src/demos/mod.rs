@@ -50,14 +50,14 @@ struct Demo {
 
 const DEMOS: &[Demo] = &[
     Demo {
-        name: "process",
-        about: "seeds 001/002: Process(worker, A) and B started and joined; run_proc('test') with pids",
-        run: processes::process,
-    },
-    Demo {
         name: "apply-async",
         about: "seed 000: Pool(3), five apply_async tasks; three run at once",
         run: pooled::apply_async,
+    },
+    Demo {
+        name: "process",
+        about: "seeds 001/002: Process(worker, A) and B started and joined; run_proc('test') with pids",
+        run: processes::process,
     },
     Demo {
         name: "map",
