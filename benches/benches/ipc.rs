@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pool_benches::secs;
 use pool_ipc::{ChildStart, SpawnOptions, Spawned, TransportKind, spawn};
 
 fn echo(mut start: ChildStart) -> i32 {
@@ -91,16 +92,6 @@ fn throughput(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// A measurement time, cut short under `POOL_BENCH_QUICK` (what `cargo xtask bench --quick`
-/// sets), where only the shape of the results matters.
-fn secs(n: u64) -> Duration {
-    if std::env::var_os("POOL_BENCH_QUICK").is_some() {
-        Duration::from_millis(300 * n.min(2))
-    } else {
-        Duration::from_secs(n)
-    }
 }
 
 criterion_group!(benches, round_trip, throughput);

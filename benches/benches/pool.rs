@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pool_api::{Bytes, Pool, TransportKind};
+use pool_benches::secs;
 use rayon::prelude::*;
 
 fn noop(_: ()) {}
@@ -135,16 +136,6 @@ fn map_payloads(c: &mut Criterion) {
         }
     }
     group.finish();
-}
-
-/// A measurement time, cut short under `POOL_BENCH_QUICK` (what `cargo xtask bench --quick`
-/// sets), where only the shape of the results matters.
-fn secs(n: u64) -> Duration {
-    if std::env::var_os("POOL_BENCH_QUICK").is_some() {
-        Duration::from_millis(300 * n.min(2))
-    } else {
-        Duration::from_secs(n)
-    }
 }
 
 criterion_group!(benches, w1_startup, apply, map_tiny, map_payloads);

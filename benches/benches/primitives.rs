@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pool_api::{Connection, Lock, Pipe, Process, Queue, Value};
+use pool_benches::secs;
 
 /// Receives `(count, size)` rounds: `count` messages, then acknowledges the last.
 fn pipe_sink(mut conn: Connection) {
@@ -125,16 +126,6 @@ fn w8_process(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// A measurement time, cut short under `POOL_BENCH_QUICK` (what `cargo xtask bench --quick`
-/// sets), where only the shape of the results matters.
-fn secs(n: u64) -> Duration {
-    if std::env::var_os("POOL_BENCH_QUICK").is_some() {
-        Duration::from_millis(300 * n.min(2))
-    } else {
-        Duration::from_secs(n)
-    }
 }
 
 criterion_group!(benches, w5_pipe, w6_queue, w7_lock, w8_process);
