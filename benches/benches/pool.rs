@@ -5,8 +5,6 @@
 
 #![allow(missing_docs)]
 
-use std::time::Duration;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pool_api::{Bytes, Pool, TransportKind};
 use pool_benches::secs;
