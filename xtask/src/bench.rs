@@ -303,9 +303,29 @@ fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>
     if quick {
         cmd.arg("--quick");
     }
-    let out = cmd
-        .output()
+    // A stuck CPython run (a forked child that never sees EOF, say) must not hang the table:
+    // it gets a generous deadline and is killed after it.
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
         .map_err(|e| format!("cannot run python3: {e}"))?;
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(if quick { 300 } else { 1200 });
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(_) => break,
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "mp_bench.py {group} did not finish in time; killed"
+                ));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
             "mp_bench.py {group} failed: {}",
