@@ -304,7 +304,8 @@ fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>
         cmd.arg("--quick");
     }
     // A stuck CPython run (a forked child that never sees EOF, say) must not hang the table:
-    // it gets a generous deadline and is killed after it.
+    // it gets a generous deadline and is killed after it. Its output (a dozen short lines) is
+    // read after it exits, which is fine while it stays far below a pipe's 64 KiB.
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd
