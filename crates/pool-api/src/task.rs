@@ -222,6 +222,14 @@ pub(crate) enum FromWorker {
     Started { job: u64, index: u32 },
     /// The chunk's results follow the message in the same frame.
     Finished { job: u64, index: u32 },
+    /// `Finished` for one chunk and `Started` for the next, in one message (the next task had
+    /// already arrived); the finished chunk's results follow.
+    FinishedThenStarted {
+        job: u64,
+        index: u32,
+        next_job: u64,
+        next_index: u32,
+    },
     /// The chunk could not be run at all (undecodable arguments).
     Failed {
         job: u64,

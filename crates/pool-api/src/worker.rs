@@ -54,6 +54,10 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
         return 0;
     }
     let mut buf = Vec::new();
+    // A finished task's report, held back while the next task is already arriving, so that
+    // "finished N" and "started N+1" share one message (one write instead of two). Its
+    // results are in `out`.
+    let mut held: Option<(u64, u32)> = None;
     loop {
         if rx.recv_into(&mut buf, None).is_err() {
             // The parent is gone (or closed our channel): nothing more to do.
@@ -73,27 +77,53 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                 let Some(fds) = rx.take_fds(fds as usize) else {
                     return EXIT_PROTOCOL;
                 };
-                if !send(&mut tx, &FromWorker::Started { job, index }, &[]) {
+                let report = match held.take() {
+                    Some((done_job, done_index)) => FromWorker::FinishedThenStarted {
+                        job: done_job,
+                        index: done_index,
+                        next_job: job,
+                        next_index: index,
+                    },
+                    None => FromWorker::Started { job, index },
+                };
+                let results: &[u8] = if matches!(report, FromWorker::Started { .. }) {
+                    &[]
+                } else {
+                    &out
+                };
+                if !send(&mut tx, &report, results) {
                     return 0;
                 }
-                let reply = match crate::handles::with_descriptors(fds, || call.run(body, &mut out))
-                {
-                    Ok(()) => send(&mut tx, &FromWorker::Finished { job, index }, &out),
-                    Err(message) => send(
-                        &mut tx,
-                        &FromWorker::Failed {
-                            job,
-                            index,
-                            message,
-                        },
-                        &[],
-                    ),
-                };
-                if !reply {
-                    return 0;
+                match crate::handles::with_descriptors(fds, || call.run(body, &mut out)) {
+                    // The next task is already arriving: report this one together with its
+                    // start. Otherwise report now, so the result is not held up.
+                    Ok(()) if rx.has_buffered() => held = Some((job, index)),
+                    Ok(()) => {
+                        if !send(&mut tx, &FromWorker::Finished { job, index }, &out) {
+                            return 0;
+                        }
+                    }
+                    Err(message) => {
+                        if !send(
+                            &mut tx,
+                            &FromWorker::Failed {
+                                job,
+                                index,
+                                message,
+                            },
+                            &[],
+                        ) {
+                            return 0;
+                        }
+                    }
                 }
             }
-            ToWorker::Retire => return 0,
+            ToWorker::Retire => {
+                if let Some((job, index)) = held.take() {
+                    send(&mut tx, &FromWorker::Finished { job, index }, &out);
+                }
+                return 0;
+            }
         }
     }
 }

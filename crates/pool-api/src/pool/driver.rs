@@ -481,21 +481,21 @@ impl Shared {
             }
             FromWorker::Finished { job, index } => {
                 let id = chunk(job, index);
-                let pid = state.pids.get(&worker).copied().unwrap_or(0);
-                state.results.insert(
-                    id,
-                    ChunkResult::Bytes {
-                        frame,
-                        body_at,
-                        pid,
-                    },
-                );
-                let verdict = state.sched.handle_chunk_finished(worker, id, now);
-                // A stale report (the chunk already timed out) leaves its result unclaimed.
-                if !state.payloads.contains_key(&id) {
-                    state.results.remove(&id);
-                }
-                verdict
+                self.finished(&mut state, worker, id, frame, body_at, now)
+            }
+            FromWorker::FinishedThenStarted {
+                job,
+                index,
+                next_job,
+                next_index,
+            } => {
+                let id = chunk(job, index);
+                self.finished(&mut state, worker, id, frame, body_at, now)
+                    .and_then(|()| {
+                        state
+                            .sched
+                            .handle_chunk_started(worker, chunk(next_job, next_index), now)
+                    })
             }
             FromWorker::Failed {
                 job,
@@ -519,6 +519,34 @@ impl Shared {
         verdict.map_err(|violation| {
             tracing::warn!(%violation, "worker broke the protocol; killing it");
         })
+    }
+
+    /// A chunk's results arrived (`frame[body_at..]`): keep them for delivery and tell the
+    /// scheduler.
+    fn finished(
+        &self,
+        state: &mut State,
+        worker: WorkerId,
+        id: ChunkId,
+        frame: Vec<u8>,
+        body_at: usize,
+        now: Time,
+    ) -> Result<(), pool_core::ProtocolViolation> {
+        let pid = state.pids.get(&worker).copied().unwrap_or(0);
+        state.results.insert(
+            id,
+            ChunkResult::Bytes {
+                frame,
+                body_at,
+                pid,
+            },
+        );
+        let verdict = state.sched.handle_chunk_finished(worker, id, now);
+        // A stale report (the chunk already timed out) leaves its result unclaimed.
+        if !state.payloads.contains_key(&id) {
+            state.results.remove(&id);
+        }
+        verdict
     }
 
     /// A worker's process exited, from its reader thread.
