@@ -38,13 +38,15 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
     };
     let mut out = Vec::new();
     if let Some((call, args)) = &boot.initializer {
-        let failure = match call.run(args, &mut out) {
-            Err(message) => Some(message),
-            Ok(()) => match task::decode_results::<()>(&out) {
-                Ok(mut r) if r.len() == 1 => r.pop().and_then(|r| r.err()).map(|p| p.message),
-                _ => Some("the initializer's outcome could not be decoded".into()),
-            },
-        };
+        // Handles in the initializer's arguments find the descriptors this worker inherited.
+        let failure =
+            match crate::handles::with_descriptors(start.inherited, || call.run(args, &mut out)) {
+                Err(message) => Some(message),
+                Ok(()) => match task::decode_results::<()>(&out) {
+                    Ok(mut r) if r.len() == 1 => r.pop().and_then(|r| r.err()).map(|p| p.message),
+                    _ => Some("the initializer's outcome could not be decoded".into()),
+                },
+            };
         if let Some(message) = failure {
             send(&mut tx, &FromWorker::InitFailed { message }, &[]);
             return 1;

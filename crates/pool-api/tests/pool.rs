@@ -635,6 +635,29 @@ fn handles_travel_in_task_arguments() {
     ));
 }
 
+fn init_with_lock((lock, q): (pool_api::Lock, pool_api::Queue<String>)) {
+    let _held = lock.lock().unwrap();
+    q.put(current_process().name).unwrap();
+}
+
+#[test]
+fn initializer_arguments_may_hold_handles() {
+    // Python's classic Pool(initializer=init, initargs=(lock,)).
+    let lock = pool_api::Lock::new().unwrap();
+    let q = pool_api::Queue::new().unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(init_with_lock, (lock, q.clone()))
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..10u64).unwrap().len(), 10);
+    let mut names: Vec<String> = (0..2)
+        .map(|_| q.get_timeout(Duration::from_secs(20)).unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["PoolWorker-1", "PoolWorker-2"]);
+}
+
 #[test]
 fn sixty_four_mib_arguments_and_results() {
     let pool = Pool::new(1).unwrap();

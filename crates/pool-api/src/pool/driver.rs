@@ -42,6 +42,8 @@ use crate::worker::{WorkerBoot, worker_main};
 pub(crate) struct WorkerSetup {
     pub(crate) transport: TransportKind,
     pub(crate) initializer: Option<(Call, Vec<u8>)>,
+    /// Descriptors of the handles in the initializer's arguments, inherited by every worker.
+    pub(crate) initializer_fds: Vec<std::os::fd::OwnedFd>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) time_limit: Option<Duration>,
 }
@@ -662,10 +664,25 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
             initializer: shared.setup.initializer.clone(),
         };
         let payload = postcard::to_stdvec(&boot).unwrap_or_default();
+        let inherit: Result<Vec<_>, _> = shared
+            .setup
+            .initializer_fds
+            .iter()
+            .map(|fd| fd.try_clone())
+            .collect();
+        let Ok(inherit) = inherit else {
+            tracing::error!("cannot duplicate the initializer's handles for a new worker");
+            shared.on_exit(
+                worker,
+                pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
+            );
+            continue;
+        };
         let options = SpawnOptions::new()
             .transport(shared.setup.transport)
             .handshake_timeout(shared.setup.handshake_timeout)
-            .name(worker.to_string());
+            .name(worker.to_string())
+            .inherit(inherit);
         match pool_ipc::spawn(worker_main, &payload, &options) {
             Ok(spawned) => {
                 let killer = match spawned.child.killer() {

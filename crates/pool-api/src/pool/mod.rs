@@ -49,11 +49,14 @@ pub struct Pool {
     transport: TransportKind,
 }
 
+/// An initializer: its call, its encoded arguments, and the descriptors of their handles.
+type Initializer = (Call, Vec<u8>, Vec<std::os::fd::OwnedFd>);
+
 /// Settings of a [`Pool`]; see [`Pool::builder`].
 #[derive(Debug)]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<Result<(Call, Vec<u8>), Error>>,
+    initializer: Option<Result<Initializer, Error>>,
     max_tasks_per_child: Option<usize>,
     transport: TransportKind,
     time_limit: Option<Duration>,
@@ -501,8 +504,12 @@ impl PoolBuilder {
         F: Fn(A) + Copy + 'static,
         A: Serialize + DeserializeOwned,
     {
-        let setup = Call::new(&f)
-            .and_then(|call| Ok((call, postcard::to_stdvec(std::slice::from_ref(&args))?)));
+        // The arguments may hold handles (Python's `initargs=(lock,)`): every worker inherits
+        // their descriptors when it starts.
+        let setup = Call::new(&f).and_then(|call| {
+            let (bytes, fds) = crate::handles::encode(std::slice::from_ref(&args))?;
+            Ok((call, bytes, fds))
+        });
         self.initializer = Some(setup);
         self
     }
@@ -547,10 +554,14 @@ impl PoolBuilder {
         config.chunks_per_worker = self.chunks_per_worker;
         config.task_time_limit = self.time_limit;
         let sched = Scheduler::new(config, Time::ZERO)?;
-        let initializer = self.initializer.transpose()?;
+        let (initializer, initializer_fds) = match self.initializer.transpose()? {
+            Some((call, bytes, fds)) => (Some((call, bytes)), fds),
+            None => (None, Vec::new()),
+        };
         let setup = WorkerSetup {
             transport: self.transport,
             initializer,
+            initializer_fds,
             handshake_timeout: self.handshake_timeout,
             time_limit: self.time_limit,
         };
