@@ -451,20 +451,14 @@ impl RLock {
 
     fn take(&self, deadline: Option<Instant>, block: bool) -> Result<Acquired, SyncError> {
         let s = self.0.state();
-        let id = me();
-        let thread = current_thread();
-        let word = s.word.load(Ordering::Acquire);
-        if word != 0
-            && word & !WAITERS == id.pid
-            && s.owner_thread.load(Ordering::Relaxed) == thread
-        {
+        if self.held_by_me() {
             s.depth.fetch_add(1, Ordering::Relaxed);
             return Ok(Acquired {
                 previous_owner_died: None,
             });
         }
-        let acquired = take(s, id, deadline, block)?;
-        s.owner_thread.store(thread, Ordering::Relaxed);
+        let acquired = take(s, me(), deadline, block)?;
+        s.owner_thread.store(current_thread(), Ordering::Relaxed);
         s.depth.store(1, Ordering::Relaxed);
         Ok(acquired)
     }
@@ -487,11 +481,7 @@ impl RLock {
     /// Releases one level; [`SyncError::NotOwner`] if this thread does not hold it.
     pub fn release(&self) -> Result<(), SyncError> {
         let s = self.0.state();
-        let word = s.word.load(Ordering::Acquire);
-        if word == 0
-            || word & !WAITERS != me().pid
-            || s.owner_thread.load(Ordering::Relaxed) != current_thread()
-        {
+        if !self.held_by_me() {
             return Err(SyncError::NotOwner);
         }
         if s.depth.fetch_sub(1, Ordering::Relaxed) > 1 {
@@ -698,11 +688,7 @@ impl RLock {
     /// Releases every level this thread holds (for `Condition::wait`); the depth to restore.
     fn release_save(&self) -> Result<u32, SyncError> {
         let s = self.0.state();
-        let word = s.word.load(Ordering::Acquire);
-        if word == 0
-            || word & !WAITERS != me().pid
-            || s.owner_thread.load(Ordering::Relaxed) != current_thread()
-        {
+        if !self.held_by_me() {
             return Err(SyncError::NotOwner);
         }
         let depth = s.depth.swap(0, Ordering::Relaxed);
@@ -720,6 +706,7 @@ impl RLock {
         Ok(acquired)
     }
 
+    /// Whether this thread of this process holds the lock.
     fn held_by_me(&self) -> bool {
         let s = self.0.state();
         let word = s.word.load(Ordering::Acquire);

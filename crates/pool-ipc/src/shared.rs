@@ -104,15 +104,7 @@ impl SharedRegion {
             rustix::shm::OFlags::RDWR,
             rustix::fs::Mode::empty(),
         )?;
-        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad shared region size"))?;
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "an empty shared region",
-            ));
-        }
-        Self::map(fd, len)
+        Self::open_unsealed(fd)
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
