@@ -467,6 +467,7 @@ impl Shared {
         };
         let mut state = self.lock();
         let now = self.now();
+        let pid = state.pids.get(&worker).copied().unwrap_or(0);
         let chunk = |job: u64, index: u32| ChunkId {
             job: JobId(job),
             index,
@@ -482,8 +483,12 @@ impl Shared {
                     .handle_chunk_started(worker, chunk(job, index), now)
             }
             FromWorker::Finished { job, index } => {
-                let id = chunk(job, index);
-                self.finished(&mut state, worker, id, frame, body_at, now)
+                let result = ChunkResult::Bytes {
+                    frame,
+                    body_at,
+                    pid,
+                };
+                Self::finished(&mut state, worker, chunk(job, index), result, now)
             }
             FromWorker::FinishedThenStarted {
                 job,
@@ -491,28 +496,24 @@ impl Shared {
                 next_job,
                 next_index,
             } => {
-                let id = chunk(job, index);
-                self.finished(&mut state, worker, id, frame, body_at, now)
-                    .and_then(|()| {
-                        state
-                            .sched
-                            .handle_chunk_started(worker, chunk(next_job, next_index), now)
-                    })
+                let result = ChunkResult::Bytes {
+                    frame,
+                    body_at,
+                    pid,
+                };
+                Self::finished(&mut state, worker, chunk(job, index), result, now).and_then(|()| {
+                    state
+                        .sched
+                        .handle_chunk_started(worker, chunk(next_job, next_index), now)
+                })
             }
             FromWorker::Failed {
                 job,
                 index,
                 message,
             } => {
-                let id = chunk(job, index);
-                state
-                    .results
-                    .insert(id, ChunkResult::Failed(Error::Codec(message)));
-                let verdict = state.sched.handle_chunk_finished(worker, id, now);
-                if !state.payloads.contains_key(&id) {
-                    state.results.remove(&id);
-                }
-                verdict
+                let result = ChunkResult::Failed(Error::Codec(message));
+                Self::finished(&mut state, worker, chunk(job, index), result, now)
             }
         };
         let effects = self.drain(&mut state);
@@ -523,26 +524,15 @@ impl Shared {
         })
     }
 
-    /// A chunk's results arrived (`frame[body_at..]`): keep them for delivery and tell the
-    /// scheduler.
+    /// A worker reported a chunk's outcome: keep it for delivery and tell the scheduler.
     fn finished(
-        &self,
         state: &mut State,
         worker: WorkerId,
         id: ChunkId,
-        frame: Vec<u8>,
-        body_at: usize,
+        result: ChunkResult,
         now: Time,
     ) -> Result<(), pool_core::ProtocolViolation> {
-        let pid = state.pids.get(&worker).copied().unwrap_or(0);
-        state.results.insert(
-            id,
-            ChunkResult::Bytes {
-                frame,
-                body_at,
-                pid,
-            },
-        );
+        state.results.insert(id, result);
         let verdict = state.sched.handle_chunk_finished(worker, id, now);
         // A stale report (the chunk already timed out) leaves its result unclaimed.
         if !state.payloads.contains_key(&id) {
