@@ -348,18 +348,32 @@ fn recv_staged(
                 fds.extend(received);
             }
         }
-        match got {
-            Ok(msg) if msg.bytes == 0 => return Err(RecvError::Disconnected),
-            Ok(msg) => return Ok(msg.bytes),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => {
-                if !sys::poll_one(stream.as_fd(), PollFlags::IN, deadline)? {
-                    return Err(RecvError::Timeout);
-                }
-            }
-            Err(rustix::io::Errno::CONNRESET) => return Err(RecvError::Disconnected),
-            Err(e) => return Err(RecvError::Io(e.into())),
+        if let Some(n) = received(got.map(|msg| msg.bytes), stream, deadline)? {
+            return Ok(n);
         }
+    }
+}
+
+/// What one receive call means: `Some(n)` bytes arrived; `None`: nothing yet, call again
+/// (interrupted, or readable after waiting); an error: end of stream, deadline, or failure.
+fn received(
+    got: rustix::io::Result<usize>,
+    stream: &UnixStream,
+    deadline: Option<Instant>,
+) -> Result<Option<usize>, RecvError> {
+    match got {
+        Ok(0) => Err(RecvError::Disconnected),
+        Ok(n) => Ok(Some(n)),
+        Err(rustix::io::Errno::INTR) => Ok(None),
+        Err(rustix::io::Errno::AGAIN) => {
+            if sys::poll_one(stream.as_fd(), PollFlags::IN, deadline)? {
+                Ok(None)
+            } else {
+                Err(RecvError::Timeout)
+            }
+        }
+        Err(rustix::io::Errno::CONNRESET) => Err(RecvError::Disconnected),
+        Err(e) => Err(RecvError::Io(e.into())),
     }
 }
 
@@ -377,17 +391,9 @@ fn recv_some(
         } else {
             RecvFlags::empty()
         };
-        match rustix::net::recv(stream, &mut *into, flags) {
-            Ok((_, 0)) => return Err(RecvError::Disconnected),
-            Ok((_, n)) => return Ok(n),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => {
-                if !sys::poll_one(stream.as_fd(), PollFlags::IN, deadline)? {
-                    return Err(RecvError::Timeout);
-                }
-            }
-            Err(rustix::io::Errno::CONNRESET) => return Err(RecvError::Disconnected),
-            Err(e) => return Err(RecvError::Io(e.into())),
+        let got = rustix::net::recv(stream, &mut *into, flags).map(|(_, n)| n);
+        if let Some(n) = received(got, stream, deadline)? {
+            return Ok(n);
         }
     }
 }
