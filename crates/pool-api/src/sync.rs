@@ -451,13 +451,14 @@ impl RLock {
 
     fn take(&self, deadline: Option<Instant>, block: bool) -> Result<Acquired, SyncError> {
         let s = self.0.state();
-        if self.held_by_me() {
+        let id = me();
+        if self.held_by(id.pid) {
             s.depth.fetch_add(1, Ordering::Relaxed);
             return Ok(Acquired {
                 previous_owner_died: None,
             });
         }
-        let acquired = take(s, me(), deadline, block)?;
+        let acquired = take(s, id, deadline, block)?;
         s.owner_thread.store(current_thread(), Ordering::Relaxed);
         s.depth.store(1, Ordering::Relaxed);
         Ok(acquired)
@@ -708,10 +709,15 @@ impl RLock {
 
     /// Whether this thread of this process holds the lock.
     fn held_by_me(&self) -> bool {
+        self.held_by(me().pid)
+    }
+
+    /// Whether this thread of process `pid` (this one) holds the lock.
+    fn held_by(&self, pid: u32) -> bool {
         let s = self.0.state();
         let word = s.word.load(Ordering::Acquire);
         word != 0
-            && word & !WAITERS == me().pid
+            && word & !WAITERS == pid
             && s.owner_thread.load(Ordering::Relaxed) == current_thread()
     }
 }
