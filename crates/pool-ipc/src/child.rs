@@ -8,15 +8,20 @@
 //! Dropping a [`Child`] that is still running kills it (SIGKILL) and hands it to the reaper
 //! thread, so that nothing is left as a zombie. To let a child run on after its handle is
 //! gone, call [`Child::disown`]: the reaper then reaps it whenever it exits.
+//!
+//! A worker started by the forkserver is not our child: the forkserver reaps it and relays its
+//! exit status. Its `Child` signals and polls through a pidfd just the same (both work on any
+//! process), and takes its status from the relay (a [`Relay`]) instead of `waitid`, so that
+//! callers cannot tell the difference.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
 
+use crate::fork_safety::PerProcess;
 use crate::{ExitStatus, sys};
 
 /// A running (or exited, not yet reaped) child process.
@@ -25,6 +30,45 @@ pub struct Child {
     pid: u32,
     pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
+    /// Where the exit status of a process we cannot reap (a forkserver's child) arrives.
+    relay: Option<Arc<Relay>>,
+}
+
+/// The exit status of a process that another process (the forkserver) reaps, once that one
+/// relays it.
+#[derive(Debug, Default)]
+pub(crate) struct Relay {
+    status: Mutex<Option<ExitStatus>>,
+    arrived: Condvar,
+}
+
+impl Relay {
+    /// The status arrived (the first one counts).
+    pub(crate) fn set(&self, status: ExitStatus) {
+        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(status);
+        self.arrived.notify_all();
+    }
+
+    /// Waits until the status arrives or `deadline` passes.
+    fn wait(&self, deadline: Option<Instant>) -> Option<ExitStatus> {
+        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(status) = *slot {
+                return Some(status);
+            }
+            slot = match deadline {
+                None => self.arrived.wait(slot).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.arrived
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
 }
 
 impl Child {
@@ -36,7 +80,19 @@ impl Child {
             pid,
             pidfd: Some(pidfd),
             status: None,
+            relay: None,
         })
+    }
+
+    /// Takes charge of a process that another process reaps: signals and exit notices go
+    /// through `pidfd`, the exit status comes from `relay`.
+    pub(crate) fn relayed(pid: u32, pidfd: OwnedFd, relay: Arc<Relay>) -> Child {
+        Child {
+            pid,
+            pidfd: Some(pidfd),
+            status: None,
+            relay: Some(relay),
+        }
     }
 
     /// The process id.
@@ -55,7 +111,16 @@ impl Child {
     /// The exit status, if the child has exited (reaping it).
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = sys::pidfd_reap(self.pidfd(), false)?;
+            self.status = match &self.relay {
+                None => sys::pidfd_reap(self.pidfd(), false)?,
+                Some(relay) => {
+                    if sys::poll_one(self.pidfd(), PollFlags::IN, Some(Instant::now()))? {
+                        relay.wait(Some(Instant::now()))
+                    } else {
+                        None
+                    }
+                }
+            };
         }
         Ok(self.status)
     }
@@ -68,7 +133,12 @@ impl Child {
         if !sys::poll_one(self.pidfd(), PollFlags::IN, deadline)? {
             return Ok(None);
         }
-        self.status = sys::pidfd_reap(self.pidfd(), true)?;
+        self.status = match &self.relay {
+            None => sys::pidfd_reap(self.pidfd(), true)?,
+            // It has exited; its reaper relays the status at once (or, if the reaper died,
+            // the relay is filled in by whoever noticed).
+            Some(relay) => relay.wait(deadline),
+        };
         Ok(self.status)
     }
 
@@ -135,11 +205,13 @@ impl Child {
 
     /// Lets the child run on without this handle; it is reaped when it exits.
     pub fn disown(mut self) {
-        if self.status.is_none() {
+        if self.status.is_none() && self.relay.is_none() {
             if let Some(pidfd) = self.pidfd.take() {
                 reaper::adopt(pidfd);
             }
         }
+        // A relayed child is reaped by its own parent: dropping the pidfd is all.
+        self.pidfd = None;
     }
 }
 
@@ -148,6 +220,10 @@ impl Drop for Child {
         if let Some(pidfd) = self.pidfd.take() {
             if self.status.is_none() {
                 let _ = sys::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
+                if self.relay.is_some() {
+                    // Not ours to reap: its parent (the forkserver) does.
+                    return;
+                }
                 // Reap right away if it is already gone; otherwise let the reaper wait.
                 match sys::pidfd_reap(pidfd.as_fd(), false) {
                     Ok(Some(_)) => {}
@@ -197,11 +273,11 @@ mod watcher {
 
     type Action = Box<dyn FnOnce() + Send>;
 
-    static WATCHER: Mutex<Option<Watcher>> = Mutex::new(None);
+    /// Per process: a forked child has no watcher thread until it starts its own.
+    static WATCHER: PerProcess<Watcher> = PerProcess::new();
 
     pub(super) fn watch(pidfd: OwnedFd, action: Action) {
-        let mut guard = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
-        let watcher = guard.get_or_insert_with(|| {
+        let watcher = WATCHER.get_or_init(|| {
             let (tx, rx) = mpsc::channel();
             let (wake, wakened) =
                 UnixStream::pair().expect("creating the watcher's wake-up socket");
@@ -212,7 +288,7 @@ mod watcher {
             Watcher { new: tx, wake }
         });
         let _ = watcher.new.send((pidfd, action));
-        let _ = watcher.wake.write_all(&[1]);
+        let _ = (&watcher.wake).write_all(&[1]);
     }
 
     fn run(rx: mpsc::Receiver<(OwnedFd, Action)>, mut wakened: UnixStream) {
@@ -254,12 +330,12 @@ mod watcher {
 mod reaper {
     use super::*;
 
-    static ADOPT: Mutex<Option<mpsc::Sender<OwnedFd>>> = Mutex::new(None);
+    /// Per process: a forked child has no reaper thread until it starts its own.
+    static ADOPT: PerProcess<mpsc::Sender<OwnedFd>> = PerProcess::new();
 
     /// Hands a child's pidfd to the reaper thread (started on first use).
     pub(super) fn adopt(pidfd: OwnedFd) {
-        let mut guard = ADOPT.lock().unwrap_or_else(|e| e.into_inner());
-        let sender = guard.get_or_insert_with(|| {
+        let sender = ADOPT.get_or_init(|| {
             let (tx, rx) = mpsc::channel();
             std::thread::Builder::new()
                 .name("pool-ipc-reaper".into())

@@ -53,11 +53,23 @@ pub struct NotInExecutable {
     pub addr: usize,
 }
 
+/// The address range of the object this crate's code is in, looked up once.
+static OURS: OnceLock<Option<(usize, usize)>> = OnceLock::new();
+
+fn ours() -> Option<(usize, usize)> {
+    *OURS.get_or_init(|| sys::object_range(anchor as fn() -> u32 as usize))
+}
+
+/// Looks up now what [`FnId::new`] would look up lazily, so that a child forked later never
+/// finds that lookup in progress (its lock held by a thread that does not exist there).
+pub(crate) fn warm_up() {
+    let _ = ours();
+}
+
 impl FnId {
     /// Identifies the function at `addr` (a `fn` pointer cast to `usize`).
     pub fn new(addr: usize) -> Result<FnId, NotInExecutable> {
-        static OURS: OnceLock<Option<(usize, usize)>> = OnceLock::new();
-        let ours = *OURS.get_or_init(|| sys::object_range(anchor as fn() -> u32 as usize));
+        let ours = ours();
         match ours {
             Some((lo, hi)) if (lo..hi).contains(&addr) => {}
             // Without loader information we cannot tell, and the bootstrap's layout check is

@@ -6,7 +6,11 @@
 //! - [`spawn`] starts a child by re-executing the current binary; the child recognises itself
 //!   before `main` (in any binary, test, doc test, example or bench that links this crate,
 //!   with no setup), checks that it is the same build, and runs the function it was given
-//!   (a plain `fn`, identified by its offset in the executable: see [`FnId`]).
+//!   (a plain `fn`, identified by its offset in the executable: see [`FnId`]). With
+//!   [`StartMethod::Forkserver`] the child is forked instead by a clean single-threaded helper
+//!   (started by `spawn` on first use), which is faster and just as safe.
+//! - [`fork`] runs a closure (capturing anything `Send`) in a forked copy of this process:
+//!   the fastest start, with the hazards of forking a process that has threads.
 //! - [`Child`] watches a child through its pidfd: its exit is noticed at once and reported as
 //!   Python does ([`ExitStatus`]), signals never reach a reused pid, and nothing is left as a
 //!   zombie. Children die with their parent (`PR_SET_PDEATHSIG`, armed from a long-lived
@@ -20,6 +24,9 @@
 
 mod child;
 mod code;
+mod fork;
+mod fork_safety;
+mod forkserver;
 pub mod shared;
 mod spawn;
 mod sys;
@@ -27,8 +34,10 @@ pub mod transport;
 
 pub use child::{Child, Killer};
 pub use code::{FnId, NotInExecutable};
+pub use fork::fork;
 pub use spawn::{
-    ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, spawn,
+    ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, StartMethod,
+    spawn,
 };
 pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
 

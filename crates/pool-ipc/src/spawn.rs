@@ -26,6 +26,14 @@
 //! `PR_SET_PDEATHSIG` kills a child when the *thread* that forked it exits, not the process.
 //! Children are therefore forked from one long-lived thread, so that a pool created on a
 //! short-lived thread (a test, a request handler) keeps its workers until the process dies.
+//! The `fork` start method forks there too (see `fork.rs`).
+//!
+//! # Start methods
+//!
+//! [`SpawnOptions::start_method`] chooses how a function by identity reaches a child:
+//! [`StartMethod::Spawn`] (this module, the default) or [`StartMethod::Forkserver`] (see
+//! `forkserver.rs`). [`fork`](crate::fork) runs a closure instead, in a forked copy of this
+//! process.
 
 use std::ffi::OsString;
 use std::io;
@@ -39,9 +47,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::code::{self, FnId, NotInExecutable};
+use crate::fork_safety::{PerProcess, Private};
 use crate::transport::pipe::PipeChannel;
 use crate::transport::{Channel, RecvError, TransportKind};
-use crate::{Child, ExitStatus, sys};
+use crate::{Child, ExitStatus, forkserver, sys};
 
 /// The environment variable that tells a process it is a child of pool-ipc, and on which
 /// descriptor its bootstrap arrives.
@@ -71,14 +80,35 @@ pub struct ChildStart {
     pub inherited: Vec<OwnedFd>,
 }
 
+/// How [`spawn`] starts a child that runs a function by identity (Python's start methods;
+/// for a closure, see [`fork`](crate::fork)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Re-execute this program (the default): a fresh process, safe whatever the parent's
+    /// threads were doing; about 2 ms.
+    #[default]
+    Spawn,
+    /// Ask this process's *forkserver* to fork one: a single-threaded copy of this program,
+    /// started (by `Spawn`) on first use, that forks children on request. As safe as `Spawn`,
+    /// and faster once the forkserver runs. The child inherits the forkserver's environment,
+    /// working directory, stdout and stderr: those of this process when the forkserver
+    /// started. It is not this process's child: its exit status is relayed by the forkserver
+    /// ([`Child`] hides the difference). If the forkserver dies, its children die with it,
+    /// starts in progress fail with [`SpawnError::ForkserverDied`], and the next start
+    /// starts a new forkserver.
+    Forkserver,
+}
+
 /// How to start a child.
 #[derive(Debug)]
 pub struct SpawnOptions {
-    transport: TransportKind,
-    handshake_timeout: Duration,
-    name: String,
-    program: Option<(PathBuf, Vec<OsString>)>,
-    inherit: Vec<OwnedFd>,
+    pub(crate) transport: TransportKind,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) name: String,
+    pub(crate) program: Option<(PathBuf, Vec<OsString>)>,
+    pub(crate) inherit: Vec<OwnedFd>,
+    pub(crate) start_method: StartMethod,
 }
 
 impl Default for SpawnOptions {
@@ -89,14 +119,35 @@ impl Default for SpawnOptions {
             name: String::new(),
             program: None,
             inherit: Vec::new(),
+            start_method: StartMethod::Spawn,
         }
     }
 }
 
 impl SpawnOptions {
-    /// Defaults: the `pipe` transport, a 30 s handshake deadline, no name.
+    /// Defaults: the `spawn` start method, the `pipe` transport, a 30 s handshake deadline,
+    /// no name.
     pub fn new() -> SpawnOptions {
         SpawnOptions::default()
+    }
+
+    /// How [`spawn`] starts the child (default [`StartMethod::Spawn`]). [`fork`](crate::fork)
+    /// ignores it.
+    ///
+    /// ```
+    /// use pool_ipc::{ChildStart, SpawnOptions, StartMethod, spawn};
+    ///
+    /// fn seven(_: ChildStart) -> i32 {
+    ///     7
+    /// }
+    ///
+    /// let options = SpawnOptions::new().start_method(StartMethod::Forkserver);
+    /// let mut spawned = spawn(seven, b"", &options).unwrap();
+    /// assert_eq!(spawned.child.wait().unwrap(), pool_ipc::ExitStatus::Code(7));
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> SpawnOptions {
+        self.start_method = method;
+        self
     }
 
     /// The transport of the data channel.
@@ -126,7 +177,8 @@ impl SpawnOptions {
     }
 
     /// Executes another program instead of this executable. It must be a build of the same
-    /// program that links pool-ipc, or the handshake fails; mostly useful to test that.
+    /// program that links pool-ipc, or the handshake fails; mostly useful to test that. Only
+    /// for [`StartMethod::Spawn`]: other start methods refuse it.
     pub fn program(mut self, path: impl Into<PathBuf>, args: Vec<OsString>) -> SpawnOptions {
         self.program = Some((path.into(), args));
         self
@@ -175,6 +227,15 @@ pub enum SpawnError {
         pid: u32,
         /// What went wrong.
         reason: String,
+    },
+    /// The forkserver died (or was killed) while it was starting this child; the next start
+    /// starts a new one.
+    #[error("the forkserver {pid} died while starting a child{}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
+    ForkserverDied {
+        /// The forkserver's pid.
+        pid: u32,
+        /// How it exited, if known.
+        status: Option<ExitStatus>,
     },
     /// An OS error (creating the channel, forking, executing).
     #[error("cannot start a child: {0}")]
@@ -230,12 +291,42 @@ pub fn spawn(
     // Referencing the child hook keeps its object file (and so its constructor) linked into
     // every program that can spawn.
     std::hint::black_box(child_side::HOOK);
-    let (control, control_child) = PipeChannel::pair()?;
-    let (channel, data_fds) = Channel::for_child(options.transport)?;
-    let control_child = control_child.into_fd();
-    let mut keep: Vec<RawFd> = vec![control_child.as_raw_fd()];
-    keep.extend(data_fds.iter().map(|fd| fd.as_raw_fd()));
+    match options.start_method {
+        StartMethod::Spawn => spawn_exec(main, payload, options),
+        StartMethod::Forkserver => {
+            if options.program.is_some() {
+                return Err(SpawnError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "SpawnOptions::program needs the spawn start method",
+                )));
+            }
+            forkserver::start(main, payload, options)
+        }
+    }
+}
+
+/// The `spawn` start method: see the module documentation.
+pub(crate) fn spawn_exec(
+    main: FnId,
+    payload: &[u8],
+    options: &SpawnOptions,
+) -> Result<Spawned, SpawnError> {
+    // The child's ends are in flight until the child has them (see `fork_safety`).
+    let (child_ends, (control, channel)) = Private::create(
+        || {
+            let (control, control_child) = PipeChannel::pair()?;
+            let (channel, data_fds) = Channel::for_child(options.transport)?;
+            Ok(((control_child.into_fd(), data_fds), (control, channel)))
+        },
+        |(control_child, data_fds): &(OwnedFd, Vec<OwnedFd>)| {
+            let mut fds = vec![control_child.as_raw_fd()];
+            fds.extend(data_fds.iter().map(|fd| fd.as_raw_fd()));
+            fds
+        },
+    )?;
+    let control_child = child_ends.get().0.as_raw_fd();
     let inherited: Vec<i32> = options.inherit.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut keep: Vec<RawFd> = child_ends.fds().to_vec();
     keep.extend(&inherited);
 
     let mut command = match &options.program {
@@ -247,7 +338,7 @@ pub fn spawn(
         None => Command::new(sys::SELF_EXE),
     };
     command
-        .env(CONTROL_ENV, control_child.as_raw_fd().to_string())
+        .env(CONTROL_ENV, control_child.to_string())
         .stdin(Stdio::null());
     let keep_in_child = keep.clone();
     // SAFETY: the hook only makes async-signal-safe syscalls (see `in_child_after_fork`) and
@@ -269,9 +360,8 @@ pub fn spawn(
     // From here the pidfd reaps it; std's handle is dropped without waiting.
     drop(std_child);
     // The child has its copies; ours would keep its channel from reaching EOF.
-    drop(control_child);
     let data_fd = keep.get(1).copied().unwrap_or(-1);
-    drop(data_fds);
+    child_ends.release_with(drop);
 
     let bootstrap = Bootstrap {
         protocol: PROTOCOL,
@@ -350,9 +440,12 @@ fn handshake(
     }
 }
 
-fn identity() -> io::Result<[u64; 5]> {
-    static IDENTITY: Mutex<Option<[u64; 5]>> = Mutex::new(None);
-    let mut cached = IDENTITY.lock().unwrap_or_else(|e| e.into_inner());
+/// The executable's identity, read once per process (lock-free, so that a forked child never
+/// finds it locked).
+pub(crate) fn identity() -> io::Result<[u64; 5]> {
+    static IDENTITY: PerProcess<Mutex<Option<[u64; 5]>>> = PerProcess::new();
+    let cell = IDENTITY.get_or_init(|| Mutex::new(None));
+    let mut cached = cell.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(id) = *cached {
         return Ok(id);
     }
@@ -362,36 +455,47 @@ fn identity() -> io::Result<[u64; 5]> {
 }
 
 /// The long-lived thread children are forked from (see the module documentation).
-mod spawner {
+pub(crate) mod spawner {
     use super::*;
 
-    type Request = (Command, mpsc::Sender<io::Result<std::process::Child>>);
+    type Job = Box<dyn FnOnce() + Send>;
 
-    static REQUESTS: Mutex<Option<mpsc::Sender<Request>>> = Mutex::new(None);
+    /// Per process: a forked child has no spawner thread until it starts its own.
+    static JOBS: PerProcess<mpsc::Sender<Job>> = PerProcess::new();
 
-    pub(super) fn spawn(command: Command) -> io::Result<std::process::Child> {
+    /// The spawner thread's stack: a child forked from it (`fork`) runs its closure there, so
+    /// it gets what a main thread usually has. Only touched pages cost memory.
+    const STACK: usize = 8 << 20;
+
+    /// Runs `job` on the spawner thread and returns its result.
+    pub(crate) fn run<R: Send + 'static>(
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> io::Result<R> {
         let (reply_tx, reply_rx) = mpsc::channel();
-        {
-            let mut guard = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
-            let requests = guard.get_or_insert_with(|| {
-                let (tx, rx) = mpsc::channel::<Request>();
-                std::thread::Builder::new()
-                    .name("pool-ipc-spawner".into())
-                    .spawn(move || {
-                        for (mut command, reply) in rx {
-                            let _ = reply.send(command.spawn());
-                        }
-                    })
-                    .expect("starting the spawner thread");
-                tx
-            });
-            requests
-                .send((command, reply_tx))
-                .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        }
+        let jobs = JOBS.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("pool-ipc-spawner".into())
+                .stack_size(STACK)
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+                .expect("starting the spawner thread");
+            tx
+        });
+        jobs.send(Box::new(move || {
+            let _ = reply_tx.send(job());
+        }))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
         reply_rx
             .recv()
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?
+            .map_err(|_| io::Error::other("the spawner thread is gone"))
+    }
+
+    pub(super) fn spawn(mut command: Command) -> io::Result<std::process::Child> {
+        run(move || command.spawn())?
     }
 }
 

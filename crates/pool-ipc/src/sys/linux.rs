@@ -212,3 +212,299 @@ pub(crate) fn object_range(addr: usize) -> Option<(usize, usize)> {
     }
     search.found
 }
+
+/// A pipe, both ends close-on-exec: `(read, write)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Forks the calling process: `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+///
+/// Through the C library's `fork`, so that its `atfork` handlers run (glibc's keep `malloc`
+/// usable in the child).
+///
+/// # Safety
+/// In the child of a multi-threaded process only the calling thread exists: until it calls
+/// user code (whose hazards are documented), it must make only async-signal-safe calls.
+pub(crate) unsafe fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: the caller upholds the contract above.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Exits at once, without running `atexit` handlers or flushing anything: what a forked child
+/// does when its work is done (the handlers belong to the parent), or when it cannot start.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Kills and reaps `pid`, a child of this process that has not been reaped (so the pid
+/// cannot have been reused), when no pidfd could be had for it.
+pub(crate) fn kill_and_reap_unreaped(pid: u32) {
+    // SAFETY: plain syscalls on our own unreaped child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+    }
+}
+
+/// What a freshly forked child that does not `exec` sets up before running anything: the same
+/// environment a spawned child gets (see [`in_child_after_fork`]) except for descriptors:
+/// `PR_SET_PDEATHSIG(SIGKILL)`, then a check that `parent` (the pid that forked us) did not die
+/// before it was armed, an empty signal mask, SIGINT ignored, stdin on `/dev/null`.
+/// Async-signal-safe. `false` if something failed: the caller exits.
+///
+/// # Safety
+/// Call only in a freshly forked child.
+pub(crate) unsafe fn forked_child_setup(parent: u32) -> bool {
+    // SAFETY: raw syscalls with valid arguments; `set` and the path are valid for the calls.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return false;
+        }
+        if libc::getppid() as u32 != parent {
+            // The parent died before PR_SET_PDEATHSIG was armed: nobody wants us.
+            return false;
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            return false;
+        }
+        if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+            return false;
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if null < 0 {
+            return false;
+        }
+        // dup2 clears close-on-exec on the copy.
+        let ok = libc::dup2(null, 0) == 0;
+        libc::close(null);
+        ok
+    }
+}
+
+/// Closes each descriptor of `fds` (ignoring those already closed). Async-signal-safe.
+///
+/// # Safety
+/// Nothing that will run in this process may use these descriptors again: call it in a forked
+/// child, on descriptors that belong to the parent's other children.
+pub(crate) unsafe fn close_each(fds: &[RawFd]) {
+    for &fd in fds {
+        // SAFETY: closing a descriptor number; the caller guarantees nobody uses it after.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Closes every descriptor from 3 up except those in `keep` (sorted ascending): `close_range`
+/// over the gaps, or, on kernels without it (before 5.9), every descriptor listed in
+/// `/proc/self/fd`. Async-signal-safe (no allocation). `false` if it could not be done.
+///
+/// # Safety
+/// Nothing that will run in this process may use the closed descriptors again: call it in a
+/// forked child that is about to run code which owns only the kept ones.
+pub(crate) unsafe fn close_all_except(keep: &[RawFd]) -> bool {
+    let mut low: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < low {
+            continue;
+        }
+        if fd > low {
+            // SAFETY: as the function's contract says.
+            if unsafe { close_range(low, fd - 1) }.is_err() {
+                // SAFETY: as above.
+                return unsafe { close_listed_except(keep) };
+            }
+        }
+        low = fd + 1;
+    }
+    // SAFETY: as above.
+    match unsafe { close_range(low, u32::MAX) } {
+        Ok(()) => true,
+        // SAFETY: as above.
+        Err(_) => unsafe { close_listed_except(keep) },
+    }
+}
+
+/// `close_range(first, last, 0)`.
+///
+/// # Safety
+/// As for [`close_all_except`].
+unsafe fn close_range(first: u32, last: u32) -> Result<(), i32> {
+    // SAFETY: a raw syscall with plain integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// The fallback of [`close_all_except`]: walks `/proc/self/fd` with raw `getdents64` into a
+/// buffer on the stack, closing as it goes (the directory lists descriptors in order, and
+/// closing one does not disturb the walk).
+///
+/// # Safety
+/// As for [`close_all_except`].
+pub(crate) unsafe fn close_listed_except(keep: &[RawFd]) -> bool {
+    // SAFETY: raw syscalls on a directory descriptor we opened, reading into our own buffer;
+    // every record read is inside the bytes the kernel returned.
+    unsafe {
+        let dir = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dir < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                buf.as_mut_ptr(),
+                buf.len() as libc::c_ulong,
+            );
+            if n < 0 {
+                libc::close(dir);
+                return false;
+            }
+            if n == 0 {
+                break;
+            }
+            let n = n as usize;
+            let mut at = 0;
+            // A record: inode (8), offset (8), record length (2), type (1), NUL-ended name.
+            while at + 19 < n {
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen == 0 || at + reclen > n {
+                    break;
+                }
+                let mut fd: i64 = 0;
+                let mut digits = 0;
+                for &b in &buf[at + 19..at + reclen] {
+                    if !b.is_ascii_digit() {
+                        break;
+                    }
+                    fd = fd * 10 + i64::from(b - b'0');
+                    digits += 1;
+                }
+                if digits > 0 {
+                    if let Ok(fd) = RawFd::try_from(fd) {
+                        if fd >= 3 && fd != dir && keep.binary_search(&fd).is_err() {
+                            libc::close(fd);
+                        }
+                    }
+                }
+                at += reclen;
+            }
+        }
+        libc::close(dir);
+        true
+    }
+}
+
+/// Writes one byte to `fd`, then closes it: a forked child's "ready" to its parent.
+/// Async-signal-safe.
+///
+/// # Safety
+/// `fd` must be open and owned by nothing that will use it again.
+pub(crate) unsafe fn signal_ready(fd: RawFd) -> bool {
+    let byte = 1u8;
+    // SAFETY: writing one byte from a valid buffer, then closing the caller's descriptor.
+    unsafe {
+        let ok = loop {
+            match libc::write(fd, (&raw const byte).cast(), 1) {
+                1 => break true,
+                -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                _ => break false,
+            }
+        };
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Waits until the child's "ready" byte arrives on `fd` (`Ok(true)`), the pipe reaches end of
+/// file because the child is gone without sending it (`Ok(false)`), or `deadline` passes
+/// (`Err(TimedOut)`).
+pub(crate) fn wait_ready(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    loop {
+        if !poll_one(fd, PollFlags::IN, Some(deadline))? {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let mut byte = [0u8; 1];
+        match rustix::io::read(fd, &mut byte) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forks; in the child, runs `check` (async-signal-safe code only) and exits with its
+    /// answer; returns whether it said yes.
+    fn in_a_forked_child(check: fn() -> bool) -> bool {
+        // SAFETY: the child below only makes raw syscalls, then `_exit`s.
+        match unsafe { fork() }.unwrap() {
+            None => exit_now(if check() { 0 } else { 1 }),
+            Some(pid) => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child, with a valid out pointer.
+                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            }
+        }
+    }
+
+    fn open_null() -> RawFd {
+        // SAFETY: opening a path given as a C string literal.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) }
+    }
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn closing_all_but_some_descriptors_works_with_and_without_close_range() {
+        fn check(fallback: bool) -> bool {
+            let fds = [open_null(), open_null(), open_null(), open_null()];
+            let keep = [fds[1], fds[3]];
+            // SAFETY: in a forked child that uses nothing but `fds` afterwards.
+            let done = unsafe {
+                if fallback {
+                    close_listed_except(&keep)
+                } else {
+                    close_all_except(&keep)
+                }
+            };
+            done && (0..3).all(is_open)
+                && !is_open(fds[0])
+                && is_open(fds[1])
+                && !is_open(fds[2])
+                && is_open(fds[3])
+        }
+        assert!(in_a_forked_child(|| check(false)));
+        assert!(in_a_forked_child(|| check(true)));
+    }
+}

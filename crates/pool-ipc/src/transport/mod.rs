@@ -202,6 +202,31 @@ impl Channel {
         self.receiver.recv_into(buf, deadline)
     }
 
+    /// The descriptors this end holds (none for `shm`, whose mapping outlives its memfd).
+    pub(crate) fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut fds = Vec::new();
+        if let SenderFlavor::Pipe(s) = &self.sender.flavor {
+            fds.push(s.fd().as_raw_fd());
+        }
+        if let ReceiverFlavor::Pipe(r) = &self.receiver.flavor {
+            fds.push(r.fd().as_raw_fd());
+        }
+        fds
+    }
+
+    /// Drops this process's copy of an end that a forked child uses: its descriptors are
+    /// closed here, and a shared-memory end is not marked closed (the child's copy is live).
+    pub(crate) fn forget_copy(self) {
+        let Channel { sender, receiver } = self;
+        if let SenderFlavor::Shm(s) = sender.flavor {
+            s.forget_copy();
+        }
+        if let ReceiverFlavor::Shm(r) = receiver.flavor {
+            r.forget_copy();
+        }
+    }
+
     /// Splits the channel into halves that may be used from different threads.
     pub fn split(self) -> (Sender, Receiver) {
         (self.sender, self.receiver)

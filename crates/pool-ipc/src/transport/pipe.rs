@@ -211,6 +211,13 @@ impl PipeSender {
     }
 }
 
+impl PipeSender {
+    /// The socket.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 impl PipeReceiver {
     /// Takes the `n` oldest descriptors received: those carried by the message just read,
     /// when its header says it carries `n`. `None` (and nothing taken) if fewer arrived.

@@ -646,6 +646,7 @@ impl ShmChannel {
                 max_message: DEFAULT_MAX_MESSAGE,
                 spinner: Spinner::new(),
                 broken: false,
+                copy: false,
             },
             receiver: ShmReceiver {
                 ring: Ring::new(map, rx),
@@ -657,6 +658,7 @@ impl ShmChannel {
                 pending: None,
                 stash: Vec::new(),
                 failed: None,
+                copy: false,
             },
         })
     }
@@ -679,6 +681,9 @@ pub struct ShmSender {
     spinner: Spinner,
     /// A streamed message was abandoned half-way: the ring is closed.
     broken: bool,
+    /// A copy whose process is not the end's user (see [`ShmSender::forget_copy`]): dropping
+    /// it must not close the ring.
+    copy: bool,
 }
 
 /// The pieces of one frame (length prefix, then the message's parts), copied in order.
@@ -862,9 +867,19 @@ impl ShmSender {
     }
 }
 
+impl ShmSender {
+    /// Drops this process's copy of a half that a forked child uses: the mapping is unmapped
+    /// here, but the ring is not marked closed (the child's copy is the live one).
+    pub(crate) fn forget_copy(mut self) {
+        self.copy = true;
+    }
+}
+
 impl Drop for ShmSender {
     fn drop(&mut self) {
-        self.close();
+        if !self.copy {
+            self.close();
+        }
     }
 }
 
@@ -919,6 +934,8 @@ pub struct ShmReceiver {
     stash: Vec<u8>,
     /// Sticky end: the peer is gone, or broke the framing.
     failed: Option<Failed>,
+    /// See [`ShmSender::copy`].
+    copy: bool,
 }
 
 impl ShmReceiver {
@@ -1093,9 +1110,18 @@ fn reserve_bounded(buf: &mut Vec<u8>, n: usize, total: usize) {
     }
 }
 
+impl ShmReceiver {
+    /// See [`ShmSender::forget_copy`].
+    pub(crate) fn forget_copy(mut self) {
+        self.copy = true;
+    }
+}
+
 impl Drop for ShmReceiver {
     fn drop(&mut self) {
-        self.close();
+        if !self.copy {
+            self.close();
+        }
     }
 }
 
