@@ -10,8 +10,8 @@
 //! Everything the child needs (its channel end, the closure, a "ready" pipe) is built in the
 //! parent, then the long-lived spawner thread forks (so that `PR_SET_PDEATHSIG` outlives the
 //! caller's thread, as for `spawn`). Between `fork` and the closure the child makes only
-//! async-signal-safe calls: it closes the descriptors that belong to other children being
-//! started at that moment and the parent's end of its own channel, arms `PR_SET_PDEATHSIG`
+//! async-signal-safe calls: it drops the descriptors that belong to other children and the
+//! parent's end of its own channel (see below), arms `PR_SET_PDEATHSIG`
 //! (and checks that the parent did not die before), empties its signal mask, ignores SIGINT,
 //! puts stdin on `/dev/null`, writes its "ready" byte, and runs the closure. The parent waits
 //! for that byte with a deadline; end of file instead means the child died, and its status is
@@ -22,11 +22,13 @@
 //! The child keeps the descriptors the parent had (as Python's `os.fork` and `fork` start
 //! method do), because the closure may own some: a captured `File`, a socket, a pipe end or
 //! a lock handle keeps working, and nothing in the child can ever close or reuse a descriptor
-//! that a captured value still owns. The exceptions are the descriptors pool-ipc is handing
-//! to *other* children at that instant (their channel ends, see `fork_safety`), which the
-//! child closes, so a sibling's channel still reaches end of file when that sibling dies.
-//! Children started by `spawn` or the forkserver inherit nothing of the sort, by
-//! construction.
+//! that a captured value still owns. The exceptions are pool-ipc's own descriptors for other
+//! children (see `fork_safety`): the child ends of channels being handed to a child at that
+//! instant, and the parent's ends of every child's channel. The child replaces those by
+//! `/dev/null` (the numbers stay taken, so a value that owns one meets `/dev/null`, never
+//! another file), so a sibling's channel still reaches end of file when the sibling dies or
+//! the parent drops its end. Children started by `spawn` or the forkserver inherit nothing
+//! of the sort, by construction.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -80,10 +82,11 @@ struct Job {
 /// - **Other threads' work does not exist in the child**: a thread pool, an async runtime or
 ///   a pool's threads are gone, so a captured handle to them (a `Pool`, a runtime handle)
 ///   does not work there. Capture data and plain handles.
-/// - **Descriptors are inherited** (see the module documentation of this file): the child
-///   holds copies of the parent's open files and sockets until it exits, so a peer of one
-///   of them may not see end of file while the child lives. Close what the child does not
-///   need, or start long-lived children with [`spawn`](crate::spawn) or the forkserver.
+/// - **Descriptors are inherited**: the child holds copies of the parent's open files and
+///   sockets until it exits (except pool-ipc's channels to other children, which it does not
+///   hold), so a peer of one of them may not see end of file while the child lives. Close
+///   what the child does not need, or start long-lived children with
+///   [`spawn`](crate::spawn) or the forkserver.
 /// - The child runs on a copy of pool-ipc's spawner thread: `std::thread::current()` is named
 ///   `pool-ipc-spawner` there, and its stack is 8 MiB.
 ///
@@ -153,6 +156,8 @@ where
             fds
         },
     )?;
+    let mut channel = channel;
+    channel.hide_from_forked_children();
     let mut parents_ends = channel.raw_fds();
     parents_ends.push(ready.as_raw_fd());
     let job = Job {
@@ -265,8 +270,8 @@ fn run_child(job: Job) -> ! {
         ..
     } = job;
     // SAFETY: these descriptors belong to the parent's other children or to the parent's
-    // ends of ours; nothing in this process will use them.
-    unsafe { sys::close_each(&to_close) };
+    // ends of children's channels; whatever still owns them here finds `/dev/null` there.
+    unsafe { sys::blank_out(&to_close) };
     // SAFETY: we are the freshly forked child.
     if !unsafe { sys::forked_child_setup(parent) } {
         sys::exit_now(EXIT_BOOTSTRAP_FAILED);

@@ -7,12 +7,15 @@
 //!   do not exist in the child, and a lock another thread held at the fork stays locked
 //!   forever. [`PerProcess`] holds such state keyed by pid, lock-free: the child's first use
 //!   builds its own, never touching (nor freeing) the parent's copy.
-//! - **Descriptors meant for one child.** Between creating a child's ends of its channels and
-//!   closing the parent's copies, those descriptors sit in the parent; a child forked by
-//!   another thread meanwhile would inherit them, and a dead child's channel would never reach
-//!   end of file while that sibling lives. They are created, registered and closed under the
-//!   lock of [`Private`]'s registry, which the forking thread holds across `fork`, so a forked
-//!   child always knows exactly which of its inherited descriptors to close.
+//! - **Descriptors meant for other children.** Between creating a child's ends of its
+//!   channels and closing the parent's copies, those descriptors sit in the parent; a child
+//!   forked by another thread meanwhile would inherit them, and a dead child's channel would
+//!   never reach end of file while that sibling lives. They are created, registered and
+//!   closed under the lock of this registry ([`Private`]), which the forking thread holds
+//!   across `fork`, so a forked child knows exactly which of its inherited descriptors to
+//!   drop. The parent's ends of children's channels are registered too, for their whole life
+//!   (unregistered just before they close), so that a child sees end of file when its parent
+//!   drops its end even while a forked sibling lives.
 
 use std::io;
 use std::marker::PhantomData;

@@ -443,6 +443,8 @@ fn request(
             fds
         },
     )?;
+    let mut channel = channel;
+    channel.hide_from_forked_children();
     let relay = Arc::new(Relay::default());
     let (answer_tx, answer_rx) = mpsc::channel();
     {

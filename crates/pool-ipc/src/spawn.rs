@@ -324,6 +324,8 @@ pub(crate) fn spawn_exec(
             fds
         },
     )?;
+    let mut channel = channel;
+    channel.hide_from_forked_children();
     let control_child = child_ends.get().0.as_raw_fd();
     let inherited: Vec<i32> = options.inherit.iter().map(|fd| fd.as_raw_fd()).collect();
     let mut keep: Vec<RawFd> = child_ends.fds().to_vec();
@@ -407,6 +409,7 @@ fn handshake(
 ) -> Result<(), SpawnError> {
     let pid = child.pid();
     let mut control = Channel::from(control);
+    control.hide_from_forked_children();
     let bytes = postcard::to_stdvec(bootstrap).map_err(|e| io::Error::other(e.to_string()))?;
     // A child that dies before reading is seen below, through EOF on the control socket.
     let _ = control.send(&bytes, Some(deadline));

@@ -296,15 +296,30 @@ pub(crate) unsafe fn forked_child_setup(parent: u32) -> bool {
     }
 }
 
-/// Closes each descriptor of `fds` (ignoring those already closed). Async-signal-safe.
+/// Replaces each descriptor of `fds` by `/dev/null` (`dup2`, which closes what it named).
+/// The numbers stay taken, so a value that still owns one (say, captured by a forked
+/// closure) never closes or uses a file opened later under its number: it just finds
+/// `/dev/null` there. Async-signal-safe.
 ///
 /// # Safety
-/// Nothing that will run in this process may use these descriptors again: call it in a forked
-/// child, on descriptors that belong to the parent's other children.
-pub(crate) unsafe fn close_each(fds: &[RawFd]) {
-    for &fd in fds {
-        // SAFETY: closing a descriptor number; the caller guarantees nobody uses it after.
-        unsafe { libc::close(fd) };
+/// Call it in a forked child, on descriptors whose files this process must not hold.
+pub(crate) unsafe fn blank_out(fds: &[RawFd]) {
+    // SAFETY: raw syscalls on descriptor numbers; see the contract above.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        for &fd in fds {
+            if null < 0 {
+                libc::close(fd);
+            } else if fd != null {
+                // Only where something is open: a number never opened stays free.
+                if libc::fcntl(fd, libc::F_GETFD) >= 0 {
+                    libc::dup3(null, fd, libc::O_CLOEXEC);
+                }
+            }
+        }
+        if null >= 0 {
+            libc::close(null);
+        }
     }
 }
 

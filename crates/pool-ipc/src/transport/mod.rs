@@ -215,6 +215,18 @@ impl Channel {
         fds
     }
 
+    /// Marks this end as a parent's end of a child's channel: children forked later from this
+    /// process do not hold it (see `fork_safety`). A no-op for `shm`, which holds no
+    /// descriptor.
+    pub(crate) fn hide_from_forked_children(&mut self) {
+        if let SenderFlavor::Pipe(s) = &mut self.sender.flavor {
+            s.hide_from_forked_children();
+        }
+        if let ReceiverFlavor::Pipe(r) = &mut self.receiver.flavor {
+            r.hide_from_forked_children();
+        }
+    }
+
     /// Drops this process's copy of an end that a forked child uses: its descriptors are
     /// closed here, and a shared-memory end is not marked closed (the child's copy is live).
     pub(crate) fn forget_copy(self) {

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -35,6 +35,8 @@ pub struct PipeChannel {
 /// The sending half of a [`PipeChannel`].
 #[derive(Debug)]
 pub struct PipeSender {
+    /// Declared before `stream`, so it is dropped (unregistered) before the socket closes.
+    forks: ForkRegistration,
     stream: UnixStream,
     max_message: u64,
 }
@@ -42,6 +44,8 @@ pub struct PipeSender {
 /// The receiving half of a [`PipeChannel`].
 #[derive(Debug)]
 pub struct PipeReceiver {
+    /// See [`PipeSender`]'s.
+    forks: ForkRegistration,
     stream: UnixStream,
     max_message: u64,
     /// Bytes received and not yet handed out: `staging[start..end]`. Zero-initialised once,
@@ -98,10 +102,12 @@ impl PipeChannel {
             .expect("duplicating a channel descriptor");
         (
             PipeSender {
+                forks: ForkRegistration::default(),
                 stream: sender,
                 max_message: DEFAULT_MAX_MESSAGE,
             },
             PipeReceiver {
+                forks: ForkRegistration::default(),
                 stream: self.stream,
                 max_message: DEFAULT_MAX_MESSAGE,
                 staging: vec![0u8; STAGING].into_boxed_slice(),
@@ -215,6 +221,43 @@ impl PipeSender {
     /// The socket.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+
+    /// See [`ForkRegistration`].
+    pub(crate) fn hide_from_forked_children(&mut self) {
+        self.forks = ForkRegistration::new(self.stream.as_raw_fd());
+    }
+}
+
+impl PipeReceiver {
+    /// See [`ForkRegistration`].
+    pub(crate) fn hide_from_forked_children(&mut self) {
+        self.forks = ForkRegistration::new(self.stream.as_raw_fd());
+    }
+}
+
+/// Registers a parent's end of a child's channel so that children forked from this process
+/// (`fork`) do not hold it: otherwise the child at the other end would not see end of file
+/// when the parent drops its end while such a sibling lives. Unregistered when dropped, just
+/// before the socket closes (so a registered number always names this socket).
+#[derive(Debug, Default)]
+struct ForkRegistration(Option<std::os::fd::RawFd>);
+
+impl ForkRegistration {
+    fn new(fd: std::os::fd::RawFd) -> ForkRegistration {
+        crate::fork_safety::lock_in_flight().push(fd);
+        ForkRegistration(Some(fd))
+    }
+}
+
+impl Drop for ForkRegistration {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            let mut registry = crate::fork_safety::lock_in_flight();
+            if let Some(i) = registry.iter().position(|r| *r == fd) {
+                registry.swap_remove(i);
+            }
+        }
     }
 }
 
