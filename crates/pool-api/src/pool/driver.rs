@@ -46,6 +46,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) initializer_fds: Vec<std::os::fd::OwnedFd>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) time_limit: Option<Duration>,
+    pub(crate) start_method: pool_ipc::StartMethod,
 }
 
 /// Everything the pool's threads share.
@@ -672,6 +673,7 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
             .transport(shared.setup.transport)
             .handshake_timeout(shared.setup.handshake_timeout)
             .name(worker.to_string())
+            .start_method(shared.setup.start_method)
             .inherit(inherit);
         match pool_ipc::spawn(worker_main, &payload, &options) {
             Ok(spawned) => {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pool_core::{
     ChunkId, Config, Delivery, Input, JobSpec, Lifecycle, Scheduler, Time, default_chunksize,
 };
-use pool_ipc::TransportKind;
+use pool_ipc::{StartMethod, TransportKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -62,6 +62,7 @@ pub struct PoolBuilder {
     time_limit: Option<Duration>,
     chunks_per_worker: u32,
     handshake_timeout: Duration,
+    start_method: StartMethod,
 }
 
 impl Pool {
@@ -80,6 +81,7 @@ impl Pool {
             time_limit: None,
             chunks_per_worker: 2,
             handshake_timeout: Duration::from_secs(30),
+            start_method: StartMethod::Spawn,
         }
     }
 
@@ -526,6 +528,27 @@ impl PoolBuilder {
         self
     }
 
+    /// How workers are started, replacements included (default [`StartMethod::Spawn`]: the
+    /// program re-executed). [`StartMethod::Forkserver`] forks them from this process's
+    /// forkserver, a clean single-threaded copy of the program started on first use: the
+    /// same isolation, a faster start (workers inherit the forkserver's environment, working
+    /// directory, stdout and stderr, those of when it started).
+    ///
+    /// ```
+    /// use pool_api::{Pool, StartMethod};
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(2)
+    ///     .start_method(StartMethod::Forkserver)
+    ///     .build()?;
+    /// assert_eq!(pool.map(|x: u32| x * 2, 1..=3)?, [2, 4, 6]);
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> PoolBuilder {
+        self.start_method = method;
+        self
+    }
+
     /// A time limit for every chunk: past it, the worker is killed and replaced, and the
     /// chunk's items fail with [`Error::TimedOut`].
     pub fn time_limit(mut self, limit: Duration) -> PoolBuilder {
@@ -564,6 +587,7 @@ impl PoolBuilder {
             initializer_fds,
             handshake_timeout: self.handshake_timeout,
             time_limit: self.time_limit,
+            start_method: self.start_method,
         };
         let transport = self.transport;
         Ok(Pool {
