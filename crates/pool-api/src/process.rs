@@ -5,9 +5,14 @@
 //! normal exit waits for such non-daemon children and terminates daemon ones (an `atexit`
 //! handler, like Python's `multiprocessing` registers), and children that exit meanwhile are
 //! reaped at once (the pidfd watcher), so none lingers as a zombie.
+//!
+//! [`Process::fork`] runs a closure in a forked child (pool-ipc's `fork`). What this module
+//! keeps per process (the current name, the registry of children) is therefore lock-free or
+//! keyed by pid: a forked child starts with its own name and no children, and never finds a
+//! lock held by one of its parent's threads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -19,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::task::{self, Call};
 use crate::{Error, handles};
 
-static NAME: OnceLock<String> = OnceLock::new();
+/// This process's name, once set (leaked: readers may hold it). Lock-free, so that a forked
+/// child can set its own.
+static NAME: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The current process: its name and pid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,18 +43,19 @@ pub struct ProcessInfo {
 /// assert_eq!(pool_api::current_process().name, "MainProcess");
 /// ```
 pub fn current_process() -> ProcessInfo {
+    // SAFETY: a non-null pointer comes from `Box::into_raw` in `set_current` and is never
+    // freed.
+    let name = unsafe { NAME.load(Ordering::Acquire).as_ref() };
     ProcessInfo {
-        name: NAME
-            .get()
-            .cloned()
-            .unwrap_or_else(|| "MainProcess".to_owned()),
+        name: name.cloned().unwrap_or_else(|| "MainProcess".to_owned()),
         pid: std::process::id(),
     }
 }
 
-/// Names this process (once, at worker start).
+/// Names this process (at worker or forked child start).
 pub(crate) fn set_current(name: String) {
-    let _ = NAME.set(name);
+    // The previous name is leaked, not freed: another thread may be reading it.
+    NAME.store(Box::into_raw(Box::new(name)), Ordering::Release);
 }
 
 /// Numbers `Process-N` names, as Python does.
@@ -79,6 +87,29 @@ fn process_main(start: ChildStart) -> i32 {
     }
 }
 
+/// The entry point of `Process::fork` children (in the forked child).
+fn forked_main(name: String, target: Box<dyn FnOnce() + Send>) -> i32 {
+    set_current(name);
+    // A panic was printed by the hook; the exit code is then 1, as in Python.
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(target)) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    };
+    // The child ends without running its parent's `atexit` handlers; Python's forked child
+    // still waits for its own children (`_exit_function`), and so does this one.
+    registry::exit_function();
+    code
+}
+
+/// The closure of a [`Process::fork`], until it is started.
+struct ForkTarget(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for ForkTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForkTarget")
+    }
+}
+
 /// A function running in a child process: Python's `multiprocessing.Process`.
 ///
 /// ```
@@ -104,6 +135,9 @@ pub struct Process {
     child: Option<Child>,
     exited: Option<Arc<AtomicBool>>,
     exitcode: Option<i32>,
+    /// For [`Process::fork`]: the closure (taken when started).
+    fork: Option<ForkTarget>,
+    forked: bool,
 }
 
 impl Process {
@@ -131,7 +165,62 @@ impl Process {
             child: None,
             exited: None,
             exitcode: None,
+            fork: None,
+            forked: false,
         })
+    }
+
+    /// A process that will run `target` in a child *forked* from this process once started
+    /// (Python's `fork` start method). Unlike [`Process::new`], `target` may be any closure:
+    /// the child is a copy of this process, so what it captures is simply there, handles
+    /// included. A captured [`Queue`](crate::Queue), [`Lock`](crate::Lock) (or any other
+    /// primitive), [`Connection`](crate::Connection), `Value` or `SharedMemory` keeps working
+    /// in the child: the child keeps the descriptors they own. Everything else about the
+    /// process is as with [`Process::new`]: name, daemon flag, `join`, `terminate`, exit
+    /// codes (a panic is exit code 1), [`active_children`], and in the child
+    /// [`current_process`] reports this process's name.
+    ///
+    /// The child starts in a fraction of a millisecond, but it is a copy of a process that may
+    /// have had other threads, with the hazards that brings (see `pool_ipc::fork`): a lock
+    /// another thread held at the fork (stdout's, a logger's) stays locked in the child; a
+    /// captured `Pool` or runtime handle does not work there (its threads are not copied); the
+    /// child holds copies of the parent's open descriptors until it exits. When the program
+    /// has busy threads, prefer [`Process::new`].
+    ///
+    /// ```
+    /// use pool_api::{Lock, Process, Queue};
+    ///
+    /// let queue: Queue<String> = Queue::new().unwrap();
+    /// let lock = Lock::new().unwrap();
+    /// let (q, l) = (queue.clone(), lock.clone());
+    /// let greeting = String::from("hello");
+    /// let mut p = Process::fork(move || {
+    ///     let _held = l.lock().unwrap();
+    ///     let name = pool_api::current_process().name;
+    ///     q.put(format!("{greeting} from {name}")).unwrap();
+    /// })
+    /// .with_name("forked");
+    /// p.start()?;
+    /// assert_eq!(queue.get().unwrap(), "hello from forked");
+    /// p.join()?;
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn fork<F>(target: F) -> Process
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Process {
+            name: format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed)),
+            daemon: false,
+            payload: Vec::new(),
+            fds: Vec::new(),
+            child: None,
+            exited: None,
+            exitcode: None,
+            fork: Some(ForkTarget(Box::new(target))),
+            forked: true,
+        }
     }
 
     /// Names the process (default `Process-N`).
@@ -159,20 +248,26 @@ impl Process {
 
     /// Starts the process. A process can be started once.
     pub fn start(&mut self) -> Result<(), Error> {
-        if self.child.is_some() || self.exitcode.is_some() {
+        if self.child.is_some() || self.exitcode.is_some() || (self.forked && self.fork.is_none()) {
             return Err(Error::InvalidArgument(
                 "a process can only be started once".into(),
             ));
         }
-        // The name may have been changed after `new`: the child learns the current one.
-        let mut boot: ProcessBoot = postcard::from_bytes(&self.payload)?;
-        boot.name = self.name.clone();
-        let payload = postcard::to_stdvec(&boot)?;
-        let options = SpawnOptions::new()
-            .name(self.name.clone())
-            .inherit(std::mem::take(&mut self.fds));
-        let spawned = pool_ipc::spawn(process_main, &payload, &options)
-            .map_err(|e| Error::Io(e.to_string()))?;
+        let spawned = if let Some(ForkTarget(target)) = self.fork.take() {
+            let name = self.name.clone();
+            let options = SpawnOptions::new().name(self.name.clone());
+            pool_ipc::fork(move |_| forked_main(name, target), &options)
+        } else {
+            // The name may have been changed after `new`: the child learns the current one.
+            let mut boot: ProcessBoot = postcard::from_bytes(&self.payload)?;
+            boot.name = self.name.clone();
+            let payload = postcard::to_stdvec(&boot)?;
+            let options = SpawnOptions::new()
+                .name(self.name.clone())
+                .inherit(std::mem::take(&mut self.fds));
+            pool_ipc::spawn(process_main, &payload, &options)
+        }
+        .map_err(|e| Error::Io(e.to_string()))?;
         let child = spawned.child;
         let exited = Arc::new(AtomicBool::new(false));
         registry::add(&child, &self.name, self.daemon, Arc::clone(&exited))?;
@@ -301,11 +396,43 @@ mod registry {
         orphan: Option<Child>,
     }
 
-    static ENTRIES: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-    static AT_EXIT: OnceLock<()> = OnceLock::new();
+    /// One process's registry. A forked child makes its own: its parent's children are not
+    /// its children, and the parent's lock may have been held by another thread at the fork.
+    struct Registry {
+        pid: u32,
+        entries: Mutex<Vec<Entry>>,
+    }
+
+    /// This process's registry (a parent's, copied by a fork, is left alone: leaked).
+    static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
+    static AT_EXIT: AtomicBool = AtomicBool::new(false);
 
     fn entries() -> std::sync::MutexGuard<'static, Vec<Entry>> {
-        ENTRIES.lock().unwrap_or_else(|e| e.into_inner())
+        let pid = std::process::id();
+        let seen = REGISTRY.load(Ordering::Acquire);
+        // SAFETY: non-null pointers come from `Box::into_raw` below and are never freed.
+        let registry = match unsafe { seen.as_ref() } {
+            Some(registry) if registry.pid == pid => registry,
+            _ => {
+                let mine = Box::into_raw(Box::new(Registry {
+                    pid,
+                    entries: Mutex::new(Vec::new()),
+                }));
+                match REGISTRY.compare_exchange(seen, mine, Ordering::AcqRel, Ordering::Acquire) {
+                    // SAFETY: just published, never freed.
+                    Ok(_) => unsafe { &*mine },
+                    Err(theirs) => {
+                        // Another thread of this process published first.
+                        // SAFETY: `mine` was never published; `theirs` never freed.
+                        unsafe {
+                            drop(Box::from_raw(mine));
+                            &*theirs
+                        }
+                    }
+                }
+            }
+        };
+        registry.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn add(
@@ -314,10 +441,12 @@ mod registry {
         daemon: bool,
         exited: Arc<AtomicBool>,
     ) -> Result<(), Error> {
-        AT_EXIT.get_or_init(|| {
+        // Registered once; a forked child inherits the registration (and runs it only if it
+        // calls `exit`, for its own children).
+        if !AT_EXIT.swap(true, Ordering::AcqRel) {
             // SAFETY: registering a plain `extern "C" fn()` with the C library.
             unsafe { libc::atexit(at_exit) };
-        });
+        }
         let killer = child.killer().map_err(|e| Error::Io(e.to_string()))?;
         let pid = child.pid();
         entries().push(Entry {
@@ -372,6 +501,11 @@ mod registry {
                 pid: e.pid,
             })
             .collect()
+    }
+
+    /// What a forked `Process` child does before it ends (it skips `atexit` handlers).
+    pub(super) fn exit_function() {
+        at_exit();
     }
 
     /// At normal exit: terminate daemons, wait for the others (Python's `_exit_function`).

@@ -93,21 +93,26 @@ fn io(e: std::io::Error) -> SyncError {
 }
 
 fn me() -> ProcessIdentity {
-    use std::sync::Mutex;
-    // Cached per pid: a forked child must not use its parent's identity.
-    static CACHE: Mutex<Option<ProcessIdentity>> = Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    match *cache {
-        Some(id) if id.pid == std::process::id() => id,
-        _ => {
-            let id = ProcessIdentity::current();
-            // An unknown start time (0) is not cached: the next call tries again.
-            if id.start != 0 {
-                *cache = Some(id);
-            }
-            id
-        }
+    // Cached per pid, and lock-free: a forked child must neither use its parent's identity
+    // nor find the cache locked by a thread that does not exist there. Within one process
+    // every writer stores the same pair, start time first, so a matching pid (acquire)
+    // comes with this process's start time.
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static START: AtomicU64 = AtomicU64::new(0);
+    let pid = std::process::id();
+    if PID.load(Ordering::Acquire) == pid {
+        return ProcessIdentity {
+            pid,
+            start: START.load(Ordering::Relaxed),
+        };
     }
+    let id = ProcessIdentity::current();
+    // An unknown start time (0) is not cached: the next call tries again.
+    if id.start != 0 {
+        START.store(id.start, Ordering::Relaxed);
+        PID.store(id.pid, Ordering::Release);
+    }
+    id
 }
 
 /// The calling thread's id (unique among live threads of the whole system).
