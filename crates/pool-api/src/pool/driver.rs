@@ -259,6 +259,22 @@ impl Shared {
         pids
     }
 
+    pub(crate) fn signal_worker(&self, pid: u32, signal: i32) -> Result<bool, Error> {
+        let link = self.lock().workers.values().find(|w| w.pid == pid).cloned();
+        let Some(link) = link else {
+            return Ok(false);
+        };
+        match link.killer.signal(signal) {
+            Ok(()) => Ok(true),
+            // Exited (not yet reaped) between the look-up and the signal.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(Error::InvalidArgument(
+                format!("{signal} is not a signal number"),
+            )),
+            Err(e) => Err(Error::Io(e.to_string())),
+        }
+    }
+
     pub(crate) fn stats(&self) -> pool_core::Stats {
         self.lock().sched.stats()
     }

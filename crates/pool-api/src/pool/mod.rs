@@ -469,6 +469,27 @@ impl Pool {
         self.shared.worker_pids()
     }
 
+    /// Sends `signal` (a `libc::SIG*` number) to the live worker `pid` of *this* pool,
+    /// through its pidfd, so that a recycled pid is never hit. `Ok(false)` if no live worker
+    /// of this pool has that pid (it may just have exited).
+    ///
+    /// This is for tests and supervisors that want to see the pool's recovery at work: a
+    /// worker killed mid-task fails only its chunk with [`Error::WorkerLost`] and is
+    /// replaced; a stopped one (`SIGSTOP`) runs into the time limit, if one is set.
+    ///
+    /// ```
+    /// # fn pid(_: ()) -> u32 { std::process::id() }
+    /// let pool = pool_api::Pool::new(1)?;
+    /// let victim = pool.apply(pid, ())?;
+    /// assert!(pool.signal_worker(victim, libc::SIGKILL)?);
+    /// assert!(!pool.signal_worker(std::process::id(), libc::SIGKILL)?); // not a worker
+    /// assert_ne!(pool.apply(pid, ())?, victim); // served by the replacement
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn signal_worker(&self, pid: u32, signal: i32) -> Result<bool, Error> {
+        self.shared.signal_worker(pid, signal)
+    }
+
     /// Counters: workers spawned, lost, chunks dispatched, ...
     pub fn stats(&self) -> pool_core::Stats {
         self.shared.stats()
