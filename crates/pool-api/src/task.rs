@@ -312,4 +312,40 @@ mod tests {
         assert!(split_frame::<FromWorker>(&[9, 0, 0, 0, 1]).is_err());
         assert!(split_frame::<FromWorker>(&[]).is_err());
     }
+
+    /// Part of the reliability suite: any bytes from a worker (or, for a worker, from its
+    /// parent) decode to a message or a typed error. `cargo xtask chaos` runs more cases.
+    #[test]
+    fn chaos_hostile_protocol_frames_decode_or_fail_typed() {
+        use proptest::prelude::*;
+        let cases = pool_testkit::scale(2_000, 200_000) as u32;
+        let config = ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        let frame = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // A plausible header length, then garbage.
+            (0u32..32, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(len, rest)| {
+                let mut f = len.to_le_bytes().to_vec();
+                f.extend(rest);
+                f
+            }),
+        ];
+        proptest::test_runner::TestRunner::new(config)
+            .run(&frame, |frame| {
+                let _ = split_frame::<FromWorker>(&frame);
+                let _ = split_frame::<ToWorker>(&frame);
+                let _ = decode_results::<u64>(&frame);
+                let _ = decode_results::<String>(&frame);
+                let _ = decode_results::<Vec<u8>>(&frame);
+                Ok(())
+            })
+            .unwrap();
+        pool_testkit::report(
+            "hostile-protocol",
+            &[("inputs", u64::from(cases)), ("panics", 0)],
+        );
+    }
 }

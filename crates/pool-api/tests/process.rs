@@ -147,12 +147,12 @@ fn churns(_: ()) {
         p.start().unwrap();
     }
     let t = Instant::now();
-    while (pool_testkit::zombie_children().len() > 0 || !active_children().is_empty())
+    while (!pool_testkit::zombie_children().is_empty() || !active_children().is_empty())
         && t.elapsed() < GENEROUS
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if pool_testkit::zombie_children().len() > 0 {
+    if !pool_testkit::zombie_children().is_empty() {
         std::process::exit(1);
     }
 }
