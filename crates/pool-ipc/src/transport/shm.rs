@@ -1751,7 +1751,8 @@ mod tests {
             let (mut tx_b, mut rx_b) = ShmChannel::open(fd.try_clone().unwrap()).unwrap().split();
             let view = View::new(&fd);
             if round % 2 == 0 {
-                send(&mut tx_a, &pattern(round * 13, 1));
+                // Shorter than the ring: nobody reads while it is sent.
+                send(&mut tx_a, &pattern(round * 13 % 2048, 1));
             }
             // Scribble on the positions, flags and futex words of both rings, and on the data.
             for ring in 0..2 {
