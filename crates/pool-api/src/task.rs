@@ -92,18 +92,23 @@ thread_local! {
 /// printing it (the parent reports it through `get`, as Python re-raises in the parent).
 pub(crate) fn install_panic_hook() {
     panic::set_hook(Box::new(|info| {
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "a panic with a non-string payload".to_owned()
-        };
+        let message = panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(Panic { message, location }));
     }));
+}
+
+/// The message of a panic, from its payload (`panic!` makes a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
 }
 
 /// Runs `f`, turning a panic into a [`Panic`].

@@ -596,11 +596,14 @@ impl PoolBuilder {
 }
 
 /// Python's `callback` and `error_callback` for [`Pool::apply_async_with`] and
-/// [`Pool::map_async_with`].
+/// [`Pool::map_async_with`] (and the same methods of [`ThreadPool`](crate::ThreadPool)).
 pub struct Callbacks<R> {
     on_ok: Option<Box<dyn FnOnce(R) + Send>>,
     on_err: Option<Box<dyn FnOnce(Error) + Send>>,
 }
+
+/// A task's callbacks as one function of its outcome.
+pub(crate) type OnOutcome<R> = Box<dyn FnOnce(Result<R, Error>) + Send>;
 
 impl<R> std::fmt::Debug for Callbacks<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -632,15 +635,14 @@ impl<R: 'static> Callbacks<R> {
         self
     }
 
-    fn into_callback(
-        self,
-        outcome: impl FnOnce(&JobShared) -> Result<R, Error> + Send + 'static,
-    ) -> Option<Callback> {
+    /// Both callbacks as one function of the outcome; `None` if there are none. The thread
+    /// pool calls it on its own result thread.
+    pub(crate) fn into_fn(self) -> Option<OnOutcome<R>> {
         if self.on_ok.is_none() && self.on_err.is_none() {
             return None;
         }
         let Callbacks { on_ok, on_err } = self;
-        Some(Box::new(move |job: &JobShared| match outcome(job) {
+        Some(Box::new(move |outcome: Result<R, Error>| match outcome {
             Ok(r) => {
                 if let Some(f) = on_ok {
                     f(r);
@@ -652,6 +654,14 @@ impl<R: 'static> Callbacks<R> {
                 }
             }
         }))
+    }
+
+    fn into_callback(
+        self,
+        outcome: impl FnOnce(&JobShared) -> Result<R, Error> + Send + 'static,
+    ) -> Option<Callback> {
+        let run = self.into_fn()?;
+        Some(Box::new(move |job: &JobShared| run(outcome(job))))
     }
 }
 
