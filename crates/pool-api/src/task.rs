@@ -96,8 +96,20 @@ pub(crate) fn install_panic_hook() {
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(Panic { message, location }));
+        let panic = Panic { message, location };
+        if let Some(report) = REPORT_PANIC.get() {
+            report(&panic);
+        }
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(panic));
     }));
+}
+
+/// Called by the panic hook with every panic, before unwinding (or aborting) starts.
+static REPORT_PANIC: std::sync::OnceLock<fn(&Panic)> = std::sync::OnceLock::new();
+
+/// Makes the panic hook also hand each panic to `report` (the worker sends it to its parent).
+pub(crate) fn report_panics_to(report: fn(&Panic)) {
+    let _ = REPORT_PANIC.set(report);
 }
 
 /// The message of a panic, from its payload (`panic!` makes a `&str` or a `String`).
@@ -240,6 +252,13 @@ pub(crate) enum FromWorker {
         job: u64,
         index: u32,
         message: String,
+    },
+    /// The running task panicked; sent by the panic hook, before unwinding starts. Under
+    /// `panic = "abort"` (or a panic that cannot unwind) the worker dies right after, and
+    /// this is how the parent learns it was a panic rather than a crash.
+    Panicking {
+        message: String,
+        location: Option<String>,
     },
 }
 
