@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pool_api::{Connection, Lock, Pipe, Process, Queue, Value};
+use pool_api::{
+    Connection, Lock, Pipe, Process, Queue, ReadConnection, SimpleQueue, Value, WriteConnection,
+};
 use pool_benches::secs;
 
 /// Receives `(count, size)` rounds: `count` messages, then acknowledges the last.
@@ -21,34 +23,103 @@ fn pipe_sink(mut conn: Connection) {
     }
 }
 
+/// [`pipe_sink`] over two one-way pipes: rounds come in on one, acknowledgements go out on
+/// the other (Python's `Pipe(duplex=False)`).
+fn one_way_sink((mut inbox, mut ack): (ReadConnection, WriteConnection)) {
+    let mut buf = vec![0u8; 64 << 20];
+    while let Ok((count, _size)) = inbox.recv::<(u64, usize)>() {
+        for _ in 0..count {
+            inbox.recv_bytes_into(&mut buf).unwrap();
+        }
+        ack.send(&1u8).unwrap();
+    }
+}
+
+/// The parent's side of one W5 round, whichever pipe carries it.
+trait Round {
+    fn round(&mut self, count: u64, size: usize, msg: &[u8]);
+}
+
+impl Round for Connection {
+    fn round(&mut self, count: u64, size: usize, msg: &[u8]) {
+        self.send(&(count, size)).unwrap();
+        for _ in 0..count {
+            self.send_bytes(msg).unwrap();
+        }
+        let _: u8 = self.recv().unwrap();
+    }
+}
+
+impl Round for (WriteConnection, ReadConnection) {
+    fn round(&mut self, count: u64, size: usize, msg: &[u8]) {
+        self.0.send(&(count, size)).unwrap();
+        for _ in 0..count {
+            self.0.send_bytes(msg).unwrap();
+        }
+        let _: u8 = self.1.recv().unwrap();
+    }
+}
+
 fn w5_pipe(c: &mut Criterion) {
-    let (mut conn, child_conn) = Pipe::duplex().unwrap();
-    let mut p = Process::new(pipe_sink, child_conn).unwrap();
-    p.start().unwrap();
     let mut group = c.benchmark_group("w5_pipe");
     group.sample_size(10).measurement_time(secs(5));
+    let (parent, child) = Pipe::duplex().unwrap();
+    let mut duplex = Process::new(pipe_sink, child).unwrap();
+    duplex.start().unwrap();
+    let (inbox, outbox) = Pipe::one_way().unwrap();
+    let (acks, ack) = Pipe::one_way().unwrap();
+    let mut one_way = Process::new(one_way_sink, (inbox, ack)).unwrap();
+    one_way.start().unwrap();
+    let mut sides: [(&str, Box<dyn Round>); 2] = [
+        ("duplex", Box::new(parent)),
+        ("one_way_pipe", Box::new((outbox, acks))),
+    ];
     for (count, size) in [(10_000u64, 1024usize), (4, 64 << 20)] {
         let msg = vec![7u8; size];
         group.throughput(Throughput::Bytes(count * size as u64));
-        group.bench_function(format!("{count}x{size}B_one_way"), |b| {
-            b.iter(|| {
-                conn.send(&(count, size)).unwrap();
-                for _ in 0..count {
-                    conn.send_bytes(&msg).unwrap();
-                }
-                let _: u8 = conn.recv().unwrap();
-            })
-        });
+        for (variant, side) in &mut sides {
+            group.bench_function(format!("{count}x{size}B_{variant}"), |b| {
+                b.iter(|| side.round(count, size, &msg))
+            });
+        }
     }
     group.finish();
-    drop(conn);
-    p.join().unwrap();
+    drop(sides);
+    duplex.join().unwrap();
+    one_way.join().unwrap();
 }
 
 fn produce((q, n): (Queue<u64>, u64)) {
     for i in 0..n {
         q.put(i).unwrap();
     }
+}
+
+fn produce_simple((q, n): (SimpleQueue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+/// Times `iters` runs of: start a producer process, take its `n` items.
+fn consume_from_producer<Q>(
+    iters: u64,
+    n: u64,
+    make: impl Fn() -> (Q, Process),
+    get: impl Fn(&Q),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let (q, mut p) = make();
+        let t = Instant::now();
+        p.start().unwrap();
+        for _ in 0..n {
+            get(&q);
+        }
+        total += t.elapsed();
+        p.join().unwrap();
+    }
+    total
 }
 
 fn w6_queue(c: &mut Criterion) {
@@ -58,19 +129,26 @@ fn w6_queue(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n));
     group.bench_function("200k_small_items_producer_process", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            let make = || {
                 let q = Queue::new().unwrap();
-                let mut p = Process::new(produce, (q.clone(), n)).unwrap();
-                let t = Instant::now();
-                p.start().unwrap();
-                for _ in 0..n {
-                    q.get().unwrap();
-                }
-                total += t.elapsed();
-                p.join().unwrap();
-            }
-            total
+                let p = Process::new(produce, (q.clone(), n)).unwrap();
+                (q, p)
+            };
+            consume_from_producer(iters, n, make, |q: &Queue<u64>| {
+                q.get().unwrap();
+            })
+        })
+    });
+    group.bench_function("200k_small_items_producer_process_simplequeue", |b| {
+        b.iter_custom(|iters| {
+            let make = || {
+                let q = SimpleQueue::new().unwrap();
+                let p = Process::new(produce_simple, (q.clone(), n)).unwrap();
+                (q, p)
+            };
+            consume_from_producer(iters, n, make, |q: &SimpleQueue<u64>| {
+                q.get().unwrap();
+            })
         })
     });
     group.finish();

@@ -68,6 +68,25 @@ def w2_apply(pool):
     emit("W2b apply_async pipelined", "", n / (time.perf_counter() - t), "tasks/s")
 
 
+def w2_executor():
+    n = 1000 if QUICK else 10000
+    with ProcessPoolExecutor(2) as ex:
+        for _ in range(100 if QUICK else 500):
+            ex.submit(noop).result()
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            ex.submit(noop).result()
+            samples.append(time.perf_counter() - t)
+        samples.sort()
+        emit("W2 apply round trip", "ProcessPoolExecutor median", samples[len(samples) // 2] * 1e6, "us")
+        t = time.perf_counter()
+        fs = [ex.submit(noop) for _ in range(n)]
+        for f in fs:
+            f.result()
+        emit("W2b apply_async pipelined", "ProcessPoolExecutor", n / (time.perf_counter() - t), "tasks/s")
+
+
 def w3_map(pool):
     n = 200_000 if QUICK else 1_000_000
     t = time.perf_counter()
@@ -95,39 +114,44 @@ def w4_payloads(pool):
         emit("W4 map 64 x 1 MiB", variant, 64 / (time.perf_counter() - t), "MiB/s")
 
 
-def pipe_sink(conn):
+def pipe_sink(inbox, ack):
     buf = bytearray(64 << 20)
     while True:
         # A forked child holds a copy of the parent's end too, so it would never see EOF:
         # the parent says when to stop.
-        request = conn.recv()
+        request = inbox.recv()
         if request is None:
             return
         count, size = request
         for _ in range(count):
-            conn.recv_bytes_into(buf)
-        conn.send(1)
+            inbox.recv_bytes_into(buf)
+        ack.send(1)
 
 
 def w5_pipe():
-    parent, child = mp.Pipe()
-    p = mp.Process(target=pipe_sink, args=(child,))
-    p.start()
-    child.close()
-    for count, size in ((10_000, 1024), (4, 64 << 20)):
-        msg = b"x" * size
-        t = time.perf_counter()
-        parent.send((count, size))
-        for _ in range(count):
-            parent.send_bytes(msg)
-        parent.recv()
-        secs = time.perf_counter() - t
-        if size == 1024:
-            emit("W5 Pipe 1 KiB", "one way", count / secs, "msgs/s")
+    for variant in ("duplex", "one-way pipe"):
+        if variant == "duplex":
+            parent, child = mp.Pipe()
+            inbox, ack, outbox, acks = child, child, parent, parent
         else:
-            emit("W5 Pipe 64 MiB", "one way", count * 64 / secs, "MiB/s")
-    parent.send(None)
-    p.join()
+            inbox, outbox = mp.Pipe(duplex=False)
+            acks, ack = mp.Pipe(duplex=False)
+        p = mp.Process(target=pipe_sink, args=(inbox, ack))
+        p.start()
+        for count, size in ((10_000, 1024), (4, 64 << 20)):
+            msg = b"x" * size
+            t = time.perf_counter()
+            outbox.send((count, size))
+            for _ in range(count):
+                outbox.send_bytes(msg)
+            acks.recv()
+            secs = time.perf_counter() - t
+            if size == 1024:
+                emit("W5 Pipe 1 KiB", variant, count / secs, "msgs/s")
+            else:
+                emit("W5 Pipe 64 MiB", variant, count * 64 / secs, "MiB/s")
+        outbox.send(None)
+        p.join()
 
 
 def produce(q, n):
@@ -144,6 +168,14 @@ def w6_queue():
     for _ in range(n):
         q.get()
     emit("W6 Queue small items", "", n / (time.perf_counter() - t), "items/s")
+    p.join()
+    q = mp.SimpleQueue()
+    p = mp.Process(target=produce, args=(q, n))
+    t = time.perf_counter()
+    p.start()
+    for _ in range(n):
+        q.get()
+    emit("W6 Queue small items", "SimpleQueue", n / (time.perf_counter() - t), "items/s")
     p.join()
 
 
@@ -193,6 +225,8 @@ def main():
             w3_map(pool)
         if wanted("w4"):
             w4_payloads(pool)
+    if wanted("w2"):
+        w2_executor()
     if wanted("w3"):
         w3_executor()
     if wanted("w5"):

@@ -8,6 +8,7 @@
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod chaos;
 mod tidy;
 
 const HELP: &str = "\
@@ -17,6 +18,9 @@ Commands:
   bench [--quick]       build in release and run pool's benchmarks beside CPython's
                         multiprocessing (benches/python/mp_bench.py), workload by workload;
                         print one markdown table, write target/bench/results.json
+  chaos [--quick]       the reliability suite (kill storms, parent death, leaks, hostile
+                        bytes, dead holders, low limits) in release at full size, then
+                        its figures summed; --quick runs the CI size
   core-stress [CASES]   run pool-core's property tests with CASES generated sequences
                         (default 20000) from a random seed; a failure prints the seed
   help                  this text
@@ -30,6 +34,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("chaos") => match chaos::run(args.iter().any(|a| a == "--quick")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask chaos: {e}");
                 ExitCode::FAILURE
             }
         },

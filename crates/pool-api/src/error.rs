@@ -14,7 +14,7 @@ pub enum Error {
         message: String,
         /// Where it panicked (`file:line:column`), if known.
         location: Option<String>,
-        /// The worker's pid.
+        /// The worker's pid (for a [`ThreadPool`](crate::ThreadPool), this process's).
         pid: u32,
     },
     /// The worker running the task exited (crash, SIGKILL, `abort`, `exit`) before finishing

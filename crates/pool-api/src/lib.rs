@@ -14,6 +14,13 @@
 //!   being respawned forever;
 //! - a panicking callback is reported and later results still arrive.
 //!
+//! [`ThreadPool`] has the same methods on threads (a rayon pool of its own), for work that
+//! needs no isolation: tasks are any `Send + Sync` closures, arguments and results are moved
+//! instead of encoded (`Send + 'static`, no serde). What cannot mean the same on threads is
+//! cooperative and documented on the type: `terminate` fails unfinished work at once but a
+//! running task runs to its end, a panic is caught (an abort takes the process), and there is
+//! no time limit or `maxtasksperchild`.
+//!
 //! It drives the pure scheduler of `pool-core` with the processes and transports of
 //! `pool-ipc`. Workers are this same executable, started again: nothing to set up in `main`,
 //! and it works in tests, doc tests and examples too.
@@ -29,6 +36,7 @@ mod process;
 mod queue;
 mod sync;
 mod task;
+mod thread_pool;
 mod values;
 mod worker;
 
@@ -46,6 +54,9 @@ pub use sync::{
     SyncError,
 };
 pub use task::StarFn;
+pub use thread_pool::{
+    ThreadAsyncResult, ThreadIMap, ThreadMapResult, ThreadPool, ThreadPoolBuilder,
+};
 pub use values::{Array, Plain, SharedMemory, ShmError, Value, ValueGuard};
 
 /// The workspace README's example, compiled and run as a doc test so that it stays true.

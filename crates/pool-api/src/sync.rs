@@ -92,20 +92,30 @@ fn io(e: std::io::Error) -> SyncError {
     SyncError::Io(e.to_string())
 }
 
+/// This process's identity, the owner record of every lock it takes. On the hot path of every
+/// acquire, so it is two atomic loads: no `getpid` syscall, no mutex. A forked child must not
+/// use its parent's identity: a `pthread_atfork` handler forgets it in the child (glibc's
+/// `fork` runs the handlers; `exec` starts from scratch anyway).
 fn me() -> ProcessIdentity {
-    // Cached per pid, and lock-free: a forked child must neither use its parent's identity
-    // nor find the cache locked by a thread that does not exist there. Within one process
-    // every writer stores the same pair, start time first, so a matching pid (acquire)
-    // comes with this process's start time.
+    use std::sync::Once;
     static PID: AtomicU32 = AtomicU32::new(0);
     static START: AtomicU64 = AtomicU64::new(0);
-    let pid = std::process::id();
-    if PID.load(Ordering::Acquire) == pid {
+    static FORGET_AFTER_FORK: Once = Once::new();
+    extern "C" fn forget() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    let pid = PID.load(Ordering::Acquire);
+    if pid != 0 {
         return ProcessIdentity {
             pid,
             start: START.load(Ordering::Relaxed),
         };
     }
+    FORGET_AFTER_FORK.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic (async-signal-safe, as a
+        // handler running in a forked child must be).
+        unsafe { libc::pthread_atfork(None, None, Some(forget)) };
+    });
     let id = ProcessIdentity::current();
     // An unknown start time (0) is not cached: the next call tries again.
     if id.start != 0 {
@@ -1040,5 +1050,31 @@ impl Barrier {
     /// Whether the barrier is broken.
     pub fn broken(&self) -> bool {
         self.0.state().broken.load(Ordering::Acquire) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_does_not_keep_its_parents_identity() {
+        let parent = me();
+        assert_eq!(parent.pid, std::process::id());
+        assert_eq!(me(), parent, "cached");
+        // SAFETY: the child only computes its identity (a /proc read, allocation: glibc's
+        // malloc is fork-safe) and `_exit`s without returning to the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let child = me();
+            let ok = child.pid == std::process::id() && child != parent;
+            // SAFETY: ends the forked child at once, as after any fork.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }

@@ -92,18 +92,35 @@ thread_local! {
 /// printing it (the parent reports it through `get`, as Python re-raises in the parent).
 pub(crate) fn install_panic_hook() {
     panic::set_hook(Box::new(|info| {
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "a panic with a non-string payload".to_owned()
-        };
+        let message = panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(Panic { message, location }));
+        let panic = Panic { message, location };
+        if let Some(report) = REPORT_PANIC.get() {
+            report(&panic);
+        }
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(panic));
     }));
+}
+
+/// Called by the panic hook with every panic, before unwinding (or aborting) starts.
+static REPORT_PANIC: std::sync::OnceLock<fn(&Panic)> = std::sync::OnceLock::new();
+
+/// Makes the panic hook also hand each panic to `report` (the worker sends it to its parent).
+pub(crate) fn report_panics_to(report: fn(&Panic)) {
+    let _ = REPORT_PANIC.set(report);
+}
+
+/// The message of a panic, from its payload (`panic!` makes a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
 }
 
 /// Runs `f`, turning a panic into a [`Panic`].
@@ -236,6 +253,13 @@ pub(crate) enum FromWorker {
         index: u32,
         message: String,
     },
+    /// The running task panicked; sent by the panic hook, before unwinding starts. Under
+    /// `panic = "abort"` (or a panic that cannot unwind) the worker dies right after, and
+    /// this is how the parent learns it was a panic rather than a crash.
+    Panicking {
+        message: String,
+        location: Option<String>,
+    },
 }
 
 /// Encodes `header` followed by `body` as one frame: the header is length-prefixed with a
@@ -311,5 +335,41 @@ mod tests {
         assert_eq!(body, b"body");
         assert!(split_frame::<FromWorker>(&[9, 0, 0, 0, 1]).is_err());
         assert!(split_frame::<FromWorker>(&[]).is_err());
+    }
+
+    /// Part of the reliability suite: any bytes from a worker (or, for a worker, from its
+    /// parent) decode to a message or a typed error. `cargo xtask chaos` runs more cases.
+    #[test]
+    fn chaos_hostile_protocol_frames_decode_or_fail_typed() {
+        use proptest::prelude::*;
+        let cases = pool_testkit::scale(2_000, 200_000) as u32;
+        let config = ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        let frame = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // A plausible header length, then garbage.
+            (0u32..32, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(len, rest)| {
+                let mut f = len.to_le_bytes().to_vec();
+                f.extend(rest);
+                f
+            }),
+        ];
+        proptest::test_runner::TestRunner::new(config)
+            .run(&frame, |frame| {
+                let _ = split_frame::<FromWorker>(&frame);
+                let _ = split_frame::<ToWorker>(&frame);
+                let _ = decode_results::<u64>(&frame);
+                let _ = decode_results::<String>(&frame);
+                let _ = decode_results::<Vec<u8>>(&frame);
+                Ok(())
+            })
+            .unwrap();
+        pool_testkit::report(
+            "hostile-protocol",
+            &[("inputs", u64::from(cases)), ("panics", 0)],
+        );
     }
 }

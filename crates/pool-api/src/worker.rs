@@ -6,11 +6,13 @@
 //! that a worker that dies inside a chunk fails that chunk (it is never run twice) while the
 //! chunks still queued behind it are given to other workers.
 
+use std::sync::Mutex;
+
 use pool_ipc::ChildStart;
 use serde::{Deserialize, Serialize};
 
 use crate::process;
-use crate::task::{self, Call, FromWorker, ToWorker};
+use crate::task::{self, Call, FromWorker, Panic, ToWorker};
 
 /// What a worker is started with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -22,20 +24,45 @@ pub(crate) struct WorkerBoot {
 /// Exit code of a worker that received something it could not decode from its parent.
 const EXIT_PROTOCOL: i32 = 71;
 
+/// The worker's sending half. The loop sends through it between tasks; the panic hook sends
+/// through it while a task panics (the loop is then inside the task, not sending).
+static TO_PARENT: Mutex<Option<pool_ipc::Sender>> = Mutex::new(None);
+
+/// Tells the parent that the running task panicked, before unwinding starts. Under
+/// `panic = "abort"` the worker dies right after the hook, and without this the parent would
+/// only see a worker killed by SIGABRT.
+fn report_panic(panic: &Panic) {
+    let msg = FromWorker::Panicking {
+        message: panic.message.clone(),
+        location: panic.location.clone(),
+    };
+    // `try_lock`: a panic while sending (the loop holds the lock) is not a task's panic.
+    if let (Ok(mut guard), Ok(header)) = (TO_PARENT.try_lock(), task::header_bytes(&msg)) {
+        if let Some(tx) = guard.as_mut() {
+            let _ = tx.send_parts(&[&header], None);
+        }
+    }
+}
+
+/// Sends one message and the results that follow it; false once the parent is gone.
+fn send(msg: &FromWorker, body: &[u8]) -> bool {
+    let mut guard = TO_PARENT.lock().unwrap_or_else(|e| e.into_inner());
+    match (guard.as_mut(), task::header_bytes(msg)) {
+        (Some(tx), Ok(header)) => tx.send_parts(&[&header, body], None).is_ok(),
+        _ => false,
+    }
+}
+
 /// The entry point of pool workers (a `pool_ipc::ChildMain`).
 pub(crate) fn worker_main(start: ChildStart) -> i32 {
     task::install_panic_hook();
+    task::report_panics_to(report_panic);
     let Ok(boot) = postcard::from_bytes::<WorkerBoot>(&start.payload) else {
         return EXIT_PROTOCOL;
     };
     process::set_current(boot.name.clone());
-    let (mut tx, mut rx) = start.channel.split();
-    let send = |tx: &mut pool_ipc::Sender, msg: &FromWorker, body: &[u8]| -> bool {
-        match task::header_bytes(msg) {
-            Ok(header) => tx.send_parts(&[&header, body], None).is_ok(),
-            Err(_) => false,
-        }
-    };
+    let (tx, mut rx) = start.channel.split();
+    *TO_PARENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     let mut out = Vec::new();
     if let Some((call, args)) = &boot.initializer {
         // Handles in the initializer's arguments find the descriptors this worker inherited.
@@ -48,11 +75,11 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                 },
             };
         if let Some(message) = failure {
-            send(&mut tx, &FromWorker::InitFailed { message }, &[]);
+            send(&FromWorker::InitFailed { message }, &[]);
             return 1;
         }
     }
-    if !send(&mut tx, &FromWorker::Ready, &[]) {
+    if !send(&FromWorker::Ready, &[]) {
         return 0;
     }
     let mut buf = Vec::new();
@@ -93,7 +120,7 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                 } else {
                     &out
                 };
-                if !send(&mut tx, &report, results) {
+                if !send(&report, results) {
                     return 0;
                 }
                 match crate::handles::with_descriptors(fds, || call.run(body, &mut out)) {
@@ -101,13 +128,12 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                     // start. Otherwise report now, so the result is not held up.
                     Ok(()) if rx.has_buffered() => held = Some((job, index)),
                     Ok(()) => {
-                        if !send(&mut tx, &FromWorker::Finished { job, index }, &out) {
+                        if !send(&FromWorker::Finished { job, index }, &out) {
                             return 0;
                         }
                     }
                     Err(message) => {
                         if !send(
-                            &mut tx,
                             &FromWorker::Failed {
                                 job,
                                 index,
@@ -122,7 +148,7 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
             }
             ToWorker::Retire => {
                 if let Some((job, index)) = held.take() {
-                    send(&mut tx, &FromWorker::Finished { job, index }, &out);
+                    send(&FromWorker::Finished { job, index }, &out);
                 }
                 return 0;
             }

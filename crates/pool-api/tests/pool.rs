@@ -52,6 +52,55 @@ fn dies(how: String) -> String {
     how
 }
 
+/// Panics where unwinding is impossible, so the worker aborts right after its panic hook,
+/// exactly as under `panic = "abort"` (which a test binary cannot be built with).
+fn panics_then_aborts(x: u32) -> u32 {
+    extern "C" fn cannot_unwind(x: u32) -> u32 {
+        if x > 0 {
+            panic!("deliberate panic {x} with nowhere to unwind");
+        }
+        x
+    }
+    cannot_unwind(x)
+}
+
+#[test]
+fn a_panic_that_aborts_the_worker_is_still_reported_as_a_panic() {
+    let pool = Pool::new(1).unwrap();
+    let before = pool.apply(pid, ()).unwrap();
+    let err = pool.apply(panics_then_aborts, 7).unwrap_err();
+    match &err {
+        Error::Panicked {
+            message,
+            location,
+            pid,
+        } => {
+            assert_eq!(message, "deliberate panic 7 with nowhere to unwind");
+            assert!(
+                location.as_deref().unwrap_or("").contains("pool.rs"),
+                "{location:?}"
+            );
+            assert_eq!(*pid, before, "the panicking worker's pid");
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    // The worker died of it and was replaced; the pool goes on.
+    let after = pool.apply(pid, ()).unwrap();
+    assert_ne!(after, before);
+    assert_eq!(pool.apply(panics_then_aborts, 0).unwrap(), 0);
+    assert_eq!(pool.stats().lost, 1);
+    // A panic the worker survives is reported once, from its result, and leaves no trace
+    // that could mislabel a later crash.
+    assert!(matches!(
+        pool.apply(panics_on_odd, 1),
+        Err(Error::Panicked { .. })
+    ));
+    assert!(matches!(
+        pool.apply(dies, "sigkill".to_string()),
+        Err(Error::WorkerLost { .. })
+    ));
+}
+
 fn worker_name(_: ()) -> String {
     current_process().name
 }

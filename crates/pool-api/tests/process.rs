@@ -139,21 +139,6 @@ fn exit_waits_for_non_daemon_children_and_terminates_daemons() {
     }
 }
 
-/// Children of this process in the zombie state.
-fn my_zombies() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str())
-        })
-        .count()
-}
-
 /// Starts short-lived children, drops their handles, and exits 0 only if none is left as a
 /// zombie once they are done.
 fn churns(_: ()) {
@@ -162,10 +147,12 @@ fn churns(_: ()) {
         p.start().unwrap();
     }
     let t = Instant::now();
-    while (my_zombies() > 0 || !active_children().is_empty()) && t.elapsed() < GENEROUS {
+    while (!pool_testkit::zombie_children().is_empty() || !active_children().is_empty())
+        && t.elapsed() < GENEROUS
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if my_zombies() > 0 {
+    if !pool_testkit::zombie_children().is_empty() {
         std::process::exit(1);
     }
 }

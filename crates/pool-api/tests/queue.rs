@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use pool_api::{Bytes, Event, JoinableQueue, Process, Queue, QueueError, SimpleQueue};
+use pool_api::{Bytes, JoinableQueue, Process, Queue, QueueError, SimpleQueue};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -178,62 +178,6 @@ fn items_larger_than_small_messages_and_wrapping_the_ring() {
         q.put(Bytes(vec![0; 2 << 20])),
         Err(QueueError::Encode(_))
     ));
-}
-
-fn block_in_get((q, ready): (Queue<u32>, Event)) {
-    ready.set();
-    let _ = q.get();
-}
-
-fn put_big_after_signal((q, ready): (Queue<Bytes>, Event)) {
-    q.put(Bytes(b"before".to_vec())).unwrap();
-    let item = Bytes(vec![7; 64 << 20]);
-    ready.set();
-    // Most of each round is spent inside `put` (encoding, then copying under the queue's
-    // lock), so the kill usually lands in the middle of one.
-    loop {
-        q.put(item.clone()).unwrap();
-    }
-}
-
-#[test]
-fn killed_users_lose_no_other_item() {
-    // A consumer killed while blocked in get.
-    let q = Queue::new().unwrap();
-    let ready = Event::new().unwrap();
-    let mut consumer = Process::new(block_in_get, (q.clone(), ready.clone())).unwrap();
-    consumer.start().unwrap();
-    assert!(ready.wait(Some(GENEROUS)).unwrap());
-    std::thread::sleep(Duration::from_millis(20));
-    consumer.kill().unwrap();
-    consumer.join().unwrap();
-    q.put(1).unwrap();
-    q.put(2).unwrap();
-    assert_eq!((q.get().unwrap(), q.get().unwrap()), (1, 2));
-
-    // A producer killed while putting 64 MiB items.
-    let big: Queue<Bytes> = Queue::new().unwrap();
-    let ready = Event::new().unwrap();
-    let mut producer = Process::new(put_big_after_signal, (big.clone(), ready.clone())).unwrap();
-    producer.start().unwrap();
-    assert!(ready.wait(Some(GENEROUS)).unwrap());
-    std::thread::sleep(Duration::from_millis(250));
-    producer.kill().unwrap();
-    producer.join().unwrap();
-    big.put(Bytes(b"after".to_vec())).unwrap();
-    assert_eq!(big.get_timeout(GENEROUS).unwrap().0, b"before");
-    let mut complete = 0;
-    loop {
-        let item = big.get_timeout(GENEROUS).unwrap();
-        if item.0 == b"after" {
-            break;
-        }
-        assert_eq!(item.len(), 64 << 20, "only whole items");
-        assert!(item.iter().all(|b| *b == 7));
-        complete += 1;
-    }
-    eprintln!("{complete} whole 64 MiB items were queued before the producer was killed");
-    assert!(big.empty());
 }
 
 fn work_and_mark_done((q, n): (JoinableQueue<u32>, u32)) {

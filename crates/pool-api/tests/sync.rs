@@ -80,55 +80,6 @@ fn lock_semantics_follow_python() {
     assert_eq!(lock.release(), Err(SyncError::NotLocked));
 }
 
-fn hold_lock_forever((lock, ready): (Lock, Event)) {
-    let held = lock.acquire().unwrap();
-    let _ = held;
-    ready.set();
-    std::thread::sleep(Duration::from_secs(600));
-}
-
-fn hold_rlock_forever((lock, ready): (RLock, Event)) {
-    let _ = lock.acquire().unwrap();
-    let _ = lock.acquire().unwrap();
-    ready.set();
-    std::thread::sleep(Duration::from_secs(600));
-}
-
-#[test]
-fn a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
-    let lock = Lock::new().unwrap();
-    let ready = Event::new().unwrap();
-    let mut holder = Process::new(hold_lock_forever, (lock.clone(), ready.clone())).unwrap();
-    holder.start().unwrap();
-    assert!(ready.wait(Some(GENEROUS)).unwrap());
-    let pid = holder.pid().unwrap();
-    assert_eq!(lock.try_acquire(), Err(SyncError::WouldBlock));
-    holder.kill().unwrap();
-    let t = Instant::now();
-    let taken = lock.acquire_timeout(GENEROUS).unwrap();
-    eprintln!("a dead holder's lock taken over after {:?}", t.elapsed());
-    assert_eq!(taken.previous_owner_died, Some(pid));
-    lock.release().unwrap();
-    let again = lock.acquire().unwrap();
-    assert_eq!(again.previous_owner_died, None);
-    lock.release().unwrap();
-}
-
-#[test]
-fn an_rlock_whose_holder_is_killed_is_taken_over() {
-    let lock = RLock::new().unwrap();
-    let ready = Event::new().unwrap();
-    let mut holder = Process::new(hold_rlock_forever, (lock.clone(), ready.clone())).unwrap();
-    holder.start().unwrap();
-    assert!(ready.wait(Some(GENEROUS)).unwrap());
-    assert_eq!(lock.release(), Err(SyncError::NotOwner), "we do not own it");
-    holder.kill().unwrap();
-    let taken = lock.acquire_timeout(GENEROUS).unwrap();
-    assert_eq!(taken.previous_owner_died, holder.pid());
-    lock.release().unwrap();
-    assert_eq!(lock.release(), Err(SyncError::NotOwner));
-}
-
 #[test]
 fn rlock_is_reentrant_for_its_owner_only() {
     // CPython _TestLock.test_rlock.

@@ -67,6 +67,10 @@ struct State {
     sched: Scheduler,
     workers: HashMap<WorkerId, Arc<WorkerLink>>,
     pids: HashMap<WorkerId, u32>,
+    /// A worker's report that its running task panicked (message, location), kept until the
+    /// task ends: if the worker dies first (`panic = "abort"`), the task failed with that
+    /// panic, not with an unexplained crash.
+    last_words: HashMap<WorkerId, (String, Option<String>)>,
     /// Kills ordered for workers whose spawn had not completed.
     doomed: HashSet<WorkerId>,
     jobs: HashMap<JobId, Arc<JobShared>>,
@@ -149,6 +153,7 @@ impl Shared {
                 sched,
                 workers: HashMap::new(),
                 pids: HashMap::new(),
+                last_words: HashMap::new(),
                 doomed: HashSet::new(),
                 jobs: HashMap::new(),
                 payloads: HashMap::new(),
@@ -258,6 +263,22 @@ impl Shared {
         let mut pids: Vec<u32> = state.workers.values().map(|w| w.pid).collect();
         pids.sort_unstable();
         pids
+    }
+
+    pub(crate) fn signal_worker(&self, pid: u32, signal: i32) -> Result<bool, Error> {
+        let link = self.lock().workers.values().find(|w| w.pid == pid).cloned();
+        let Some(link) = link else {
+            return Ok(false);
+        };
+        match link.killer.signal(signal) {
+            Ok(()) => Ok(true),
+            // Exited (not yet reaped) between the look-up and the signal.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(Error::InvalidArgument(
+                format!("{signal} is not a signal number"),
+            )),
+            Err(e) => Err(Error::Io(e.to_string())),
+        }
     }
 
     pub(crate) fn stats(&self) -> pool_core::Stats {
@@ -405,9 +426,16 @@ impl Shared {
     fn failure(&self, state: &State, failure: &ChunkFailure, job: JobId) -> Error {
         let pid = |w: &WorkerId| state.pids.get(w).copied().unwrap_or(0);
         match failure {
-            ChunkFailure::WorkerLost { worker, status } => Error::WorkerLost {
-                pid: pid(worker),
-                exitcode: status.python_exitcode(),
+            ChunkFailure::WorkerLost { worker, status } => match state.last_words.get(worker) {
+                Some((message, location)) => Error::Panicked {
+                    message: message.clone(),
+                    location: location.clone(),
+                    pid: pid(worker),
+                },
+                None => Error::WorkerLost {
+                    pid: pid(worker),
+                    exitcode: status.python_exitcode(),
+                },
             },
             ChunkFailure::TimedOut { worker } => {
                 let limit = state
@@ -516,6 +544,14 @@ impl Shared {
                 let result = ChunkResult::Failed(Error::Codec(message));
                 Self::finished(&mut state, worker, chunk(job, index), result, now)
             }
+            FromWorker::Panicking { message, location } => {
+                // The first report wins: a panic that cannot unwind panics a second time.
+                state
+                    .last_words
+                    .entry(worker)
+                    .or_insert((message, location));
+                Ok(())
+            }
         };
         let effects = self.drain(&mut state);
         drop(state);
@@ -534,6 +570,8 @@ impl Shared {
         now: Time,
     ) -> Result<(), pool_core::ProtocolViolation> {
         state.results.insert(id, result);
+        // Its panic, if any, is in its results: the worker survived it.
+        state.last_words.remove(&worker);
         let verdict = state.sched.handle_chunk_finished(worker, id, now);
         // A stale report (the chunk already timed out) leaves its result unclaimed.
         if !state.payloads.contains_key(&id) {
@@ -553,6 +591,7 @@ impl Shared {
             .sched
             .handle_worker_exited(worker, core_status(status), now);
         let effects = self.drain(&mut state);
+        state.last_words.remove(&worker);
         drop(state);
         self.apply(effects);
     }

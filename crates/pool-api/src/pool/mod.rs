@@ -471,6 +471,27 @@ impl Pool {
         self.shared.worker_pids()
     }
 
+    /// Sends `signal` (a `libc::SIG*` number) to the live worker `pid` of *this* pool,
+    /// through its pidfd, so that a recycled pid is never hit. `Ok(false)` if no live worker
+    /// of this pool has that pid (it may just have exited).
+    ///
+    /// This is for tests and supervisors that want to see the pool's recovery at work: a
+    /// worker killed mid-task fails only its chunk with [`Error::WorkerLost`] and is
+    /// replaced; a stopped one (`SIGSTOP`) runs into the time limit, if one is set.
+    ///
+    /// ```
+    /// # fn pid(_: ()) -> u32 { std::process::id() }
+    /// let pool = pool_api::Pool::new(1)?;
+    /// let victim = pool.apply(pid, ())?;
+    /// assert!(pool.signal_worker(victim, libc::SIGKILL)?);
+    /// assert!(!pool.signal_worker(std::process::id(), libc::SIGKILL)?); // not a worker
+    /// assert_ne!(pool.apply(pid, ())?, victim); // served by the replacement
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn signal_worker(&self, pid: u32, signal: i32) -> Result<bool, Error> {
+        self.shared.signal_worker(pid, signal)
+    }
+
     /// Counters: workers spawned, lost, chunks dispatched, ...
     pub fn stats(&self) -> pool_core::Stats {
         self.shared.stats()
@@ -599,11 +620,14 @@ impl PoolBuilder {
 }
 
 /// Python's `callback` and `error_callback` for [`Pool::apply_async_with`] and
-/// [`Pool::map_async_with`].
+/// [`Pool::map_async_with`] (and the same methods of [`ThreadPool`](crate::ThreadPool)).
 pub struct Callbacks<R> {
     on_ok: Option<Box<dyn FnOnce(R) + Send>>,
     on_err: Option<Box<dyn FnOnce(Error) + Send>>,
 }
+
+/// A task's callbacks as one function of its outcome.
+pub(crate) type OnOutcome<R> = Box<dyn FnOnce(Result<R, Error>) + Send>;
 
 impl<R> std::fmt::Debug for Callbacks<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -635,15 +659,14 @@ impl<R: 'static> Callbacks<R> {
         self
     }
 
-    fn into_callback(
-        self,
-        outcome: impl FnOnce(&JobShared) -> Result<R, Error> + Send + 'static,
-    ) -> Option<Callback> {
+    /// Both callbacks as one function of the outcome; `None` if there are none. The thread
+    /// pool calls it on its own result thread.
+    pub(crate) fn into_fn(self) -> Option<OnOutcome<R>> {
         if self.on_ok.is_none() && self.on_err.is_none() {
             return None;
         }
         let Callbacks { on_ok, on_err } = self;
-        Some(Box::new(move |job: &JobShared| match outcome(job) {
+        Some(Box::new(move |outcome: Result<R, Error>| match outcome {
             Ok(r) => {
                 if let Some(f) = on_ok {
                     f(r);
@@ -655,6 +678,14 @@ impl<R: 'static> Callbacks<R> {
                 }
             }
         }))
+    }
+
+    fn into_callback(
+        self,
+        outcome: impl FnOnce(&JobShared) -> Result<R, Error> + Send + 'static,
+    ) -> Option<Callback> {
+        let run = self.into_fn()?;
+        Some(Box::new(move |job: &JobShared| run(outcome(job))))
     }
 }
 

@@ -1758,8 +1758,11 @@ mod tests {
         );
     }
 
+    /// Part of the reliability suite: `cargo xtask chaos` runs it with many more rounds.
     #[test]
-    fn scribbled_memory_never_panics() {
+    #[allow(clippy::print_stderr)]
+    fn chaos_scribbled_memory_never_panics() {
+        let rounds = pool_testkit::scale(200, 20_000);
         // xorshift64*, deterministic.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -1768,13 +1771,14 @@ mod tests {
             state ^= state >> 27;
             state.wrapping_mul(0x2545_F491_4F6C_DD1D)
         };
-        for round in 0..200 {
+        for round in 0..rounds as usize {
             let (a, fd) = ShmChannel::create(MIN_CAPACITY).unwrap();
             let (mut tx_a, mut rx_a) = a.split();
             let (mut tx_b, mut rx_b) = ShmChannel::open(fd.try_clone().unwrap()).unwrap().split();
             let view = View::new(&fd);
             if round % 2 == 0 {
-                send(&mut tx_a, &pattern(round * 13, 1));
+                // Shorter than the ring: nobody reads while it is sent.
+                send(&mut tx_a, &pattern(round * 13 % 2048, 1));
             }
             // Scribble on the positions, flags and futex words of both rings, and on the data.
             for ring in 0..2 {
@@ -1825,6 +1829,10 @@ mod tests {
                 );
             }
         }
+        pool_testkit::report(
+            "hostile-shm",
+            &[("inputs", rounds), ("panics", 0), ("hangs", 0)],
+        );
     }
 
     #[test]
