@@ -87,7 +87,10 @@ struct Tally {
     lost: u64,
     timed_out: u64,
     wrong: u64,
+    /// `get` timed out on the watchdog.
     hangs: u64,
+    /// Tasks that never ended at all (no callback ran, no result came).
+    never_ended: u64,
     unexpected: Vec<Error>,
 }
 
@@ -101,6 +104,43 @@ impl Tally {
             Err(Error::Timeout(_)) => self.hangs += 1,
             Err(e) => self.unexpected.push(e),
         }
+    }
+
+    /// Prints the storm's `CHAOS` line; `signalled` names what the storm did and how often.
+    fn report(
+        &self,
+        test: &str,
+        n: u64,
+        signalled: (&str, u64),
+        duplicated: u64,
+        started: Instant,
+    ) {
+        report(
+            test,
+            &[
+                ("tasks", n),
+                ("ok", self.ok),
+                signalled,
+                ("timed_out", self.timed_out),
+                ("worker_lost", self.lost),
+                ("lost", self.never_ended),
+                ("duplicated", duplicated),
+                ("wrong", self.wrong),
+                ("hangs", self.hangs),
+                ("ms", started.elapsed().as_millis() as u64),
+            ],
+        );
+    }
+
+    /// The promise: each of the `n` tasks ended exactly once, with its value or a typed error.
+    fn assert_each_ended_once(&self, n: u64, duplicated: u64) {
+        assert!(self.unexpected.is_empty(), "{:?}", self.unexpected);
+        assert_eq!(
+            (self.wrong, self.hangs, self.never_ended, duplicated),
+            (0, 0, 0, 0),
+            "{self:?}"
+        );
+        assert_eq!(self.ok + self.lost + self.timed_out, n);
     }
 }
 
@@ -165,7 +205,7 @@ fn apply_async_storm(pool: Pool, n: u64, signal: i32, period: Duration) -> (Tall
         processes,
         "the pool is back to full strength"
     );
-    tally.hangs += never_ended;
+    tally.never_ended = never_ended;
     (tally, signalled, duplicated)
 }
 
@@ -177,27 +217,15 @@ fn chaos_kill_storm_every_task_ends_exactly_once() {
     let pool = Pool::new(4).unwrap();
     let (tally, killed, duplicated) =
         apply_async_storm(pool, n, libc::SIGKILL, Duration::from_millis(50));
-    report(
+    tally.report(
         "kill-storm-apply-async",
-        &[
-            ("tasks", n),
-            ("ok", tally.ok),
-            ("workers_killed", killed),
-            ("worker_lost", tally.lost),
-            ("lost", 0),
-            ("duplicated", duplicated),
-            ("wrong", tally.wrong),
-            ("hangs", tally.hangs),
-            ("ms", started.elapsed().as_millis() as u64),
-        ],
+        n,
+        ("workers_killed", killed),
+        duplicated,
+        started,
     );
-    assert!(tally.unexpected.is_empty(), "{:?}", tally.unexpected);
-    assert_eq!(
-        (tally.wrong, tally.hangs, duplicated),
-        (0, 0, 0),
-        "{tally:?}"
-    );
-    assert_eq!(tally.ok + tally.lost, n);
+    tally.assert_each_ended_once(n, duplicated);
+    assert_eq!(tally.timed_out, 0, "no time limit was set");
     assert!(
         killed > 0,
         "the storm killed nobody: the test proved nothing"
@@ -229,28 +257,25 @@ fn chaos_kill_storm_during_a_chunked_map() {
         .expect("the map was accepted");
     stop.store(true, Ordering::Relaxed);
     let killed = stormer.join().unwrap();
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        never_ended: n.saturating_sub(results.len() as u64),
+        ..Tally::default()
+    };
     for (i, r) in results.iter().enumerate() {
         tally.add(i as u64, r.clone());
     }
+    let duplicated = (results.len() as u64).saturating_sub(n);
     assert_eq!(settle_workers(&pool, 4), 4);
-    report(
+    tally.report(
         "kill-storm-map",
-        &[
-            ("tasks", n),
-            ("ok", tally.ok),
-            ("workers_killed", killed),
-            ("worker_lost", tally.lost),
-            ("lost", n - results.len() as u64),
-            ("duplicated", 0),
-            ("wrong", tally.wrong),
-            ("hangs", 0),
-            ("ms", started.elapsed().as_millis() as u64),
-        ],
+        n,
+        ("workers_killed", killed),
+        duplicated,
+        started,
     );
     assert_eq!(results.len() as u64, n, "one result per item");
-    assert!(tally.unexpected.is_empty(), "{:?}", tally.unexpected);
-    assert_eq!(tally.wrong, 0);
+    tally.assert_each_ended_once(n, duplicated);
+    assert_eq!(tally.timed_out, 0, "no time limit was set");
     // Failures are per chunk: a lost chunk fails all of its items.
     assert_eq!(tally.lost % 8, 0, "only whole chunks fail: {tally:?}");
     assert!(
@@ -271,28 +296,14 @@ fn chaos_stop_storm_past_the_time_limit_times_out_and_recovers() {
         .unwrap();
     let (tally, stopped, duplicated) =
         apply_async_storm(pool, n, libc::SIGSTOP, Duration::from_millis(100));
-    report(
+    tally.report(
         "stop-storm",
-        &[
-            ("tasks", n),
-            ("ok", tally.ok),
-            ("workers_stopped", stopped),
-            ("timed_out", tally.timed_out),
-            ("worker_lost", tally.lost),
-            ("lost", 0),
-            ("duplicated", duplicated),
-            ("wrong", tally.wrong),
-            ("hangs", tally.hangs),
-            ("ms", started.elapsed().as_millis() as u64),
-        ],
+        n,
+        ("workers_stopped", stopped),
+        duplicated,
+        started,
     );
-    assert!(tally.unexpected.is_empty(), "{:?}", tally.unexpected);
-    assert_eq!(
-        (tally.wrong, tally.hangs, duplicated),
-        (0, 0, 0),
-        "{tally:?}"
-    );
-    assert_eq!(tally.ok + tally.lost + tally.timed_out, n);
+    tally.assert_each_ended_once(n, duplicated);
     assert!(
         stopped > 0,
         "the storm stopped nobody: the test proved nothing"
