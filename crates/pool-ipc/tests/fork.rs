@@ -11,8 +11,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use pool_ipc::{
-    ChildStart, ExitStatus, RecvError, SpawnError, SpawnOptions, StartMethod, TransportKind, fork,
-    spawn,
+    ChildStart, ExitStatus, RecvError, SpawnError, SpawnOptions, Spawned, StartMethod,
+    TransportKind, fork, spawn,
 };
 
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -254,21 +254,24 @@ fn a_forked_child_sees_end_of_file_when_the_parent_closes_its_end() {
     );
 }
 
-#[test]
-fn a_killed_forked_child_is_seen_at_once_by_its_channel_even_with_siblings_alive() {
-    let a = fork(sleeps, &SpawnOptions::new()).unwrap();
-    let b = fork(sleeps, &SpawnOptions::new()).unwrap();
+/// Kills `a` and checks that its channel reaches end of file at once although its sibling
+/// `b` (which must hold no end of it) still runs.
+fn killed_child_disconnects_while_its_sibling_lives(a: Spawned, b: &Spawned, what: &str) {
     let (_tx, mut rx) = a.channel.split();
     let t = Instant::now();
     a.child.kill().unwrap();
     let mut buf = Vec::new();
     let r = rx.recv_into(&mut buf, soon());
     assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
-    eprintln!(
-        "killed forked child's channel closed after {:?}",
-        t.elapsed()
-    );
+    eprintln!("killed {what}'s channel closed after {:?}", t.elapsed());
     assert!(running(b.child.pid()));
+}
+
+#[test]
+fn a_killed_forked_child_is_seen_at_once_by_its_channel_even_with_siblings_alive() {
+    let a = fork(sleeps, &SpawnOptions::new()).unwrap();
+    let b = fork(sleeps, &SpawnOptions::new()).unwrap();
+    killed_child_disconnects_while_its_sibling_lives(a, &b, "forked child");
 }
 
 #[test]
@@ -531,17 +534,7 @@ fn forkserver_children_do_not_hold_their_siblings_channels() {
     let a = spawn(sleeps, b"", &forkserver()).unwrap();
     let b = spawn(sleeps, b"", &forkserver()).unwrap();
     assert_eq!(parent_of(a.child.pid()), parent_of(b.child.pid()));
-    let (_tx, mut rx) = a.channel.split();
-    let t = Instant::now();
-    a.child.kill().unwrap();
-    let mut buf = Vec::new();
-    let r = rx.recv_into(&mut buf, soon());
-    assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
-    eprintln!(
-        "killed forkserver child's channel closed after {:?}",
-        t.elapsed()
-    );
-    assert!(running(b.child.pid()));
+    killed_child_disconnects_while_its_sibling_lives(a, &b, "forkserver child");
     // Only stdio and its own channel (two halves: the socket and its duplicate); its ready
     // pipe is closed, and nothing of the forkserver's or its siblings' is left.
     let fds = std::fs::read_dir(format!("/proc/{}/fd", b.child.pid()))
