@@ -481,12 +481,7 @@ fn rust_seconds(root: &Path, rust: &RustSide, id: &str) -> Option<f64> {
     }
     let (transport, key) = id.split_once('.')?;
     let json = std::fs::read_to_string(root.join("target/bench/latency.json")).ok()?;
-    let section = &json[json.find(&format!("\"{transport}\""))?..];
-    let field = format!("\"{key}\":");
-    let start = section.find(&field)? + field.len();
-    let end = start + section[start..].find([',', '}'])?;
-    let micros: f64 = section[start..end].trim().parse().ok()?;
-    Some(micros / 1e6)
+    Some(number_in(&json, transport, key)? / 1e6)
 }
 
 fn median_seconds(root: &Path, group: &str, id: &str) -> Option<f64> {
@@ -496,11 +491,17 @@ fn median_seconds(root: &Path, group: &str, id: &str) -> Option<f64> {
         .join(id)
         .join("new/estimates.json");
     let json = std::fs::read_to_string(path).ok()?;
-    let median = &json[json.find("\"median\"")?..];
-    let start = median.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let end = start + median[start..].find([',', '}'])?;
-    let nanos: f64 = median[start..end].trim().parse().ok()?;
-    Some(nanos / 1e9)
+    Some(number_in(&json, "median", "point_estimate")? / 1e9)
+}
+
+/// The number of field `key` inside object `section` of a flat JSON text (both files read
+/// here are written by known tools; no JSON parser is worth a dependency for them).
+fn number_in(json: &str, section: &str, key: &str) -> Option<f64> {
+    let within = &json[json.find(&format!("\"{section}\""))?..];
+    let field = format!("\"{key}\":");
+    let start = within.find(&field)? + field.len();
+    let end = start + within[start..].find([',', '}'])?;
+    within[start..end].trim().parse().ok()
 }
 
 fn lower_is_better(unit: &str) -> bool {
@@ -595,6 +596,14 @@ fn write_json(root: &Path, rows: &[Row]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_found_in_their_section() {
+        let json = r#"{"mean": {"point_estimate": 1.5}, "median": {"point_estimate": 2.25}}"#;
+        assert_eq!(number_in(json, "median", "point_estimate"), Some(2.25));
+        assert_eq!(number_in(json, "mean", "point_estimate"), Some(1.5));
+        assert_eq!(number_in(json, "p99", "point_estimate"), None);
+    }
 
     #[test]
     fn python_lines_parse() {
