@@ -126,6 +126,23 @@ struct JobState<R> {
     first_error: Option<Error>,
 }
 
+impl<R> JobState<R> {
+    /// The state of a job nothing was submitted to yet.
+    fn new(callback: Option<Prepare<R>>) -> JobState<R> {
+        JobState {
+            next_chunk: 0,
+            pending: BTreeMap::new(),
+            ended: VecDeque::new(),
+            sealed: false,
+            finished: false,
+            terminated: false,
+            callback,
+            outcomes: None,
+            first_error: None,
+        }
+    }
+}
+
 /// One `apply`, `map`, `imap`... of a thread pool.
 pub(super) struct Job<R> {
     id: u64,
@@ -477,17 +494,7 @@ impl Shared {
             batch,
             owner: Arc::downgrade(self),
             stopped: AtomicBool::new(false),
-            state: Mutex::new(JobState {
-                next_chunk: 0,
-                pending: BTreeMap::new(),
-                ended: VecDeque::new(),
-                sealed: false,
-                finished: false,
-                terminated: false,
-                callback,
-                outcomes: None,
-                first_error: None,
-            }),
+            state: Mutex::new(JobState::new(callback)),
             cv: Condvar::new(),
         })
     }
@@ -723,17 +730,7 @@ mod tests {
             batch,
             owner: Weak::new(),
             stopped: AtomicBool::new(false),
-            state: Mutex::new(JobState {
-                next_chunk: 0,
-                pending: BTreeMap::new(),
-                ended: VecDeque::new(),
-                sealed: false,
-                finished: false,
-                terminated: false,
-                callback: None,
-                outcomes: None,
-                first_error: None,
-            }),
+            state: Mutex::new(JobState::new(None)),
             cv: Condvar::new(),
         }
     }
