@@ -28,12 +28,19 @@ thread_local! {
 
 /// Encodes `value`, collecting the descriptors of the handles inside it.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
+    // Measured first so that a large value is written once, not copied as its buffer grows.
+    // A value holding handles cannot be measured without the sink: it starts small.
+    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
     SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
-    let bytes = postcard::to_stdvec(value);
+    let mut bytes = Vec::with_capacity(size);
+    let encoded = value.serialize(&mut postcard::Serializer {
+        output: crate::task::Appender(&mut bytes),
+    });
     let fds = SINK
         .with(|sink| sink.borrow_mut().take())
         .unwrap_or_default();
-    Ok((bytes?, fds))
+    encoded?;
+    Ok((bytes, fds))
 }
 
 /// Runs `f` (which decodes) with `fds` available to the handles it meets.

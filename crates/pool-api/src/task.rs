@@ -133,17 +133,66 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
     })
 }
 
+/// Runs `f` on every item of an encoded chunk (a sequence of `A`s), writing the encoded
+/// sequence of `Result<R, Panic>`s to `out`.
+///
+/// Items are decoded, run and encoded one at a time: no vector of arguments or of results
+/// exists, which for a chunk of many small items is most of the work saved (a `Result<R,
+/// Panic>` is several times the size of a small `R`).
 fn run_chunk<A, R>(chunk: &[u8], out: &mut Vec<u8>, f: impl Fn(A) -> R) -> Result<(), String>
 where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let items: Vec<A> =
-        postcard::from_bytes(chunk).map_err(|e| format!("cannot decode arguments: {e}"))?;
-    let results: Vec<Result<R, Panic>> = items.into_iter().map(|a| catch(|| f(a))).collect();
+    let cannot_decode = |e: postcard::Error| format!("cannot decode arguments: {e}");
+    let cannot_encode = |e: postcard::Error| format!("cannot encode results: {e}");
+    // A sequence's length is the same varint as a `u64`.
+    let (len, items) = postcard::take_from_bytes::<u64>(chunk).map_err(cannot_decode)?;
     out.clear();
-    postcard::to_io(&results, &mut *out).map_err(|e| format!("cannot encode results: {e}"))?;
+    let mut encoder = postcard::Serializer {
+        output: Appender(out),
+    };
+    len.serialize(&mut encoder).map_err(cannot_encode)?;
+    let mut decoder = postcard::Deserializer::from_bytes(items);
+    for _ in 0..len {
+        let item = A::deserialize(&mut decoder).map_err(cannot_decode)?;
+        catch(|| f(item))
+            .serialize(&mut encoder)
+            .map_err(cannot_encode)?;
+    }
     Ok(())
+}
+
+/// postcard's output appended to a borrowed vector (its own flavors own theirs), so that one
+/// encoder writes a whole chunk's results.
+pub(crate) struct Appender<'v>(pub(crate) &'v mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        // Most writes are a varint of a few bytes: a byte loop beats a call to `memcpy`.
+        if bytes.len() <= 16 {
+            self.0.reserve(bytes.len());
+            for &b in bytes {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 fn trampoline<F, A, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
@@ -324,6 +373,28 @@ mod tests {
             decode_results::<u32>(&out).unwrap()[0].as_ref().unwrap(),
             &40
         );
+    }
+
+    fn seven(_: ()) -> u8 {
+        7
+    }
+
+    #[test]
+    fn zero_sized_arguments_run_once_each() {
+        // `()` takes no bytes: the count, not the bytes left, says how many items there are.
+        let call = Call::new(&seven).unwrap();
+        let mut out = Vec::new();
+        call.run(&postcard::to_stdvec(&vec![(), (), ()]).unwrap(), &mut out)
+            .unwrap();
+        let results = decode_results::<u8>(&out).unwrap();
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(|r| matches!(r, Ok(7))));
+        // A chunk cut short is an error, not fewer results.
+        assert!(call.run(&[], &mut out).is_err());
+        let add = Call::new(&add).unwrap();
+        let mut chunk = postcard::to_stdvec(&vec![(1u32, 2u32), (3, 4)]).unwrap();
+        chunk.pop();
+        assert!(add.run(&chunk, &mut out).is_err());
     }
 
     #[test]

@@ -6,10 +6,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pool_core::{Chunk, ChunkId, JobId};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::task::{self, Call};
+use crate::task::{Call, Panic};
 
 /// A callback to run on the pool's callback thread once the job finished.
 pub(crate) type Callback = Box<dyn FnOnce(&JobShared) + Send>;
@@ -58,34 +59,145 @@ pub(crate) enum ChunkResult {
 }
 
 impl ChunkResult {
-    /// The chunk's per-item outcomes (`items` of them).
-    pub(crate) fn decode<R: DeserializeOwned>(&self, items: u32) -> Vec<Result<R, Error>> {
-        match self {
-            ChunkResult::Failed(e) => (0..items).map(|_| Err(e.clone())).collect(),
+    /// Hands the chunk's per-item outcomes (`items` of them) to `into`, in order, decoding
+    /// them one by one (no vector of `Result<R, Panic>` is built: see `task::run_chunk`).
+    pub(crate) fn decode_into<R: DeserializeOwned>(&self, items: u32, into: &mut impl Outcomes<R>) {
+        let (frame, body_at, pid) = match self {
+            ChunkResult::Failed(e) => return into.fail(items, e),
             ChunkResult::Bytes {
                 frame,
                 body_at,
                 pid,
-            } => match task::decode_results::<R>(&frame[*body_at..]) {
-                Ok(results) if results.len() == items as usize => results
-                    .into_iter()
-                    .map(|r| {
-                        r.map_err(|p| Error::Panicked {
-                            message: p.message,
-                            location: p.location,
-                            pid: *pid,
-                        })
-                    })
-                    .collect(),
-                Ok(_) => (0..items)
-                    .map(|_| {
-                        Err(Error::Codec(
-                            "a chunk came back with the wrong number of results".into(),
-                        ))
-                    })
-                    .collect(),
-                Err(e) => (0..items).map(|_| Err(e.clone())).collect(),
-            },
+            } => (frame, *body_at, *pid),
+        };
+        let mut pushed = 0;
+        if let Err(error) = decode_each(&frame[body_at..], items, pid, &mut pushed, into) {
+            // Every item gets one outcome: those not decoded fail.
+            into.fail(items - pushed, &error);
+        }
+    }
+}
+
+/// Decodes a chunk's `items` results, handing each to `into` and counting them in `pushed`.
+fn decode_each<R: DeserializeOwned>(
+    body: &[u8],
+    items: u32,
+    pid: u32,
+    pushed: &mut u32,
+    into: &mut impl Outcomes<R>,
+) -> Result<(), Error> {
+    // A sequence's length is the same varint as a `u64`.
+    let (len, results) = postcard::take_from_bytes::<u64>(body)?;
+    if len != u64::from(items) {
+        return Err(Error::Codec(
+            "a chunk came back with the wrong number of results".into(),
+        ));
+    }
+    let mut decoder = postcard::Deserializer::from_bytes(results);
+    while *pushed < items {
+        let result = Result::<R, Panic>::deserialize(&mut decoder)?;
+        *pushed += 1;
+        match result {
+            Ok(value) => into.push_ok(value),
+            Err(p) => into.push(Err(Error::Panicked {
+                message: p.message,
+                location: p.location,
+                pid,
+            })),
+        }
+    }
+    Ok(())
+}
+
+/// Where a job's per-item outcomes go, in delivery order.
+pub(crate) trait Outcomes<R> {
+    /// The next item's outcome.
+    fn push(&mut self, outcome: Result<R, Error>);
+
+    /// The next item succeeded (the common case, without building a `Result`).
+    fn push_ok(&mut self, value: R) {
+        self.push(Ok(value));
+    }
+
+    /// Room for `n` more outcomes is wanted.
+    fn reserve(&mut self, _n: usize) {}
+
+    /// The next `n` items all failed with `error`.
+    fn fail(&mut self, n: u32, error: &Error) {
+        for _ in 0..n {
+            self.push(Err(error.clone()));
+        }
+    }
+}
+
+impl<R> Outcomes<R> for Vec<Result<R, Error>> {
+    fn push(&mut self, outcome: Result<R, Error>) {
+        Vec::push(self, outcome);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
+    }
+}
+
+impl<R> Outcomes<R> for VecDeque<Result<R, Error>> {
+    fn push(&mut self, outcome: Result<R, Error>) {
+        self.push_back(outcome);
+    }
+}
+
+/// What `map` returns: the values in order, or the error of the lowest-index failed item.
+/// Outcomes arrive in input order, so the first error seen is that one, and values after it
+/// are not kept.
+#[derive(Debug)]
+pub(crate) struct FirstError<R> {
+    values: Vec<R>,
+    error: Option<Error>,
+}
+
+impl<R> FirstError<R> {
+    pub(crate) fn new() -> FirstError<R> {
+        FirstError {
+            values: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub(crate) fn into_result(self) -> Result<Vec<R>, Error> {
+        match self.error {
+            None => Ok(self.values),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl<R> Outcomes<R> for FirstError<R> {
+    fn push_ok(&mut self, value: R) {
+        if self.error.is_none() {
+            self.values.push(value);
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        if self.error.is_none() {
+            self.values.reserve(n);
+        }
+    }
+
+    fn push(&mut self, outcome: Result<R, Error>) {
+        match (outcome, &self.error) {
+            (Ok(value), None) => self.values.push(value),
+            (Err(e), None) => {
+                self.error = Some(e);
+                self.values = Vec::new();
+            }
+            (_, Some(_)) => {}
+        }
+    }
+
+    fn fail(&mut self, n: u32, error: &Error) {
+        if n > 0 && self.error.is_none() {
+            self.push(Err(error.clone()));
         }
     }
 }
@@ -256,12 +368,100 @@ impl JobShared {
 
     /// Every item's outcome, in input order, without consuming them (a finished, ordered job
     /// whose chunks were not taken by a caller).
-    pub(crate) fn outcomes<R: DeserializeOwned>(&self) -> Vec<Result<R, Error>> {
+    pub(crate) fn outcomes_into<R: DeserializeOwned>(&self, into: &mut impl Outcomes<R>) {
         let inner = self.lock();
-        inner
-            .delivered
-            .iter()
-            .flat_map(|(chunk, result)| result.decode::<R>(chunk.items))
-            .collect()
+        for (chunk, result) in &inner.delivered {
+            result.decode_into(chunk.items, into);
+        }
+    }
+
+    /// [`JobShared::outcomes_into`] a vector.
+    pub(crate) fn outcomes<R: DeserializeOwned>(&self) -> Vec<Result<R, Error>> {
+        let mut all = Vec::new();
+        self.outcomes_into(&mut all);
+        all
+    }
+
+    /// The values in order, or the error of the lowest-index failed item.
+    pub(crate) fn first_error<R: DeserializeOwned>(&self) -> Result<Vec<R>, Error> {
+        let mut values = FirstError::new();
+        self.outcomes_into(&mut values);
+        values.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk's results as a worker encodes them.
+    fn frame(results: &[Result<u64, Panic>]) -> ChunkResult {
+        ChunkResult::Bytes {
+            frame: postcard::to_stdvec(results).unwrap(),
+            body_at: 0,
+            pid: 42,
+        }
+    }
+
+    fn panic(message: &str) -> Panic {
+        Panic {
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    #[test]
+    fn results_decode_in_order_with_panics_in_place() {
+        let chunk = frame(&[Ok(1), Err(panic("boom")), Ok(3)]);
+        let mut all = Vec::new();
+        chunk.decode_into::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].as_ref().unwrap(), &1);
+        assert!(
+            matches!(&all[1], Err(Error::Panicked { message, pid: 42, .. }) if message == "boom")
+        );
+        assert_eq!(all[2].as_ref().unwrap(), &3);
+    }
+
+    #[test]
+    fn every_item_gets_one_outcome_from_a_bad_chunk() {
+        // A count other than the chunk's: every item fails.
+        let mut all = Vec::new();
+        frame(&[Ok(1), Ok(2)]).decode_into::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|r| matches!(r, Err(Error::Codec(_)))));
+        // Cut short: what decoded stands, the rest fail.
+        let ChunkResult::Bytes { mut frame, .. } = frame(&[Ok(1), Ok(300), Ok(70_000)]) else {
+            unreachable!()
+        };
+        frame.truncate(frame.len() - 1);
+        let cut = ChunkResult::Bytes {
+            frame,
+            body_at: 0,
+            pid: 1,
+        };
+        let mut all = Vec::new();
+        cut.decode_into::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].as_ref().unwrap(), &300);
+        assert!(matches!(all[2], Err(Error::Codec(_))));
+        // A failed chunk: every item gets its error.
+        let mut all: Vec<Result<u64, Error>> = Vec::new();
+        ChunkResult::Failed(Error::Terminated).decode_into(4, &mut all);
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn map_keeps_the_error_of_the_lowest_index() {
+        let mut values = FirstError::new();
+        frame(&[Ok(1), Ok(2)]).decode_into::<u64>(2, &mut values);
+        frame(&[Ok(3), Err(panic("first")), Err(panic("second"))]).decode_into(3, &mut values);
+        ChunkResult::Failed(Error::Terminated).decode_into(2, &mut values);
+        assert!(
+            matches!(values.into_result(), Err(Error::Panicked { message, .. }) if message == "first")
+        );
+        let mut values = FirstError::new();
+        frame(&[Ok(1), Ok(2)]).decode_into::<u64>(2, &mut values);
+        assert_eq!(values.into_result().unwrap(), [1, 2]);
     }
 }

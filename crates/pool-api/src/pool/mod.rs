@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use self::driver::{Shared, WorkerSetup};
-use self::job::{Callback, JobShared, Payload, Source, Wake};
+use self::job::{Callback, FirstError, JobShared, Outcomes, Payload, Source, Wake};
 use crate::Error;
 use crate::task::{Call, StarFn};
 
@@ -151,7 +151,9 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        first_error(self.map_results(f, items, None)?)
+        let mut values = FirstError::new();
+        self.submit_map(Call::new(&f)?, items, None, &mut values)?;
+        values.into_result()
     }
 
     /// [`Pool::map`] with an explicit chunk size (0 is an error).
@@ -162,7 +164,9 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        first_error(self.map_results(f, items, Some(chunksize))?)
+        let mut values = FirstError::new();
+        self.submit_map(Call::new(&f)?, items, Some(chunksize), &mut values)?;
+        values.into_result()
     }
 
     /// Python's `starmap`: every item is a tuple of arguments (`f` takes 2 to 5 of them).
@@ -173,7 +177,9 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        first_error(self.submit_map(Call::new_star(&f)?, items, None)?)
+        let mut values = FirstError::new();
+        self.submit_map(Call::new_star(&f)?, items, None, &mut values)?;
+        values.into_result()
     }
 
     /// Every item's own outcome, in input order. The call fails as a whole only if it cannot
@@ -190,15 +196,19 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.submit_map(Call::new(&f)?, items, chunksize)
+        let mut outcomes = Vec::new();
+        self.submit_map(Call::new(&f)?, items, chunksize, &mut outcomes)?;
+        Ok(outcomes)
     }
 
+    /// Runs a map, handing every item's outcome to `into` in input order.
     fn submit_map<A, R, I>(
         &self,
         call: Call,
         items: I,
         chunksize: Option<usize>,
-    ) -> Result<Vec<Result<R, Error>>, Error>
+        into: &mut impl Outcomes<R>,
+    ) -> Result<(), Error>
     where
         I: IntoIterator<Item = A>,
         A: Serialize,
@@ -208,11 +218,11 @@ impl Pool {
         let (lo, hi) = items.size_hint();
         // A length must be known for Python's default chunk size; an iterator that cannot tell
         // is read once into memory.
-        let (len, mut items): (usize, Box<dyn Iterator<Item = A>>) = if hi == Some(lo) {
-            (lo, Box::new(items))
+        let (len, mut items) = if hi == Some(lo) {
+            (lo, Counted::Told(items))
         } else {
             let all: Vec<A> = items.by_ref().collect();
-            (all.len(), Box::new(all.into_iter()))
+            (all.len(), Counted::Read(all.into_iter()))
         };
         let chunksize = self.chunksize(len, chunksize)?;
         let spec = JobSpec::new(
@@ -228,13 +238,13 @@ impl Pool {
             job: &job,
             armed: true,
         };
-        let mut out = Vec::with_capacity(len);
+        into.reserve(len);
         loop {
             match job.next_wake(None) {
                 Wake::Pull { chunk, max_items } => self.feed(chunk, max_items, &mut items)?,
                 Wake::Delivered(chunks) => {
                     for (chunk, result) in chunks {
-                        out.extend(result.decode::<R>(chunk.items));
+                        result.decode_into(chunk.items, into);
                     }
                 }
                 Wake::Finished => break,
@@ -242,7 +252,7 @@ impl Pool {
             }
         }
         guard.armed = false;
-        Ok(out)
+        Ok(())
     }
 
     /// [`Pool::map`] without waiting: all arguments are encoded now (so they need not outlive
@@ -306,7 +316,7 @@ impl Pool {
             },
             Delivery::Ordered,
         );
-        let callback = callbacks.into_callback(|job: &JobShared| first_error(job.outcomes::<R>()));
+        let callback = callbacks.into_callback(|job: &JobShared| job.first_error::<R>());
         let job = self
             .shared
             .submit(spec, call, Source::Encoded(chunks), callback)?;
@@ -407,7 +417,7 @@ impl Pool {
         &self,
         chunk: ChunkId,
         max_items: u32,
-        items: &mut dyn Iterator<Item = A>,
+        items: &mut (impl Iterator<Item = A> + ?Sized),
     ) -> Result<(), Error> {
         let batch: Vec<A> = items.take(max_items as usize).collect();
         let n = batch.len() as u32;
@@ -697,9 +707,22 @@ fn single<R: DeserializeOwned>(job: &JobShared) -> Result<R, Error> {
         .unwrap_or(Err(Error::Terminated))
 }
 
-/// The values, or the error of the lowest-index failed item.
-fn first_error<R>(results: Vec<Result<R, Error>>) -> Result<Vec<R>, Error> {
-    results.into_iter().collect()
+/// A map's input, of a length known in advance: as given when the iterator tells its length,
+/// else read into memory first.
+enum Counted<I: Iterator> {
+    Told(I),
+    Read(std::vec::IntoIter<I::Item>),
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        match self {
+            Counted::Told(items) => items.next(),
+            Counted::Read(items) => items.next(),
+        }
+    }
 }
 
 /// Cancels a job whose caller stops waiting for it (a panic while reading its input, or
@@ -784,7 +807,7 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// Waits for every result; on failure, the error of the lowest-index failed item.
     pub fn get(&self) -> Result<Vec<R>, Error> {
         self.job.wait_finished(None);
-        first_error(self.job.outcomes())
+        self.job.first_error()
     }
 
     /// Waits at most `timeout`; [`Error::Timeout`] if not ready.
@@ -792,7 +815,7 @@ impl<R: DeserializeOwned> MapResult<R> {
         if !self.job.wait_finished(Some(Instant::now() + timeout)) {
             return Err(Error::Timeout(timeout));
         }
-        first_error(self.job.outcomes())
+        self.job.first_error()
     }
 
     /// Every item's own outcome, in input order (waits).
@@ -868,7 +891,7 @@ impl<A: Serialize, R: DeserializeOwned> Iterator for IMap<'_, A, R> {
                 Wake::Delivered(chunks) => {
                     let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
-                        self.ready.extend(result.decode::<R>(chunk.items));
+                        result.decode_into(chunk.items, &mut self.ready);
                     }
                     let id = self.job.id;
                     self.pool

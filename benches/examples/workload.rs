@@ -1,0 +1,88 @@
+//! One workload of the benchmark suite, repeated, for profiling and quick comparisons:
+//!
+//! ```text
+//! cargo run --release -p pool-benches --example workload -- w3 [pipe|shm] [rounds]
+//! perf record -g target/release/examples/workload w3 pipe 50
+//! ```
+//!
+//! It prints the minimum and the median time of a round (the minimum is the steadiest figure
+//! on a shared machine). Criterion (`cargo xtask bench`) remains the measurement of record;
+//! this is the loop to put under `perf` or to compare two builds in a minute.
+
+#![allow(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use pool_api::{Bytes, Pool, TransportKind};
+
+fn noop(_: ()) {}
+
+fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn len(data: Bytes) -> usize {
+    data.len()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let workload = args.first().map_or("w3", String::as_str);
+    let kind = match args.get(1).map(String::as_str) {
+        Some("shm") => TransportKind::Shm,
+        _ => TransportKind::Pipe,
+    };
+    let rounds: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(20);
+    let pool = Pool::builder()
+        .processes(2)
+        .transport(kind)
+        .build()
+        .expect("pool");
+    let buffers: Vec<Bytes> = (0..64u8).map(|i| Bytes(vec![i; 1 << 20])).collect();
+    let (unit, per_round): (&str, f64) = match workload {
+        "w2" => ("calls", 10_000.0),
+        "w2b" => ("tasks", 10_000.0),
+        "w3" => ("items", 1e6),
+        "w3c1" => ("items", 1e5),
+        "w4" | "w4c1" => ("MiB", 64.0),
+        other => {
+            eprintln!("unknown workload {other}: w2, w2b, w3, w3c1, w4, w4c1");
+            std::process::exit(2);
+        }
+    };
+    // One round's duration; W4's copies of the buffers are made before the clock starts
+    // (CPython's `map` does not copy its list either).
+    let round = || {
+        let input = if workload.starts_with("w4") {
+            buffers.clone()
+        } else {
+            Vec::new()
+        };
+        let start = Instant::now();
+        match workload {
+            "w2" => (0..10_000).for_each(|_| pool.apply(noop, ()).unwrap()),
+            "w2b" => {
+                let results: Vec<_> = (0..10_000)
+                    .map(|_| pool.apply_async(noop, ()).unwrap())
+                    .collect();
+                results.into_iter().for_each(|r| r.get().unwrap());
+            }
+            "w3" => drop(pool.map(square, 0..1_000_000u64).unwrap()),
+            "w3c1" => drop(pool.map_chunked(square, 0..100_000u64, 1).unwrap()),
+            "w4" => drop(pool.map(len, input).unwrap()),
+            _ => drop(pool.map_chunked(len, input, 1).unwrap()),
+        }
+        start.elapsed()
+    };
+    round();
+    let mut times: Vec<Duration> = (0..rounds).map(|_| round()).collect();
+    times.sort();
+    let rate = |t: Duration| per_round / t.as_secs_f64();
+    println!(
+        "{workload} {kind:?}: min {:?} ({:.3e} {unit}/s), median {:?} ({:.3e} {unit}/s)",
+        times[0],
+        rate(times[0]),
+        times[rounds / 2],
+        rate(times[rounds / 2]),
+    );
+}
