@@ -24,7 +24,9 @@ pub struct Config {
     pub chunks_per_worker: u32,
     /// A worker only gets more than one chunk at a time while the measured mean chunk time is
     /// at most this: for long tasks prefetching gains nothing and would make a chunk wait
-    /// behind a long task. Until a chunk time has been measured, workers get one chunk.
+    /// behind a long task. Until a chunk time has been measured, workers get one chunk. Below
+    /// it, a worker's window holds about this much work (`prefetch_below / mean`, at least 2,
+    /// at most `chunks_per_worker`).
     pub prefetch_below: Duration,
     /// Time limit of one chunk, counted from the moment the worker reports it started.
     /// `None`: no limit. A job may set its own.
@@ -44,7 +46,7 @@ impl Config {
         Config {
             processes,
             max_tasks_per_child: None,
-            chunks_per_worker: 2,
+            chunks_per_worker: 16,
             prefetch_below: Duration::from_millis(10),
             task_time_limit: None,
             start_timeout: None,

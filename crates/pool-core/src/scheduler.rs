@@ -863,13 +863,18 @@ impl Scheduler {
         if w.state != WorkerState::Ready {
             return 0;
         }
-        let prefetch = self
-            .mean_chunk_time
-            .is_some_and(|t| t <= self.config.prefetch_below);
-        let window = if prefetch {
-            self.config.chunks_per_worker
-        } else {
-            1
+        let window = match self.mean_chunk_time {
+            // A worker holds about `prefetch_below` of work: deep windows for tiny chunks
+            // (each round trip hidden behind the chunks queued before it), two for chunks
+            // near the bound, never more than `chunks_per_worker`.
+            Some(mean) if mean <= self.config.prefetch_below => {
+                let fits = self.config.prefetch_below.as_nanos() / mean.as_nanos().max(1);
+                u32::try_from(fits)
+                    .unwrap_or(u32::MAX)
+                    .max(2)
+                    .min(self.config.chunks_per_worker)
+            }
+            _ => 1,
         };
         let held = u32::try_from(w.window.len()).unwrap_or(u32::MAX);
         let room = window.saturating_sub(held);
@@ -1139,6 +1144,38 @@ mod tests {
         );
         let job = s.submit(spec, T0).unwrap();
         assert_eq!(drain(&mut s), [Command::JobFinished { job }]);
+    }
+
+    #[test]
+    fn the_window_holds_about_prefetch_below_of_work() {
+        let mut c = Config::new(1);
+        c.chunks_per_worker = 16;
+        c.prefetch_below = Duration::from_millis(10);
+        let dispatched_after_chunks_of = |c: &Config, chunk_time: Duration| {
+            let (mut s, workers) = ready_pool(c.clone());
+            s.submit(JobSpec::single(), T0).unwrap();
+            let (w, first) = dispatched(&drain(&mut s))[0];
+            assert_eq!(w, workers[0]);
+            s.handle_chunk_started(w, first.id, T0).unwrap();
+            s.handle_chunk_finished(w, first.id, T0 + chunk_time)
+                .unwrap();
+            drain(&mut s);
+            for _ in 0..32 {
+                s.submit(JobSpec::single(), T0 + chunk_time).unwrap();
+            }
+            dispatched(&drain(&mut s)).len()
+        };
+        // Tiny chunks: the whole window; 2.5 ms chunks: four (10 ms of work); near the bound:
+        // two; over it: one at a time.
+        assert_eq!(dispatched_after_chunks_of(&c, Duration::from_micros(5)), 16);
+        assert_eq!(
+            dispatched_after_chunks_of(&c, Duration::from_micros(2_500)),
+            4
+        );
+        assert_eq!(dispatched_after_chunks_of(&c, Duration::from_millis(9)), 2);
+        assert_eq!(dispatched_after_chunks_of(&c, Duration::from_millis(11)), 1);
+        c.chunks_per_worker = 1;
+        assert_eq!(dispatched_after_chunks_of(&c, Duration::from_micros(5)), 1);
     }
 
     #[test]
