@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pool_api::{
-    Connection, Lock, Pipe, Process, Queue, ReadConnection, SimpleQueue, Value, WriteConnection,
+    Connection, Lock, Pipe, Process, Queue, ReadConnection, SimpleQueue, StartMethod, Value,
+    WriteConnection,
 };
 use pool_benches::secs;
 
@@ -196,9 +197,21 @@ fn noop(_: ()) {}
 fn w8_process(c: &mut Criterion) {
     let mut group = c.benchmark_group("w8_process_start_join");
     group.sample_size(20).measurement_time(secs(5));
-    group.bench_function("spawn", |b| {
+    for (id, method) in [
+        ("spawn", StartMethod::Spawn),
+        ("forkserver", StartMethod::Forkserver),
+    ] {
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                let mut p = Process::new(noop, ()).unwrap().start_method(method);
+                p.start().unwrap();
+                p.join().unwrap();
+            })
+        });
+    }
+    group.bench_function("fork", |b| {
         b.iter(|| {
-            let mut p = Process::new(noop, ()).unwrap();
+            let mut p = Process::fork(|| {});
             p.start().unwrap();
             p.join().unwrap();
         })

@@ -236,7 +236,7 @@ def main():
     if wanted("w7"):
         w7_lock()
     if wanted("w8"):
-        for method in ("fork", "spawn"):
+        for method in ("fork", "forkserver", "spawn"):
             w8_process(method)
 
 

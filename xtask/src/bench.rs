@@ -298,6 +298,32 @@ fn workloads() -> Vec<Workload> {
             },
             target: "<= 1.5 ms",
         },
+        Workload {
+            name: "W8 Process start + join, forkserver (ms, lower is better)",
+            python: ("W8 Process start + join", "forkserver"),
+            python_group: "w8",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w8_process_start_join",
+                ids: [("pipe", "forkserver"), ("shm", "")],
+                derive: ms,
+                unit: "ms",
+            },
+            target: "-",
+        },
+        Workload {
+            name: "W8 Process start + join, fork (ms, lower is better)",
+            python: ("W8 Process start + join", "fork"),
+            python_group: "w8",
+            rust: RustSide {
+                bench_file: "primitives",
+                group: "w8_process_start_join",
+                ids: [("pipe", "fork"), ("shm", "")],
+                derive: ms,
+                unit: "ms",
+            },
+            target: "<= 0.6 ms",
+        },
     ]
 }
 

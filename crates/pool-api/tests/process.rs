@@ -164,3 +164,44 @@ fn abandoned_children_are_reaped_as_they_exit() {
     p.join().unwrap();
     assert_eq!(p.exitcode(), Some(0), "zombies were left");
 }
+
+fn sends_its_pid(queue: pool_api::Queue<u32>) {
+    queue.put(std::process::id()).unwrap();
+}
+
+#[test]
+fn forkserver_processes_behave_as_spawned_ones() {
+    use pool_api::{Queue, StartMethod};
+    let forkserver = |p: Process| p.start_method(StartMethod::Forkserver);
+    // Exit codes as with spawn.
+    let mut panicking = forkserver(Process::new(panics, ()).unwrap());
+    let mut exiting = forkserver(Process::new(exits, 3).unwrap());
+    let mut killed = forkserver(Process::new(sleeps, 60_000).unwrap());
+    for p in [&mut panicking, &mut exiting, &mut killed] {
+        p.start().unwrap();
+    }
+    killed.kill().unwrap();
+    for p in [&mut panicking, &mut exiting, &mut killed] {
+        assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    }
+    assert_eq!(panicking.exitcode(), Some(1));
+    assert_eq!(exiting.exitcode(), Some(3));
+    assert_eq!(killed.exitcode(), Some(-9));
+    // Names, and handles in the arguments.
+    let dir = scratch();
+    let path = dir.path().join("name");
+    let mut named =
+        forkserver(Process::new(write_name, (path.clone(), 0)).unwrap()).with_name("fs");
+    named.start().unwrap();
+    named.join().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "fs");
+    let queue: Queue<u32> = Queue::new().unwrap();
+    let mut sender = forkserver(Process::new(sends_its_pid, queue.clone()).unwrap());
+    sender.start().unwrap();
+    assert_eq!(queue.get_timeout(GENEROUS).unwrap(), sender.pid().unwrap());
+    sender.join().unwrap();
+    assert_eq!(sender.exitcode(), Some(0));
+    // A forked closure has no start method to choose.
+    let mut forked = Process::fork(|| {}).start_method(StartMethod::Spawn);
+    assert!(matches!(forked.start(), Err(Error::InvalidArgument(_))));
+}
