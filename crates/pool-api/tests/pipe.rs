@@ -5,8 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use pool_api::{Connection, Pipe, Process, RecvError, WriteConnection, wait};
+use pool_api::{
+    Connection, Pipe, Process, RecvError, SendError, TransportKind, WriteConnection, wait,
+};
 use serde::{Deserialize, Serialize};
+
+/// Every behaviour holds over both transports: a socket pair and shared memory.
+const KINDS: [TransportKind; 2] = [TransportKind::Pipe, TransportKind::Shm];
 
 /// The equivalent of Python's `[42, None, 'hello']`.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -36,7 +41,13 @@ fn writes_then_exits((mut w, n): (WriteConnection, u32)) {
 
 #[test]
 fn seed_pipe_sends_a_list_with_a_none() {
-    let (mut parent_conn, child_conn) = Pipe::duplex().unwrap();
+    for kind in KINDS {
+        seed_pipe_over(kind);
+    }
+}
+
+fn seed_pipe_over(kind: TransportKind) {
+    let (mut parent_conn, child_conn) = Pipe::duplex_over(kind).unwrap();
     let mut p = Process::new(f_pipe, child_conn).unwrap();
     p.start().unwrap();
     let got: Vec<Py> = parent_conn.recv().unwrap();
@@ -49,11 +60,18 @@ fn seed_pipe_sends_a_list_with_a_none() {
 
 #[test]
 fn boundaries_empty_messages_and_bytes_round_trip_through_a_child() {
+    for kind in KINDS {
+        round_trips_over(kind);
+    }
+}
+
+fn round_trips_over(kind: TransportKind) {
     // CPython _TestConnection.test_connection: send_bytes / recv_bytes / recv_bytes_into.
-    let (mut conn, child_conn) = Pipe::duplex().unwrap();
+    let (mut conn, child_conn) = Pipe::duplex_over(kind).unwrap();
     let mut p = Process::new(echo_until_eof, child_conn).unwrap();
     p.start().unwrap();
-    for msg in [&b""[..], b"a", b"", &[9u8; 70_000]] {
+    // 3 MiB is larger than a shared-memory ring: it streams through.
+    for msg in [&b""[..], b"a", b"", &[9u8; 70_000], &vec![7u8; 3 << 20]] {
         conn.send_bytes(msg).unwrap();
         assert_eq!(conn.recv_bytes().unwrap(), msg);
     }
@@ -77,8 +95,14 @@ fn boundaries_empty_messages_and_bytes_round_trip_through_a_child() {
 
 #[test]
 fn poll_waits_with_a_timeout() {
+    for kind in KINDS {
+        poll_over(kind);
+    }
+}
+
+fn poll_over(kind: TransportKind) {
     // CPython _TestConnection.test_poll_eof and timeouts.
-    let (mut a, b) = Pipe::duplex().unwrap();
+    let (mut a, b) = Pipe::duplex_over(kind).unwrap();
     let t = Instant::now();
     assert!(!b.poll(Some(Duration::from_millis(50))).unwrap());
     assert!(t.elapsed() >= Duration::from_millis(50));
@@ -97,8 +121,14 @@ fn poll_waits_with_a_timeout() {
 
 #[test]
 fn one_way_pipes_and_wait_over_connections_and_processes() {
-    let (mut r1, w1) = Pipe::one_way().unwrap();
-    let (r2, _w2) = Pipe::one_way().unwrap();
+    for kind in KINDS {
+        one_way_over(kind);
+    }
+}
+
+fn one_way_over(kind: TransportKind) {
+    let (mut r1, w1) = Pipe::one_way_over(kind).unwrap();
+    let (r2, _w2) = Pipe::one_way_over(kind).unwrap();
     let mut p = Process::new(writes_then_exits, (w1, 3)).unwrap();
     p.start().unwrap();
     let ready = wait(&[&r2, &r1], Some(Duration::from_secs(10))).unwrap();
@@ -136,4 +166,53 @@ fn a_message_over_two_gib() {
     assert_eq!(got.len(), len);
     assert!(got.iter().step_by(4096).all(|x| *x == 0xa5) && got[len - 1] == 0xa5);
     sender.join().unwrap();
+}
+
+fn receives_forever(mut conn: Connection) {
+    conn.send(&std::process::id()).unwrap();
+    while conn.recv_bytes().is_ok() {}
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_peer_is_end_of_file_and_closed_over_shared_memory() {
+    // Shared memory has no hang-up of its own: the liveness socket must end a blocked
+    // receive and refuse sends once the child is killed, never hang.
+    let (mut conn, child_conn) = Pipe::duplex_over(TransportKind::Shm).unwrap();
+    let mut p = Process::new(receives_forever, child_conn).unwrap();
+    p.start().unwrap();
+    assert_eq!(conn.recv::<u32>().unwrap(), p.pid().unwrap());
+    conn.send_bytes(b"still there").unwrap();
+    p.kill().unwrap();
+    p.join().unwrap();
+    let t = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let received = conn.recv_bytes();
+        // A full ring would block a sender forever without the peer's death noticed.
+        let sent = (0..64).try_for_each(|_| conn.send_bytes(&[0u8; 64 << 10]));
+        let _ = tx.send((received.map(|_| ()), sent));
+    });
+    let (received, sent) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a dead peer must not leave a receive or a send blocked");
+    eprintln!("end of file {:?} after the peer was reaped", t.elapsed());
+    assert!(matches!(received, Err(RecvError::Eof)), "{received:?}");
+    assert!(matches!(sent, Err(SendError::Closed)), "{sent:?}");
+}
+
+#[test]
+fn shared_memory_ends_work_in_threads_and_see_each_other_dropped() {
+    let (mut a, mut b) = Pipe::duplex_over(TransportKind::Shm).unwrap();
+    let echo = std::thread::spawn(move || {
+        while let Ok(v) = b.recv::<u64>() {
+            b.send(&(v * 2)).unwrap();
+        }
+    });
+    for i in 0..1_000u64 {
+        a.send(&i).unwrap();
+        assert_eq!(a.recv::<u64>().unwrap(), i * 2);
+    }
+    drop(a);
+    echo.join().unwrap();
 }

@@ -199,7 +199,7 @@ impl Child {
     /// Runs `action` on the watcher thread as soon as the child exits (it is not reaped by
     /// this: its owner still reaps it). Keep `action` short; it delays other notifications.
     pub fn on_exit(&self, action: impl FnOnce() + Send + 'static) -> io::Result<()> {
-        watcher::watch(self.pidfd().try_clone_to_owned()?, Box::new(action));
+        watcher::watch(self.pidfd().try_clone_to_owned()?, Box::new(action), None);
         Ok(())
     }
 
@@ -259,25 +259,108 @@ impl Killer {
     }
 }
 
+/// Runs `action` on the watcher thread (the one that turns child exits into `PeerDeath`
+/// notifications) as soon as `fd` becomes readable, unless the returned guard is dropped
+/// first. For a socket nobody writes to, readable means hung up: every copy of its peer is
+/// closed, which is how a shared-memory `Pipe` end learns that its peer is gone. The watcher
+/// holds a duplicate of `fd` until the action ran or the guard is dropped.
+pub fn on_readable(
+    fd: BorrowedFd<'_>,
+    action: impl FnOnce() + Send + 'static,
+) -> io::Result<WatchGuard> {
+    let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(watcher::ACTIVE));
+    watcher::watch(
+        fd.try_clone_to_owned()?,
+        Box::new(action),
+        Some(std::sync::Arc::clone(&state)),
+    );
+    Ok(WatchGuard {
+        state,
+        pid: std::process::id(),
+    })
+}
+
+/// Stops an [`on_readable`] watch when dropped: the action never runs, and the watcher has
+/// closed its duplicate of the descriptor when `drop` returns (so that a socket's peer sees
+/// the hang-up at once).
+#[derive(Debug)]
+pub struct WatchGuard {
+    state: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// The process whose watcher holds the duplicate (a forked copy of the guard has none to
+    /// wait for).
+    pid: u32,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let _ = self.state.compare_exchange(
+            watcher::ACTIVE,
+            watcher::CANCELLED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if self.pid != std::process::id() {
+            return;
+        }
+        watcher::wake();
+        // A bounded wait: the watcher answers in microseconds; a stuck one must not hang us.
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while self.state.load(Ordering::Acquire) != watcher::CLOSED && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
+}
+
 /// The thread that turns child exits into `PeerDeath` notifications.
 mod watcher {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
     use super::*;
 
     struct Watcher {
-        new: mpsc::Sender<(OwnedFd, Action)>,
+        new: mpsc::Sender<Watch>,
         wake: UnixStream,
     }
 
     type Action = Box<dyn FnOnce() + Send>;
 
+    /// A descriptor, what to do when it becomes readable, and the state of a cancellable
+    /// watch.
+    type Watch = (OwnedFd, Action, Option<Arc<AtomicU8>>);
+
+    /// Watch states: watching; given up by its guard; descriptor closed by the watcher.
+    pub(super) const ACTIVE: u8 = 0;
+    pub(super) const CANCELLED: u8 = 1;
+    pub(super) const CLOSED: u8 = 2;
+
+    /// Tells a cancellable watch's guard that its descriptor is closed.
+    fn closed(state: &Option<Arc<AtomicU8>>) {
+        if let Some(state) = state {
+            state.store(CLOSED, Ordering::Release);
+        }
+    }
+
     /// Per process: a forked child has no watcher thread until it starts its own.
     static WATCHER: PerProcess<Watcher> = PerProcess::new();
 
-    pub(super) fn watch(pidfd: OwnedFd, action: Action) {
-        let watcher = WATCHER.get_or_init(|| {
+    pub(super) fn watch(fd: OwnedFd, action: Action, state: Option<Arc<AtomicU8>>) {
+        let watcher = watcher();
+        let _ = watcher.new.send((fd, action, state));
+        let _ = (&watcher.wake).write_all(&[1]);
+    }
+
+    /// Makes the watcher look at its watches again (one was given up).
+    pub(super) fn wake() {
+        let _ = (&watcher().wake).write_all(&[1]);
+    }
+
+    fn watcher() -> &'static Watcher {
+        WATCHER.get_or_init(|| {
             let (tx, rx) = mpsc::channel();
             let (wake, wakened) =
                 UnixStream::pair().expect("creating the watcher's wake-up socket");
@@ -286,20 +369,32 @@ mod watcher {
                 .spawn(move || run(rx, wakened))
                 .expect("starting the watcher thread");
             Watcher { new: tx, wake }
-        });
-        let _ = watcher.new.send((pidfd, action));
-        let _ = (&watcher.wake).write_all(&[1]);
+        })
     }
 
-    fn run(rx: mpsc::Receiver<(OwnedFd, Action)>, mut wakened: UnixStream) {
-        let mut watched: Vec<(OwnedFd, Option<Action>)> = Vec::new();
+    fn run(rx: mpsc::Receiver<Watch>, mut wakened: UnixStream) {
+        let mut watched: Vec<(OwnedFd, Option<Action>, Option<Arc<AtomicU8>>)> = Vec::new();
         let mut sink = [0u8; 64];
         loop {
-            while let Ok((fd, action)) = rx.try_recv() {
-                watched.push((fd, Some(action)));
+            while let Ok((fd, action, cancelled)) = rx.try_recv() {
+                watched.push((fd, Some(action), cancelled));
             }
+            // Given-up watches close their descriptor now (a socket's peer may be waiting for
+            // that very hang-up).
+            let mut ended = Vec::new();
+            watched.retain_mut(|(_, _, state)| {
+                let cancelled = state
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Acquire) == CANCELLED);
+                if cancelled {
+                    ended.push(state.take());
+                }
+                !cancelled
+            });
+            // `retain` has dropped their descriptors.
+            ended.iter().for_each(closed);
             let mut fds: Vec<BorrowedFd<'_>> = vec![wakened.as_fd()];
-            fds.extend(watched.iter().map(|(fd, _)| fd.as_fd()));
+            fds.extend(watched.iter().map(|(fd, _, _)| fd.as_fd()));
             match sys::poll_any(&fds, PollFlags::IN, None) {
                 Ok(Some(0)) => {
                     if matches!(wakened.read(&mut sink), Ok(0)) {
@@ -309,16 +404,19 @@ mod watcher {
                 Ok(Some(_)) => {
                     // Every exited child (a readable pidfd) is reported and forgotten; its
                     // owner still reaps it.
-                    watched.retain_mut(|(fd, action)| {
+                    let mut ended = Vec::new();
+                    watched.retain_mut(|(fd, action, state)| {
                         let exited = sys::poll_one(fd.as_fd(), PollFlags::IN, Some(Instant::now()))
                             .unwrap_or(true);
                         if exited {
                             if let Some(action) = action.take() {
                                 action();
                             }
+                            ended.push(state.take());
                         }
                         !exited
                     });
+                    ended.iter().for_each(closed);
                 }
                 Ok(None) | Err(_) => {}
             }

@@ -32,7 +32,7 @@ mod spawn;
 mod sys;
 pub mod transport;
 
-pub use child::{Child, Killer};
+pub use child::{Child, Killer, WatchGuard, on_readable};
 pub use code::{FnId, NotInExecutable};
 pub use fork::fork;
 pub use spawn::{

@@ -300,12 +300,12 @@ impl Receiver {
         }
     }
 
-    /// Whether a message (or its start) is already buffered, so that a receive would not wait
-    /// for the descriptor. Only the `pipe` flavor buffers; `shm` answers `false`.
+    /// Whether a message (or its start) is already here, so that a receive would not wait for
+    /// the descriptor: buffered by the `pipe` flavor, or in the ring of the `shm` flavor.
     pub fn has_buffered(&self) -> bool {
         match &self.flavor {
             ReceiverFlavor::Pipe(r) => r.has_buffered(),
-            ReceiverFlavor::Shm(_) => false,
+            ReceiverFlavor::Shm(r) => r.has_data(),
         }
     }
 

@@ -580,22 +580,82 @@ impl ShmChannel {
     /// capacity that matches the file's size; otherwise this fails with
     /// [`io::ErrorKind::InvalidData`]. A channel's second end can be opened only once.
     pub fn open(fd: OwnedFd) -> io::Result<ShmChannel> {
+        let map = Mapping::open_checked(&fd)?;
+        if map
+            .global()
+            .opened
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a usable shared-memory channel: its second end is already open",
+            ));
+        }
+        ShmChannel::from_mapping(Arc::new(map), 1)
+    }
+
+    /// Both ends of a new channel whose ends may move between processes (a `Pipe` whose ends
+    /// are handed to children), and the memfd from which [`ShmChannel::open_shared`] opens
+    /// either end again in another process.
+    ///
+    /// Such ends never close their rings when dropped: a process dropping its copy of an end
+    /// that a child now uses must not end the child's conversation. Whoever shares ends this
+    /// way learns that the peer is gone by other means (pool-api pairs each end with a socket
+    /// whose hang-up says so). An end must be *used* by one process at a time, as each ring
+    /// has one writer and one reader; positions live in the mapping after every complete
+    /// message, so an end moves between messages.
+    pub fn pair_shared(capacity: usize) -> io::Result<(ShmChannel, ShmChannel, OwnedFd)> {
+        let (map, fd) = create_mapping(capacity)?;
+        map.global().opened.store(1, Ordering::Relaxed);
+        let map = Arc::new(map);
+        let a = ShmChannel::from_mapping(Arc::clone(&map), 0)?.into_copy();
+        let b = ShmChannel::from_mapping(map, 1)?.into_copy();
+        Ok((a, b, fd))
+    }
+
+    /// End `end` (0 or 1) of a channel made by [`ShmChannel::pair_shared`], from its memfd
+    /// (inherited by this process). The mapping is validated as by [`ShmChannel::open`].
+    pub fn open_shared(fd: &OwnedFd, end: usize) -> io::Result<ShmChannel> {
+        if end > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared-memory channel has ends 0 and 1",
+            ));
+        }
+        let map = Mapping::open_checked(fd)?;
+        Ok(ShmChannel::from_mapping(Arc::new(map), end)?.into_copy())
+    }
+
+    /// Marks both halves as copies: dropping them does not close the rings.
+    fn into_copy(mut self) -> ShmChannel {
+        self.sender.copy = true;
+        self.receiver.copy = true;
+        self
+    }
+}
+
+impl Mapping {
+    /// Maps a channel's memfd made by another process, trusting nothing in it: the file must
+    /// be a memfd sealed against shrinking, and its header must carry the right magic and
+    /// version and a power-of-two capacity that matches the file's size.
+    fn open_checked(fd: &OwnedFd) -> io::Result<Mapping> {
         let bad = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("not a usable shared-memory channel: {what}"),
             )
         };
-        let stat = rustix::fs::fstat(&fd)?;
+        let stat = rustix::fs::fstat(fd)?;
         let size = usize::try_from(stat.st_size).map_err(|_| bad("negative size"))?;
         if size < mapping_len(MIN_CAPACITY) || size > mapping_len(MAX_CAPACITY) {
             return Err(bad("size out of range"));
         }
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| bad("not a memfd"))?;
+        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| bad("not a memfd"))?;
         if !seals.contains(SealFlags::SHRINK) {
             return Err(bad("the file is not sealed against shrinking"));
         }
-        let mut map = Mapping::map(&fd, size)?;
+        let mut map = Mapping::map(fd, size)?;
         let global = map.global();
         if global.magic.load(Ordering::Acquire) != MAGIC {
             return Err(bad("wrong magic number"));
@@ -610,17 +670,12 @@ impl ShmChannel {
         if mapping_len(capacity) != size {
             return Err(bad("ring capacity does not match the file size"));
         }
-        if global
-            .opened
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(bad("its second end is already open"));
-        }
         map.capacity = capacity;
-        ShmChannel::from_mapping(Arc::new(map), 1)
+        Ok(map)
     }
+}
 
+impl ShmChannel {
     /// The end that writes ring `tx` and reads the other one. Positions come from the
     /// mapping (the creator may have sent before the opener maps it) and are checked.
     fn from_mapping(map: Arc<Mapping>, tx: usize) -> io::Result<ShmChannel> {
@@ -1111,6 +1166,15 @@ fn reserve_bounded(buf: &mut Vec<u8>, n: usize, total: usize) {
 }
 
 impl ShmReceiver {
+    /// Whether a message (or part of one) is waiting to be received, without waiting.
+    pub fn has_data(&self) -> bool {
+        if self.pending.is_some() || self.write_seen != self.read {
+            return true;
+        }
+        let write = self.ring.header().writer.write_pos.load(Ordering::Acquire);
+        write != self.read
+    }
+
     /// See [`ShmSender::forget_copy`].
     pub(crate) fn forget_copy(mut self) {
         self.copy = true;
