@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pool_api::{
-    Connection, Lock, Pipe, Process, Queue, ReadConnection, SimpleQueue, StartMethod, Value,
-    WriteConnection,
+    Connection, Lock, Pipe, Process, Queue, ReadConnection, SimpleQueue, StartMethod,
+    TransportKind, Value, WriteConnection,
 };
 use pool_benches::secs;
 
@@ -64,17 +64,26 @@ impl Round for (WriteConnection, ReadConnection) {
 fn w5_pipe(c: &mut Criterion) {
     let mut group = c.benchmark_group("w5_pipe");
     group.sample_size(10).measurement_time(secs(5));
-    let (parent, child) = Pipe::duplex().unwrap();
-    let mut duplex = Process::new(pipe_sink, child).unwrap();
-    duplex.start().unwrap();
-    let (inbox, outbox) = Pipe::one_way().unwrap();
-    let (acks, ack) = Pipe::one_way().unwrap();
-    let mut one_way = Process::new(one_way_sink, (inbox, ack)).unwrap();
-    one_way.start().unwrap();
-    let mut sides: [(&str, Box<dyn Round>); 2] = [
-        ("duplex", Box::new(parent)),
-        ("one_way_pipe", Box::new((outbox, acks))),
-    ];
+    let mut sides: Vec<(&str, Box<dyn Round>)> = Vec::new();
+    let mut children = Vec::new();
+    // A socket pair (the ids without a suffix, as before shared memory existed) and shared
+    // memory.
+    for (kind, suffix) in [(TransportKind::Pipe, ""), (TransportKind::Shm, "_shm")] {
+        let (parent, child) = Pipe::duplex_over(kind).unwrap();
+        let mut duplex = Process::new(pipe_sink, child).unwrap();
+        duplex.start().unwrap();
+        let (inbox, outbox) = Pipe::one_way_over(kind).unwrap();
+        let (acks, ack) = Pipe::one_way_over(kind).unwrap();
+        let mut one_way = Process::new(one_way_sink, (inbox, ack)).unwrap();
+        one_way.start().unwrap();
+        let (duplex_id, one_way_id) = match suffix {
+            "" => ("duplex", "one_way_pipe"),
+            _ => ("duplex_shm", "one_way_shm"),
+        };
+        sides.push((duplex_id, Box::new(parent)));
+        sides.push((one_way_id, Box::new((outbox, acks))));
+        children.extend([duplex, one_way]);
+    }
     for (count, size) in [(10_000u64, 1024usize), (4, 64 << 20)] {
         let msg = vec![7u8; size];
         group.throughput(Throughput::Bytes(count * size as u64));
@@ -86,8 +95,9 @@ fn w5_pipe(c: &mut Criterion) {
     }
     group.finish();
     drop(sides);
-    duplex.join().unwrap();
-    one_way.join().unwrap();
+    for mut child in children {
+        child.join().unwrap();
+    }
 }
 
 fn produce((q, n): (Queue<u64>, u64)) {

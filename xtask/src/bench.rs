@@ -198,7 +198,10 @@ fn workloads() -> Vec<Workload> {
             rust: RustSide {
                 bench_file: "primitives",
                 group: "w5_pipe",
-                ids: [("pipe", "10000x1024B_duplex"), ("shm", "")],
+                ids: [
+                    ("pipe", "10000x1024B_duplex"),
+                    ("shm", "10000x1024B_duplex_shm"),
+                ],
                 derive: per_second(10_000.0),
                 unit: "msgs/s",
             },
@@ -211,7 +214,10 @@ fn workloads() -> Vec<Workload> {
             rust: RustSide {
                 bench_file: "primitives",
                 group: "w5_pipe",
-                ids: [("pipe", "10000x1024B_one_way_pipe"), ("shm", "")],
+                ids: [
+                    ("pipe", "10000x1024B_one_way_pipe"),
+                    ("shm", "10000x1024B_one_way_shm"),
+                ],
                 derive: per_second(10_000.0),
                 unit: "msgs/s",
             },
@@ -224,7 +230,10 @@ fn workloads() -> Vec<Workload> {
             rust: RustSide {
                 bench_file: "primitives",
                 group: "w5_pipe",
-                ids: [("pipe", "4x67108864B_duplex"), ("shm", "")],
+                ids: [
+                    ("pipe", "4x67108864B_duplex"),
+                    ("shm", "4x67108864B_duplex_shm"),
+                ],
                 derive: mib256,
                 unit: "MiB/s",
             },
@@ -237,7 +246,10 @@ fn workloads() -> Vec<Workload> {
             rust: RustSide {
                 bench_file: "primitives",
                 group: "w5_pipe",
-                ids: [("pipe", "4x67108864B_one_way_pipe"), ("shm", "")],
+                ids: [
+                    ("pipe", "4x67108864B_one_way_pipe"),
+                    ("shm", "4x67108864B_one_way_shm"),
+                ],
                 derive: mib256,
                 unit: "MiB/s",
             },
@@ -589,7 +601,7 @@ fn print_table(rows: &[Row]) {
     }
     println!();
     println!(
-        "(W5-W8 have one column: pool's Pipe is a socket, and Queue, Lock and Process have no transport choice.)"
+        "(W6-W8 have one column: Queue, Lock and Process have no transport choice. W5's shm column is Pipe::duplex_over(TransportKind::Shm).)"
     );
 }
 

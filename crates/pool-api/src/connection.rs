@@ -240,16 +240,13 @@ impl Connection {
     /// Receives one message into `buf`, returning its length. A message longer than `buf`
     /// gives [`RecvError::BufferTooShort`], which carries it.
     pub fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        self.chan.recv_into(&mut self.scratch, None)?;
-        let len = self.scratch.len();
-        if len > buf.len() {
-            return Err(RecvError::BufferTooShort {
-                needed: len,
-                message: std::mem::take(&mut self.scratch),
-            });
+        match self.chan.recv_into_slice(buf, &mut self.scratch)? {
+            Ok(len) => Ok(len),
+            Err(message) => Err(RecvError::BufferTooShort {
+                needed: message.len(),
+                message,
+            }),
         }
-        buf[..len].copy_from_slice(&self.scratch);
-        Ok(len)
     }
 
     /// Whether a message (or the end of file) is ready, waiting up to `timeout` (`None`:

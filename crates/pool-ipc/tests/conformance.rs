@@ -60,6 +60,28 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn messages_land_in_a_slice_or_come_back_whole() {
+                let (mut a, mut b) = pair();
+                let sender = thread::spawn(move || {
+                    // The 3 MiB one streams through a shared-memory ring.
+                    for (len, seed) in [(5usize, 1u8), (0, 2), (4096, 3), (3 << 20, 4), (6, 5)] {
+                        a.send(&pattern(len, seed), soon()).unwrap();
+                    }
+                    a
+                });
+                let mut dst = vec![0u8; 4096];
+                let mut scratch = Vec::new();
+                let mut next = || b.recv_into_slice(&mut dst, &mut scratch).unwrap();
+                assert_eq!(next(), Ok(5));
+                assert_eq!(next(), Ok(0));
+                assert_eq!(next(), Ok(4096));
+                assert_eq!(next(), Err(pattern(3 << 20, 4)));
+                assert_eq!(next(), Ok(6));
+                assert_eq!(&dst[..6], &pattern(6, 5)[..]);
+                drop(sender.join().unwrap());
+            }
+
+            #[test]
             fn empty_messages_are_messages() {
                 let (mut a, mut b) = pair();
                 a.send(b"", soon()).unwrap();

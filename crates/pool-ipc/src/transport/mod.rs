@@ -193,6 +193,15 @@ impl Channel {
         &self.receiver
     }
 
+    /// Receives one message into a slice; see [`Receiver::recv_into_slice`].
+    pub fn recv_into_slice(
+        &mut self,
+        dst: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<Result<usize, Vec<u8>>, RecvError> {
+        self.receiver.recv_into_slice(dst, scratch)
+    }
+
     /// Receives one message; see [`Receiver::recv_into`].
     pub fn recv_into(
         &mut self,
@@ -328,6 +337,30 @@ impl Receiver {
         match &mut self.flavor {
             ReceiverFlavor::Pipe(r) => r.recv_into(buf, deadline),
             ReceiverFlavor::Shm(r) => r.recv_into(buf, deadline),
+        }
+    }
+
+    /// Receives the next message into `dst`, blocking until one arrives or the peer is gone:
+    /// `Ok(len)`, or `Err(message)` (whole) when it is longer than `dst`. The `shm` flavor
+    /// copies out of its ring straight into `dst`; the `pipe` flavor receives into `scratch`
+    /// (reused between calls) and copies.
+    pub fn recv_into_slice(
+        &mut self,
+        dst: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<Result<usize, Vec<u8>>, RecvError> {
+        match &mut self.flavor {
+            ReceiverFlavor::Shm(r) => r.recv_into_slice(dst),
+            ReceiverFlavor::Pipe(r) => {
+                r.recv_into(scratch, None)?;
+                Ok(match dst.get_mut(..scratch.len()) {
+                    Some(to) => {
+                        to.copy_from_slice(scratch);
+                        Ok(scratch.len())
+                    }
+                    None => Err(std::mem::take(scratch)),
+                })
+            }
         }
     }
 }

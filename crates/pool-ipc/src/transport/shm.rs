@@ -1075,6 +1075,65 @@ impl ShmReceiver {
         Ok(())
     }
 
+    /// Receives the next message straight into `dst` (no intermediate buffer: one copy out
+    /// of the ring), blocking until one arrives or the peer is gone. A message longer than
+    /// `dst` is received whole into a vector and handed back as `Err(message)`.
+    pub fn recv_into_slice(&mut self, dst: &mut [u8]) -> Result<Result<usize, Vec<u8>>, RecvError> {
+        if let Some(failed) = self.failed {
+            return Err(failed.into());
+        }
+        if self.pending.is_some() {
+            // A message begun by a receive that timed out: finish it the usual way.
+            let mut message = Vec::new();
+            self.recv_into(&mut message, None)?;
+            return Ok(fit(message, dst));
+        }
+        self.wait_for_data(LEN_BYTES, None)?;
+        let mut prefix = [0u8; 8];
+        // SAFETY: 8 bytes from `read` on are published and ours; `prefix` is a local array of
+        // 8 bytes.
+        unsafe {
+            self.ring
+                .copy_out(self.read, prefix.as_mut_ptr(), prefix.len())
+        };
+        let len = u64::from_le_bytes(prefix);
+        let limit = self.max_message.min(isize::MAX as u64);
+        if len > limit {
+            return Err(RecvError::TooLarge { len, limit });
+        }
+        self.read = self.read.wrapping_add(LEN_BYTES);
+        // `len <= isize::MAX`, so this does not truncate.
+        let len = len as usize;
+        if len > dst.len() {
+            // Too long for `dst`: the rest arrives as a pending message into a vector.
+            self.pending = Some(Pending {
+                total: len,
+                remaining: len,
+            });
+            self.stash = Vec::new();
+            let mut message = Vec::new();
+            self.recv_into(&mut message, None)?;
+            return Ok(Err(message));
+        }
+        let mut done = 0;
+        while done < len {
+            let available = self.wait_for_data(1, None)?;
+            let n = available.min(len - done).min(self.ring.step);
+            let to = &mut dst[done..done + n];
+            // SAFETY: `n <= available` published bytes from `read` on, `n <= capacity`; the
+            // destination is `n` bytes of the caller's slice, outside the mapping.
+            unsafe { self.ring.copy_out(self.read, to.as_mut_ptr(), n) };
+            self.read = self.read.wrapping_add(n as u64);
+            done += n;
+            if done < len {
+                // Let the writer refill the ring while we copy the next piece.
+                self.publish();
+            }
+        }
+        self.publish();
+        Ok(Ok(len))
+    }
+
     /// A handle that declares the peer dead, for whoever watches the peer process.
     pub fn peer_death(&self) -> ShmPeerDeath {
         ShmPeerDeath {
@@ -1151,6 +1210,17 @@ impl ShmReceiver {
         let header = self.ring.header();
         header.state.state.fetch_or(READER_CLOSED, Ordering::SeqCst);
         wake_all(&header.writer.space_waiter);
+    }
+}
+
+/// A whole message copied into `dst` if it fits, else handed back.
+fn fit(message: Vec<u8>, dst: &mut [u8]) -> Result<usize, Vec<u8>> {
+    match dst.get_mut(..message.len()) {
+        Some(to) => {
+            to.copy_from_slice(&message);
+            Ok(message.len())
+        }
+        None => Err(message),
     }
 }
 
