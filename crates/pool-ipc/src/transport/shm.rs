@@ -1023,23 +1023,9 @@ impl ShmReceiver {
                 (pending.total, pending.remaining)
             }
             None => {
-                self.wait_for_data(LEN_BYTES, deadline)?;
-                let mut prefix = [0u8; 8];
-                // SAFETY: 8 bytes from `read` on are published and ours; `prefix` is a local
-                // array of 8 bytes.
-                unsafe {
-                    self.ring
-                        .copy_out(self.read, prefix.as_mut_ptr(), prefix.len())
-                };
-                let len = u64::from_le_bytes(prefix);
-                let limit = self.max_message.min(isize::MAX as u64);
-                if len > limit {
-                    return Err(RecvError::TooLarge { len, limit });
-                }
-                self.read = self.read.wrapping_add(LEN_BYTES);
+                let len = self.take_length(deadline)?;
                 buf.clear();
-                // `len <= isize::MAX`, so this does not truncate.
-                (len as usize, len as usize)
+                (len, len)
             }
         };
         while remaining > 0 {
@@ -1088,22 +1074,7 @@ impl ShmReceiver {
             self.recv_into(&mut message, None)?;
             return Ok(fit(message, dst));
         }
-        self.wait_for_data(LEN_BYTES, None)?;
-        let mut prefix = [0u8; 8];
-        // SAFETY: 8 bytes from `read` on are published and ours; `prefix` is a local array of
-        // 8 bytes.
-        unsafe {
-            self.ring
-                .copy_out(self.read, prefix.as_mut_ptr(), prefix.len())
-        };
-        let len = u64::from_le_bytes(prefix);
-        let limit = self.max_message.min(isize::MAX as u64);
-        if len > limit {
-            return Err(RecvError::TooLarge { len, limit });
-        }
-        self.read = self.read.wrapping_add(LEN_BYTES);
-        // `len <= isize::MAX`, so this does not truncate.
-        let len = len as usize;
+        let len = self.take_length(None)?;
         if len > dst.len() {
             // Too long for `dst`: the rest arrives as a pending message into a vector.
             self.pending = Some(Pending {
@@ -1132,6 +1103,27 @@ impl ShmReceiver {
         }
         self.publish();
         Ok(Ok(len))
+    }
+
+    /// Waits for the next message's length prefix and consumes it; the length is checked
+    /// against the limit.
+    fn take_length(&mut self, deadline: Option<Instant>) -> Result<usize, RecvError> {
+        self.wait_for_data(LEN_BYTES, deadline)?;
+        let mut prefix = [0u8; 8];
+        // SAFETY: 8 bytes from `read` on are published and ours; `prefix` is a local array of
+        // 8 bytes.
+        unsafe {
+            self.ring
+                .copy_out(self.read, prefix.as_mut_ptr(), prefix.len())
+        };
+        let len = u64::from_le_bytes(prefix);
+        let limit = self.max_message.min(isize::MAX as u64);
+        if len > limit {
+            return Err(RecvError::TooLarge { len, limit });
+        }
+        self.read = self.read.wrapping_add(LEN_BYTES);
+        // `len <= isize::MAX`, so this does not truncate.
+        Ok(len as usize)
     }
 
     /// A handle that declares the peer dead, for whoever watches the peer process.
