@@ -1,12 +1,12 @@
-//! The Pool's workloads (the definitions of the benchmark issue), for each transport:
-//! apply round trip (W2), pipelined apply_async (W2b), map of tiny items with the default
+//! The Pool's workloads (the definitions of the benchmark issue), for each transport: pool
+//! startup with spawned and with forkserver workers (W1), apply round trip (W2), pipelined apply_async (W2b), map of tiny items with the default
 //! chunk size and with chunk size 1 (W3), map of 1 MiB payloads (W4); and rayon running W3
 //! in-process, as the reference for what processes cost.
 
 #![allow(missing_docs)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pool_api::{Bytes, Pool, TransportKind};
+use pool_api::{Bytes, Pool, StartMethod, TransportKind};
 use pool_benches::secs;
 use rayon::prelude::*;
 
@@ -35,10 +35,22 @@ fn name(kind: TransportKind) -> String {
 fn w1_startup(c: &mut Criterion) {
     let mut group = c.benchmark_group("w1_pool_startup");
     group.sample_size(10).measurement_time(secs(5));
-    for kind in [TransportKind::Pipe, TransportKind::Shm] {
-        group.bench_function(name(kind), |b| {
+    let methods = [
+        (StartMethod::Spawn, ""),
+        (StartMethod::Forkserver, "_forkserver"),
+    ];
+    for (kind, (method, suffix)) in [TransportKind::Pipe, TransportKind::Shm]
+        .into_iter()
+        .flat_map(|kind| methods.map(|m| (kind, m)))
+    {
+        group.bench_function(format!("{}{suffix}", name(kind)), |b| {
             b.iter(|| {
-                let p = pool(kind);
+                let p = Pool::builder()
+                    .processes(2)
+                    .transport(kind)
+                    .start_method(method)
+                    .build()
+                    .expect("pool");
                 let mut seen = std::collections::BTreeSet::new();
                 while seen.len() < 2 {
                     seen.extend(p.map_chunked(pid, 0..4, 1).unwrap());

@@ -216,7 +216,7 @@ def main():
     def wanted(name):
         return not only or name in only
     if wanted("w1"):
-        for method in ("fork", "spawn"):
+        for method in ("fork", "forkserver", "spawn"):
             w1_startup(method)
     with mp.get_context("fork").Pool(2) as pool:
         if wanted("w2"):

@@ -72,6 +72,19 @@ fn workloads() -> Vec<Workload> {
             target: "<= 3 ms",
         },
         Workload {
+            name: "W1 Pool(2) start, forkserver workers (ms, lower is better)",
+            python: ("W1 pool startup", "forkserver"),
+            python_group: "w1",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w1_pool_startup",
+                ids: [("pipe", "pipe_forkserver"), ("shm", "shm_forkserver")],
+                derive: ms,
+                unit: "ms",
+            },
+            target: "-",
+        },
+        Workload {
             name: "W2 apply round trip, median (us, lower is better)",
             python: ("W2 apply round trip", "median"),
             python_group: "w2",
