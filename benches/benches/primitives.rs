@@ -68,7 +68,10 @@ fn w5_pipe(c: &mut Criterion) {
     let mut children = Vec::new();
     // A socket pair (the ids without a suffix, as before shared memory existed) and shared
     // memory.
-    for (kind, suffix) in [(TransportKind::Pipe, ""), (TransportKind::Shm, "_shm")] {
+    for (kind, duplex_id, one_way_id) in [
+        (TransportKind::Pipe, "duplex", "one_way_pipe"),
+        (TransportKind::Shm, "duplex_shm", "one_way_shm"),
+    ] {
         let (parent, child) = Pipe::duplex_over(kind).unwrap();
         let mut duplex = Process::new(pipe_sink, child).unwrap();
         duplex.start().unwrap();
@@ -76,10 +79,6 @@ fn w5_pipe(c: &mut Criterion) {
         let (acks, ack) = Pipe::one_way_over(kind).unwrap();
         let mut one_way = Process::new(one_way_sink, (inbox, ack)).unwrap();
         one_way.start().unwrap();
-        let (duplex_id, one_way_id) = match suffix {
-            "" => ("duplex", "one_way_pipe"),
-            _ => ("duplex_shm", "one_way_shm"),
-        };
         sides.push((duplex_id, Box::new(parent)));
         sides.push((one_way_id, Box::new((outbox, acks))));
         children.extend([duplex, one_way]);

@@ -151,9 +151,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let mut values = FirstError::new();
-        self.submit_map(Call::new(&f)?, items, None, &mut values)?;
-        values.into_result()
+        self.map_values(Call::new(&f)?, items, None)
     }
 
     /// [`Pool::map`] with an explicit chunk size (0 is an error).
@@ -164,9 +162,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let mut values = FirstError::new();
-        self.submit_map(Call::new(&f)?, items, Some(chunksize), &mut values)?;
-        values.into_result()
+        self.map_values(Call::new(&f)?, items, Some(chunksize))
     }
 
     /// Python's `starmap`: every item is a tuple of arguments (`f` takes 2 to 5 of them).
@@ -177,9 +173,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let mut values = FirstError::new();
-        self.submit_map(Call::new_star(&f)?, items, None, &mut values)?;
-        values.into_result()
+        self.map_values(Call::new_star(&f)?, items, None)
     }
 
     /// Every item's own outcome, in input order. The call fails as a whole only if it cannot
@@ -199,6 +193,24 @@ impl Pool {
         let mut outcomes = Vec::new();
         self.submit_map(Call::new(&f)?, items, chunksize, &mut outcomes)?;
         Ok(outcomes)
+    }
+
+    /// Runs a map and returns the values in input order, or the error of the lowest-index
+    /// failed item.
+    fn map_values<A, R, I>(
+        &self,
+        call: Call,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let mut values = FirstError::new();
+        self.submit_map(call, items, chunksize, &mut values)?;
+        values.into_result()
     }
 
     /// Runs a map, handing every item's outcome to `into` in input order.

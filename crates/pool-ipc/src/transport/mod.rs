@@ -353,15 +353,21 @@ impl Receiver {
             ReceiverFlavor::Shm(r) => r.recv_into_slice(dst),
             ReceiverFlavor::Pipe(r) => {
                 r.recv_into(scratch, None)?;
-                Ok(match dst.get_mut(..scratch.len()) {
-                    Some(to) => {
-                        to.copy_from_slice(scratch);
-                        Ok(scratch.len())
-                    }
-                    None => Err(std::mem::take(scratch)),
-                })
+                Ok(fit(scratch, dst))
             }
         }
+    }
+}
+
+/// A whole received message copied into `dst` if it fits (`message` keeps its buffer for
+/// reuse), else taken out of `message` and handed back.
+fn fit(message: &mut Vec<u8>, dst: &mut [u8]) -> Result<usize, Vec<u8>> {
+    match dst.get_mut(..message.len()) {
+        Some(to) => {
+            to.copy_from_slice(message);
+            Ok(message.len())
+        }
+        None => Err(std::mem::take(message)),
     }
 }
 

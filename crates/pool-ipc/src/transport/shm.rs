@@ -1072,7 +1072,7 @@ impl ShmReceiver {
             // A message begun by a receive that timed out: finish it the usual way.
             let mut message = Vec::new();
             self.recv_into(&mut message, None)?;
-            return Ok(fit(message, dst));
+            return Ok(super::fit(&mut message, dst));
         }
         let len = self.take_length(None)?;
         if len > dst.len() {
@@ -1202,17 +1202,6 @@ impl ShmReceiver {
         let header = self.ring.header();
         header.state.state.fetch_or(READER_CLOSED, Ordering::SeqCst);
         wake_all(&header.writer.space_waiter);
-    }
-}
-
-/// A whole message copied into `dst` if it fits, else handed back.
-fn fit(message: Vec<u8>, dst: &mut [u8]) -> Result<usize, Vec<u8>> {
-    match dst.get_mut(..message.len()) {
-        Some(to) => {
-            to.copy_from_slice(&message);
-            Ok(message.len())
-        }
-        None => Err(message),
     }
 }
 
