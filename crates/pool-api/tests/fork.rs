@@ -1,25 +1,16 @@
-//! The `fork` and `forkserver` start methods through pool-api: `Process::fork` with closures
-//! that capture handles, and pools whose workers come from the forkserver.
+//! The `fork` start method through pool-api: `Process::fork` with closures that capture
+//! handles. Pools whose workers come from the forkserver run the whole `Pool` suite in
+//! `tests/pool.rs` (its matrix of start methods and transports).
 //!
 //! Every wait is bounded; tests print what they measured.
 
 #![allow(clippy::print_stderr)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pool_api::{
-    Error, Lock, Pipe, Pool, Process, Queue, RLock, StartMethod, active_children, current_process,
-};
+use pool_api::{Error, Lock, Pipe, Process, Queue, RLock, active_children, current_process};
 
 const GENEROUS: Duration = Duration::from_secs(10);
-
-/// The parent pid of `pid`, from `/proc`.
-fn parent_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 // ---------------------------------------------------------------------------------------
 // Process::fork
@@ -187,155 +178,4 @@ fn many_forked_processes_start_and_join() {
     let mut got: Vec<u32> = (0..16).map(|_| counter.try_get().unwrap()).collect();
     got.sort();
     assert_eq!(got, (0..16).collect::<Vec<_>>());
-}
-
-// ---------------------------------------------------------------------------------------
-// Pool with the forkserver
-// ---------------------------------------------------------------------------------------
-
-fn forkserver_pool(n: usize) -> pool_api::PoolBuilder {
-    Pool::builder()
-        .processes(n)
-        .start_method(StartMethod::Forkserver)
-}
-
-fn square(x: u64) -> u64 {
-    x * x
-}
-
-fn pid(_: ()) -> u32 {
-    std::process::id()
-}
-
-fn worker_name(_: ()) -> String {
-    current_process().name
-}
-
-fn dies(how: String) -> String {
-    match how.as_str() {
-        "abort" => std::process::abort(),
-        "exit" => std::process::exit(3),
-        "sigkill" => {
-            // SAFETY: signalling ourselves.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-            unreachable!()
-        }
-        _ => how,
-    }
-}
-
-#[test]
-fn a_forkserver_pool_maps_in_order() {
-    let t = Instant::now();
-    let pool = forkserver_pool(3).build().unwrap();
-    let squares = pool.map(square, 0..200u64).unwrap();
-    eprintln!("forkserver pool built and mapped in {:?}", t.elapsed());
-    assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
-    let me = std::process::id();
-    for worker in pool.worker_pids() {
-        assert_ne!(
-            parent_of(worker),
-            me,
-            "workers are the forkserver's children"
-        );
-    }
-    let names: std::collections::BTreeSet<String> = (0..30)
-        .map(|_| pool.apply(worker_name, ()).unwrap())
-        .collect();
-    assert!(
-        names.iter().all(|n| n.starts_with("PoolWorker-")),
-        "{names:?}"
-    );
-    pool.close();
-    pool.join().unwrap();
-}
-
-#[test]
-fn a_forkserver_worker_that_dies_is_reported_and_replaced() {
-    let pool = forkserver_pool(2).build().unwrap();
-    for (how, exitcode) in [("sigkill", -9), ("abort", -6), ("exit", 3)] {
-        let crash = pool.apply_async(dies, how.to_string()).unwrap();
-        let fine = pool.apply_async(dies, "fine".to_string()).unwrap();
-        match crash.get() {
-            Err(Error::WorkerLost { exitcode: code, .. }) => assert_eq!(code, exitcode, "{how}"),
-            other => panic!("{how}: expected worker lost, got {other:?}"),
-        }
-        assert_eq!(fine.get().unwrap(), "fine");
-    }
-    let t = Instant::now();
-    while pool.worker_pids().len() < 2 && t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(pool.worker_pids().len(), 2);
-    assert_eq!(pool.map(square, 0..50).unwrap().len(), 50);
-    assert_eq!(pool.stats().lost, 3);
-}
-
-#[test]
-fn a_forkserver_pool_enforces_time_limits() {
-    fn sleep_ms(ms: u64) -> u64 {
-        std::thread::sleep(Duration::from_millis(ms));
-        ms
-    }
-    let pool = forkserver_pool(1)
-        .time_limit(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let first = pool.apply(pid, ()).unwrap();
-    let r = pool.apply(sleep_ms, 5_000);
-    assert!(
-        matches!(r, Err(Error::TimedOut { pid, .. }) if pid == first),
-        "{r:?}"
-    );
-    assert_ne!(
-        pool.apply(pid, ()).unwrap(),
-        first,
-        "the worker was replaced"
-    );
-}
-
-static INITIALIZED: AtomicUsize = AtomicUsize::new(0);
-
-fn remember_init(_: ()) {
-    INITIALIZED.fetch_add(1, Ordering::SeqCst);
-}
-
-fn pid_if_initialized(_: ()) -> u32 {
-    assert_eq!(INITIALIZED.load(Ordering::SeqCst), 1);
-    std::process::id()
-}
-
-#[test]
-fn a_forkserver_pool_replaces_workers_after_maxtasksperchild() {
-    let pool = forkserver_pool(2)
-        .max_tasks_per_child(2)
-        .initializer(remember_init, ())
-        .build()
-        .unwrap();
-    let t = Instant::now();
-    let pids: Vec<u32> = (0..12)
-        .map(|_| pool.apply(pid_if_initialized, ()).unwrap())
-        .collect();
-    let distinct: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
-    eprintln!(
-        "12 tasks, maxtasksperchild 2, forkserver: {} distinct workers in {:?}",
-        distinct.len(),
-        t.elapsed()
-    );
-    assert!(distinct.len() >= 6, "workers were not replaced: {pids:?}");
-}
-
-#[test]
-fn a_forkserver_pool_over_shared_memory() {
-    let pool = forkserver_pool(2)
-        .transport(pool_api::TransportKind::Shm)
-        .build()
-        .unwrap();
-    assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
-    let r = pool.apply(dies, "sigkill".to_string());
-    assert!(
-        matches!(r, Err(Error::WorkerLost { exitcode: -9, .. })),
-        "{r:?}"
-    );
-    assert_eq!(pool.apply(square, 7).unwrap(), 49);
 }

@@ -10,7 +10,59 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pool_api::{Bytes, Callbacks, Error, Pool, current_process};
+use pool_api::{
+    Bytes, Callbacks, Error, Pool, PoolBuilder, StartMethod, TransportKind, current_process,
+};
+
+/// One cell of the matrix every behaviour runs in: how workers start (spawned, or forked by
+/// the forkserver) and how bytes reach them (socket pair, or shared-memory rings).
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    start: StartMethod,
+    transport: TransportKind,
+}
+
+impl Cell {
+    fn builder(self) -> PoolBuilder {
+        Pool::builder()
+            .start_method(self.start)
+            .transport(self.transport)
+    }
+
+    fn pool(self, processes: usize) -> Pool {
+        self.builder().processes(processes).build().unwrap()
+    }
+}
+
+/// `matrix!(cells: behaviour, ...)` makes a module per behaviour holding one `#[test]` per
+/// cell (`behaviour::spawn_pipe`, `behaviour::forkserver_shm`, ...), so a failure names both
+/// the promise and the configuration that broke it. `pipe` and `shm` restrict the matrix to
+/// one transport, for behaviours that only one of them has.
+macro_rules! matrix {
+    (all: $($name:ident),+ $(,)?) => {
+        $(matrix!(@one $name: spawn_pipe Spawn Pipe, spawn_shm Spawn Shm,
+            forkserver_pipe Forkserver Pipe, forkserver_shm Forkserver Shm);)+
+    };
+    (pipe: $($name:ident),+ $(,)?) => {
+        $(matrix!(@one $name: spawn_pipe Spawn Pipe, forkserver_pipe Forkserver Pipe);)+
+    };
+    (shm: $($name:ident),+ $(,)?) => {
+        $(matrix!(@one $name: spawn_shm Spawn Shm, forkserver_shm Forkserver Shm);)+
+    };
+    (@one $name:ident: $($test:ident $start:ident $transport:ident),+) => {
+        mod $name {
+            $(
+                #[test]
+                fn $test() {
+                    super::$name(super::Cell {
+                        start: pool_api::StartMethod::$start,
+                        transport: pool_api::TransportKind::$transport,
+                    });
+                }
+            )+
+        }
+    };
+}
 
 fn square(x: u64) -> u64 {
     x * x
@@ -64,9 +116,8 @@ fn panics_then_aborts(x: u32) -> u32 {
     cannot_unwind(x)
 }
 
-#[test]
-fn a_panic_that_aborts_the_worker_is_still_reported_as_a_panic() {
-    let pool = Pool::new(1).unwrap();
+fn a_panic_that_aborts_the_worker_is_still_reported_as_a_panic(cell: Cell) {
+    let pool = cell.pool(1);
     let before = pool.apply(pid, ()).unwrap();
     let err = pool.apply(panics_then_aborts, 7).unwrap_err();
     match &err {
@@ -117,10 +168,37 @@ fn echo_bytes(data: Bytes) -> Bytes {
     data
 }
 
-#[test]
-fn map_returns_results_in_input_order() {
+/// The parent pid of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn workers_come_from_the_start_method_asked_for(cell: Cell) {
+    let pool = cell.pool(2);
+    assert_eq!(pool.map(square, 0..20u64).unwrap().len(), 20);
+    let me = std::process::id();
+    // One worker may have served the whole map while the other was still starting.
+    let t = Instant::now();
+    while pool.worker_pids().len() < 2 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    for worker in pids {
+        match cell.start {
+            StartMethod::Forkserver => {
+                assert_ne!(parent_of(worker), me, "the forkserver's children")
+            }
+            _ => assert_eq!(parent_of(worker), me, "this process's children"),
+        }
+    }
+}
+
+fn map_returns_results_in_input_order(cell: Cell) {
     // seed 002: Pool().map(f, [1, 2, 3]) five times prints [1, 4, 9].
-    let pool = Pool::new(2).unwrap();
+    let pool = cell.pool(2);
     for _ in 0..5 {
         assert_eq!(pool.map(square, [1, 2, 3]).unwrap(), [1, 4, 9]);
     }
@@ -132,20 +210,18 @@ fn map_returns_results_in_input_order() {
     pool.join().unwrap();
 }
 
-#[test]
-fn seed_square_sum_of_chunks_is_385() {
+fn seed_square_sum_of_chunks_is_385(cell: Cell) {
     // seed 001: numbers 1..10 in chunks of 10 // 4 = 2 over 4 processes.
     let numbers: Vec<u64> = (1..=10).collect();
-    let pool = Pool::new(4).unwrap();
+    let pool = cell.pool(4);
     let chunk_size = numbers.len() / 4;
     let chunks: Vec<Vec<u64>> = numbers.chunks(chunk_size).map(<[u64]>::to_vec).collect();
     let total: u64 = pool.map(square_sum, chunks).unwrap().iter().sum();
     assert_eq!(total, 385);
 }
 
-#[test]
-fn empty_input_gives_an_empty_result_at_once() {
-    let pool = Pool::new(1).unwrap();
+fn empty_input_gives_an_empty_result_at_once(cell: Cell) {
+    let pool = cell.pool(1);
     assert_eq!(
         pool.map(square, Vec::<u64>::new()).unwrap(),
         Vec::<u64>::new()
@@ -160,10 +236,9 @@ fn empty_input_gives_an_empty_result_at_once() {
     assert_eq!(pool.imap(square, Vec::<u64>::new(), 1).unwrap().count(), 0);
 }
 
-#[test]
-fn starmap_and_async_variants() {
+fn starmap_and_async_variants(cell: Cell) {
     // seed 001: starmap(download_file, [(url, filename), ...]).
-    let pool = Pool::new(2).unwrap();
+    let pool = cell.pool(2);
     let pairs = vec![(1u64, 2u64), (3, 4), (5, 6)];
     assert_eq!(pool.starmap(add, pairs.clone()).unwrap(), [3, 7, 11]);
     let r = pool.starmap_async(add, pairs, Some(1)).unwrap();
@@ -175,10 +250,9 @@ fn starmap_and_async_variants() {
     assert_eq!(a.get().unwrap(), 144, "get may be called again");
 }
 
-#[test]
-fn get_with_a_timeout_lets_the_task_run_on() {
+fn get_with_a_timeout_lets_the_task_run_on(cell: Cell) {
     // CPython _TestPool.test_async_timeout: get(timeout) raises TimeoutError.
-    let pool = Pool::new(1).unwrap();
+    let pool = cell.pool(1);
     let r = pool.apply_async(sleep_ms, 300).unwrap();
     assert_eq!(r.successful(), Err(Error::NotReady));
     assert_eq!(
@@ -190,9 +264,8 @@ fn get_with_a_timeout_lets_the_task_run_on() {
     assert_eq!(r.successful(), Ok(true));
 }
 
-#[test]
-fn a_panic_comes_back_from_get_and_the_worker_survives() {
-    let pool = Pool::new(1).unwrap();
+fn a_panic_comes_back_from_get_and_the_worker_survives(cell: Cell) {
+    let pool = cell.pool(1);
     let before = pool.apply(pid, ()).unwrap();
     match pool.apply(panics_on_odd, 3) {
         Err(Error::Panicked {
@@ -221,10 +294,9 @@ fn a_panic_comes_back_from_get_and_the_worker_survives() {
     assert!(each[0].is_ok() && each[1].is_err() && each[2].is_ok());
 }
 
-#[test]
-fn a_worker_that_dies_fails_only_its_task_and_is_replaced() {
+fn a_worker_that_dies_fails_only_its_task_and_is_replaced(cell: Cell) {
     // CPython's Pool hangs forever here (bpo-22393).
-    let pool = Pool::new(2).unwrap();
+    let pool = cell.pool(2);
     for (how, exitcode) in [
         ("sigkill", -9),
         ("abort", -6),
@@ -257,9 +329,8 @@ fn a_worker_that_dies_fails_only_its_task_and_is_replaced() {
     assert_eq!(pool.stats().lost, 4);
 }
 
-#[test]
-fn a_chunk_of_a_lost_worker_fails_as_a_whole_and_the_map_goes_on() {
-    let pool = Pool::new(2).unwrap();
+fn a_chunk_of_a_lost_worker_fails_as_a_whole_and_the_map_goes_on(cell: Cell) {
+    let pool = cell.pool(2);
     let items: Vec<String> = (0..20)
         .map(|i| {
             if i == 7 {
@@ -282,9 +353,9 @@ fn a_chunk_of_a_lost_worker_fails_as_a_whole_and_the_map_goes_on() {
     }
 }
 
-#[test]
-fn a_task_over_its_time_limit_is_killed_and_reported() {
-    let pool = Pool::builder()
+fn a_task_over_its_time_limit_is_killed_and_reported(cell: Cell) {
+    let pool = cell
+        .builder()
         .processes(1)
         .time_limit(Duration::from_millis(200))
         .build()
@@ -303,10 +374,10 @@ fn a_task_over_its_time_limit_is_killed_and_reported() {
     assert_eq!(pool.apply(sleep_ms, 10).unwrap(), 10);
 }
 
-#[test]
-fn maxtasksperchild_replaces_workers_and_the_initializer_runs_in_each() {
+fn maxtasksperchild_replaces_workers_and_the_initializer_runs_in_each(cell: Cell) {
     // seed 003: Pool(processes, initializer=start_process, maxtasksperchild=2).
-    let pool = Pool::builder()
+    let pool = cell
+        .builder()
         .processes(2)
         .max_tasks_per_child(2)
         .initializer(remember_init, ())
@@ -344,9 +415,9 @@ fn failing_init(_: ()) {
     panic!("no configuration file");
 }
 
-#[test]
-fn a_failing_initializer_is_reported_once_and_not_respawned_forever() {
-    let pool = Pool::builder()
+fn a_failing_initializer_is_reported_once_and_not_respawned_forever(cell: Cell) {
+    let pool = cell
+        .builder()
         .processes(2)
         .initializer(failing_init, ())
         .build()
@@ -366,19 +437,17 @@ fn a_failing_initializer_is_reported_once_and_not_respawned_forever() {
     assert!(spawned <= 4, "respawned {spawned} times");
 }
 
-#[test]
-fn worker_names_follow_python() {
+fn worker_names_follow_python(cell: Cell) {
     // seed 003: "Starting PoolWorker-N" from current_process().name.
-    let pool = Pool::new(2).unwrap();
+    let pool = cell.pool(2);
     let name = pool.apply(worker_name, ()).unwrap();
     assert!(name.starts_with("PoolWorker-"), "{name}");
     assert_eq!(current_process().name, "MainProcess");
 }
 
-#[test]
-fn callbacks_run_once_each_in_the_parent_in_completion_order() {
+fn callbacks_run_once_each_in_the_parent_in_completion_order(cell: Cell) {
     // seed 004: ten apply_async(Foo, (i,), callback=Bar); Bar runs in the main process.
-    let pool = Pool::new(5).unwrap();
+    let pool = cell.pool(5);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let results: Vec<_> = (0..10u64)
         .map(|i| {
@@ -406,9 +475,8 @@ fn plus_100(i: u64) -> u64 {
     i + 100
 }
 
-#[test]
-fn a_panicking_callback_does_not_stop_later_results() {
-    let pool = Pool::new(1).unwrap();
+fn a_panicking_callback_does_not_stop_later_results(cell: Cell) {
+    let pool = cell.pool(1);
     let errors = Arc::new(AtomicUsize::new(0));
     let oks = Arc::new(AtomicUsize::new(0));
     let first = pool
@@ -449,11 +517,10 @@ fn a_panicking_callback_does_not_stop_later_results() {
     assert_eq!(oks.load(Ordering::SeqCst), 1);
 }
 
-#[test]
-fn a_callback_may_terminate_its_own_pool() {
+fn a_callback_may_terminate_its_own_pool(cell: Cell) {
     // A common Python pattern: error_callback=lambda e: pool.terminate(). Found in review
     // to deadlock the callback thread.
-    let pool = Arc::new(Pool::new(1).unwrap());
+    let pool = Arc::new(cell.pool(1));
     let inside = Arc::clone(&pool);
     let r = pool
         .apply_async_with(
@@ -481,15 +548,17 @@ fn a_callback_may_terminate_its_own_pool() {
     );
 }
 
-#[test]
-fn lifecycle_errors_are_typed() {
+fn lifecycle_errors_are_typed(cell: Cell) {
     // CPython: join before close raises ValueError; apply after close raises ValueError.
-    assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
     assert!(matches!(
-        Pool::builder().processes(1).max_tasks_per_child(0).build(),
+        cell.builder().processes(0).build(),
         Err(Error::InvalidArgument(_))
     ));
-    let pool = Pool::new(1).unwrap();
+    assert!(matches!(
+        cell.builder().processes(1).max_tasks_per_child(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    let pool = cell.pool(1);
     assert_eq!(pool.join(), Err(Error::StillRunning));
     assert!(matches!(
         pool.map_chunked(square, [1], 0),
@@ -501,10 +570,9 @@ fn lifecycle_errors_are_typed() {
     assert!(pool.worker_pids().is_empty());
 }
 
-#[test]
-fn close_then_join_waits_for_all_work() {
+fn close_then_join_waits_for_all_work(cell: Cell) {
     // seed 000: Pool(3), five apply_async, close, join: every task ran.
-    let pool = Pool::new(3).unwrap();
+    let pool = cell.pool(3);
     let rs: Vec<_> = (0..5)
         .map(|_| pool.apply_async(sleep_ms, 50).unwrap())
         .collect();
@@ -513,9 +581,8 @@ fn close_then_join_waits_for_all_work() {
     assert!(rs.iter().all(|r| r.ready()));
 }
 
-#[test]
-fn terminate_with_many_queued_tasks_returns_promptly() {
-    let pool = Pool::new(2).unwrap();
+fn terminate_with_many_queued_tasks_returns_promptly(cell: Cell) {
+    let pool = cell.pool(2);
     let rs: Vec<_> = (0..10_000)
         .map(|_| pool.apply_async(sleep_ms, 1).unwrap())
         .collect();
@@ -532,9 +599,8 @@ fn terminate_with_many_queued_tasks_returns_promptly() {
     assert!(pool.worker_pids().is_empty());
 }
 
-#[test]
-fn cancel_stops_work_that_was_not_dispatched() {
-    let pool = Pool::new(1).unwrap();
+fn cancel_stops_work_that_was_not_dispatched(cell: Cell) {
+    let pool = cell.pool(1);
     let running = pool.apply_async(sleep_ms, 300).unwrap();
     let queued = pool.apply_async(sleep_ms, 1).unwrap();
     let many = pool.map_async(sleep_ms, vec![1; 50], Some(1)).unwrap();
@@ -554,17 +620,15 @@ fn cancel_stops_work_that_was_not_dispatched() {
     assert!(!running.cancel(), "nothing left to cancel");
 }
 
-#[test]
-fn results_of_a_dropped_pool_are_terminated_errors() {
-    let pool = Pool::new(1).unwrap();
+fn results_of_a_dropped_pool_are_terminated_errors(cell: Cell) {
+    let pool = cell.pool(1);
     let r = pool.apply_async(sleep_ms, 10_000).unwrap();
     drop(pool);
     assert_eq!(r.get(), Err(Error::Terminated));
 }
 
-#[test]
-fn imap_streams_in_order_and_imap_unordered_yields_each_once() {
-    let pool = Pool::new(2).unwrap();
+fn imap_streams_in_order_and_imap_unordered_yields_each_once(cell: Cell) {
+    let pool = cell.pool(2);
     let ordered: Vec<u64> = pool
         .imap(square, 0..500u64, 7)
         .unwrap()
@@ -580,11 +644,10 @@ fn imap_streams_in_order_and_imap_unordered_yields_each_once() {
     assert_eq!(unordered, ordered);
 }
 
-#[test]
-fn an_idle_imap_does_not_starve_other_jobs() {
+fn an_idle_imap_does_not_starve_other_jobs(cell: Cell) {
     // Found in review: an imap whose iterator is not being consumed held the only pull the
     // scheduler allowed, and a map on the same one-worker pool waited forever.
-    let pool = Arc::new(Pool::new(1).unwrap());
+    let pool = Arc::new(cell.pool(1));
     let idle = pool.imap(square, 0..10u64, 1).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let other = Arc::clone(&pool);
@@ -598,9 +661,8 @@ fn an_idle_imap_does_not_starve_other_jobs() {
     drop(idle);
 }
 
-#[test]
-fn imap_over_an_endless_iterator_reads_its_input_lazily() {
-    let pool = Pool::new(2).unwrap();
+fn imap_over_an_endless_iterator_reads_its_input_lazily(cell: Cell) {
+    let pool = cell.pool(2);
     let pulled = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&pulled);
     let endless = (0u64..).inspect(move |_| {
@@ -631,11 +693,10 @@ fn grow(data: Bytes) -> Bytes {
     Bytes(out)
 }
 
-#[test]
-fn big_arguments_and_big_results_in_flight_together_do_not_deadlock() {
+fn big_arguments_and_big_results_in_flight_together_do_not_deadlock(cell: Cell) {
     // A reader thread that sent the worker its next (big) chunk while the worker was writing
     // a big result would wait on the worker, which waits on the reader: found in review.
-    let pool = Pool::new(1).unwrap();
+    let pool = cell.pool(1);
     let items: Vec<Bytes> = (0..24).map(|i| Bytes(vec![i as u8; 1 << 20])).collect();
     let r = pool.map_async(grow, items, Some(1)).unwrap();
     let out = r
@@ -651,9 +712,8 @@ fn put_under_lock((q, lock, i): (pool_api::Queue<u64>, pool_api::Lock, u64)) -> 
     i
 }
 
-#[test]
-fn handles_travel_in_task_arguments() {
-    let pool = Pool::new(2).unwrap();
+fn handles_travel_in_task_arguments(cell: Cell) {
+    let pool = cell.pool(2);
     let q = pool_api::Queue::new().unwrap();
     let lock = pool_api::Lock::new().unwrap();
     let items: Vec<_> = (0..30u64).map(|i| (q.clone(), lock.clone(), i)).collect();
@@ -672,16 +732,20 @@ fn handles_travel_in_task_arguments() {
         7
     );
     assert_eq!(q.get().unwrap(), 14);
+}
+
+fn handles_in_task_arguments_are_refused_over_shm(cell: Cell) {
     // The shm transport cannot carry descriptors: a clear error, not a lost task.
-    let shm = Pool::builder()
-        .processes(1)
-        .transport(pool_api::TransportKind::Shm)
-        .build()
-        .unwrap();
+    let pool = cell.pool(1);
+    let (q, lock) = (
+        pool_api::Queue::new().unwrap(),
+        pool_api::Lock::new().unwrap(),
+    );
     assert!(matches!(
-        shm.apply(put_under_lock, (q, lock, 1)),
+        pool.apply(put_under_lock, (q, lock, 1)),
         Err(Error::InvalidArgument(_))
     ));
+    assert_eq!(pool.apply(square, 4).unwrap(), 16, "the pool goes on");
 }
 
 fn init_with_lock((lock, q): (pool_api::Lock, pool_api::Queue<String>)) {
@@ -689,12 +753,12 @@ fn init_with_lock((lock, q): (pool_api::Lock, pool_api::Queue<String>)) {
     q.put(current_process().name).unwrap();
 }
 
-#[test]
-fn initializer_arguments_may_hold_handles() {
+fn initializer_arguments_may_hold_handles(cell: Cell) {
     // Python's classic Pool(initializer=init, initargs=(lock,)).
     let lock = pool_api::Lock::new().unwrap();
     let q = pool_api::Queue::new().unwrap();
-    let pool = Pool::builder()
+    let pool = cell
+        .builder()
         .processes(2)
         .initializer(init_with_lock, (lock, q.clone()))
         .build()
@@ -707,46 +771,44 @@ fn initializer_arguments_may_hold_handles() {
     assert_eq!(names, ["PoolWorker-1", "PoolWorker-2"]);
 }
 
-#[test]
-fn sixty_four_mib_arguments_and_results() {
-    let pool = Pool::new(1).unwrap();
+fn sixty_four_mib_arguments_and_results(cell: Cell) {
+    let pool = cell.pool(1);
     let big = Bytes(vec![7u8; 64 << 20]);
     assert_eq!(pool.apply(length, big.clone()).unwrap(), 64 << 20);
     let back = pool.apply(echo_bytes, big.clone()).unwrap();
     assert!(back == big);
 }
 
-#[test]
-fn the_shm_transport_keeps_every_promise_of_the_pipe_one() {
-    use pool_api::TransportKind;
-    let pool = Pool::builder()
-        .processes(2)
-        .transport(TransportKind::Shm)
-        .build()
-        .unwrap();
-    assert_eq!(
-        pool.map(square, 0..1000u64).unwrap(),
-        (0..1000u64).map(|x| x * x).collect::<Vec<_>>()
-    );
-    assert!(matches!(
-        pool.apply(panics_on_odd, 1),
-        Err(Error::Panicked { .. })
-    ));
-    let crash = pool.apply_async(dies, "sigkill".to_string()).unwrap();
-    let fine = pool.apply_async(dies, "fine".to_string()).unwrap();
-    assert!(matches!(
-        crash.get(),
-        Err(Error::WorkerLost { exitcode: -9, .. })
-    ));
-    assert_eq!(fine.get().unwrap(), "fine");
-    let big = Bytes(vec![3u8; 64 << 20]);
-    assert!(pool.apply(echo_bytes, big.clone()).unwrap() == big);
-    let streamed: Vec<u64> = pool
-        .imap(square, 0..300u64, 5)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(streamed.len(), 300);
-    pool.close();
-    pool.join().unwrap();
-}
+matrix!(all:
+    workers_come_from_the_start_method_asked_for,
+    a_panic_that_aborts_the_worker_is_still_reported_as_a_panic,
+    map_returns_results_in_input_order,
+    seed_square_sum_of_chunks_is_385,
+    empty_input_gives_an_empty_result_at_once,
+    starmap_and_async_variants,
+    get_with_a_timeout_lets_the_task_run_on,
+    a_panic_comes_back_from_get_and_the_worker_survives,
+    a_worker_that_dies_fails_only_its_task_and_is_replaced,
+    a_chunk_of_a_lost_worker_fails_as_a_whole_and_the_map_goes_on,
+    a_task_over_its_time_limit_is_killed_and_reported,
+    maxtasksperchild_replaces_workers_and_the_initializer_runs_in_each,
+    a_failing_initializer_is_reported_once_and_not_respawned_forever,
+    worker_names_follow_python,
+    callbacks_run_once_each_in_the_parent_in_completion_order,
+    a_panicking_callback_does_not_stop_later_results,
+    a_callback_may_terminate_its_own_pool,
+    lifecycle_errors_are_typed,
+    close_then_join_waits_for_all_work,
+    terminate_with_many_queued_tasks_returns_promptly,
+    cancel_stops_work_that_was_not_dispatched,
+    results_of_a_dropped_pool_are_terminated_errors,
+    imap_streams_in_order_and_imap_unordered_yields_each_once,
+    an_idle_imap_does_not_starve_other_jobs,
+    imap_over_an_endless_iterator_reads_its_input_lazily,
+    big_arguments_and_big_results_in_flight_together_do_not_deadlock,
+    sixty_four_mib_arguments_and_results,
+);
+
+matrix!(pipe: handles_travel_in_task_arguments, initializer_arguments_may_hold_handles);
+
+matrix!(shm: handles_in_task_arguments_are_refused_over_shm);
