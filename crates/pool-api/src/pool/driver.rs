@@ -33,6 +33,7 @@ use pool_core::{
 use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 
 use super::job::{ChunkResult, JobShared, Payload, Source};
+use super::spare::SpareBuffers;
 use crate::Error;
 use crate::task::{self, Call, FromWorker, ToWorker};
 use crate::worker::{WorkerBoot, worker_main};
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     joined: Condvar,
     setup: WorkerSetup,
     callbacks: Callbacks,
+    /// Buffers of ended chunks, for encoding the next ones.
+    spare: SpareBuffers,
 }
 
 #[derive(Debug)]
@@ -167,6 +170,7 @@ impl Shared {
             joined: Condvar::new(),
             setup,
             callbacks: Callbacks::start(),
+            spare: SpareBuffers::default(),
         });
         let (tx, rx) = mpsc::channel();
         {
@@ -252,6 +256,11 @@ impl Shared {
         let effects = self.drain(&mut state);
         drop(state);
         self.apply(effects);
+    }
+
+    /// The buffers that chunks' arguments are encoded into.
+    pub(crate) fn spare(&self) -> &SpareBuffers {
+        &self.spare
     }
 
     pub(crate) fn lifecycle(&self) -> Lifecycle {
@@ -384,7 +393,9 @@ impl Shared {
                     }
                 },
                 Command::ChunkEnded { chunk, outcome } => {
-                    state.payloads.remove(&chunk.id);
+                    if let Some(payload) = state.payloads.remove(&chunk.id) {
+                        self.spare.give_back(payload);
+                    }
                     let result = match outcome {
                         ChunkOutcome::Finished => {
                             state

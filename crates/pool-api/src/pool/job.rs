@@ -9,6 +9,7 @@ use pool_core::{Chunk, ChunkId, JobId};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::spare::SpareBuffers;
 use crate::Error;
 use crate::task::{Call, Panic};
 
@@ -24,9 +25,12 @@ pub(crate) struct Payload {
 }
 
 impl Payload {
-    /// Encodes `value`, collecting the handles' descriptors.
-    pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Payload, Error> {
-        let (bytes, fds) = crate::handles::encode(value)?;
+    /// Encodes `value` into a buffer from `spare`, collecting the handles' descriptors.
+    pub(crate) fn encode<T: serde::Serialize + ?Sized>(
+        value: &T,
+        spare: &SpareBuffers,
+    ) -> Result<Payload, Error> {
+        let (bytes, fds) = crate::handles::encode_into(value, |size| spare.take(size))?;
         Ok(Payload {
             bytes: Arc::new(bytes),
             fds: Arc::new(fds),

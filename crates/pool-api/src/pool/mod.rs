@@ -2,6 +2,7 @@
 
 mod driver;
 mod job;
+mod spare;
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -441,7 +442,7 @@ impl Pool {
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
     fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
-        let payload = Payload::encode(args)?;
+        let payload = Payload::encode(args, self.shared.spare())?;
         if payload.fds.len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
                 "{} handles in one chunk; at most {} fit in a message: use a smaller chunksize",
