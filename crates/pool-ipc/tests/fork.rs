@@ -535,12 +535,12 @@ fn forkserver_children_do_not_hold_their_siblings_channels() {
     let b = spawn(sleeps, b"", &forkserver()).unwrap();
     assert_eq!(parent_of(a.child.pid()), parent_of(b.child.pid()));
     killed_child_disconnects_while_its_sibling_lives(a, &b, "forkserver child");
-    // Only stdio and its own channel (two halves: the socket and its duplicate); its ready
-    // pipe is closed, and nothing of the forkserver's or its siblings' is left.
+    // Only stdio and its own channel (one socket, shared by its halves); its ready pipe is
+    // closed, and nothing of the forkserver's or its siblings' is left.
     let fds = std::fs::read_dir(format!("/proc/{}/fd", b.child.pid()))
         .unwrap()
         .count();
-    assert_eq!(fds, 5, "stdin, stdout, stderr and its channel");
+    assert_eq!(fds, 4, "stdin, stdout, stderr and its channel");
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::event::PollFlags;
@@ -37,7 +38,9 @@ pub struct PipeChannel {
 pub struct PipeSender {
     /// Declared before `stream`, so it is dropped (unregistered) before the socket closes.
     forks: ForkRegistration,
-    stream: UnixStream,
+    /// Shared with the receiving half: splitting needs no second descriptor, so it cannot
+    /// fail when the process is out of them.
+    stream: Arc<UnixStream>,
     max_message: u64,
 }
 
@@ -46,7 +49,7 @@ pub struct PipeSender {
 pub struct PipeReceiver {
     /// See [`PipeSender`]'s.
     forks: ForkRegistration,
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     max_message: u64,
     /// Bytes received and not yet handed out: `staging[start..end]`. Zero-initialised once,
     /// so that `recvmsg` (which needs initialised memory) can read into it.
@@ -91,24 +94,18 @@ impl PipeChannel {
         self.stream.into()
     }
 
-    /// Splits into halves (the sender gets a duplicate of the descriptor).
-    ///
-    /// # Panics
-    /// If the descriptor cannot be duplicated (the process is out of descriptors).
+    /// Splits into halves, which share the descriptor (it closes with the second).
     pub fn split(self) -> (PipeSender, PipeReceiver) {
-        let sender = self
-            .stream
-            .try_clone()
-            .expect("duplicating a channel descriptor");
+        let stream = Arc::new(self.stream);
         (
             PipeSender {
                 forks: ForkRegistration::default(),
-                stream: sender,
+                stream: Arc::clone(&stream),
                 max_message: DEFAULT_MAX_MESSAGE,
             },
             PipeReceiver {
                 forks: ForkRegistration::default(),
-                stream: self.stream,
+                stream,
                 max_message: DEFAULT_MAX_MESSAGE,
                 staging: vec![0u8; STAGING].into_boxed_slice(),
                 end: 0,
@@ -445,5 +442,32 @@ fn recv_some(
         if let Some(n) = received(got, stream, deadline)? {
             return Ok(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting_takes_no_second_descriptor() {
+        // It used to duplicate the socket and panic when the process was out of descriptors.
+        let (a, b) = PipeChannel::pair().unwrap();
+        let fd = a.stream.as_raw_fd();
+        let (mut tx, rx) = a.split();
+        assert_eq!(tx.fd().as_raw_fd(), fd);
+        assert_eq!(rx.fd().as_raw_fd(), fd);
+        // The socket closes with the second half, not the first.
+        drop(rx);
+        tx.send_parts(&[b"still open"], None).unwrap();
+        let (_, mut from_a) = b.split();
+        let mut got = Vec::new();
+        from_a.recv_into(&mut got, None).unwrap();
+        assert_eq!(got, b"still open");
+        drop(tx);
+        assert!(matches!(
+            from_a.recv_into(&mut got, None),
+            Err(RecvError::Disconnected)
+        ));
     }
 }
