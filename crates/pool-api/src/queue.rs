@@ -192,6 +192,17 @@ impl Ring {
     }
 }
 
+/// How long a `put` or `get` may wait for the queue's lock: as long as for room or an item,
+/// and not at all for `try_put`/`try_get`. A holder that is slow (a 64 MiB item being copied
+/// in) or stopped must not stretch a timeout, nor make a `try_` call block.
+fn lock_deadline(deadline: Option<Instant>, block: bool) -> Option<Instant> {
+    if block {
+        deadline
+    } else {
+        Some(Instant::now())
+    }
+}
+
 /// Rebuilds the item count from the records between head and tail, after the queue's lock
 /// was taken over from a process that died holding it: the count is updated just after the
 /// position that publishes or removes an item, so a death in between leaves it off by one.
@@ -331,7 +342,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let h = ring.header();
         let lock = ring.lock();
         loop {
-            match lock.acquire(deadline) {
+            match lock.acquire(lock_deadline(deadline, block)) {
                 Ok(taken) if taken.previous_owner_died.is_some() => {
                     if let Err(e) = recount(ring, h) {
                         let _ = lock.release();
@@ -410,7 +421,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let lock = ring.lock();
         loop {
             // A previous owner that died left the queue consistent (see the module docs).
-            let taken = lock.acquire(None)?;
+            let taken = match lock.acquire(lock_deadline(deadline, block)) {
+                Ok(taken) => taken,
+                // Python's `get` too raises `Empty` when its lock is not had in time.
+                Err(SyncError::Timeout) => return Err(QueueError::Empty),
+                Err(e) => return Err(e.into()),
+            };
             if taken.previous_owner_died.is_some() {
                 if let Err(e) = recount(ring, h) {
                     let _ = lock.release();
@@ -648,6 +664,34 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_held_queue_lock_neither_stretches_a_timeout_nor_blocks_a_try() {
+        // The queue's lock, held as by another process copying a big item in (or stopped).
+        let q: Queue<u32> = Queue::new().unwrap();
+        q.put(1).unwrap();
+        let held = q.ring.lock();
+        let _held_here = held.acquire(None).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = q.clone();
+        std::thread::spawn(move || {
+            let short = Duration::from_millis(50);
+            let _ = tx.send((
+                matches!(other.try_get(), Err(QueueError::Empty)),
+                matches!(other.get_timeout(short), Err(QueueError::Empty)),
+                matches!(other.try_put(2), Err(QueueError::Full(2))),
+                matches!(other.put_timeout(3, short), Err(QueueError::Full(3))),
+            ));
+        });
+        let outcome = rx.recv_timeout(Duration::from_secs(20));
+        held.release().unwrap();
+        assert_eq!(
+            outcome,
+            Ok((true, true, true, true)),
+            "they waited for the lock"
+        );
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 1);
+    }
 
     /// What a scribbling process may do to a queue's shared state: set its positions and
     /// count to anything, and overwrite record bytes (lengths included).
