@@ -28,19 +28,25 @@ thread_local! {
 
 /// Encodes `value`, collecting the descriptors of the handles inside it.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
-    encode_into(value, Vec::with_capacity)
+    encode_into(value, None)
 }
 
-/// [`encode`] into the empty buffer that `buffer` returns for the encoded size.
+/// [`encode`], into `buffer` (emptied) if one is given.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
-    buffer: impl FnOnce(usize) -> Vec<u8>,
+    buffer: Option<Vec<u8>>,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
-    // Measured first so that a large value is written once, not copied as its buffer grows.
-    // A value holding handles cannot be measured without the sink: it starts small.
-    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
+    let mut bytes = match buffer {
+        // Most likely the buffer of a chunk like this one: as large as needed already.
+        Some(mut buffer) => {
+            buffer.clear();
+            buffer
+        }
+        // Measured first so that a large value is written once, not copied as its buffer
+        // grows. A value holding handles cannot be measured without the sink: it starts small.
+        None => Vec::with_capacity(postcard::experimental::serialized_size(value).unwrap_or(0)),
+    };
     SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
-    let mut bytes = buffer(size);
     let encoded = value.serialize(&mut postcard::Serializer {
         output: crate::task::Appender(&mut bytes),
     });

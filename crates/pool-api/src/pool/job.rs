@@ -7,7 +7,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pool_core::{Chunk, ChunkId, JobId};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::spare::SpareBuffers;
@@ -36,7 +35,7 @@ impl Payload {
         value: &T,
         spare: &SpareBuffers,
     ) -> Result<Payload, Error> {
-        let (bytes, fds) = crate::handles::encode_into(value, |size| spare.take(size))?;
+        let (bytes, fds) = crate::handles::encode_into(value, spare.take())?;
         Ok(Payload {
             bytes: Arc::new(bytes),
             fds: Arc::new(fds),
@@ -103,17 +102,36 @@ fn decode_each<R: DeserializeOwned>(
             "a chunk came back with the wrong number of results".into(),
         ));
     }
-    let mut decoder = postcard::Deserializer::from_bytes(results);
+    // A `Result` is its variant's index (one byte, 0 or 1) and then the value or the panic.
+    // Read by hand: serde's enum visitor was a sixth of the parent's time in a map of small
+    // items, on the one thread that decodes for every worker.
+    let mut rest = results;
     while *pushed < items {
-        let result = Result::<R, Panic>::deserialize(&mut decoder)?;
-        *pushed += 1;
-        match result {
-            Ok(value) => into.push_ok(value),
-            Err(p) => into.push(Err(Error::Panicked {
-                message: p.message,
-                location: p.location,
-                pid,
-            })),
+        let Some((&variant, after)) = rest.split_first() else {
+            return Err(Error::Codec("a chunk's results were cut short".into()));
+        };
+        match variant {
+            0 => {
+                let (value, after) = postcard::take_from_bytes::<R>(after)?;
+                rest = after;
+                *pushed += 1;
+                into.push_ok(value);
+            }
+            1 => {
+                let (p, after) = postcard::take_from_bytes::<Panic>(after)?;
+                rest = after;
+                *pushed += 1;
+                into.push(Err(Error::Panicked {
+                    message: p.message,
+                    location: p.location,
+                    pid,
+                }));
+            }
+            _ => {
+                return Err(Error::Codec(
+                    "a result that is neither a value nor a panic".into(),
+                ));
+            }
         }
     }
     Ok(())
