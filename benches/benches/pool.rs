@@ -7,7 +7,7 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pool_api::{Bytes, Pool, StartMethod, TransportKind};
-use pool_benches::secs;
+use pool_benches::{secs, w1_round};
 use rayon::prelude::*;
 
 fn noop(_: ()) {}
@@ -44,27 +44,10 @@ fn w1_startup(c: &mut Criterion) {
         .flat_map(|kind| methods.map(|m| (kind, m)))
     {
         group.bench_function(format!("{}{suffix}", name(kind)), |b| {
-            b.iter(|| {
-                let p = Pool::builder()
-                    .processes(2)
-                    .transport(kind)
-                    .start_method(method)
-                    .build()
-                    .expect("pool");
-                let mut seen = std::collections::BTreeSet::new();
-                while seen.len() < 2 {
-                    seen.extend(p.map_chunked(pid, 0..4, 1).unwrap());
-                }
-                p.close();
-                p.join().unwrap();
-            })
+            b.iter(|| w1_round(kind, method))
         });
     }
     group.finish();
-}
-
-fn pid(_: u32) -> u32 {
-    std::process::id()
 }
 
 fn apply(c: &mut Criterion) {

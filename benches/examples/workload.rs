@@ -40,13 +40,14 @@ fn main() {
         .expect("pool");
     let buffers: Vec<Bytes> = (0..64u8).map(|i| Bytes(vec![i; 1 << 20])).collect();
     let (unit, per_round): (&str, f64) = match workload {
+        "w1" => ("pools", 1.0),
         "w2" => ("calls", 10_000.0),
         "w2b" => ("tasks", 10_000.0),
         "w3" => ("items", 1e6),
         "w3c1" => ("items", 1e5),
         "w4" | "w4c1" => ("MiB", 64.0),
         other => {
-            eprintln!("unknown workload {other}: w2, w2b, w3, w3c1, w4, w4c1");
+            eprintln!("unknown workload {other}: w1, w2, w2b, w3, w3c1, w4, w4c1");
             std::process::exit(2);
         }
     };
@@ -62,6 +63,8 @@ fn main() {
         let input = inputs.pop().unwrap_or_default();
         let start = Instant::now();
         match workload {
+            // W1 as the bench has it: start Pool(2), hear from both workers, close and join.
+            "w1" => pool_benches::w1_round(kind, pool_api::StartMethod::Spawn),
             "w2" => (0..10_000).for_each(|_| pool.apply(noop, ()).unwrap()),
             "w2b" => {
                 let results: Vec<_> = (0..10_000)

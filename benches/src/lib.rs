@@ -15,3 +15,23 @@ pub fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
 }
+
+fn pid(_: u32) -> u32 {
+    std::process::id()
+}
+
+/// One round of W1: start `Pool(2)`, hear from both workers, close and join.
+pub fn w1_round(transport: pool_api::TransportKind, start: pool_api::StartMethod) {
+    let pool = pool_api::Pool::builder()
+        .processes(2)
+        .transport(transport)
+        .start_method(start)
+        .build()
+        .expect("pool");
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        seen.extend(pool.map_chunked(pid, 0..4, 1).unwrap());
+    }
+    pool.close();
+    pool.join().unwrap();
+}
