@@ -294,6 +294,55 @@ fn a_panic_comes_back_from_get_and_the_worker_survives(cell: Cell) {
     assert!(each[0].is_ok() && each[1].is_err() && each[2].is_ok());
 }
 
+fn panics_on_some(x: u32) -> u32 {
+    assert!(x % 997 != 5, "unlucky {x}");
+    x
+}
+
+fn large_chunks_keep_every_outcome_in_its_place(cell: Cell) {
+    // Chunks of thousands of results are decoded by the reader threads, not the caller's.
+    let pool = cell.pool(2);
+    let unlucky = |i: u32| i % 997 == 5;
+    let each = pool
+        .map_results(panics_on_some, 0..20_000u32, None)
+        .unwrap();
+    assert_eq!(each.len(), 20_000);
+    for (i, r) in (0u32..).zip(&each) {
+        match r {
+            Ok(v) => assert!(!unlucky(i) && *v == i, "item {i}: {r:?}"),
+            Err(Error::Panicked { message, .. }) => {
+                assert!(
+                    unlucky(i) && *message == format!("unlucky {i}"),
+                    "item {i}: {r:?}"
+                )
+            }
+            Err(e) => panic!("item {i}: {e}"),
+        }
+    }
+    let err = pool.map(panics_on_some, 0..20_000u32).unwrap_err();
+    assert!(
+        matches!(err, Error::Panicked { ref message, .. } if message == "unlucky 5"),
+        "{err}"
+    );
+    let fine: Vec<u32> = (0..20_000u32).filter(|i| !unlucky(*i)).collect();
+    assert_eq!(pool.map(panics_on_some, fine.clone()).unwrap(), fine);
+    // Which worker ran a chunk differs from run to run: compare the outcomes, not the pids.
+    let outcome = |r: &Result<u32, Error>| match r {
+        Ok(v) => Ok(*v),
+        Err(Error::Panicked { message, .. }) => Err(message.clone()),
+        Err(e) => Err(format!("unexpected: {e}")),
+    };
+    let streamed: Vec<_> = pool
+        .imap(panics_on_some, 0..20_000u32, 2_000)
+        .unwrap()
+        .map(|r| outcome(&r))
+        .collect();
+    assert!(
+        streamed == each.iter().map(outcome).collect::<Vec<_>>(),
+        "imap differs from map_results"
+    );
+}
+
 fn a_worker_that_dies_fails_only_its_task_and_is_replaced(cell: Cell) {
     // CPython's Pool hangs forever here (bpo-22393).
     let pool = cell.pool(2);
@@ -789,6 +838,7 @@ matrix!(all:
     get_with_a_timeout_lets_the_task_run_on,
     a_panic_comes_back_from_get_and_the_worker_survives,
     a_worker_that_dies_fails_only_its_task_and_is_replaced,
+    large_chunks_keep_every_outcome_in_its_place,
     a_chunk_of_a_lost_worker_fails_as_a_whole_and_the_map_goes_on,
     a_task_over_its_time_limit_is_killed_and_reported,
     maxtasksperchild_replaces_workers_and_the_initializer_runs_in_each,

@@ -505,12 +505,36 @@ impl Shared {
             Ok((msg, body)) => (msg, frame.len() - body.len()),
             Err(_) => return Err(()),
         };
+        // A large chunk of results is decoded here, before the scheduler's lock is taken,
+        // if its caller takes it once (see `ChunkResult::Decoded`).
+        let finished_job = match msg {
+            FromWorker::Finished { job, .. } | FromWorker::FinishedThenStarted { job, .. } => {
+                Some(JobId(job))
+            }
+            _ => None,
+        };
+        let mut decoded = None;
+        if let Some(job) = finished_job.filter(|_| frame.len() - body_at >= DECODE_AHEAD_FROM) {
+            let (decoder, pid) = {
+                let state = self.lock();
+                let decoder = state.jobs.get(&job).and_then(|j| j.decoder());
+                (decoder, state.pids.get(&worker).copied().unwrap_or(0))
+            };
+            decoded = decoder.map(|decode| ChunkResult::Decoded(decode(&frame[body_at..], pid)));
+        }
         let mut state = self.lock();
         let now = self.now();
         let pid = state.pids.get(&worker).copied().unwrap_or(0);
         let chunk = |job: u64, index: u32| ChunkId {
             job: JobId(job),
             index,
+        };
+        let result = |frame| {
+            decoded.unwrap_or(ChunkResult::Bytes {
+                frame,
+                body_at,
+                pid,
+            })
         };
         let verdict = match msg {
             FromWorker::Ready => state.sched.handle_worker_started(worker, now),
@@ -523,12 +547,7 @@ impl Shared {
                     .handle_chunk_started(worker, chunk(job, index), now)
             }
             FromWorker::Finished { job, index } => {
-                let result = ChunkResult::Bytes {
-                    frame,
-                    body_at,
-                    pid,
-                };
-                Self::finished(&mut state, worker, chunk(job, index), result, now)
+                Self::finished(&mut state, worker, chunk(job, index), result(frame), now)
             }
             FromWorker::FinishedThenStarted {
                 job,
@@ -536,11 +555,7 @@ impl Shared {
                 next_job,
                 next_index,
             } => {
-                let result = ChunkResult::Bytes {
-                    frame,
-                    body_at,
-                    pid,
-                };
+                let result = result(frame);
                 Self::finished(&mut state, worker, chunk(job, index), result, now).and_then(|()| {
                     state
                         .sched
@@ -692,6 +707,10 @@ fn writer(link: Arc<WorkerLink>) {
         }
     }
 }
+
+/// Results at least this large are decoded by the reader thread that received them, when
+/// their job allows it; smaller ones (an `apply`'s) are not worth a second look at the state.
+const DECODE_AHEAD_FROM: usize = 4096;
 
 /// Starts workers as the scheduler asks. Workers asked for together start together, each
 /// from a thread of its own, so that their children load and initialise in parallel: a pool

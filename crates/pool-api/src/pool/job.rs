@@ -1,6 +1,7 @@
 //! One job as the driver and its caller share it: where its input comes from, the chunks
 //! delivered (in the scheduler's delivery order), and whether it is finished.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -50,8 +51,96 @@ pub(crate) enum Source {
     Single(Payload),
     /// `map_async`, `starmap_async`: every chunk encoded at submission, in order.
     Encoded(VecDeque<(u32, Payload)>),
-    /// `map`, `imap`: the waiting caller's thread reads and encodes chunks as they are pulled.
-    Caller,
+    /// `map`, `imap`: the waiting caller's thread reads and encodes chunks as they are pulled,
+    /// and takes each delivered chunk once: its results may be decoded ahead, by `Decoder`.
+    Caller(Decoder),
+}
+
+/// Decodes a chunk's encoded results (`body`, from the worker whose pid is given) into a
+/// [`DecodedChunk`] of the job's result type, on the thread that received them (see
+/// [`ChunkResult::Decoded`]).
+pub(crate) type Decoder = fn(body: &[u8], pid: u32) -> Box<dyn Any + Send>;
+
+/// The [`Decoder`] of jobs whose results are `R`s.
+pub(crate) fn decoder<R: DeserializeOwned + Send + 'static>() -> Decoder {
+    decode_ahead::<R>
+}
+
+fn decode_ahead<R: DeserializeOwned + Send + 'static>(
+    body: &[u8],
+    pid: u32,
+) -> Box<dyn Any + Send> {
+    let mut chunk = DecodedChunk::<R> {
+        values: Vec::new(),
+        failures: Vec::new(),
+        outcomes: 0,
+    };
+    // As many as the results say they are; checked against the chunk when it is taken.
+    let items = postcard::take_from_bytes::<u64>(body)
+        .ok()
+        .and_then(|(n, _)| u32::try_from(n).ok())
+        .unwrap_or(0);
+    chunk.reserve(items as usize);
+    let mut pushed = 0;
+    if let Err(error) = decode_each(body, items, pid, &mut pushed, &mut chunk) {
+        chunk.fail(items - pushed, &error);
+    }
+    Box::new(chunk)
+}
+
+/// A chunk's outcomes, decoded: the values of the items that succeeded, in order, and the
+/// runs of items that failed, as (first item, how many, why).
+#[derive(Debug)]
+struct DecodedChunk<R> {
+    values: Vec<R>,
+    failures: Vec<(u32, u32, Error)>,
+    outcomes: u32,
+}
+
+impl<R> Outcomes<R> for DecodedChunk<R> {
+    fn push_ok(&mut self, value: R) {
+        self.values.push(value);
+        self.outcomes += 1;
+    }
+
+    fn push(&mut self, outcome: Result<R, Error>) {
+        match outcome {
+            Ok(value) => self.push_ok(value),
+            Err(error) => self.fail(1, &error),
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.values.reserve(n);
+    }
+
+    fn fail(&mut self, n: u32, error: &Error) {
+        if n > 0 {
+            self.failures.push((self.outcomes, n, error.clone()));
+            self.outcomes += n;
+        }
+    }
+}
+
+impl<R> DecodedChunk<R> {
+    /// Hands the outcomes to `into`, in order.
+    fn replay(self, into: &mut impl Outcomes<R>) {
+        if self.failures.is_empty() {
+            return into.extend_ok(self.values);
+        }
+        let mut values = self.values.into_iter();
+        let mut at = 0;
+        for (first, n, error) in self.failures {
+            for value in values.by_ref().take((first - at) as usize) {
+                into.push_ok(value);
+            }
+            into.fail(n, &error);
+            at = first + n;
+        }
+        for value in values {
+            into.push_ok(value);
+        }
+    }
 }
 
 /// A chunk's outcome as delivered.
@@ -63,6 +152,10 @@ pub(crate) enum ChunkResult {
         body_at: usize,
         pid: u32,
     },
+    /// The results, decoded by the reader thread that received them (a `DecodedChunk<R>`),
+    /// so that a `map`'s one feeding thread does not decode for every worker as well. Only
+    /// for chunks taken once, by [`ChunkResult::into_outcomes`].
+    Decoded(Box<dyn Any + Send>),
     /// No result.
     Failed(Error),
 }
@@ -73,6 +166,11 @@ impl ChunkResult {
     pub(crate) fn decode_into<R: DeserializeOwned>(&self, items: u32, into: &mut impl Outcomes<R>) {
         let (frame, body_at, pid) = match self {
             ChunkResult::Failed(e) => return into.fail(items, e),
+            // Values cannot be handed out twice; only jobs whose chunks are taken once (by
+            // `into_outcomes`) have their results decoded ahead.
+            ChunkResult::Decoded(_) => {
+                return into.fail(items, &Error::Codec("results already taken".into()));
+            }
             ChunkResult::Bytes {
                 frame,
                 body_at,
@@ -83,6 +181,27 @@ impl ChunkResult {
         if let Err(error) = decode_each(&frame[body_at..], items, pid, &mut pushed, into) {
             // Every item gets one outcome: those not decoded fail.
             into.fail(items - pushed, &error);
+        }
+    }
+}
+
+impl ChunkResult {
+    /// [`ChunkResult::decode_into`], taking the chunk: results decoded ahead are moved out.
+    pub(crate) fn into_outcomes<R: DeserializeOwned + 'static>(
+        self,
+        items: u32,
+        into: &mut impl Outcomes<R>,
+    ) {
+        let ChunkResult::Decoded(decoded) = self else {
+            return self.decode_into(items, into);
+        };
+        match decoded.downcast::<DecodedChunk<R>>() {
+            Ok(chunk) if chunk.outcomes == items => chunk.replay(into),
+            Ok(_) => into.fail(
+                items,
+                &Error::Codec("a chunk came back with the wrong number of results".into()),
+            ),
+            Err(_) => into.fail(items, &Error::Codec("results of another type".into())),
         }
     }
 }
@@ -147,6 +266,13 @@ pub(crate) trait Outcomes<R> {
         self.push(Ok(value));
     }
 
+    /// The next items all succeeded, with these values.
+    fn extend_ok(&mut self, values: Vec<R>) {
+        for value in values {
+            self.push_ok(value);
+        }
+    }
+
     /// Room for `n` more outcomes is wanted.
     fn reserve(&mut self, _n: usize) {}
 
@@ -206,6 +332,12 @@ impl<R> Outcomes<R> for FirstError<R> {
         }
     }
 
+    fn extend_ok(&mut self, mut values: Vec<R>) {
+        if self.error.is_none() {
+            self.values.append(&mut values);
+        }
+    }
+
     fn reserve(&mut self, n: usize) {
         if self.error.is_none() {
             self.values.reserve(n);
@@ -257,6 +389,8 @@ pub(crate) struct JobShared {
     pub(crate) time_limit: Option<Duration>,
     inner: Mutex<Inner>,
     cv: Condvar,
+    /// See [`Source::Caller`].
+    decoder: Option<Decoder>,
     /// Whether `inner` holds something for the caller (a pull to answer, chunks delivered,
     /// the end), readable without the lock by a caller that spins before it sleeps. Written
     /// under the lock.
@@ -279,10 +413,15 @@ impl JobShared {
         callback: Option<Callback>,
         time_limit: Option<Duration>,
     ) -> Arc<JobShared> {
+        let decoder = match &source {
+            Source::Caller(decoder) => Some(*decoder),
+            _ => None,
+        };
         Arc::new(JobShared {
             id,
             call,
             time_limit,
+            decoder,
             inner: Mutex::new(Inner {
                 source,
                 pull: None,
@@ -301,6 +440,11 @@ impl JobShared {
 
     // ----- the driver's side -----
 
+    /// How the reader threads may decode this job's results ahead (see [`Source::Caller`]).
+    pub(crate) fn decoder(&self) -> Option<Decoder> {
+        self.decoder
+    }
+
     pub(crate) fn take_single(&self) -> Option<Payload> {
         match &self.lock().source {
             Source::Single(bytes) => Some(bytes.clone()),
@@ -317,7 +461,7 @@ impl JobShared {
                     .unwrap_or_else(|| (0, Payload::default())),
             ),
             Source::Single(_) => Some((0, Payload::default())),
-            Source::Caller => None,
+            Source::Caller(_) => None,
         }
     }
 
@@ -484,7 +628,7 @@ mod tests {
         let job = JobShared::new(
             JobId(1),
             Call::new(&square).unwrap(),
-            Source::Caller,
+            Source::Caller(decoder::<u64>()),
             None,
             None,
         );
@@ -516,6 +660,58 @@ mod tests {
         assert!(job.news.load(Ordering::Acquire));
         assert!(job.wait_finished(never));
         assert!(matches!(job.next_wake(never), Wake::Finished));
+    }
+
+    /// A chunk's results as a reader thread decodes them ahead.
+    fn decoded_ahead(results: &[Result<u64, Panic>]) -> ChunkResult {
+        let body = postcard::to_stdvec(results).unwrap();
+        ChunkResult::Decoded(decoder::<u64>()(&body, 42))
+    }
+
+    #[test]
+    fn results_decoded_ahead_come_out_as_decoded_in_place() {
+        let results = [
+            Ok(1),
+            Err(panic("a")),
+            Err(panic("b")),
+            Ok(4),
+            Ok(5),
+            Err(panic("c")),
+        ];
+        let (mut ahead, mut here) = (Vec::new(), Vec::new());
+        decoded_ahead(&results).into_outcomes::<u64>(6, &mut ahead);
+        frame(&results).decode_into::<u64>(6, &mut here);
+        assert_eq!(ahead, here);
+        assert_eq!(ahead.len(), 6);
+        assert!(matches!(&ahead[2], Err(Error::Panicked { message, .. }) if message == "b"));
+        let mut values = FirstError::new();
+        decoded_ahead(&[Ok(1), Ok(2)]).into_outcomes::<u64>(2, &mut values);
+        decoded_ahead(&[Ok(3), Err(panic("first"))]).into_outcomes::<u64>(2, &mut values);
+        assert!(
+            matches!(values.into_result(), Err(Error::Panicked { message, .. }) if message == "first")
+        );
+        let mut values = FirstError::new();
+        decoded_ahead(&[Ok(1), Ok(2)]).into_outcomes::<u64>(2, &mut values);
+        assert_eq!(values.into_result(), Ok(vec![1, 2]));
+    }
+
+    #[test]
+    fn results_decoded_ahead_of_the_wrong_count_or_type_fail_every_item() {
+        let mut all: Vec<Result<u64, Error>> = Vec::new();
+        decoded_ahead(&[Ok(1), Ok(2)]).into_outcomes::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|r| matches!(r, Err(Error::Codec(_)))));
+        let mut strings: Vec<Result<String, Error>> = Vec::new();
+        decoded_ahead(&[Ok(1)]).into_outcomes::<String>(1, &mut strings);
+        assert!(matches!(&strings[..], [Err(Error::Codec(_))]));
+        let mut cut = postcard::to_stdvec(&[Ok::<u64, Panic>(1), Ok(300)][..]).unwrap();
+        cut.pop();
+        let mut all: Vec<Result<u64, Error>> = Vec::new();
+        ChunkResult::Decoded(decoder::<u64>()(&cut, 42)).into_outcomes::<u64>(2, &mut all);
+        assert!(
+            all[0].is_ok() && matches!(all[1], Err(Error::Codec(_))),
+            "{all:?}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use self::driver::{Shared, WorkerSetup};
-use self::job::{Callback, FirstError, JobShared, Outcomes, Payload, Source, Wake};
+use self::job::{Callback, FirstError, JobShared, Outcomes, Payload, Source, Wake, decoder};
 use crate::Error;
 use crate::task::{Call, StarFn};
 
@@ -150,7 +150,7 @@ impl Pool {
         F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map_values(Call::new(&f)?, items, None)
     }
@@ -161,7 +161,7 @@ impl Pool {
         F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map_values(Call::new(&f)?, items, Some(chunksize))
     }
@@ -172,7 +172,7 @@ impl Pool {
         F: StarFn<A, R> + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.map_values(Call::new_star(&f)?, items, None)
     }
@@ -189,7 +189,7 @@ impl Pool {
         F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         let mut outcomes = Vec::new();
         self.submit_map(Call::new(&f)?, items, chunksize, &mut outcomes)?;
@@ -207,7 +207,7 @@ impl Pool {
     where
         I: IntoIterator<Item = A>,
         A: Serialize,
-        R: DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
     {
         let mut values = FirstError::new();
         self.submit_map(call, items, chunksize, &mut values)?;
@@ -225,7 +225,7 @@ impl Pool {
     where
         I: IntoIterator<Item = A>,
         A: Serialize,
-        R: DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
     {
         let mut items = items.into_iter();
         let (lo, hi) = items.size_hint();
@@ -245,7 +245,9 @@ impl Pool {
             },
             Delivery::Ordered,
         );
-        let job = self.shared.submit(spec, call, Source::Caller, None)?;
+        let job = self
+            .shared
+            .submit(spec, call, Source::Caller(decoder::<R>()), None)?;
         let mut guard = CancelOnDrop {
             shared: &self.shared,
             job: &job,
@@ -257,7 +259,7 @@ impl Pool {
                 Wake::Pull { chunk, max_items } => self.feed(chunk, max_items, &mut items)?,
                 Wake::Delivered(chunks) => {
                     for (chunk, result) in chunks {
-                        result.decode_into(chunk.items, into);
+                        result.into_outcomes(chunk.items, into);
                     }
                 }
                 Wake::Finished => break,
@@ -371,7 +373,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: 'static,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_with(f, items, chunksize, Delivery::Ordered)
     }
@@ -388,7 +390,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: 'static,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_with(f, items, chunksize, Delivery::Unordered)
     }
@@ -405,7 +407,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: 'static,
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         let chunksize = u32::try_from(chunksize)
             .map_err(|_| Error::InvalidArgument("chunksize too large".into()))?;
@@ -414,7 +416,7 @@ impl Pool {
         let spec = JobSpec::new(Input::Stream { chunksize }, delivery).with_window(window);
         let job = self
             .shared
-            .submit(spec, Call::new(&f)?, Source::Caller, None)?;
+            .submit(spec, Call::new(&f)?, Source::Caller(decoder::<R>()), None)?;
         Ok(IMap {
             pool: self,
             job,
@@ -885,7 +887,7 @@ impl<A, R> std::fmt::Debug for IMap<'_, A, R> {
     }
 }
 
-impl<A: Serialize, R: DeserializeOwned> Iterator for IMap<'_, A, R> {
+impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A, R> {
     type Item = Result<R, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -906,7 +908,7 @@ impl<A: Serialize, R: DeserializeOwned> Iterator for IMap<'_, A, R> {
                 Wake::Delivered(chunks) => {
                     let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
-                        result.decode_into(chunk.items, &mut self.ready);
+                        result.into_outcomes(chunk.items, &mut self.ready);
                     }
                     let id = self.job.id;
                     self.pool
