@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use pool_api::{Bytes, Pool, TransportKind};
+use pool_api::{Bytes, Connection, Pipe, Pool, Process, TransportKind};
 
 fn noop(_: ()) {}
 
@@ -23,6 +23,18 @@ fn square(x: u64) -> u64 {
 
 fn len(data: Bytes) -> usize {
     data.len()
+}
+
+/// W5's child: receives `(count, size)` rounds of `count` messages into one buffer and
+/// acknowledges each round.
+fn pipe_sink(mut conn: Connection) {
+    let mut buf = vec![0u8; 64 << 20];
+    while let Ok((count, _size)) = conn.recv::<(u64, usize)>() {
+        for _ in 0..count {
+            conn.recv_bytes_into(&mut buf).unwrap();
+        }
+        conn.send(&1u8).unwrap();
+    }
 }
 
 fn main() {
@@ -46,8 +58,10 @@ fn main() {
         "w3" => ("items", 1e6),
         "w3c1" => ("items", 1e5),
         "w4" | "w4c1" => ("MiB", 64.0),
+        "w5" => ("msgs", 10_000.0),
+        "w5big" => ("MiB", 256.0),
         other => {
-            eprintln!("unknown workload {other}: w1, w2, w2b, w3, w3c1, w4, w4c1");
+            eprintln!("unknown workload {other}: w1, w2, w2b, w3, w3c1, w4, w4c1, w5, w5big");
             std::process::exit(2);
         }
     };
@@ -59,6 +73,16 @@ fn main() {
     } else {
         Vec::new()
     };
+    // W5: a duplex Pipe over the transport to a child that receives into a reused buffer.
+    let (mut conn, _sink) = if workload.starts_with("w5") {
+        let (ours, theirs) = Pipe::duplex_over(kind).expect("pipe");
+        let mut sink = Process::new(pipe_sink, theirs).expect("process");
+        sink.start().expect("start");
+        (Some(ours), Some(sink))
+    } else {
+        (None, None)
+    };
+    let (small, big) = (vec![1u8; 1024], vec![2u8; 64 << 20]);
     let mut round = || {
         let input = inputs.pop().unwrap_or_default();
         let start = Instant::now();
@@ -75,6 +99,19 @@ fn main() {
             "w3" => drop(pool.map(square, 0..1_000_000u64).unwrap()),
             "w3c1" => drop(pool.map_chunked(square, 0..100_000u64, 1).unwrap()),
             "w4" => drop(pool.map(len, input).unwrap()),
+            "w5" | "w5big" => {
+                let conn = conn.as_mut().expect("a pipe");
+                let (count, msg) = if workload == "w5" {
+                    (10_000u64, &small)
+                } else {
+                    (4, &big)
+                };
+                conn.send(&(count, msg.len())).unwrap();
+                for _ in 0..count {
+                    conn.send_bytes(msg).unwrap();
+                }
+                let _: u8 = conn.recv().unwrap();
+            }
             _ => drop(pool.map_chunked(len, input, 1).unwrap()),
         }
         start.elapsed()
