@@ -695,6 +695,16 @@ fn writer(link: Arc<WorkerLink>) {
     loop {
         {
             let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            // Before sleeping, yield a few times: on a machine with fewer CPUs than ready
+            // threads the reader that will hand over the next task is often running right
+            // then, and a condvar sleep costs a wake-up per task (W2b, pipelined apply_async).
+            let mut yields = WRITER_YIELDS;
+            while !outbox.closed && (outbox.queue.is_empty() || outbox.draining) && yields > 0 {
+                yields -= 1;
+                drop(outbox);
+                std::thread::yield_now();
+                outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            }
             while !outbox.closed && (outbox.queue.is_empty() || outbox.draining) {
                 outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
             }
@@ -707,6 +717,9 @@ fn writer(link: Arc<WorkerLink>) {
         }
     }
 }
+
+/// How many times a writer thread with nothing to send yields before it sleeps.
+const WRITER_YIELDS: u32 = 2;
 
 /// Results at least this large are decoded by the reader thread that received them, when
 /// their job allows it; smaller ones (an `apply`'s) are not worth a second look at the state.
