@@ -3,9 +3,12 @@
 //! # The parent
 //!
 //! [`spawn`] makes a control socket pair and the data channel, then (on the spawner thread,
-//! see below) forks and executes `/proc/self/exe` with `POOL_IPC_CONTROL_FD` in the
-//! environment, stdin on `/dev/null`, SIGINT ignored, no arguments, and exactly the control
-//! and channel descriptors inherited. It sends the bootstrap (the build's identity, the
+//! see below) starts `/proc/self/exe` with `posix_spawn` (`clone(CLONE_VM | CLONE_VFORK)`
+//! in glibc: nothing of this process is copied, so a start costs the same from a parent of
+//! 10 MiB or 10 GiB) with `POOL_IPC_CONTROL_FD` in the environment, stdin on `/dev/null`,
+//! SIGINT blocked, no arguments, and the control and channel descriptors inherited. (A
+//! `program` of the caller's choosing is forked and executed instead, with that setup done
+//! between the two, since it may not run this crate's bootstrap.) It sends the bootstrap (the build's identity, the
 //! function to run, its payload) and waits, with a deadline, for the child's hello. A child
 //! that dies first gives [`SpawnError::ChildExited`] with its status, one that stays silent
 //! [`SpawnError::Timeout`] (it is killed and reaped), one of another build
@@ -19,12 +22,15 @@
 //! function, then exits with its return value; a panic exits with code 1 after the panic
 //! hook printed it. Neither the program's `main` nor its argument parsing ever runs. Because
 //! this happens before std's runtime setup, the child does what that setup would have done
-//! for this code: SIGPIPE is ignored.
+//! for this code: SIGPIPE is ignored. It also does what a hook between fork and exec would
+//! have: `PR_SET_PDEATHSIG(SIGKILL)` (then checks that the parent did not die first), SIGINT
+//! ignored and unblocked, and every descriptor closed but its own (one the parent left
+//! without close-on-exec came along).
 //!
 //! # The spawner thread
 //!
-//! `PR_SET_PDEATHSIG` kills a child when the *thread* that forked it exits, not the process.
-//! Children are therefore forked from one long-lived thread, so that a pool created on a
+//! `PR_SET_PDEATHSIG` kills a child when the *thread* that created it exits, not the
+//! process. Children are therefore created from one long-lived thread, so that a pool created on a
 //! short-lived thread (a test, a request handler) keeps its workers until the process dies.
 //! The `fork` start method forks there too (see `fork.rs`).
 //!
@@ -331,36 +337,49 @@ pub(crate) fn spawn_exec(
     let mut keep: Vec<RawFd> = child_ends.fds().to_vec();
     keep.extend(&inherited);
 
-    let mut command = match &options.program {
+    let mut child = match &options.program {
+        // This executable: posix_spawn (no copy of our page tables; see `sys::posix_spawn`),
+        // the child's bootstrap doing what a pre-exec hook would.
+        None => {
+            let env = child_environment(control_child)?;
+            let program = std::ffi::CString::new(sys::SELF_EXE).map_err(io::Error::other)?;
+            let fds = keep.clone();
+            let pid = spawner::run(move || sys::posix_spawn(&program, &env, &fds))??;
+            match Child::from_pid(pid) {
+                Ok(child) => child,
+                Err(e) => {
+                    // Without a pidfd (an old kernel, no descriptors left) it cannot be
+                    // supervised: do not leave it running, nor as a zombie.
+                    sys::kill_and_reap_unreaped(pid);
+                    return Err(e.into());
+                }
+            }
+        }
+        // Another program may not run our bootstrap: fork, set up, then exec.
         Some((path, args)) => {
-            let mut c = Command::new(path);
-            c.args(args);
-            c
-        }
-        None => Command::new(sys::SELF_EXE),
-    };
-    command
-        .env(CONTROL_ENV, control_child.to_string())
-        .stdin(Stdio::null());
-    let keep_in_child = keep.clone();
-    // SAFETY: the hook only makes async-signal-safe syscalls (see `in_child_after_fork`) and
-    // uses `keep_in_child`, allocated before the fork.
-    unsafe {
-        command.pre_exec(move || sys::in_child_after_fork(&keep_in_child));
-    }
-    let mut std_child = spawner::spawn(command)?;
-    let mut child = match Child::from_pid(std_child.id()) {
-        Ok(child) => child,
-        Err(e) => {
-            // Without a pidfd (an old kernel, no descriptors left) it cannot be supervised:
-            // do not leave it running, nor as a zombie.
-            let _ = std_child.kill();
-            let _ = std_child.wait();
-            return Err(e.into());
+            let mut command = Command::new(path);
+            command
+                .args(args)
+                .env(CONTROL_ENV, control_child.to_string())
+                .stdin(Stdio::null());
+            let keep_in_child = keep.clone();
+            // SAFETY: the hook only makes async-signal-safe syscalls (see
+            // `in_child_after_fork`) and uses `keep_in_child`, allocated before the fork.
+            unsafe {
+                command.pre_exec(move || sys::in_child_after_fork(&keep_in_child));
+            }
+            let mut std_child = spawner::spawn(command)?;
+            match Child::from_pid(std_child.id()) {
+                // From here the pidfd reaps it; std's handle is dropped without waiting.
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = std_child.kill();
+                    let _ = std_child.wait();
+                    return Err(e.into());
+                }
+            }
         }
     };
-    // From here the pidfd reaps it; std's handle is dropped without waiting.
-    drop(std_child);
     // The child has its copies; ours would keep its channel from reaching EOF.
     let data_fd = keep.get(1).copied().unwrap_or(-1);
     child_ends.release_with(drop);
@@ -398,6 +417,29 @@ pub(crate) fn spawn_exec(
             Err(e)
         }
     }
+}
+
+/// This process's environment plus the variable that makes the child run its bootstrap.
+fn child_environment(control_child: RawFd) -> io::Result<Vec<std::ffi::CString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if key == CONTROL_ENV {
+            continue;
+        }
+        let mut entry = key.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        // A variable with a NUL byte cannot be passed on (nor could std's Command).
+        if let Ok(entry) = std::ffi::CString::new(entry) {
+            env.push(entry);
+        }
+    }
+    env.push(
+        std::ffi::CString::new(format!("{CONTROL_ENV}={control_child}"))
+            .map_err(io::Error::other)?,
+    );
+    Ok(env)
 }
 
 fn handshake(
@@ -528,6 +570,10 @@ mod child_side {
         // What std's runtime does before `main`, which has not run here.
         // SAFETY: setting a signal disposition to SIG_IGN is always sound.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        // What a pre-exec hook would have done (the child was started by posix_spawn).
+        if sys::child_setup_after_exec().is_err() {
+            return EXIT_BOOTSTRAP_FAILED;
+        }
         match bootstrap(fd) {
             // A panic was printed by the hook; Python's exit code for an exception in the
             // target is 1.
@@ -588,6 +634,17 @@ mod child_side {
         }
         if sys::parent_pid() != boot.parent_pid {
             // The parent died before PR_SET_PDEATHSIG was armed: nobody wants us.
+            return Err(());
+        }
+        // Descriptors the parent had open without close-on-exec came along (posix_spawn
+        // cannot leave them behind): only the control socket, the channel and the inherited
+        // ones are ours. Nothing else in this process, which has not reached `main`, uses any.
+        let mut keep: Vec<RawFd> = vec![raw];
+        keep.extend((boot.data_fd >= 0).then_some(boot.data_fd));
+        keep.extend(&boot.inherited);
+        keep.sort_unstable();
+        // SAFETY: before `main`, no code of this program holds a descriptor but those kept.
+        if !unsafe { sys::close_all_except(&keep) } {
             return Err(());
         }
         let data = if boot.data_fd >= 0 {

@@ -52,8 +52,23 @@ fn reports_environment(mut start: ChildStart) -> i32 {
     let stdin_empty =
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin).is_ok_and(|n| n == 0);
     let args = std::env::args().count();
+    let mut death_signal: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes an int through a valid pointer.
+    unsafe {
+        libc::prctl(
+            libc::PR_GET_PDEATHSIG,
+            &mut death_signal as *mut libc::c_int,
+        )
+    };
+    // SAFETY: `sigset_t` is plain data; querying the mask with a valid out pointer.
+    let sigint_blocked = unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
+        libc::sigismember(&mask, libc::SIGINT) == 1
+    };
     let msg = format!(
-        "role={role} sigint_ignored={sigint_ignored} stdin_empty={stdin_empty} args={args}"
+        "role={role} sigint_ignored={sigint_ignored} sigint_blocked={sigint_blocked} \
+         death_signal={death_signal} stdin_empty={stdin_empty} args={args}"
     );
     start.channel.send(msg.as_bytes(), None).unwrap();
     0
@@ -111,8 +126,45 @@ fn the_child_has_the_documented_environment() {
         .unwrap();
     assert_eq!(
         String::from_utf8(buf).unwrap(),
-        "role=false sigint_ignored=true stdin_empty=true args=1"
+        format!(
+            "role=false sigint_ignored=true sigint_blocked=false death_signal={} \
+             stdin_empty=true args=1",
+            libc::SIGKILL
+        )
     );
+    s.child.wait().unwrap();
+}
+
+fn reports_descriptors(mut start: ChildStart) -> i32 {
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    start.channel.send(fds.join(",").as_bytes(), None).unwrap();
+    0
+}
+
+#[test]
+fn a_descriptor_left_inheritable_in_the_parent_does_not_reach_the_child() {
+    // A C library may open descriptors without close-on-exec; a child must not hold them
+    // (a pipe's writer kept open in a worker would keep its reader from seeing EOF).
+    let mut ends = [0; 2];
+    // SAFETY: `pipe` (without O_CLOEXEC) writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    // SAFETY: both are new descriptors owned by nothing else; they close at the end.
+    let _ends =
+        ends.map(|fd| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let stray = ends[1];
+    let mut s = spawn(reports_descriptors, b"", &SpawnOptions::new()).unwrap();
+    let mut buf = Vec::new();
+    s.channel
+        .recv_into(&mut buf, Some(Instant::now() + GENEROUS))
+        .unwrap();
+    let listed = String::from_utf8(buf).unwrap();
+    let fds: Vec<i32> = listed.split(',').map(|f| f.parse().unwrap()).collect();
+    assert!(!fds.contains(&stray), "the child holds {stray}: {listed}");
+    // stdio, its channel, the control socket, and read_dir's own descriptor at most.
+    assert!(fds.len() <= 6, "{listed}");
     s.child.wait().unwrap();
 }
 

@@ -133,6 +133,17 @@ pub(crate) unsafe fn in_child_after_fork(keep: &[RawFd]) -> io::Result<()> {
                 return Err(io::Error::last_os_error());
             }
         }
+        die_with_parent_ignoring_sigint()?;
+    }
+    Ok(())
+}
+
+/// `PR_SET_PDEATHSIG(SIGKILL)` and SIGINT ignored: what every child starts with, whether it
+/// does so before `exec` ([`in_child_after_fork`]) or after ([`child_setup_after_exec`]).
+/// Async-signal-safe.
+fn die_with_parent_ignoring_sigint() -> io::Result<()> {
+    // SAFETY: prctl and signal with valid arguments.
+    unsafe {
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -144,6 +155,100 @@ pub(crate) unsafe fn in_child_after_fork(keep: &[RawFd]) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Starts `program` with `env` (`KEY=value` strings) as its whole environment and no
+/// arguments but its name, with glibc's `posix_spawn`, which starts the child with
+/// `clone(CLONE_VM | CLONE_VFORK)`: this process's page tables are not copied, so the start
+/// does not grow with this process's memory (fork + exec from a parent with 130 MiB touched
+/// took ~20 ms here, against ~1.6 ms). The child inherits the descriptors in `keep` (their
+/// close-on-exec flag is cleared in the child only: a `dup2` onto itself) and any without
+/// that flag, which its bootstrap closes (`close_all_except`); stdin is `/dev/null`; SIGINT
+/// is blocked, and the bootstrap ignores it before unblocking it (`child_setup_after_exec`).
+/// Returns the child's pid.
+pub(crate) fn posix_spawn(
+    program: &std::ffi::CStr,
+    env: &[std::ffi::CString],
+    keep: &[RawFd],
+) -> io::Result<u32> {
+    fn check(r: libc::c_int) -> io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(r))
+        }
+    }
+    let argv = [program.as_ptr(), std::ptr::null()];
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: the actions and attributes are initialised before use and destroyed once; the
+    // argument and environment arrays are null-terminated and outlive the call, as do the
+    // strings they point to; `pid` and the signal sets are plain out-parameters.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| {
+            for &fd in keep {
+                check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, fd))?;
+            }
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            check(libc::pthread_sigmask(
+                libc::SIG_SETMASK,
+                std::ptr::null(),
+                &mut mask,
+            ))?;
+            libc::sigaddset(&mut mask, libc::SIGINT);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &mask))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+            ))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr().cast::<*mut libc::c_char>(),
+                envp.as_ptr().cast::<*mut libc::c_char>(),
+            ))?;
+            Ok(pid as u32)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
+    }
+}
+
+/// What a child started by [`posix_spawn`] sets up first, where a forked child did it between
+/// `fork` and `exec` ([`in_child_after_fork`]): `PR_SET_PDEATHSIG(SIGKILL)` (the bootstrap
+/// then checks that the parent did not die before it was armed), SIGINT ignored, then
+/// unblocked (a Ctrl-C that came in between was pending, and is discarded). Harmless in a
+/// child that was forked: it had all of this already.
+pub(crate) fn child_setup_after_exec() -> io::Result<()> {
+    die_with_parent_ignoring_sigint()?;
+    // SAFETY: sigprocmask with valid arguments; the signal set is ours.
+    unsafe {
+        let mut sigint: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut sigint);
+        libc::sigaddset(&mut sigint, libc::SIGINT);
+        if libc::sigprocmask(libc::SIG_UNBLOCK, &sigint, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
