@@ -7,59 +7,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pool_api::{
-    Connection, Lock, Pipe, Process, Queue, ReadConnection, SimpleQueue, StartMethod,
-    TransportKind, Value, WriteConnection,
-};
-use pool_benches::secs;
-
-/// Receives `(count, size)` rounds: `count` messages, then acknowledges the last.
-fn pipe_sink(mut conn: Connection) {
-    let mut buf = vec![0u8; 64 << 20];
-    while let Ok((count, _size)) = conn.recv::<(u64, usize)>() {
-        for _ in 0..count {
-            conn.recv_bytes_into(&mut buf).unwrap();
-        }
-        conn.send(&1u8).unwrap();
-    }
-}
-
-/// [`pipe_sink`] over two one-way pipes: rounds come in on one, acknowledgements go out on
-/// the other (Python's `Pipe(duplex=False)`).
-fn one_way_sink((mut inbox, mut ack): (ReadConnection, WriteConnection)) {
-    let mut buf = vec![0u8; 64 << 20];
-    while let Ok((count, _size)) = inbox.recv::<(u64, usize)>() {
-        for _ in 0..count {
-            inbox.recv_bytes_into(&mut buf).unwrap();
-        }
-        ack.send(&1u8).unwrap();
-    }
-}
-
-/// The parent's side of one W5 round, whichever pipe carries it.
-trait Round {
-    fn round(&mut self, count: u64, size: usize, msg: &[u8]);
-}
-
-impl Round for Connection {
-    fn round(&mut self, count: u64, size: usize, msg: &[u8]) {
-        self.send(&(count, size)).unwrap();
-        for _ in 0..count {
-            self.send_bytes(msg).unwrap();
-        }
-        let _: u8 = self.recv().unwrap();
-    }
-}
-
-impl Round for (WriteConnection, ReadConnection) {
-    fn round(&mut self, count: u64, size: usize, msg: &[u8]) {
-        self.0.send(&(count, size)).unwrap();
-        for _ in 0..count {
-            self.0.send_bytes(msg).unwrap();
-        }
-        let _: u8 = self.1.recv().unwrap();
-    }
-}
+use pool_api::{Lock, Pipe, Process, Queue, SimpleQueue, StartMethod, TransportKind, Value};
+use pool_benches::{Round, one_way_sink, pipe_sink, secs};
 
 fn w5_pipe(c: &mut Criterion) {
     let mut group = c.benchmark_group("w5_pipe");

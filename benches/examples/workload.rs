@@ -13,7 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use pool_api::{Bytes, Connection, Pipe, Pool, Process, TransportKind};
+use pool_api::{Bytes, Pipe, Pool, Process, TransportKind};
+use pool_benches::{Round, pipe_sink};
 
 fn noop(_: ()) {}
 
@@ -23,18 +24,6 @@ fn square(x: u64) -> u64 {
 
 fn len(data: Bytes) -> usize {
     data.len()
-}
-
-/// W5's child: receives `(count, size)` rounds of `count` messages into one buffer and
-/// acknowledges each round.
-fn pipe_sink(mut conn: Connection) {
-    let mut buf = vec![0u8; 64 << 20];
-    while let Ok((count, _size)) = conn.recv::<(u64, usize)>() {
-        for _ in 0..count {
-            conn.recv_bytes_into(&mut buf).unwrap();
-        }
-        conn.send(&1u8).unwrap();
-    }
 }
 
 fn main() {
@@ -100,17 +89,12 @@ fn main() {
             "w3c1" => drop(pool.map_chunked(square, 0..100_000u64, 1).unwrap()),
             "w4" => drop(pool.map(len, input).unwrap()),
             "w5" | "w5big" => {
-                let conn = conn.as_mut().expect("a pipe");
                 let (count, msg) = if workload == "w5" {
                     (10_000u64, &small)
                 } else {
                     (4, &big)
                 };
-                conn.send(&(count, msg.len())).unwrap();
-                for _ in 0..count {
-                    conn.send_bytes(msg).unwrap();
-                }
-                let _: u8 = conn.recv().unwrap();
+                conn.as_mut().expect("a pipe").round(count, msg.len(), msg);
             }
             _ => drop(pool.map_chunked(len, input, 1).unwrap()),
         }

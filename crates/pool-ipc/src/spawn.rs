@@ -8,8 +8,9 @@
 //! 10 MiB or 10 GiB) with `POOL_IPC_CONTROL_FD` in the environment, stdin on `/dev/null`,
 //! SIGINT blocked, no arguments, and the control and channel descriptors inherited. (A
 //! `program` of the caller's choosing is forked and executed instead, with that setup done
-//! between the two, since it may not run this crate's bootstrap.) It sends the bootstrap (the build's identity, the
-//! function to run, its payload) and waits, with a deadline, for the child's hello. A child
+//! between the two, since it may not run this crate's bootstrap.) It sends the bootstrap
+//! (the build's identity, the function to run, its payload) and waits, with a deadline, for
+//! the child's hello. A child
 //! that dies first gives [`SpawnError::ChildExited`] with its status, one that stays silent
 //! [`SpawnError::Timeout`] (it is killed and reaped), one of another build
 //! [`SpawnError::Mismatch`].
@@ -30,8 +31,9 @@
 //! # The spawner thread
 //!
 //! `PR_SET_PDEATHSIG` kills a child when the *thread* that created it exits, not the
-//! process. Children are therefore created from one long-lived thread, so that a pool created on a
-//! short-lived thread (a test, a request handler) keeps its workers until the process dies.
+//! process. Children are therefore created from one long-lived thread, so that a pool
+//! created on a short-lived thread (a test, a request handler) keeps its workers until the
+//! process dies.
 //! The `fork` start method forks there too (see `fork.rs`).
 //!
 //! # Start methods

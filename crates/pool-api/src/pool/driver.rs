@@ -107,6 +107,13 @@ struct Outbox {
     closed: bool,
 }
 
+impl Outbox {
+    /// Nothing for the writer thread to do: open, and empty or being drained by another.
+    fn idle(&self) -> bool {
+        !self.closed && (self.queue.is_empty() || self.draining)
+    }
+}
+
 thread_local! {
     /// Whether this thread may block sending to a worker. Never a thread that receives from
     /// workers (a reader), nor the timer, nor the spawner: see the module documentation.
@@ -699,13 +706,13 @@ fn writer(link: Arc<WorkerLink>) {
             // threads the reader that will hand over the next task is often running right
             // then, and a condvar sleep costs a wake-up per task (W2b, pipelined apply_async).
             let mut yields = WRITER_YIELDS;
-            while !outbox.closed && (outbox.queue.is_empty() || outbox.draining) && yields > 0 {
+            while outbox.idle() && yields > 0 {
                 yields -= 1;
                 drop(outbox);
                 std::thread::yield_now();
                 outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
             }
-            while !outbox.closed && (outbox.queue.is_empty() || outbox.draining) {
+            while outbox.idle() {
                 outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
             }
             if outbox.closed {

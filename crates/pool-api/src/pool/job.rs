@@ -183,9 +183,7 @@ impl ChunkResult {
             into.fail(items - pushed, &error);
         }
     }
-}
 
-impl ChunkResult {
     /// [`ChunkResult::decode_into`], taking the chunk: results decoded ahead are moved out.
     pub(crate) fn into_outcomes<R: DeserializeOwned + 'static>(
         self,
@@ -466,12 +464,14 @@ impl JobShared {
     }
 
     pub(crate) fn request_pull(&self, chunk: ChunkId, max_items: u32) {
-        self.lock().pull = Some((chunk, max_items));
+        let mut inner = self.lock();
+        inner.pull = Some((chunk, max_items));
         self.news.store(true, Ordering::Release);
     }
 
     pub(crate) fn deliver(&self, chunk: Chunk, result: ChunkResult) {
-        self.lock().delivered.push_back((chunk, result));
+        let mut inner = self.lock();
+        inner.delivered.push_back((chunk, result));
         self.news.store(true, Ordering::Release);
     }
 

@@ -221,6 +221,8 @@ impl Channel {
         if let ReceiverFlavor::Pipe(r) = &self.receiver.flavor {
             fds.push(r.fd().as_raw_fd());
         }
+        // A pipe end's halves share one socket.
+        fds.dedup();
         fds
     }
 
