@@ -11,8 +11,8 @@
 //! keyed by pid: a forked child starts with its own name and no children, and never finds a
 //! lock held by one of its parent's threads.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -133,7 +133,6 @@ pub struct Process {
     /// Descriptors of the handles in the arguments, inherited by the child at start.
     fds: Vec<OwnedFd>,
     child: Option<Child>,
-    exited: Option<Arc<AtomicBool>>,
     exitcode: Option<i32>,
     /// For [`Process::fork`]: the closure (taken when started).
     fork: Option<ForkTarget>,
@@ -165,7 +164,6 @@ impl Process {
             payload,
             fds,
             child: None,
-            exited: None,
             exitcode: None,
             fork: None,
             forked: false,
@@ -219,7 +217,6 @@ impl Process {
             payload: Vec::new(),
             fds: Vec::new(),
             child: None,
-            exited: None,
             exitcode: None,
             fork: Some(ForkTarget(Box::new(target))),
             forked: true,
@@ -306,9 +303,7 @@ impl Process {
         }
         .map_err(|e| Error::Io(e.to_string()))?;
         let child = spawned.child;
-        let exited = Arc::new(AtomicBool::new(false));
-        registry::add(&child, &self.name, self.daemon, Arc::clone(&exited))?;
-        self.exited = Some(exited);
+        registry::add(&child, &self.name, self.daemon)?;
         self.child = Some(child);
         Ok(())
     }
@@ -427,10 +422,19 @@ mod registry {
         pid: u32,
         name: String,
         daemon: bool,
+        /// Watches the child through its own pidfd (no thread involved): it tells whether the
+        /// child has exited, and signals it at exit if it is a daemon.
         killer: Killer,
-        exited: Arc<AtomicBool>,
-        /// Set once the `Process` handle is gone: the registry reaps it.
-        orphan: Option<Child>,
+        /// Set once the `Process` handle is gone: pool-ipc's reaper reaps the child.
+        orphaned: bool,
+    }
+
+    impl Entry {
+        fn exited(&self) -> bool {
+            self.killer
+                .wait_exited(Some(Instant::now()))
+                .unwrap_or(true)
+        }
     }
 
     /// One process's registry. A forked child makes its own: its parent's children are not
@@ -472,12 +476,16 @@ mod registry {
         registry.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn add(
-        child: &Child,
-        name: &str,
-        daemon: bool,
-        exited: Arc<AtomicBool>,
-    ) -> Result<(), Error> {
+    /// Forgets the orphans that have exited (the reaper has them), so that a program that
+    /// drops many handles does not grow the registry without end.
+    fn prune(entries: &mut Vec<Entry>) {
+        entries.retain(|e| !(e.orphaned && e.exited()));
+    }
+
+    /// Registers a started child. Nothing watches it in the background: whether it has exited
+    /// is asked of its pidfd when someone wants to know (`active_children`, the exit), which
+    /// keeps a thread's two wake-ups off the path of every start.
+    pub(super) fn add(child: &Child, name: &str, daemon: bool) -> Result<(), Error> {
         // Registered once; a forked child inherits the registration (and runs it only if it
         // calls `exit`, for its own children).
         if !AT_EXIT.swap(true, Ordering::AcqRel) {
@@ -485,54 +493,42 @@ mod registry {
             unsafe { libc::atexit(at_exit) };
         }
         let killer = child.killer().map_err(|e| Error::Io(e.to_string()))?;
-        let pid = child.pid();
-        entries().push(Entry {
-            pid,
+        let mut entries = entries();
+        prune(&mut entries);
+        entries.push(Entry {
+            pid: child.pid(),
             name: name.to_owned(),
             daemon,
             killer,
-            exited: Arc::clone(&exited),
-            orphan: None,
+            orphaned: false,
         });
-        child
-            .on_exit(move || {
-                exited.store(true, Ordering::SeqCst);
-                // An orphan is reaped now; a handle reaps its own child.
-                let mut entries = entries();
-                if let Some(i) = entries
-                    .iter()
-                    .position(|e| e.pid == pid && e.orphan.is_some())
-                {
-                    let mut entry = entries.remove(i);
-                    if let Some(child) = entry.orphan.as_mut() {
-                        let _ = child.wait();
-                    }
-                }
-            })
-            .map_err(|e| Error::Io(e.to_string()))
+        Ok(())
     }
 
     pub(super) fn remove(pid: u32) {
         entries().retain(|e| e.pid != pid);
     }
 
+    /// The handle of a running child is gone: the child runs on (as in Python) and is reaped
+    /// when it exits, by pool-ipc's reaper (or here, if it has exited already).
     pub(super) fn orphan(mut child: Child) {
-        let mut entries = entries();
-        match entries.iter_mut().find(|e| e.pid == child.pid()) {
-            Some(entry) if !entry.exited.load(Ordering::SeqCst) => entry.orphan = Some(child),
-            _ => {
-                // Already exited (the watcher has fired or is about to): reap it here.
-                let pid = child.pid();
-                let _ = child.wait();
-                entries.retain(|e| e.pid != pid);
-            }
+        let pid = child.pid();
+        if let Ok(Some(_)) = child.try_wait() {
+            remove(pid);
+            return;
         }
+        if let Some(entry) = entries().iter_mut().find(|e| e.pid == pid) {
+            entry.orphaned = true;
+        }
+        child.disown();
     }
 
     pub(super) fn active() -> Vec<ProcessInfo> {
-        entries()
+        let mut entries = entries();
+        prune(&mut entries);
+        entries
             .iter()
-            .filter(|e| !e.exited.load(Ordering::SeqCst))
+            .filter(|e| !e.exited())
             .map(|e| ProcessInfo {
                 name: e.name.clone(),
                 pid: e.pid,
@@ -547,15 +543,14 @@ mod registry {
 
     /// At normal exit: terminate daemons, wait for the others (Python's `_exit_function`).
     extern "C" fn at_exit() {
-        let mut entries = entries();
+        let entries = entries();
         for entry in entries.iter().filter(|e| e.daemon) {
             let _ = entry.killer.signal(libc::SIGTERM);
         }
-        for entry in entries.iter_mut() {
+        // Orphans are reaped by the reaper thread as they exit; the others by their handles,
+        // or by the process's own end.
+        for entry in entries.iter() {
             let _ = entry.killer.wait_exited(None);
-            if let Some(child) = entry.orphan.as_mut() {
-                let _ = child.wait();
-            }
         }
     }
 }

@@ -8,8 +8,8 @@
 //! # How
 //!
 //! Everything the child needs (its channel end, the closure, a "ready" pipe) is built in the
-//! parent, then the long-lived spawner thread forks (so that `PR_SET_PDEATHSIG` outlives the
-//! caller's thread, as for `spawn`). Between `fork` and the closure the child makes only
+//! parent, then the main thread or the long-lived spawner thread forks (so that
+//! `PR_SET_PDEATHSIG` outlives the caller's thread, as for `spawn`). Between `fork` and the closure the child makes only
 //! async-signal-safe calls: it drops the descriptors that belong to other children and the
 //! parent's end of its own channel (see below), arms `PR_SET_PDEATHSIG`
 //! (and checks that the parent did not die before), empties its signal mask, ignores SIGINT,
@@ -45,7 +45,7 @@ struct ChildParts {
     ready: OwnedFd,
 }
 
-/// A fork request for the spawner thread.
+/// A fork request for the thread that forks (see `spawner::run`).
 struct Job {
     main: Box<dyn FnOnce(ChildStart) -> i32 + Send>,
     parts: Private<ChildParts>,
@@ -87,11 +87,23 @@ struct Job {
 ///   hold), so a peer of one of them may not see end of file while the child lives. Close
 ///   what the child does not need, or start long-lived children with
 ///   [`spawn`](crate::spawn) or the forkserver.
-/// - The child runs on a copy of pool-ipc's spawner thread: `std::thread::current()` is named
+/// - Called on the main thread, the child runs on a copy of it. Called on another thread, the
+///   child runs on a copy of pool-ipc's spawner thread: `std::thread::current()` is named
 ///   `pool-ipc-spawner` there, and its stack is 8 MiB.
 ///
 /// When the parent has threads and the child must be long-lived or run arbitrary libraries,
 /// prefer [`StartMethod::Forkserver`](crate::StartMethod::Forkserver).
+///
+/// Forked from the main thread, the child runs on a copy of it (no hop to the spawner
+/// thread):
+///
+/// ```
+/// use pool_ipc::{ExitStatus, SpawnOptions, fork};
+///
+/// let on_main = |_| i32::from(std::thread::current().name() != Some("main"));
+/// let mut forked = fork(on_main, &SpawnOptions::new()).unwrap();
+/// assert_eq!(forked.child.wait().unwrap(), ExitStatus::Code(0));
+/// ```
 ///
 /// ```
 /// use pool_ipc::{ExitStatus, SpawnOptions, fork};
@@ -225,7 +237,7 @@ pub(crate) fn wait_ready(
     Err(failure)
 }
 
-/// On the spawner thread: forks. Returns the child's pid and the job (for the caller to
+/// On the main thread or the spawner thread: forks. Returns the child's pid and the job (for the caller to
 /// dispose of); in the child, runs it and never returns.
 fn fork_on_this_thread(mut job: Job) -> (std::io::Result<u32>, Job) {
     // Held across the fork: no descriptor is created or closed in flight meanwhile, so the

@@ -2,8 +2,8 @@
 //!
 //! # The parent
 //!
-//! [`spawn`] makes a control socket pair and the data channel, then (on the spawner thread,
-//! see below) starts `/proc/self/exe` with `posix_spawn` (`clone(CLONE_VM | CLONE_VFORK)`
+//! [`spawn`] makes a control socket pair and the data channel, then (on the main thread or the
+//! spawner thread, see below) starts `/proc/self/exe` with `posix_spawn` (`clone(CLONE_VM | CLONE_VFORK)`
 //! in glibc: nothing of this process is copied, so a start costs the same from a parent of
 //! 10 MiB or 10 GiB) with `POOL_IPC_CONTROL_FD` in the environment, stdin on `/dev/null`,
 //! SIGINT blocked, no arguments, and the control and channel descriptors inherited. (A
@@ -31,10 +31,12 @@
 //! # The spawner thread
 //!
 //! `PR_SET_PDEATHSIG` kills a child when the *thread* that created it exits, not the
-//! process. Children are therefore created from one long-lived thread, so that a pool
-//! created on a short-lived thread (a test, a request handler) keeps its workers until the
-//! process dies.
-//! The `fork` start method forks there too (see `fork.rs`).
+//! process. Children are therefore created from a thread that lives as long as the process,
+//! so that a pool created on a short-lived thread (a test, a request handler) keeps its
+//! workers until the process dies. The main thread is such a thread: a start asked for there
+//! happens there, with no hop (two thread wake-ups on the path of every start). A start asked
+//! for on any other thread happens on one long-lived spawner thread, started on first use.
+//! The `fork` start method forks the same way (see `fork.rs`).
 //!
 //! # Start methods
 //!
@@ -514,10 +516,14 @@ pub(crate) mod spawner {
     /// it gets what a main thread usually has. Only touched pages cost memory.
     const STACK: usize = 8 << 20;
 
-    /// Runs `job` on the spawner thread and returns its result.
+    /// Runs `job` on a thread that lives as long as the process and returns its result: here
+    /// on the main thread, else on the spawner thread.
     pub(crate) fn run<R: Send + 'static>(
         job: impl FnOnce() -> R + Send + 'static,
     ) -> io::Result<R> {
+        if sys::on_main_thread() {
+            return Ok(job());
+        }
         let (reply_tx, reply_rx) = mpsc::channel();
         let jobs = JOBS.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Job>();

@@ -340,6 +340,12 @@ pub(crate) unsafe fn fork() -> io::Result<Option<u32>> {
     }
 }
 
+/// Whether the calling thread is the process's main thread, whose end is the process's end
+/// (a Rust program's `main` returning exits the process).
+pub(crate) fn on_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
 /// Exits at once, without running `atexit` handlers or flushing anything: what a forked child
 /// does when its work is done (the handlers belong to the parent), or when it cannot start.
 pub(crate) fn exit_now(code: i32) -> ! {
