@@ -9,9 +9,10 @@
 //!
 //! Everything the child needs (its channel end, the closure, a "ready" pipe) is built in the
 //! parent, then the main thread or the long-lived spawner thread forks (so that
-//! `PR_SET_PDEATHSIG` outlives the caller's thread, as for `spawn`). Between `fork` and the closure the child makes only
-//! async-signal-safe calls: it drops the descriptors that belong to other children and the
-//! parent's end of its own channel (see below), arms `PR_SET_PDEATHSIG`
+//! `PR_SET_PDEATHSIG` outlives the caller's thread, as for `spawn`). Between `fork` and the
+//! closure the child makes only async-signal-safe calls: it drops the descriptors that belong
+//! to other children and the parent's end of its own channel (see below), arms
+//! `PR_SET_PDEATHSIG`
 //! (and checks that the parent did not die before), empties its signal mask, ignores SIGINT,
 //! puts stdin on `/dev/null`, writes its "ready" byte, and runs the closure. The parent waits
 //! for that byte with a deadline; end of file instead means the child died, and its status is
@@ -94,8 +95,7 @@ struct Job {
 /// When the parent has threads and the child must be long-lived or run arbitrary libraries,
 /// prefer [`StartMethod::Forkserver`](crate::StartMethod::Forkserver).
 ///
-/// Forked from the main thread, the child runs on a copy of it (no hop to the spawner
-/// thread):
+/// A child forked from the main thread is a copy of it:
 ///
 /// ```
 /// use pool_ipc::{ExitStatus, SpawnOptions, fork};
@@ -237,8 +237,8 @@ pub(crate) fn wait_ready(
     Err(failure)
 }
 
-/// On the main thread or the spawner thread: forks. Returns the child's pid and the job (for the caller to
-/// dispose of); in the child, runs it and never returns.
+/// On the main thread or the spawner thread: forks. Returns the child's pid and the job (for
+/// the caller to dispose of); in the child, runs it and never returns.
 fn fork_on_this_thread(mut job: Job) -> (std::io::Result<u32>, Job) {
     // Held across the fork: no descriptor is created or closed in flight meanwhile, so the
     // list of those the child must close is exact.

@@ -13,8 +13,8 @@
 //!   the fastest start, with the hazards of forking a process that has threads.
 //! - [`Child`] watches a child through its pidfd: its exit is noticed at once and reported as
 //!   Python does ([`ExitStatus`]), signals never reach a reused pid, and nothing is left as a
-//!   zombie. Children die with their parent (`PR_SET_PDEATHSIG`, armed from the main thread or a
-//!   long-lived spawner thread).
+//!   zombie. Children die with their parent (`PR_SET_PDEATHSIG`, armed from the main thread
+//!   or a long-lived spawner thread).
 //! - [`Channel`] moves messages over a transport chosen at run time ([`TransportKind`]): a
 //!   socket pair with checked framing, or shared-memory rings.
 //!

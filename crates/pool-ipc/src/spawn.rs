@@ -2,16 +2,16 @@
 //!
 //! # The parent
 //!
-//! [`spawn`] makes a control socket pair and the data channel, then (on the main thread or the
-//! spawner thread, see below) starts `/proc/self/exe` with `posix_spawn` (`clone(CLONE_VM | CLONE_VFORK)`
-//! in glibc: nothing of this process is copied, so a start costs the same from a parent of
-//! 10 MiB or 10 GiB) with `POOL_IPC_CONTROL_FD` in the environment, stdin on `/dev/null`,
-//! SIGINT blocked, no arguments, and the control and channel descriptors inherited. (A
-//! `program` of the caller's choosing is forked and executed instead, with that setup done
-//! between the two, since it may not run this crate's bootstrap.) It sends the bootstrap
-//! (the build's identity, the function to run, its payload) and waits, with a deadline, for
-//! the child's hello. A child
-//! that dies first gives [`SpawnError::ChildExited`] with its status, one that stays silent
+//! [`spawn`] makes a control socket pair and the data channel, then (on the main thread or
+//! the spawner thread, see below) starts `/proc/self/exe` with `posix_spawn`
+//! (`clone(CLONE_VM | CLONE_VFORK)` in glibc: nothing of this process is copied, so a start
+//! costs the same from a parent of 10 MiB or 10 GiB) with `POOL_IPC_CONTROL_FD` in the
+//! environment, stdin on `/dev/null`, SIGINT blocked, no arguments, and the control and
+//! channel descriptors inherited. (A `program` of the caller's choosing is forked and
+//! executed instead, with that setup done between the two, since it may not run this crate's
+//! bootstrap.) It sends the bootstrap (the build's identity, the function to run, its
+//! payload) and waits, with a deadline, for the child's hello. A child that dies first gives
+//! [`SpawnError::ChildExited`] with its status, one that stays silent
 //! [`SpawnError::Timeout`] (it is killed and reaped), one of another build
 //! [`SpawnError::Mismatch`].
 //!

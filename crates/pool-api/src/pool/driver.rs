@@ -763,6 +763,13 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
 
 /// Starts one worker and its reader and writer threads, or reports that it could not start.
 fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
+    // What the scheduler hears of a worker that failed on our side, not its own.
+    let could_not_start = || {
+        shared.on_exit(
+            worker,
+            pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
+        );
+    };
     let boot = WorkerBoot {
         name: worker.to_string(),
         initializer: shared.setup.initializer.clone(),
@@ -776,10 +783,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
         .collect();
     let Ok(inherit) = inherit else {
         tracing::error!("cannot duplicate the initializer's handles for a new worker");
-        shared.on_exit(
-            worker,
-            pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
-        );
+        could_not_start();
         return;
     };
     let options = SpawnOptions::new()
@@ -795,10 +799,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot watch a new worker");
                     drop(spawned);
-                    shared.on_exit(
-                        worker,
-                        pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
-                    );
+                    could_not_start();
                     return;
                 }
             };
@@ -818,10 +819,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 tracing::error!(error = %e, "cannot start a worker's writer thread");
                 // Dropping the `Child` kills and reaps it.
                 drop(spawned.child);
-                shared.on_exit(
-                    worker,
-                    pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
-                );
+                could_not_start();
                 return;
             }
             {
@@ -845,10 +843,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 if let Ok(k) = killer {
                     let _ = k.kill();
                 }
-                shared.on_exit(
-                    worker,
-                    pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
-                );
+                could_not_start();
             }
         }
         Err(e) => {
