@@ -32,6 +32,12 @@ impl Cell {
     fn pool(self, processes: usize) -> Pool {
         self.builder().processes(processes).build().unwrap()
     }
+
+    /// A pool whose workers may each hold two chunks at once (the second sent ahead).
+    fn two_chunks_per_worker(self, processes: usize) -> Pool {
+        let builder = self.builder().processes(processes).chunks_per_worker(2);
+        builder.build().unwrap()
+    }
 }
 
 /// `matrix!(cells: behaviour, ...)` makes a module per behaviour holding one `#[test]` per
@@ -828,8 +834,89 @@ fn sixty_four_mib_arguments_and_results(cell: Cell) {
     assert!(back == big);
 }
 
+/// Waits until `done` holds, polling, for at most `limit`; whether it did.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+// An `apply`'s caller receives its answer from the worker's channel itself, while the reader
+// thread steps aside (the driver's "Receiving"). These cover what that must not break.
+
+/// The death of a worker that is idle between `apply`s, while its reader thread has left the
+/// channel to the callers, is still seen, and the worker replaced, without any new work.
+fn an_idle_worker_killed_between_applies_is_replaced(cell: Cell) {
+    let pool = cell.pool(1);
+    let mut victim = 0;
+    for _ in 0..20 {
+        victim = pool.apply(pid, ()).unwrap();
+    }
+    assert!(pool.signal_worker(victim, libc::SIGKILL).unwrap());
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let stats = pool.stats();
+            stats.lost == 1 && stats.spawned == 2 && pool.worker_pids().len() == 1
+        }),
+        "the idle worker's death went unseen: {:?}",
+        pool.stats()
+    );
+    assert_ne!(pool.worker_pids(), [victim]);
+    assert_ne!(pool.apply(pid, ()).unwrap(), victim);
+}
+
+/// `apply`s and asynchronous work on the same workers: every result arrives, once, right,
+/// whoever received it.
+fn applies_mixed_with_async_work_all_complete(cell: Cell) {
+    let pool = cell.two_chunks_per_worker(2);
+    for round in 0..100u64 {
+        let pending: Vec<_> = (0..3)
+            .map(|k| pool.apply_async(square, round * 10 + k).unwrap())
+            .collect();
+        assert_eq!(pool.apply(square, round).unwrap(), round * round);
+        for (k, result) in (0..3).zip(pending) {
+            let x = round * 10 + k;
+            assert_eq!(result.get().unwrap(), x * x);
+        }
+    }
+    let map = pool.map_async(square, 0..1000u64, Some(10)).unwrap();
+    for x in 0..50u64 {
+        assert_eq!(pool.apply(square, x).unwrap(), x * x);
+    }
+    assert_eq!(
+        map.get().unwrap(),
+        (0..1000u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+}
+
+/// Several threads `apply` on one pool at once; a worker may hold chunks of two callers, and
+/// one of them receives the other's answer.
+fn concurrent_applies_from_several_threads_all_complete(cell: Cell) {
+    let pool = cell.two_chunks_per_worker(2);
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let pool = &pool;
+            scope.spawn(move || {
+                for i in 0..300u64 {
+                    let x = t * 1000 + i;
+                    assert_eq!(pool.apply(square, x).unwrap(), x * x);
+                }
+            });
+        }
+    });
+    assert_eq!(pool.stats().lost, 0);
+}
+
 matrix!(all:
     workers_come_from_the_start_method_asked_for,
+    an_idle_worker_killed_between_applies_is_replaced,
+    applies_mixed_with_async_work_all_complete,
+    concurrent_applies_from_several_threads_all_complete,
     a_panic_that_aborts_the_worker_is_still_reported_as_a_panic,
     map_returns_results_in_input_order,
     seed_square_sum_of_chunks_is_385,

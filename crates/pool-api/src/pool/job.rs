@@ -4,12 +4,13 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pool_core::{Chunk, ChunkId, JobId};
+use pool_core::{Chunk, ChunkId, JobId, WorkerId};
 use serde::de::DeserializeOwned;
 
+use super::driver::WorkerLink;
 use super::spare::SpareBuffers;
 use crate::Error;
 use crate::task::{Call, Panic};
@@ -393,6 +394,12 @@ pub(crate) struct JobShared {
     /// the end), readable without the lock by a caller that spins before it sleeps. Written
     /// under the lock.
     news: AtomicBool,
+    /// An `apply` being submitted: its caller waits for the answer from the moment it
+    /// submits, and receives it from the worker's channel itself (the driver's "Receiving")
+    /// if its chunk is sent during the submission. Cleared when the submission ends.
+    pub(crate) awaited: AtomicBool,
+    /// The worker an awaited job's one chunk was first sent to.
+    pub(crate) sent_to: OnceLock<(WorkerId, Arc<WorkerLink>)>,
 }
 
 impl std::fmt::Debug for JobShared {
@@ -410,6 +417,7 @@ impl JobShared {
         source: Source,
         callback: Option<Callback>,
         time_limit: Option<Duration>,
+        awaited: bool,
     ) -> Arc<JobShared> {
         let decoder = match &source {
             Source::Caller(decoder) => Some(*decoder),
@@ -429,6 +437,8 @@ impl JobShared {
             }),
             cv: Condvar::new(),
             news: AtomicBool::new(false),
+            awaited: AtomicBool::new(awaited),
+            sent_to: OnceLock::new(),
         })
     }
 
@@ -575,6 +585,12 @@ impl JobShared {
         self.lock().finished
     }
 
+    /// Whether something is there for the caller; for a job whose input needs no caller,
+    /// whether it is finished.
+    pub(crate) fn has_news(&self) -> bool {
+        self.news.load(Ordering::Acquire)
+    }
+
     /// Every item's outcome, in input order, without consuming them (a finished, ordered job
     /// whose chunks were not taken by a caller).
     pub(crate) fn outcomes_into<R: DeserializeOwned>(&self, into: &mut impl Outcomes<R>) {
@@ -631,6 +647,7 @@ mod tests {
             Source::Caller(decoder::<u64>()),
             None,
             None,
+            false,
         );
         let id = |index| ChunkId {
             job: JobId(1),

@@ -98,7 +98,10 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.apply_async(f, args)?.get()
+        let result = self.submit_single(f, args, Callbacks::none(), true)?;
+        // The answer comes from the worker's channel straight to this thread when it can.
+        self.shared.receive_answer(&result.job);
+        result.get()
     }
 
     /// Calls `f(args)` in a worker; the result comes through the returned handle.
@@ -126,12 +129,29 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
+        self.submit_single(f, args, callbacks, false)
+    }
+
+    /// Submits `f(args)`; `awaited` if the caller waits for it at once (`apply`).
+    fn submit_single<F, A, R>(
+        &self,
+        f: F,
+        args: A,
+        callbacks: Callbacks<R>,
+        awaited: bool,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
         let call = Call::new(&f)?;
         let chunk = self.payload(std::slice::from_ref(&args))?;
         let callback = callbacks.into_callback(|job: &JobShared| single(job));
+        let source = Source::Single(chunk);
         let job = self
             .shared
-            .submit(JobSpec::single(), call, Source::Single(chunk), callback)?;
+            .submit(JobSpec::single(), call, source, callback, awaited)?;
         Ok(AsyncResult {
             job,
             shared: Arc::clone(&self.shared),
@@ -247,7 +267,7 @@ impl Pool {
         );
         let job = self
             .shared
-            .submit(spec, call, Source::Caller(decoder::<R>()), None)?;
+            .submit(spec, call, Source::Caller(decoder::<R>()), None, false)?;
         let mut guard = CancelOnDrop {
             shared: &self.shared,
             job: &job,
@@ -334,7 +354,7 @@ impl Pool {
         let callback = callbacks.into_callback(|job: &JobShared| job.first_error::<R>());
         let job = self
             .shared
-            .submit(spec, call, Source::Encoded(chunks), callback)?;
+            .submit(spec, call, Source::Encoded(chunks), callback, false)?;
         Ok(MapResult {
             job,
             shared: Arc::clone(&self.shared),
@@ -414,9 +434,13 @@ impl Pool {
         // Enough chunks ahead to keep every worker's window full twice over.
         let window = std::num::NonZeroU32::new(self.processes.saturating_mul(4).max(4));
         let spec = JobSpec::new(Input::Stream { chunksize }, delivery).with_window(window);
-        let job = self
-            .shared
-            .submit(spec, Call::new(&f)?, Source::Caller(decoder::<R>()), None)?;
+        let job = self.shared.submit(
+            spec,
+            Call::new(&f)?,
+            Source::Caller(decoder::<R>()),
+            None,
+            false,
+        )?;
         Ok(IMap {
             pool: self,
             job,

@@ -53,6 +53,15 @@ pub enum TransportKind {
 /// corrupt length header is refused rather than believed; raise it with `with_max_message`.
 pub const DEFAULT_MAX_MESSAGE: u64 = 16 << 30;
 
+/// How long a receive that found nothing keeps yielding its CPU and looking again before it
+/// sleeps (in `poll` or on a futex). A sleeping thread's CPU goes idle, and a virtual
+/// machine's idle CPU halts: waking it takes an interrupt through the hypervisor, tens of
+/// µs here. A peer that answers within this time is met awake. Yielding, unlike spinning,
+/// lets any other thread ready on the CPU run first, so it takes no CPU from the thread
+/// being waited for. Measured on a 2-CPU VM: a pool's `apply` round trip over shared
+/// memory took 4.6-6 µs with it, 33-120 µs without (two yields, then sleep).
+pub(crate) const YIELD_FOR: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// One end of a channel. See the [module documentation](self) for the contract.
 #[derive(Debug)]
 pub struct Channel {
@@ -317,6 +326,18 @@ impl Receiver {
         match &self.flavor {
             ReceiverFlavor::Pipe(r) => r.has_buffered(),
             ReceiverFlavor::Shm(r) => r.has_data(),
+        }
+    }
+
+    /// How long each wait for a message spins before it sleeps (`shm` only; a `pipe` wait
+    /// always sleeps in the kernel). `None`, the default, adapts the spin to how long past
+    /// waits took, and never spins on a machine of two CPUs or fewer, where a spinner
+    /// usually holds the CPU that the thread it waits for needs. A thread that knows its
+    /// answer comes within microseconds, and that nothing else of its process needs the CPU
+    /// meanwhile, gains by spinning: it is spared the wake-up of a sleeper.
+    pub fn set_spin(&mut self, budget: Option<std::time::Duration>) {
+        if let ReceiverFlavor::Shm(r) = &mut self.flavor {
+            r.set_spin(budget);
         }
     }
 

@@ -22,12 +22,13 @@ use rustix::event::PollFlags;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::frame::{self, HEADER};
-use super::{DEFAULT_MAX_MESSAGE, RecvError, SendError};
+use super::{DEFAULT_MAX_MESSAGE, RecvError, SendError, YIELD_FOR};
 use crate::sys;
 
 const STAGING: usize = 64 * 1024;
 
-/// How many times a receiver finding nothing yields before it sleeps (see `received`).
+/// How many times a receiver finding nothing yields before it sleeps, at least (see
+/// `received`; and [`YIELD_FOR`]).
 const YIELDS_BEFORE_SLEEP: u32 = 2;
 
 /// One end of a `pipe` channel.
@@ -381,7 +382,7 @@ fn recv_staged(
 ) -> Result<usize, RecvError> {
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
-    let mut yields = YIELDS_BEFORE_SLEEP;
+    let mut yields = Patience::new();
     loop {
         let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
         let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
@@ -413,17 +414,13 @@ fn received(
     got: rustix::io::Result<usize>,
     stream: &UnixStream,
     deadline: Option<Instant>,
-    yields: &mut u32,
+    yields: &mut Patience,
 ) -> Result<Option<usize>, RecvError> {
     match got {
         Ok(0) => Err(RecvError::Disconnected),
         Ok(n) => Ok(Some(n)),
         Err(rustix::io::Errno::INTR) => Ok(None),
-        Err(rustix::io::Errno::AGAIN) if *yields > 0 => {
-            *yields -= 1;
-            std::thread::yield_now();
-            Ok(None)
-        }
+        Err(rustix::io::Errno::AGAIN) if yields.yield_once(deadline) => Ok(None),
         Err(rustix::io::Errno::AGAIN) => {
             if sys::poll_one(stream.as_fd(), PollFlags::IN, deadline)? {
                 Ok(None)
@@ -436,6 +433,35 @@ fn received(
     }
 }
 
+/// How long a receive that found nothing keeps yielding before it sleeps in `poll`: at least
+/// [`YIELDS_BEFORE_SLEEP`] times, and until [`YIELD_FOR`] passed since it first found nothing.
+struct Patience {
+    yields: u32,
+    since: Option<Instant>,
+}
+
+impl Patience {
+    fn new() -> Patience {
+        Patience {
+            yields: 0,
+            since: None,
+        }
+    }
+
+    /// Yields the CPU once, unless patience (or the time until `deadline`) ran out.
+    fn yield_once(&mut self, deadline: Option<Instant>) -> bool {
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        let until = deadline.map_or(since + YIELD_FOR, |d| d.min(since + YIELD_FOR));
+        if self.yields >= YIELDS_BEFORE_SLEEP && now >= until {
+            return false;
+        }
+        self.yields += 1;
+        std::thread::yield_now();
+        true
+    }
+}
+
 /// Receives at least one byte of a message's body straight into the caller's buffer, waiting
 /// until `deadline`; end of stream is `Disconnected`. Never reads past the body it is given
 /// room for, so never reaches the next message's first byte and its descriptors.
@@ -444,7 +470,7 @@ fn recv_some(
     into: &mut [std::mem::MaybeUninit<u8>],
     deadline: Option<Instant>,
 ) -> Result<usize, RecvError> {
-    let mut yields = YIELDS_BEFORE_SLEEP;
+    let mut yields = Patience::new();
     loop {
         let got = rustix::net::recv(stream, &mut *into, RecvFlags::DONTWAIT).map(|(_, n)| n);
         if let Some(n) = received(got, stream, deadline, &mut yields)? {

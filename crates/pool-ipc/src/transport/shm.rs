@@ -74,7 +74,7 @@
 //! parent's ends that it inherited (forget them, or leave with `_exit`): that would close the
 //! parent's channel.
 
-use super::{DEFAULT_MAX_MESSAGE, RecvError, SendError};
+use super::{DEFAULT_MAX_MESSAGE, RecvError, SendError, YIELD_FOR};
 
 use std::fmt;
 use std::io;
@@ -126,7 +126,7 @@ const SPIN_MAX: Duration = Duration::from_micros(20);
 const PROBE_EVERY: u32 = 16;
 /// `spin_loop` hints between two looks at the ring.
 const SPINS_PER_CHECK: u32 = 8;
-/// `yield_now` calls between spinning and sleeping.
+/// `yield_now` calls between spinning and sleeping, at least (and for [`YIELD_FOR`]).
 const YIELDS: u32 = 2;
 /// The longest single futex sleep when a deadline is far away (the loop sleeps again).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
@@ -355,6 +355,8 @@ struct Spinner {
     budget: Duration,
     /// Waits in a row that ended in a futex sleep.
     misses: u32,
+    /// Set by the owner: the budget of every wait, whatever the machine.
+    fixed: Option<Duration>,
 }
 
 impl Spinner {
@@ -362,11 +364,14 @@ impl Spinner {
         Spinner {
             budget: SPIN_MAX / 2,
             misses: 0,
+            fixed: None,
         }
     }
 
     fn budget(&self) -> Duration {
-        if !spinning_pays() {
+        if let Some(fixed) = self.fixed {
+            fixed
+        } else if !spinning_pays() {
             Duration::ZERO
         } else if self.misses % PROBE_EVERY == PROBE_EVERY - 1 {
             SPIN_MAX
@@ -425,7 +430,11 @@ fn block_on<T, E: From<io::Error>>(
             }
         }
     }
-    for _ in 0..YIELDS {
+    let yield_until = start + YIELD_FOR;
+    let yield_until = deadline.map_or(yield_until, |deadline| deadline.min(yield_until));
+    let mut yields = 0;
+    while yields < YIELDS || Instant::now() < yield_until {
+        yields += 1;
         std::thread::yield_now();
         if let Some(ready) = check()? {
             spinner.hit(start.elapsed());
@@ -1004,6 +1013,11 @@ impl ShmReceiver {
     /// the limit and call again to receive it.
     pub fn set_max_message(&mut self, limit: u64) {
         self.max_message = limit;
+    }
+
+    /// See [`crate::Receiver::set_spin`].
+    pub fn set_spin(&mut self, budget: Option<Duration>) {
+        self.spinner.fixed = budget;
     }
 
     /// Replaces `buf`'s contents with the next message (reusing its capacity), blocking until
