@@ -505,8 +505,14 @@ mod registry {
         Ok(())
     }
 
+    /// Forgets the child `pid` that its handle has just reaped. Only the first entry with that
+    /// pid is this child's: a later one can only be of a child started after this one was
+    /// reaped and given its pid again, which must stay registered (and be waited for at exit).
     pub(super) fn remove(pid: u32) {
-        entries().retain(|e| e.pid != pid);
+        let mut entries = entries();
+        if let Some(at) = entries.iter().position(|e| e.pid == pid) {
+            entries.remove(at);
+        }
     }
 
     /// The handle of a running child is gone: the child runs on (as in Python) and is reaped
@@ -551,6 +557,51 @@ mod registry {
         // or by the process's own end.
         for entry in entries.iter() {
             let _ = entry.killer.wait_exited(None);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn nap(ms: u64) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+
+        #[test]
+        fn a_reaped_childs_entry_goes_not_a_later_one_with_its_pid() {
+            let mut started: Vec<Process> = (0..2)
+                .map(|_| {
+                    let mut p = Process::new(nap, 60_000u64).unwrap();
+                    p.start().unwrap();
+                    p
+                })
+                .collect();
+            // The registry as it is when a pid is reused between a child's reap and its
+            // `remove`: two entries with one pid, the reaped child's first.
+            let pid = u32::MAX - 1;
+            for (p, name) in started.iter().zip(["reaped", "reused"]) {
+                let killer = p.child.as_ref().unwrap().killer().unwrap();
+                entries().push(Entry {
+                    pid,
+                    name: name.into(),
+                    daemon: false,
+                    killer,
+                    orphaned: false,
+                });
+            }
+            remove(pid);
+            let left: Vec<String> = entries()
+                .iter()
+                .filter(|e| e.pid == pid)
+                .map(|e| e.name.clone())
+                .collect();
+            remove(pid);
+            for p in &mut started {
+                p.kill().unwrap();
+                p.join().unwrap();
+            }
+            assert_eq!(left, ["reused"]);
         }
     }
 }
