@@ -160,6 +160,8 @@ struct Outbox {
     /// keeps them in order.
     draining: bool,
     closed: bool,
+    /// The writer thread sleeps on `ready` (see [`WorkerLink::wake_writer`]).
+    writer_asleep: bool,
 }
 
 impl Outbox {
@@ -247,6 +249,20 @@ impl WorkerLink {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
+        }
+    }
+
+    /// Wakes the writer thread if it sleeps. It marks itself asleep under the outbox's lock
+    /// after finding nothing to do, so a message pushed under that lock before this call is
+    /// either seen by it or finds it marked; no futex call is made for a writer awake.
+    fn wake_writer(&self) {
+        let asleep = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writer_asleep;
+        if asleep {
+            self.ready.notify_one();
         }
     }
 
@@ -633,12 +649,17 @@ impl Shared {
             link.kick();
         }
         let direct = MAY_BLOCK_SENDING.with(std::cell::Cell::get);
+        let ring = self.setup.transport == TransportKind::Shm;
         for link in dedup(fx.flush) {
             if direct {
                 // A caller's thread: send now rather than hop through the writer thread.
                 drain(&link);
+            } else if ring {
+                // A reader (or the timer): what fits in the ring now goes now, sparing the
+                // hop through the writer thread, which sends the rest.
+                try_drain(&link);
             } else {
-                link.ready.notify_one();
+                link.wake_writer();
             }
         }
         if !fx.spawn.is_empty() {
@@ -869,18 +890,74 @@ fn drain(link: &WorkerLink) -> bool {
         outbox.queue.drain(..).collect()
     };
     let ok = send_all(link, &batch);
-    let more = {
+    let wake = {
         let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
         outbox.draining = false;
         if !ok {
             outbox.queue.clear();
         }
-        !outbox.queue.is_empty()
+        !outbox.queue.is_empty() && outbox.writer_asleep
     };
-    if more {
+    if wake {
         link.ready.notify_one();
     }
     ok
+}
+
+/// Sends what the worker's outbox holds without ever waiting, for a thread that must not
+/// block sending (see the module documentation): in order, as many messages as the channel
+/// takes at once; the rest stays first in the outbox, for the writer thread, woken for it.
+fn try_drain(link: &WorkerLink) {
+    let mut batch = {
+        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if outbox.draining || outbox.closed || outbox.queue.is_empty() {
+            return;
+        }
+        outbox.draining = true;
+        std::mem::take(&mut outbox.queue)
+    };
+    let mut ok = true;
+    {
+        let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(msg) = batch.front() {
+            let sent = match msg {
+                Outgoing::Task { header, body } if body.fds.is_empty() => {
+                    sender.try_send_parts(&[header, &body.bytes])
+                }
+                Outgoing::Task { .. } => Ok(false),
+                Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
+                    Ok(header) => sender.try_send_parts(&[&header]),
+                    Err(_) => Ok(true),
+                },
+            };
+            match sent {
+                Ok(true) => {
+                    batch.pop_front();
+                }
+                Ok(false) => break,
+                Err(_) => {
+                    let _ = link.killer.kill();
+                    ok = false;
+                    break;
+                }
+            }
+        }
+    }
+    let wake = {
+        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        outbox.draining = false;
+        if ok {
+            // What was not sent goes before what was queued meanwhile.
+            batch.append(&mut outbox.queue);
+            outbox.queue = batch;
+        } else {
+            outbox.queue.clear();
+        }
+        !outbox.queue.is_empty() && outbox.writer_asleep
+    };
+    if wake {
+        link.ready.notify_one();
+    }
 }
 
 /// Sends messages in order. A send that fails means the worker is gone (its reader thread
@@ -923,7 +1000,9 @@ fn writer(link: Arc<WorkerLink>) {
                 outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
             }
             while outbox.idle() {
+                outbox.writer_asleep = true;
                 outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
+                outbox.writer_asleep = false;
             }
             if outbox.closed {
                 return;

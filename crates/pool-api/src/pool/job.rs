@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -388,6 +388,8 @@ pub(crate) struct JobShared {
     pub(crate) time_limit: Option<Duration>,
     inner: Mutex<Inner>,
     cv: Condvar,
+    /// Callers sleeping on `cv` (see [`JobShared::wake`]); changed under `inner`'s lock.
+    sleepers: AtomicU32,
     /// See [`Source::Caller`].
     decoder: Option<Decoder>,
     /// Whether `inner` holds something for the caller (a pull to answer, chunks delivered,
@@ -436,6 +438,7 @@ impl JobShared {
                 callback,
             }),
             cv: Condvar::new(),
+            sleepers: AtomicU32::new(0),
             news: AtomicBool::new(false),
             awaited: AtomicBool::new(awaited),
             sent_to: OnceLock::new(),
@@ -492,8 +495,17 @@ impl JobShared {
         self.news.store(true, Ordering::Release);
     }
 
+    /// Wakes the callers sleeping on this job, after news was stored under its lock.
+    ///
+    /// A caller counts itself in `sleepers` under the lock before it sleeps, and the news was
+    /// stored under that lock before this call: either the caller saw the news and does not
+    /// sleep, or its count happened before the news and is seen here. So a count of zero
+    /// means nobody needs the wake, and the futex call (a system call even with no waiter,
+    /// two per `apply_async`) is skipped.
     pub(crate) fn wake(&self) {
-        self.cv.notify_all();
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.cv.notify_all();
+        }
     }
 
     pub(crate) fn take_callback(&self) -> Option<Callback> {
@@ -521,18 +533,9 @@ impl JobShared {
             if inner.finished {
                 return Wake::Finished;
             }
-            inner = match deadline {
-                None => self.cv.wait(inner).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Wake::TimedOut;
-                    }
-                    self.cv
-                        .wait_timeout(inner, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
+            inner = match self.sleep(inner, deadline) {
+                Some(inner) => inner,
+                None => return Wake::TimedOut,
             };
         }
     }
@@ -543,21 +546,42 @@ impl JobShared {
         self.spin_for_news(deadline);
         let mut inner = self.lock();
         while !inner.finished {
-            inner = match deadline {
-                None => self.cv.wait(inner).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.cv
-                        .wait_timeout(inner, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
+            inner = match self.sleep(inner, deadline) {
+                Some(inner) => inner,
+                None => return false,
             };
         }
         true
+    }
+
+    /// Sleeps on the condvar until woken or `deadline` (then `None`), counted in `sleepers`
+    /// so that [`JobShared::wake`] makes no futex call when nobody sleeps.
+    fn sleep<'a>(
+        &self,
+        inner: MutexGuard<'a, Inner>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, Inner>> {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => Some(
+                d.checked_duration_since(Instant::now())
+                    .filter(|t| !t.is_zero())?,
+            ),
+        };
+        // Counted while the lock is held, so a waker that changes `inner` under the lock
+        // afterwards sees the count (see `wake`).
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        let inner = match timeout {
+            None => self.cv.wait(inner).unwrap_or_else(|e| e.into_inner()),
+            Some(t) => {
+                self.cv
+                    .wait_timeout(inner, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        Some(inner)
     }
 
     /// Spins (yielding now and then) for up to [`SPIN_BEFORE_SLEEP`], or until `deadline`,

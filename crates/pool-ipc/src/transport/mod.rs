@@ -296,6 +296,18 @@ impl Sender {
         }
     }
 
+    /// Sends one message now if that needs no waiting; `Ok(false)`, with nothing sent, if it
+    /// would have to wait. For a thread that must never block on its peer. Only the `shm`
+    /// flavor sends this way (it knows the room left in its ring, and writes a message that
+    /// fits all at once); `pipe` always answers `Ok(false)`, since a socket's non-blocking
+    /// send may take part of a message and leave the rest to a send that waits.
+    pub fn try_send_parts(&mut self, parts: &[&[u8]]) -> Result<bool, SendError> {
+        match &mut self.flavor {
+            SenderFlavor::Pipe(_) => Ok(false),
+            SenderFlavor::Shm(s) => s.try_send_parts(parts),
+        }
+    }
+
     /// Sends one message whose bytes are the concatenation of `parts` (a header and a payload,
     /// say) without concatenating them first.
     pub fn send_parts(

@@ -813,23 +813,7 @@ impl ShmSender {
         parts: &[&[u8]],
         deadline: Option<Instant>,
     ) -> Result<(), SendError> {
-        let total = parts
-            .iter()
-            .fold(0u64, |sum, part| sum.saturating_add(part.len() as u64));
-        if total > self.max_message {
-            return Err(SendError::TooLarge {
-                len: total,
-                limit: self.max_message,
-            });
-        }
-        if self.broken {
-            return Err(SendError::Disconnected);
-        }
-        // Acquire: pairs with the Release/SeqCst `fetch_or` of whoever closed the ring.
-        if self.ring.header().state.state.load(Ordering::Acquire) & (READER_CLOSED | PEER_DEAD) != 0
-        {
-            return Err(SendError::Disconnected);
-        }
+        let total = self.check_send(parts)?;
         let cap = self.ring.cap();
         let step = self.ring.step as u64;
         let frame_len = total.saturating_add(LEN_BYTES);
@@ -858,21 +842,88 @@ impl ShmSender {
                     return Err(err);
                 }
             };
-            let mut n = free.min(remaining);
-            while n > 0 {
-                let k = n.min(step);
-                // SAFETY: `k <= free`, and `free` bytes after our write position are not
-                // readable by the reader (it stops at `write`, and had released everything
-                // up to `read_seen`, with `write - read_seen + free == capacity`).
-                unsafe { frame.copy_into(&self.ring, self.write, k as usize) };
-                self.write = self.write.wrapping_add(k);
-                self.publish();
-                started = true;
-                n -= k;
-                remaining -= k;
-            }
+            let n = free.min(remaining);
+            // SAFETY: `wait_for_space` saw `free >= n` bytes free.
+            unsafe { self.write_frame(&mut frame, n) };
+            started = true;
+            remaining -= n;
         }
         Ok(())
+    }
+
+    /// Sends one message now if the ring has room for all of it; `Ok(false)`, with nothing
+    /// written, if it has not (or if the message is larger than the ring and so can only be
+    /// streamed). Never waits: for a thread that must not block on its peer.
+    pub fn try_send_parts(&mut self, parts: &[&[u8]]) -> Result<bool, SendError> {
+        let total = self.check_send(parts)?;
+        let frame_len = total.saturating_add(LEN_BYTES);
+        let cap = self.ring.cap();
+        if frame_len > cap {
+            return Ok(false);
+        }
+        if cap - self.write.wrapping_sub(self.read_seen) < frame_len {
+            // Acquire: as in `wait_for_space`.
+            let read = self.ring.header().reader.read_pos.load(Ordering::Acquire);
+            let used = self.write.wrapping_sub(read);
+            if used > cap {
+                return Err(corrupted_read_position());
+            }
+            self.read_seen = read;
+            if cap - used < frame_len {
+                return Ok(false);
+            }
+        }
+        let mut frame = Frame {
+            prefix: total.to_le_bytes(),
+            parts,
+            segment: 0,
+            offset: 0,
+        };
+        // SAFETY: checked just above: `frame_len` bytes are free since `read_seen`.
+        unsafe { self.write_frame(&mut frame, frame_len) };
+        Ok(true)
+    }
+
+    /// What every send checks first; the message's length.
+    fn check_send(&self, parts: &[&[u8]]) -> Result<u64, SendError> {
+        let total = parts
+            .iter()
+            .fold(0u64, |sum, part| sum.saturating_add(part.len() as u64));
+        if total > self.max_message {
+            return Err(SendError::TooLarge {
+                len: total,
+                limit: self.max_message,
+            });
+        }
+        if self.broken {
+            return Err(SendError::Disconnected);
+        }
+        // Acquire: pairs with the Release/SeqCst `fetch_or` of whoever closed the ring.
+        if self.ring.header().state.state.load(Ordering::Acquire) & (READER_CLOSED | PEER_DEAD) != 0
+        {
+            return Err(SendError::Disconnected);
+        }
+        Ok(total)
+    }
+
+    /// Copies the next `n` bytes of `frame` into the ring and publishes them, a step at a
+    /// time (so the reader can start on a long message before its end is written).
+    ///
+    /// # Safety
+    /// At least `n` bytes after our write position are free: `n <= capacity - (write -
+    /// read_seen)`, with `read_seen` a read position the reader has published.
+    unsafe fn write_frame(&mut self, frame: &mut Frame<'_>, mut n: u64) {
+        let step = self.ring.step as u64;
+        while n > 0 {
+            let k = n.min(step);
+            // SAFETY: `k <= n` bytes after our write position are free (the caller's promise),
+            // and free bytes are not readable by the reader (it stops at `write`, and had
+            // released everything up to `read_seen`).
+            unsafe { frame.copy_into(&self.ring, self.write, k as usize) };
+            self.write = self.write.wrapping_add(k);
+            self.publish();
+            n -= k;
+        }
     }
 
     /// Makes the bytes written so far visible to the reader, and wakes it if it sleeps.
@@ -907,10 +958,7 @@ impl ShmSender {
                 let read = header.reader.read_pos.load(Ordering::Acquire);
                 let used = write.wrapping_sub(read);
                 if used > cap {
-                    return Err(SendError::Io(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the peer corrupted the ring's read position",
-                    )));
+                    return Err(corrupted_read_position());
                 }
                 let free = cap - used;
                 Ok((free >= need).then_some((read, free)))
@@ -934,6 +982,13 @@ impl ShmSender {
         header.state.state.fetch_or(WRITER_CLOSED, Ordering::SeqCst);
         wake_all(&header.reader.data_waiter);
     }
+}
+
+fn corrupted_read_position() -> SendError {
+    SendError::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the peer corrupted the ring's read position",
+    ))
 }
 
 impl ShmSender {
@@ -1610,6 +1665,33 @@ mod tests {
         assert!(matches!(
             reader.join().unwrap(),
             Err(RecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn try_send_writes_whole_messages_or_nothing() {
+        let ((mut tx, _rx_a), (_tx_b, mut rx)) = split_pair(MIN_CAPACITY);
+        let first = pattern(MIN_CAPACITY / 2, 1);
+        let second = pattern(MIN_CAPACITY / 2 - 16, 2);
+        assert!(tx.try_send_parts(&[&first]).unwrap());
+        // Its frame is 9 bytes more than the room left: refused, nothing written.
+        let too_big = pattern(MIN_CAPACITY / 2 - 7, 3);
+        assert!(
+            !tx.try_send_parts(&[&too_big[..10], &too_big[10..]])
+                .unwrap()
+        );
+        assert!(tx.try_send_parts(&[&second[..5], &second[5..]]).unwrap());
+        // Larger than the ring: could only be streamed, so never tried.
+        assert!(!tx.try_send_parts(&[&pattern(MIN_CAPACITY, 4)]).unwrap());
+        assert_eq!(recv(&mut rx), first);
+        // Room again once the reader moved on (the sender looks at its position anew).
+        assert!(tx.try_send_parts(&[&too_big]).unwrap());
+        assert_eq!(recv(&mut rx), second);
+        assert_eq!(recv(&mut rx), too_big);
+        drop(rx);
+        assert!(matches!(
+            tx.try_send_parts(&[b"x"]),
+            Err(SendError::Disconnected)
         ));
     }
 
