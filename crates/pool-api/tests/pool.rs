@@ -501,29 +501,125 @@ fn worker_names_follow_python(cell: Cell) {
 }
 
 fn callbacks_run_once_each_in_the_parent_in_completion_order(cell: Cell) {
-    // seed 004: ten apply_async(Foo, (i,), callback=Bar); Bar runs in the main process.
-    let pool = cell.pool(5);
+    // seed 004: ten apply_async(Foo, (i,), callback=Bar); Bar runs in the main process, and
+    // `close(); join()` returns after the last Bar (CPython's join waits for its result
+    // handler thread). One worker ends the tasks in submission order, so that is the order
+    // the callbacks must run in; each takes a while, so most still wait when join is called.
+    let pool = cell.pool(1);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let results: Vec<_> = (0..10u64)
         .map(|i| {
             let seen = Arc::clone(&seen);
-            let cb = Callbacks::none()
-                .on_ok(move |r: u64| seen.lock().unwrap().push((r, std::process::id())));
+            let cb = Callbacks::none().on_ok(move |r: u64| {
+                std::thread::sleep(Duration::from_millis(20));
+                seen.lock().unwrap().push((r, std::process::id()));
+            });
             pool.apply_async_with(plus_100, i, cb).unwrap()
         })
         .collect();
     pool.close();
     pool.join().unwrap();
-    for r in &results {
-        r.get().unwrap();
-    }
-    // All callbacks are done once join returned and every result was taken.
-    std::thread::sleep(Duration::from_millis(100));
-    let mut seen = seen.lock().unwrap().clone();
-    seen.sort_unstable();
+    let seen = seen.lock().unwrap().clone();
     let values: Vec<u64> = seen.iter().map(|(v, _)| *v).collect();
     assert_eq!(values, (100..110).collect::<Vec<_>>());
     assert!(seen.iter().all(|(_, pid)| *pid == std::process::id()));
+    for (r, i) in results.iter().zip(100..) {
+        assert_eq!(r.get(), Ok(i));
+    }
+}
+
+fn terminate_runs_no_callback_for_the_work_it_kills(cell: Cell) {
+    // CPython: terminate() stops the result handler; no callback runs for killed work.
+    let pool = cell.pool(1);
+    let oks = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let results: Vec<_> = (0..20)
+        .map(|_| {
+            let (o, e) = (Arc::clone(&oks), Arc::clone(&errors));
+            let cb = Callbacks::none()
+                .on_ok(move |_| {
+                    o.fetch_add(1, Ordering::SeqCst);
+                })
+                .on_err(move |_| {
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            pool.apply_async_with(sleep_ms, 30, cb).unwrap()
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || oks
+        .load(Ordering::SeqCst)
+        > 0));
+    pool.terminate();
+    let after_terminate = oks.load(Ordering::SeqCst);
+    pool.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        oks.load(Ordering::SeqCst),
+        after_terminate,
+        "a callback ran late"
+    );
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "killed work had a callback"
+    );
+    let finished = results.iter().filter(|r| r.get().is_ok()).count();
+    let terminated = results
+        .iter()
+        .filter(|r| r.get() == Err(Error::Terminated))
+        .count();
+    assert_eq!(finished + terminated, 20);
+    assert!(
+        after_terminate <= finished && terminated > 0,
+        "{after_terminate} {finished}"
+    );
+}
+
+fn terminate_ends_callers_blocked_in_apply_and_map(cell: Cell) {
+    let pool = cell.pool(2);
+    let dispatched = |n| eventually(Duration::from_secs(20), || pool.stats().dispatched >= n);
+    let t = std::thread::scope(|scope| {
+        // Each caller waits once a worker holds its task.
+        let apply = scope.spawn(|| pool.apply(sleep_ms, 60_000));
+        assert!(dispatched(1));
+        let map = scope.spawn(|| pool.map_chunked(sleep_ms, vec![60_000; 4], 1));
+        assert!(dispatched(2));
+        let t = Instant::now();
+        pool.terminate();
+        assert_eq!(apply.join().unwrap(), Err(Error::Terminated));
+        assert_eq!(map.join().unwrap(), Err(Error::Terminated));
+        t.elapsed()
+    });
+    eprintln!("callers released {t:?} after terminate");
+    assert!(t < Duration::from_secs(10));
+}
+
+fn panics_late_on_zero(x: u64) -> u64 {
+    match x {
+        0 => {
+            std::thread::sleep(Duration::from_millis(300));
+            panic!("item zero failed last")
+        }
+        1 => panic!("item one failed first"),
+        x => x,
+    }
+}
+
+fn map_returns_the_lowest_index_error_after_every_item_ran(cell: Cell) {
+    // Python's map raises whichever failure arrived first; ours is the lowest-index item's,
+    // here the one that failed last. Like Python, the map does not stop at the first failure.
+    let pool = cell.pool(2);
+    match pool.map_results(panics_late_on_zero, 0..6u64, Some(1)) {
+        Ok(outcomes) => {
+            assert!(outcomes[1].is_err());
+            assert_eq!(outcomes[2..], [Ok(2), Ok(3), Ok(4), Ok(5)]);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    match pool.map_chunked(panics_late_on_zero, 0..6u64, 1) {
+        Err(Error::Panicked { message, .. }) => assert!(message.contains("zero"), "{message}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 fn plus_100(i: u64) -> u64 {
@@ -932,6 +1028,9 @@ matrix!(all:
     a_failing_initializer_is_reported_once_and_not_respawned_forever,
     worker_names_follow_python,
     callbacks_run_once_each_in_the_parent_in_completion_order,
+    terminate_runs_no_callback_for_the_work_it_kills,
+    terminate_ends_callers_blocked_in_apply_and_map,
+    map_returns_the_lowest_index_error_after_every_item_ran,
     a_panicking_callback_does_not_stop_later_results,
     a_callback_may_terminate_its_own_pool,
     lifecycle_errors_are_typed,

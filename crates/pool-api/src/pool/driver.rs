@@ -296,7 +296,8 @@ struct Effects {
     kill: Vec<Killer>,
     spawn: Vec<WorkerId>,
     wake: Vec<Arc<JobShared>>,
-    finished: Vec<Arc<JobShared>>,
+    /// Jobs that ended, with their callback (already counted as pending, see `Callbacks`).
+    finished: Vec<(Arc<JobShared>, Option<super::job::Callback>)>,
 }
 
 impl Shared {
@@ -463,13 +464,17 @@ impl Shared {
         self.with_scheduler(|s, now| s.terminate(now));
     }
 
-    /// Waits until the pool is joined: closed or terminated, every worker's exit reaped.
+    /// Waits until the pool is joined: closed or terminated, every worker's exit reaped, and
+    /// every callback of the finished work run (as Python's `join` waits for its result
+    /// handler thread), unless called from a callback, which would wait for itself.
     pub(crate) fn join(&self) -> Result<(), Error> {
         let mut state = self.lock();
         state.sched.check_join().map_err(|_| Error::StillRunning)?;
         while state.sched.lifecycle() != Lifecycle::Joined {
             state = self.joined.wait(state).unwrap_or_else(|e| e.into_inner());
         }
+        drop(state);
+        self.callbacks.wait_idle();
         Ok(())
     }
 
@@ -591,7 +596,13 @@ impl Shared {
                 Command::JobFinished { job } => {
                     if let Some(job) = state.jobs.remove(&job) {
                         job.finish();
-                        fx.finished.push(job);
+                        // Counted under the state lock, before `join` can see the pool
+                        // joined: `join` then waits for it to have run.
+                        let callback = job.take_callback();
+                        if callback.is_some() {
+                            self.callbacks.expect_one();
+                        }
+                        fx.finished.push((job, callback));
                     }
                 }
             }
@@ -673,10 +684,10 @@ impl Shared {
         for job in dedup(fx.wake) {
             job.wake();
         }
-        for job in fx.finished {
+        for (job, callback) in fx.finished {
             job.wake();
-            if let Some(callback) = job.take_callback() {
-                self.callbacks.run(job.clone(), callback);
+            if let Some(callback) = callback {
+                self.callbacks.run(job, callback);
             }
         }
     }
@@ -1271,6 +1282,25 @@ struct Callbacks {
     running: Arc<Mutex<()>>,
     /// `false` once the pool was terminated: no more callbacks run.
     enabled: Arc<std::sync::atomic::AtomicBool>,
+    /// Callbacks of finished jobs not yet run (or skipped), for `join`.
+    pending: Arc<Pending>,
+}
+
+/// A count of callbacks still to run, and a condvar to wait for it to reach zero.
+#[derive(Debug, Default)]
+struct Pending {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Pending {
+    fn done_one(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.idle.notify_all();
+        }
+    }
 }
 
 impl Callbacks {
@@ -1278,22 +1308,32 @@ impl Callbacks {
         let (tx, rx) = mpsc::channel::<PendingCallback>();
         let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let running = Arc::new(Mutex::new(()));
-        let (gate, busy) = (Arc::clone(&enabled), Arc::clone(&running));
+        let pending = Arc::new(Pending::default());
+        let (gate, busy, counted) = (
+            Arc::clone(&enabled),
+            Arc::clone(&running),
+            Arc::clone(&pending),
+        );
         std::thread::Builder::new()
             .name("pool-callbacks".into())
             .spawn(move || {
                 for (job, callback) in rx {
-                    let _running = busy.lock().unwrap_or_else(|e| e.into_inner());
-                    if !gate.load(std::sync::atomic::Ordering::SeqCst) {
-                        continue;
+                    let running = busy.lock().unwrap_or_else(|e| e.into_inner());
+                    if gate.load(std::sync::atomic::Ordering::SeqCst) {
+                        IN_CALLBACK.with(|c| c.set(true));
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                callback(&job)
+                            }));
+                        IN_CALLBACK.with(|c| c.set(false));
+                        if outcome.is_err() {
+                            tracing::error!(
+                                "a result callback panicked; later callbacks still run"
+                            );
+                        }
                     }
-                    IN_CALLBACK.with(|c| c.set(true));
-                    let outcome =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&job)));
-                    IN_CALLBACK.with(|c| c.set(false));
-                    if outcome.is_err() {
-                        tracing::error!("a result callback panicked; later callbacks still run");
-                    }
+                    drop(running);
+                    counted.done_one();
                 }
             })
             .expect("starting the pool's callback thread");
@@ -1301,12 +1341,38 @@ impl Callbacks {
             queue: Mutex::new(Some(tx)),
             running,
             enabled,
+            pending,
         }
     }
 
+    /// A finished job's callback will be handed to [`Callbacks::run`].
+    fn expect_one(&self) {
+        *self.pending.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
     fn run(&self, job: Arc<JobShared>, callback: super::job::Callback) {
-        if let Some(queue) = &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = queue.send((job, callback));
+        let queued = match &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(queue) => queue.send((job, callback)).is_ok(),
+            None => false,
+        };
+        if !queued {
+            self.pending.done_one();
+        }
+    }
+
+    /// Waits until every callback handed over has run (or was skipped after `terminate`),
+    /// unless this is the callback thread.
+    fn wait_idle(&self) {
+        if IN_CALLBACK.with(std::cell::Cell::get) {
+            return;
+        }
+        let mut count = self.pending.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *count > 0 {
+            count = self
+                .pending
+                .idle
+                .wait(count)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 

@@ -504,13 +504,18 @@ impl Pool {
     }
 
     /// Python's `terminate`: stops the workers at once. Unfinished work fails with
-    /// [`Error::Terminated`]; no callback runs for it, and none runs after this returns.
+    /// [`Error::Terminated`]; no callback runs for it, and none runs after this returns: a
+    /// callback running when it is called is waited for (as CPython's `terminate` joins its
+    /// result handler), so a callback that never returns blocks `terminate` and the pool's
+    /// drop too; callbacks not started yet are skipped. A callback may terminate its own pool.
     pub fn terminate(&self) {
         self.shared.terminate();
     }
 
     /// Python's `join`: waits for the workers to exit, after [`Pool::close`] or
-    /// [`Pool::terminate`] ([`Error::StillRunning`] before).
+    /// [`Pool::terminate`] ([`Error::StillRunning`] before), and for the callbacks of the
+    /// finished work to have run, so that `close(); join()` at the end of `main` loses no
+    /// callback's output (called from a callback, it does not wait for callbacks).
     pub fn join(&self) -> Result<(), Error> {
         self.shared.join()
     }
