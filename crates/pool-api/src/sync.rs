@@ -286,7 +286,13 @@ fn take_raw(
         return won(None);
     }
     if !block {
-        return Err(SyncError::WouldBlock);
+        // Even an attempt that does not wait takes over a dead owner's lock: a caller that
+        // only ever polls must not be locked out for good.
+        let now = word.load(Ordering::Relaxed);
+        return match take_over(word, owner_record, now, mine | (now & WAITERS)) {
+            Some(pid) => won(Some(pid)),
+            None => Err(SyncError::WouldBlock),
+        };
     }
     loop {
         let cur = word.load(Ordering::Relaxed);
@@ -310,22 +316,31 @@ fn take_raw(
         let slice = Instant::now() + OWNER_CHECK;
         let until = deadline.map_or(slice, |d| d.min(slice));
         futex_wait(word, cur | WAITERS, Some(until)).map_err(io)?;
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(SyncError::Timeout);
-        }
-        // Still taken by the same owner after a slice: does it live?
+        // Still taken by the same owner after a slice (or at the deadline, however short):
+        // does it live?
         let now = word.load(Ordering::Relaxed);
-        if now != 0 && now & !WAITERS == cur & !WAITERS {
-            let pid = now & !WAITERS;
-            if holder_died(pid, owner_record.load(Ordering::Relaxed))
-                && word
-                    .compare_exchange(now, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+        if now & !WAITERS == cur & !WAITERS {
+            if let Some(pid) = take_over(word, owner_record, now, mine | WAITERS) {
                 return won(Some(pid));
             }
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(SyncError::Timeout);
+        }
     }
+}
+
+/// Replaces the lock word `seen` by `mine` if it names an owner that died; that owner's pid.
+/// The compare-and-swap fails if anything changed meanwhile (a release, a takeover by another
+/// waiter), so a lock never gets two holders.
+fn take_over(word: &AtomicU32, owner_record: &AtomicU64, seen: u32, mine: u32) -> Option<u32> {
+    let pid = seen & !WAITERS;
+    (pid != 0
+        && holder_died(pid, owner_record.load(Ordering::Relaxed))
+        && word
+            .compare_exchange(seen, mine, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok())
+    .then_some(pid)
 }
 
 const START_BITS: u32 = 40;
@@ -412,7 +427,9 @@ impl Lock {
         take(self.0.state(), me(), deadline_of(timeout), true)
     }
 
-    /// Takes the lock if it is free ([`SyncError::WouldBlock`] otherwise).
+    /// Takes the lock if it is free, or if its holder died (then
+    /// [`Acquired::previous_owner_died`] names it); [`SyncError::WouldBlock`] otherwise. A
+    /// failed attempt asks `/proc` whether the holder lives, so it costs microseconds.
     pub fn try_acquire(&self) -> Result<Acquired, SyncError> {
         take(self.0.state(), me(), None, false)
     }
@@ -489,7 +506,8 @@ impl RLock {
         self.take(deadline_of(timeout), true)
     }
 
-    /// Takes the lock if it is free or already this thread's.
+    /// Takes the lock if it is free, already this thread's, or its holder died (as
+    /// [`Lock::try_acquire`]).
     pub fn try_acquire(&self) -> Result<Acquired, SyncError> {
         self.take(None, false)
     }

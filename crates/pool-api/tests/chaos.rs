@@ -472,19 +472,27 @@ fn chaos_create_and_drop_cycles_leak_nothing() {
     assert!(rss_growth < 128 << 10, "RSS grew by {rss_growth} KiB");
 }
 
-fn hold_lock_forever((lock, ready): (Lock, Event)) {
-    let held = lock.acquire().unwrap();
-    let _ = held;
+fn hold_locks_forever((locks, ready): (Vec<Lock>, Event)) {
+    for lock in &locks {
+        lock.acquire().unwrap();
+    }
     ready.set();
     std::thread::sleep(Duration::from_secs(600));
 }
 
-fn hold_rlock_forever((lock, ready): (RLock, Event)) {
-    let _ = lock.acquire().unwrap();
-    let _ = lock.acquire().unwrap();
+fn hold_rlocks_forever((locks, ready): (Vec<RLock>, Event)) {
+    for lock in &locks {
+        let _ = lock.acquire().unwrap();
+        let _ = lock.acquire().unwrap();
+    }
     ready.set();
     std::thread::sleep(Duration::from_secs(600));
 }
+
+/// The three ways a process may ask for a lock whose holder died: a blocking acquire, one
+/// with a timeout shorter than any liveness check, and an attempt that does not wait (a
+/// caller that only polls must get the lock too).
+const TAKERS: usize = 3;
 
 #[test]
 fn chaos_a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
@@ -492,22 +500,33 @@ fn chaos_a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
     let rounds = scale(1, 20);
     let mut slowest = Duration::ZERO;
     for _ in 0..rounds {
-        let lock = Lock::new().unwrap();
+        let locks: Vec<Lock> = (0..TAKERS).map(|_| Lock::new().unwrap()).collect();
         let ready = Event::new().unwrap();
-        let mut holder = Process::new(hold_lock_forever, (lock.clone(), ready.clone())).unwrap();
+        let mut holder = Process::new(hold_locks_forever, (locks.clone(), ready.clone())).unwrap();
         holder.start().unwrap();
         assert!(ready.wait(Some(GENEROUS)).unwrap());
         let pid = holder.pid().unwrap();
-        assert_eq!(lock.try_acquire(), Err(SyncError::WouldBlock));
+        assert_eq!(locks[0].try_acquire(), Err(SyncError::WouldBlock));
+        assert_eq!(
+            locks[1].acquire_timeout(Duration::from_millis(1)),
+            Err(SyncError::Timeout)
+        );
         holder.kill().unwrap();
         let t = Instant::now();
-        let taken = lock.acquire_timeout(GENEROUS).unwrap();
+        let taken = locks[2].acquire_timeout(GENEROUS).unwrap();
         slowest = slowest.max(t.elapsed());
         assert_eq!(taken.previous_owner_died, Some(pid));
-        lock.release().unwrap();
-        let again = lock.acquire().unwrap();
-        assert_eq!(again.previous_owner_died, None);
-        lock.release().unwrap();
+        holder.join().unwrap();
+        let polled = locks[0].try_acquire().unwrap();
+        assert_eq!(polled.previous_owner_died, Some(pid));
+        let briefly = locks[1].acquire_timeout(Duration::from_millis(1)).unwrap();
+        assert_eq!(briefly.previous_owner_died, Some(pid));
+        for lock in &locks {
+            lock.release().unwrap();
+            let again = lock.acquire().unwrap();
+            assert_eq!(again.previous_owner_died, None);
+            lock.release().unwrap();
+        }
     }
     report(
         "dead-lock-holder",
@@ -523,17 +542,29 @@ fn chaos_an_rlock_whose_holder_is_killed_is_taken_over() {
     let _serial = serial();
     let rounds = scale(1, 20);
     for _ in 0..rounds {
-        let lock = RLock::new().unwrap();
+        let locks: Vec<RLock> = (0..TAKERS).map(|_| RLock::new().unwrap()).collect();
         let ready = Event::new().unwrap();
-        let mut holder = Process::new(hold_rlock_forever, (lock.clone(), ready.clone())).unwrap();
+        let mut holder = Process::new(hold_rlocks_forever, (locks.clone(), ready.clone())).unwrap();
         holder.start().unwrap();
         assert!(ready.wait(Some(GENEROUS)).unwrap());
-        assert_eq!(lock.release(), Err(SyncError::NotOwner), "we do not own it");
+        assert_eq!(
+            locks[0].release(),
+            Err(SyncError::NotOwner),
+            "we do not own it"
+        );
+        let pid = holder.pid();
         holder.kill().unwrap();
-        let taken = lock.acquire_timeout(GENEROUS).unwrap();
-        assert_eq!(taken.previous_owner_died, holder.pid());
-        lock.release().unwrap();
-        assert_eq!(lock.release(), Err(SyncError::NotOwner));
+        let taken = locks[2].acquire_timeout(GENEROUS).unwrap();
+        assert_eq!(taken.previous_owner_died, pid);
+        holder.join().unwrap();
+        let polled = locks[0].try_acquire().unwrap();
+        assert_eq!(polled.previous_owner_died, pid);
+        let briefly = locks[1].acquire_timeout(Duration::from_millis(1)).unwrap();
+        assert_eq!(briefly.previous_owner_died, pid);
+        for lock in &locks {
+            lock.release().unwrap();
+            assert_eq!(lock.release(), Err(SyncError::NotOwner));
+        }
     }
     report("dead-rlock-holder", &[("holders_killed", rounds)]);
 }
