@@ -381,17 +381,29 @@ impl Pool {
 
     /// Python's `imap`: results in input order, as they come. The input is read lazily, with
     /// a bounded number of chunks ahead of the consumer, so an endless iterator is fine.
-    /// Chunks of `chunksize` items (Python's default for `imap` is 1).
-    pub fn imap<F, A, R, I>(
-        &self,
+    /// Chunks of `chunksize` items (Python's default for `imap` is 1). The input may borrow
+    /// from the caller: it is read on the thread that iterates the results.
+    ///
+    /// ```
+    /// # fn len(s: String) -> usize { s.len() }
+    /// let pool = pool_api::Pool::new(2)?;
+    /// let words = vec!["a", "bb", "ccc"];
+    /// let lengths: Vec<usize> = pool
+    ///     .imap(len, words.iter().map(|w| w.to_string()), 1)?
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(lengths, [1, 2, 3]);
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn imap<'p, F, A, R, I>(
+        &'p self,
         f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<IMap<'_, A, R>, Error>
+    ) -> Result<IMap<'p, A, R>, Error>
     where
         F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
-        I::IntoIter: 'static,
+        I::IntoIter: 'p,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -399,33 +411,33 @@ impl Pool {
     }
 
     /// Python's `imap_unordered`: results as they finish.
-    pub fn imap_unordered<F, A, R, I>(
-        &self,
+    pub fn imap_unordered<'p, F, A, R, I>(
+        &'p self,
         f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<IMap<'_, A, R>, Error>
+    ) -> Result<IMap<'p, A, R>, Error>
     where
         F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
-        I::IntoIter: 'static,
+        I::IntoIter: 'p,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.imap_with(f, items, chunksize, Delivery::Unordered)
     }
 
-    fn imap_with<F, A, R, I>(
-        &self,
+    fn imap_with<'p, F, A, R, I>(
+        &'p self,
         f: F,
         items: I,
         chunksize: usize,
         delivery: Delivery,
-    ) -> Result<IMap<'_, A, R>, Error>
+    ) -> Result<IMap<'p, A, R>, Error>
     where
         F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
-        I::IntoIter: 'static,
+        I::IntoIter: 'p,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -901,7 +913,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 pub struct IMap<'p, A, R> {
     pool: &'p Pool,
     job: Arc<JobShared>,
-    items: Box<dyn Iterator<Item = A>>,
+    items: Box<dyn Iterator<Item = A> + 'p>,
     ready: VecDeque<Result<R, Error>>,
     done: bool,
     _r: PhantomData<fn() -> R>,
