@@ -838,6 +838,24 @@ fn imap_over_an_endless_iterator_reads_its_input_lazily(cell: Cell) {
     );
 }
 
+fn map_streams_an_input_of_unknown_length_when_given_a_chunksize(cell: Cell) {
+    // Only Python's default chunk size needs the input's length; with a chunk size given, an
+    // iterator that cannot tell its length is read as the work goes, not all at once first.
+    let pool = cell.pool(1);
+    let finished_when_read = Mutex::new(Vec::new());
+    let input = (0..200u64).filter(|_| true).inspect(|_| {
+        finished_when_read
+            .lock()
+            .unwrap()
+            .push(pool.stats().finished)
+    });
+    let out = pool.map_chunked(square, input, 1).unwrap();
+    assert_eq!(out, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+    let last = *finished_when_read.lock().unwrap().last().unwrap();
+    eprintln!("the last item was read when {last} chunks had finished");
+    assert!(last >= 100, "read ahead of the work: {last}");
+}
+
 fn grow(data: Bytes) -> Bytes {
     let mut out = data.0;
     out.push(1);
@@ -1041,6 +1059,7 @@ matrix!(all:
     imap_streams_in_order_and_imap_unordered_yields_each_once,
     an_idle_imap_does_not_starve_other_jobs,
     imap_over_an_endless_iterator_reads_its_input_lazily,
+    map_streams_an_input_of_unknown_length_when_given_a_chunksize,
     big_arguments_and_big_results_in_flight_together_do_not_deadlock,
     sixty_four_mib_arguments_and_results,
 );

@@ -175,7 +175,10 @@ impl Pool {
         self.map_values(Call::new(&f)?, items, None)
     }
 
-    /// [`Pool::map`] with an explicit chunk size (0 is an error).
+    /// [`Pool::map`] with an explicit chunk size (0 is an error). Unlike `map`, which needs
+    /// the input's length for Python's default chunk size (an iterator that cannot tell it is
+    /// read into memory first), this reads any input as the work goes, a bounded window of
+    /// chunks ahead.
     pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>, Error>
     where
         F: Fn(A) -> R + Copy + 'static,
@@ -249,22 +252,37 @@ impl Pool {
     {
         let mut items = items.into_iter();
         let (lo, hi) = items.size_hint();
-        // A length must be known for Python's default chunk size; an iterator that cannot tell
-        // is read once into memory.
-        let (len, mut items) = if hi == Some(lo) {
-            (lo, Counted::Told(items))
+        // Python's default chunk size needs the length; an iterator that cannot tell it is
+        // read once into memory for it. With a chunk size given, it streams (as `imap`'s
+        // input does, a bounded window ahead of the results).
+        let streamed = hi != Some(lo) && chunksize.is_some();
+        let (spec, len, mut items) = if hi == Some(lo) || chunksize.is_some() {
+            let chunksize = self.chunksize(lo, chunksize)?;
+            let spec = if !streamed {
+                JobSpec::new(
+                    Input::Sized {
+                        items: lo as u64,
+                        chunksize: Some(chunksize),
+                    },
+                    Delivery::Ordered,
+                )
+            } else {
+                JobSpec::new(Input::Stream { chunksize }, Delivery::Ordered)
+                    .with_window(self.stream_window())
+            };
+            (spec, lo, Counted::Told(items))
         } else {
             let all: Vec<A> = items.by_ref().collect();
-            (all.len(), Counted::Read(all.into_iter()))
+            let len = all.len();
+            let spec = JobSpec::new(
+                Input::Sized {
+                    items: len as u64,
+                    chunksize: Some(self.chunksize(len, None)?),
+                },
+                Delivery::Ordered,
+            );
+            (spec, len, Counted::Read(all.into_iter()))
         };
-        let chunksize = self.chunksize(len, chunksize)?;
-        let spec = JobSpec::new(
-            Input::Sized {
-                items: len as u64,
-                chunksize: Some(chunksize),
-            },
-            Delivery::Ordered,
-        );
         let job = self
             .shared
             .submit(spec, call, Source::Caller(decoder::<R>()), None, false)?;
@@ -278,8 +296,14 @@ impl Pool {
             match job.next_wake(None) {
                 Wake::Pull { chunk, max_items } => self.feed(chunk, max_items, &mut items)?,
                 Wake::Delivered(chunks) => {
+                    let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
                         result.into_outcomes(chunk.items, into);
+                    }
+                    if streamed {
+                        // Taken: the window moves on, and more input is read.
+                        self.shared
+                            .with_scheduler(|s, now| s.handle_consumed(job.id, n, now));
                     }
                 }
                 Wake::Finished => break,
@@ -443,9 +467,8 @@ impl Pool {
     {
         let chunksize = u32::try_from(chunksize)
             .map_err(|_| Error::InvalidArgument("chunksize too large".into()))?;
-        // Enough chunks ahead to keep every worker's window full twice over.
-        let window = std::num::NonZeroU32::new(self.processes.saturating_mul(4).max(4));
-        let spec = JobSpec::new(Input::Stream { chunksize }, delivery).with_window(window);
+        let spec =
+            JobSpec::new(Input::Stream { chunksize }, delivery).with_window(self.stream_window());
         let job = self.shared.submit(
             spec,
             Call::new(&f)?,
@@ -495,6 +518,12 @@ impl Pool {
             ));
         }
         Ok(payload)
+    }
+
+    /// How many chunks of a streamed input may be read ahead of the results taken: enough to
+    /// keep every worker's window full twice over.
+    fn stream_window(&self) -> Option<std::num::NonZeroU32> {
+        std::num::NonZeroU32::new(self.processes.saturating_mul(4).max(4))
     }
 
     fn chunksize(&self, len: usize, asked: Option<usize>) -> Result<u32, Error> {
