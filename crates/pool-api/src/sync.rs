@@ -157,7 +157,15 @@ struct Shared {
     broken_generation: AtomicU32,
     /// Barrier: the encoded action (a `Call`), if any, stored at `ACTION_OFFSET`.
     action_len: AtomicU32,
+    /// Condition: its waiters (high 32 bits) and the wake-ups notify granted them and none
+    /// took yet (low 32 bits; never more than the waiters). One word, so that both change
+    /// together (see [`Condition::notify`]).
+    waiting: AtomicU64,
 }
+
+/// One waiter in [`Shared::waiting`].
+const WAITER: u64 = 1 << 32;
+const GRANTS: u64 = WAITER - 1;
 
 /// Where a barrier's encoded action lives in its region.
 const ACTION_OFFSET: usize = 1024;
@@ -803,6 +811,22 @@ impl Condition {
         }
     }
 
+    /// Takes the condition's lock, waiting at most `timeout` ([`SyncError::Timeout`]).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired, SyncError> {
+        match &self.lock {
+            CondLock::Lock(l) => l.acquire_timeout(timeout),
+            CondLock::RLock(l) => l.acquire_timeout(timeout),
+        }
+    }
+
+    /// Takes the condition's lock if that needs no wait ([`SyncError::WouldBlock`] otherwise).
+    pub fn try_acquire(&self) -> Result<Acquired, SyncError> {
+        match &self.lock {
+            CondLock::Lock(l) => l.try_acquire(),
+            CondLock::RLock(l) => l.try_acquire(),
+        }
+    }
+
     /// Releases the condition's lock.
     pub fn release(&self) -> Result<(), SyncError> {
         match &self.lock {
@@ -831,9 +855,9 @@ impl Condition {
         self.check_held()?;
         let s = self.state.0.state();
         let deadline = timeout.map(|t| Instant::now() + t);
-        // Read under the lock: a notify after the release changes it, so it is not lost.
-        let seq = s.seq.load(Ordering::Acquire);
-        s.sleepers.fetch_add(1, Ordering::SeqCst);
+        // Counted under the lock: a notify (which needs the lock) sees this waiter exactly
+        // when it comes after this wait began.
+        s.waiting.fetch_add(WAITER, Ordering::SeqCst);
         let saved = match &self.lock {
             CondLock::Lock(l) => {
                 l.release()?;
@@ -841,13 +865,12 @@ impl Condition {
             }
             CondLock::RLock(l) => l.release_save()?,
         };
-        let woke = futex_wait(&s.seq, seq, deadline);
-        s.sleepers.fetch_sub(1, Ordering::SeqCst);
+        let woke = take_grant(s, deadline);
         let _retaken = match &self.lock {
             CondLock::Lock(l) => l.acquire()?,
             CondLock::RLock(l) => l.acquire_restore(saved)?,
         };
-        Ok(woke.map_err(io)? || s.seq.load(Ordering::Acquire) != seq)
+        woke
     }
 
     /// Waits until `predicate` holds (checked with the lock held), at most `timeout`; the
@@ -873,20 +896,69 @@ impl Condition {
         }
     }
 
-    /// Wakes up to `n` waiters. The lock must be held.
+    /// Wakes up to `n` waiters (fewer if fewer wait), as Python's: it grants `n` wake-ups,
+    /// each taken by exactly one waiter of those waiting now. The lock must be held.
+    ///
+    /// A waiter whose process dies keeps its place, so a grant may go to it and be taken
+    /// later by a newer waiter, as a spurious wake-up (which [`Condition::wait_for`] absorbs);
+    /// a notify never waits for a waiter, so a dead one cannot hang it.
     pub fn notify(&self, n: u32) -> Result<(), SyncError> {
         self.check_held()?;
         let s = self.state.0.state();
+        let mut cur = s.waiting.load(Ordering::SeqCst);
+        let granted = loop {
+            let (waiters, grants) = (cur >> 32, cur & GRANTS);
+            let grant = u64::from(n).min(waiters.saturating_sub(grants));
+            if grant == 0 {
+                return Ok(());
+            }
+            match s.waiting.compare_exchange_weak(
+                cur,
+                cur + grant,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break grant,
+                Err(now) => cur = now,
+            }
+        };
+        // After the grant: a waiter that read `seq` before this bump and saw no grant is in,
+        // or about to enter, its futex wait on the old value, which this bump ends.
         s.seq.fetch_add(1, Ordering::SeqCst);
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
-            futex_wake(&s.seq, n);
-        }
+        futex_wake(&s.seq, u32::try_from(granted).unwrap_or(u32::MAX));
         Ok(())
     }
 
     /// Wakes every waiter. The lock must be held.
     pub fn notify_all(&self) -> Result<(), SyncError> {
         self.notify(u32::MAX)
+    }
+}
+
+/// A condition waiter's wait for a grant (see [`Condition::notify`]), once its lock is
+/// released: `true` if it took one, `false` if `deadline` passed first. A grant that arrives
+/// with the deadline is still taken, so no grant is left behind for a later waiter.
+fn take_grant(s: &Shared, deadline: Option<Instant>) -> Result<bool, SyncError> {
+    loop {
+        // `seq` before `waiting` (both SeqCst): a notify whose grant this look misses bumps
+        // `seq` after it, so the futex wait below returns at once or is woken.
+        let seq = s.seq.load(Ordering::SeqCst);
+        let cur = s.waiting.load(Ordering::SeqCst);
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        let next = if cur & GRANTS > 0 {
+            cur - WAITER - 1
+        } else if timed_out {
+            cur.saturating_sub(WAITER)
+        } else {
+            futex_wait(&s.seq, seq, deadline).map_err(io)?;
+            continue;
+        };
+        if s.waiting
+            .compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Ok(cur & GRANTS > 0);
+        }
     }
 }
 

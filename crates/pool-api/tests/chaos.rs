@@ -474,7 +474,7 @@ fn chaos_create_and_drop_cycles_leak_nothing() {
 
 fn hold_locks_forever((locks, ready): (Vec<Lock>, Event)) {
     for lock in &locks {
-        lock.acquire().unwrap();
+        let _held = lock.acquire().unwrap();
     }
     ready.set();
     std::thread::sleep(Duration::from_secs(600));

@@ -247,10 +247,15 @@ fn starmap_and_async_variants(cell: Cell) {
     let pool = cell.pool(2);
     let pairs = vec![(1u64, 2u64), (3, 4), (5, 6)];
     assert_eq!(pool.starmap(add, pairs.clone()).unwrap(), [3, 7, 11]);
-    let r = pool.starmap_async(add, pairs, Some(1)).unwrap();
+    let streamed = pairs.iter().copied().filter(|_| true);
+    assert_eq!(pool.starmap_chunked(add, streamed, 2).unwrap(), [3, 7, 11]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let on_ok = Callbacks::none().on_ok(move |sums: Vec<u64>| tx.send(sums).unwrap());
+    let r = pool.starmap_async_with(add, pairs, Some(1), on_ok).unwrap();
     assert_eq!(r.get().unwrap(), [3, 7, 11]);
     assert!(r.ready());
     assert_eq!(r.successful(), Ok(true));
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(vec![3, 7, 11]));
     let a = pool.apply_async(square, 12).unwrap();
     assert_eq!(a.get().unwrap(), 144);
     assert_eq!(a.get().unwrap(), 144, "get may be called again");

@@ -222,6 +222,39 @@ fn condition_notify_and_notify_all_wake_waiting_processes() {
 }
 
 #[test]
+fn condition_notify_n_wakes_exactly_n_of_the_waiters() {
+    // CPython _TestCondition.test_notify_n: notify(n) wakes n waiters, not more; the others
+    // time out (wait returns false), also those whose timeout ends after a notify that was
+    // not theirs.
+    let cond = pool_api::Condition::new().unwrap();
+    for n in [1, 2] {
+        let entered = std::sync::atomic::AtomicUsize::new(0);
+        let woke: Vec<bool> = std::thread::scope(|scope| {
+            let waiters: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let _ = cond.acquire().unwrap();
+                        entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let woke = cond.wait(Some(Duration::from_millis(800))).unwrap();
+                        cond.release().unwrap();
+                        woke
+                    })
+                })
+                .collect();
+            while entered.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                std::thread::yield_now();
+            }
+            // Every waiter released the lock inside `wait` before we can take it.
+            let _ = cond.acquire().unwrap();
+            cond.notify(n).unwrap();
+            cond.release().unwrap();
+            waiters.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(woke.iter().filter(|w| **w).count(), n as usize, "{woke:?}");
+    }
+}
+
+#[test]
 fn condition_misuse_and_timeouts() {
     let cond = pool_api::Condition::with_lock(Lock::new().unwrap()).unwrap();
     assert_eq!(
@@ -230,6 +263,12 @@ fn condition_misuse_and_timeouts() {
     );
     assert_eq!(cond.notify(1), Err(SyncError::NotOwner));
     let _ = cond.acquire().unwrap();
+    // A plain Lock has no owner: taking it again waits, as CPython's.
+    assert_eq!(cond.try_acquire(), Err(SyncError::WouldBlock));
+    assert_eq!(
+        cond.acquire_timeout(Duration::from_millis(10)),
+        Err(SyncError::Timeout)
+    );
     let t = Instant::now();
     assert_eq!(cond.wait(Some(Duration::from_millis(40))), Ok(false));
     assert!(t.elapsed() >= Duration::from_millis(40));
@@ -248,6 +287,10 @@ fn condition_misuse_and_timeouts() {
         cond.wait_for(|| false, Some(Duration::from_millis(30))),
         Ok(false)
     );
+    cond.release().unwrap();
+    let _ = cond.try_acquire().unwrap();
+    cond.release().unwrap();
+    let _ = cond.acquire_timeout(Duration::from_millis(10)).unwrap();
     cond.release().unwrap();
 }
 

@@ -200,6 +200,23 @@ impl Pool {
         self.map_values(Call::new_star(&f)?, items, None)
     }
 
+    /// [`Pool::starmap`] with an explicit chunk size (0 is an error), which streams any input
+    /// as [`Pool::map_chunked`] does.
+    pub fn starmap_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, Error>
+    where
+        F: StarFn<A, R> + Copy + 'static,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_values(Call::new_star(&f)?, items, Some(chunksize))
+    }
+
     /// Every item's own outcome, in input order. The call fails as a whole only if it cannot
     /// be submitted (pool closed, chunksize 0, ...).
     pub fn map_results<F, A, R, I>(
@@ -399,8 +416,26 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
+        self.starmap_async_with(f, items, chunksize, Callbacks::none())
+    }
+
+    /// [`Pool::starmap_async`] with Python's `callback` and `error_callback` (the callback
+    /// receives the whole result vector), as [`Pool::map_async_with`].
+    pub fn starmap_async_with<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<MapResult<R>, Error>
+    where
+        F: StarFn<A, R> + Copy + 'static,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
         let items: Vec<A> = items.into_iter().collect();
-        self.submit_map_async::<A, R>(Call::new_star(&f)?, items, chunksize, Callbacks::none())
+        self.submit_map_async::<A, R>(Call::new_star(&f)?, items, chunksize, callbacks)
     }
 
     /// Python's `imap`: results in input order, as they come. The input is read lazily, with
