@@ -101,6 +101,15 @@ fn queue_passes_a_b_c_from_writer_to_reader() {
             "Get C from queue."
         ]
     );
+    // Nothing is got before it is put.
+    for value in ["A", "B", "C"] {
+        let at = |line: String| out.lines().position(|l| l == line);
+        let (put, got) = (
+            at(format!("Put {value} to queue...")),
+            at(format!("Get {value} from queue.")),
+        );
+        assert!(put < got, "{out}");
+    }
 }
 
 #[test]
@@ -191,7 +200,18 @@ fn callbacks_run_in_the_main_process() {
             .all(|l| l.ends_with(&format!("main process pid: {main_pid}"))),
         "{out}"
     );
-    assert!(out.contains("end"));
+    // As CPython prints it: `end` before any callback (the tasks sleep), and every callback
+    // of the pool before `join` returns (the serial part comes after).
+    let at = |line: &str| out.lines().position(|l| l.trim() == line);
+    let first_done = out.lines().position(|l| l.starts_with("-->exec done: "));
+    let last_async_done = out
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("-->exec done: "))
+        .nth(9)
+        .map(|(i, _)| i);
+    assert!(at("end").is_some() && at("end") < first_done, "{out}");
+    assert!(last_async_done < at("-- serial: apply"), "{out}");
 }
 
 #[test]

@@ -115,28 +115,35 @@ fn write((q, max_ms): (pool_api::Queue<String>, u64)) {
     }
 }
 
-fn read(q: pool_api::Queue<String>) {
+fn read((q, printed): (pool_api::Queue<String>, pool_api::Value<u32>)) {
     loop {
         let Ok(value) = q.get() else { return };
         println!("Get {value} from queue.");
+        let _ = printed.update(|n| n + 1);
     }
 }
 
 /// Seed 002: a writer process puts A, B, C with random sleeps; a reader process loops on
 /// `get`; the parent joins the writer and terminates the reader.
+///
+/// The seed terminates the reader right after joining the writer, trusting the writer's
+/// last random sleep to have given the reader time to print "Get C". Here the reader counts
+/// what it printed, and the parent terminates it once all three are out (or after ten
+/// seconds), so that a slow machine does not lose the last line.
 pub(crate) fn queue(args: &DemoArgs) -> Outcome {
     let q = pool_api::Queue::new().map_err(|e| e.to_string())?;
+    let printed = pool_api::Value::new(0u32).map_err(|e| e.to_string())?;
     let max_ms = args.sleep(1.0).as_millis() as u64;
     let mut pw = Process::new(write, (q.clone(), max_ms)).map_err(fail)?;
-    let mut pr = Process::new(read, q.clone()).map_err(fail)?;
+    let mut pr = Process::new(read, (q.clone(), printed.clone())).map_err(fail)?;
     pw.start().map_err(fail)?;
     pr.start().map_err(fail)?;
     pw.join().map_err(fail)?;
-    // The reader loops forever: once the queue is drained, it can only be terminated.
-    while !q.empty() {
+    // The reader loops forever: once it has printed everything, it can only be terminated.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while printed.get().map_err(|e| e.to_string())? < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(20));
     pr.terminate().map_err(fail)?;
     pr.join().map_err(fail)
 }
