@@ -1069,6 +1069,8 @@ matrix!(all:
     sixty_four_mib_arguments_and_results,
 );
 
-matrix!(pipe: handles_travel_in_task_arguments, initializer_arguments_may_hold_handles);
+matrix!(pipe: handles_travel_in_task_arguments);
+
+matrix!(all: initializer_arguments_may_hold_handles);
 
 matrix!(shm: handles_in_task_arguments_are_refused_over_shm);

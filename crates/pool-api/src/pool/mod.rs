@@ -673,7 +673,12 @@ impl PoolBuilder {
         self
     }
 
-    /// The transport between the pool and its workers.
+    /// The transport between the pool and its workers: [`TransportKind::Pipe`] (the default,
+    /// a socket pair) or [`TransportKind::Shm`] (shared-memory rings: lower latency, faster
+    /// bulk data). Handles in a task's arguments (a `Lock`, a `Queue`, a `Pipe` end, ...)
+    /// travel as descriptors, which only the pipe transport can carry: over shm such a task
+    /// is refused at submission with [`Error::InvalidArgument`]. The initializer's arguments
+    /// may hold handles with either transport (workers inherit them when they start).
     pub fn transport(mut self, kind: TransportKind) -> PoolBuilder {
         self.transport = kind;
         self

@@ -45,7 +45,7 @@ pub enum TransportKind {
     /// A Unix socket pair with length-prefixed framing.
     #[default]
     Pipe,
-    /// Shared-memory rings with futex wake-ups.
+    /// Shared-memory rings with futex wake-ups. It carries bytes only: no descriptors.
     Shm,
 }
 
