@@ -148,8 +148,19 @@ fn one_way_over(kind: TransportKind) {
 #[test]
 fn a_handle_cannot_be_serialized_outside_pool() {
     let (a, _b) = Pipe::duplex().unwrap();
-    let err = postcard::to_stdvec(&a).unwrap_err();
-    eprintln!("serializing a Connection by hand: {err}");
+    assert!(postcard::to_stdvec(&a).is_err());
+    // A serializer that keeps the message shows the user why.
+    let lock = pool_api::Lock::new().unwrap();
+    for err in [
+        serde_json::to_string(&a).unwrap_err(),
+        serde_json::to_string(&lock).unwrap_err(),
+    ] {
+        let message = err.to_string();
+        assert!(
+            message.contains("can only be serialized by pool"),
+            "{message}"
+        );
+    }
 }
 
 #[test]

@@ -843,6 +843,52 @@ fn imap_over_an_endless_iterator_reads_its_input_lazily(cell: Cell) {
     );
 }
 
+/// A value whose encoding always fails.
+#[derive(Debug, serde::Deserialize)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value cannot be encoded"))
+    }
+}
+
+fn takes_unencodable(_: Unencodable) -> u64 {
+    7
+}
+
+fn returns_unencodable(_: u64) -> Unencodable {
+    Unencodable
+}
+
+fn encoding_errors_are_typed_and_the_pool_goes_on(cell: Cell) {
+    // Arguments are encoded on the caller's thread: the error comes back at once.
+    let pool = cell.pool(1);
+    let codec = |r: Result<_, Error>| matches!(r, Err(Error::Codec(_)));
+    assert!(codec(
+        pool.apply(takes_unencodable, Unencodable).map(|_| ())
+    ));
+    assert!(codec(
+        pool.apply_async(takes_unencodable, Unencodable).map(|_| ())
+    ));
+    assert!(codec(
+        pool.map(takes_unencodable, [Unencodable]).map(|_| ())
+    ));
+    assert!(codec(
+        pool.map_async(takes_unencodable, [Unencodable], None)
+            .map(|_| ())
+    ));
+    // A result the worker cannot encode fails its task, not the worker.
+    let worker = pool.apply(pid, ()).unwrap();
+    assert!(codec(pool.apply(returns_unencodable, 1).map(|_| ())));
+    match pool.map_results(returns_unencodable, 0..3u64, Some(1)) {
+        Ok(outcomes) => assert!(outcomes.into_iter().all(|r| codec(r.map(|_| ())))),
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(pool.apply(square, 3), Ok(9));
+    assert_eq!(pool.apply(pid, ()), Ok(worker), "the same worker");
+}
+
 fn map_streams_an_input_of_unknown_length_when_given_a_chunksize(cell: Cell) {
     // Only Python's default chunk size needs the input's length; with a chunk size given, an
     // iterator that cannot tell its length is read as the work goes, not all at once first.
@@ -1065,6 +1111,7 @@ matrix!(all:
     an_idle_imap_does_not_starve_other_jobs,
     imap_over_an_endless_iterator_reads_its_input_lazily,
     map_streams_an_input_of_unknown_length_when_given_a_chunksize,
+    encoding_errors_are_typed_and_the_pool_goes_on,
     big_arguments_and_big_results_in_flight_together_do_not_deadlock,
     sixty_four_mib_arguments_and_results,
 );
