@@ -105,6 +105,20 @@ impl Pipe {
     }
 
     /// A one-way pipe (Python's `Pipe(duplex=False)`): the reading end, then the writing end.
+    /// Each end has only its direction's methods, so misuse does not compile:
+    ///
+    /// ```
+    /// let (mut reader, mut writer) = pool_api::Pipe::one_way()?;
+    /// writer.send(&"hello")?;
+    /// assert_eq!(reader.recv::<String>()?, "hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let (mut reader, _writer) = pool_api::Pipe::one_way()?;
+    /// reader.send(&"hello")?; // no `send` on the reading end
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn one_way() -> Result<(ReadConnection, WriteConnection), Error> {
         Pipe::one_way_over(TransportKind::Pipe)
     }
