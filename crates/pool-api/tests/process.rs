@@ -92,6 +92,35 @@ fn exitcodes_follow_python() {
     assert_eq!(killed.exitcode(), Some(-9));
 }
 
+/// Sends its stderr to `path`, then runs [`panics`] in a child of its own (which inherits
+/// that stderr) and exits with the child's exit code.
+fn panics_with_stderr_in(path: PathBuf) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(path).unwrap();
+    // SAFETY: both descriptors are open; fd 2 is replaced atomically.
+    assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), 2) }, 2);
+    let mut child = Process::new(panics, ()).unwrap();
+    child.start().unwrap();
+    child.join().unwrap();
+    std::process::exit(child.exitcode().unwrap_or(-1));
+}
+
+#[test]
+fn a_panicking_target_exits_with_1_and_its_message_on_stderr() {
+    // CPython: an exception in the target prints its traceback to stderr, exitcode 1.
+    let dir = scratch();
+    let path = dir.path().join("stderr");
+    let mut middle = Process::new(panics_with_stderr_in, path.clone()).unwrap();
+    middle.start().unwrap();
+    assert_eq!(middle.join_timeout(GENEROUS), Ok(true));
+    assert_eq!(middle.exitcode(), Some(1));
+    let stderr = std::fs::read_to_string(path).unwrap();
+    assert!(
+        stderr.contains("deliberate panic in a Process target"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn names_and_active_children() {
     let dir = scratch();
