@@ -795,3 +795,30 @@ fn chaos_a_task_that_exhausts_memory_fails_alone() {
         &[("hogs", 1), ("others", 100), ("others_lost", 0)],
     );
 }
+
+#[test]
+fn chaos_imap_over_a_million_results_keeps_memory_bounded() {
+    // An endless input, a million results taken one by one: the input is read a bounded
+    // window ahead and taken results are not kept, so the parent's memory stays flat.
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let total = 1_000_000u64;
+    let mut results = pool.imap(double, 0u64.., 1000).unwrap();
+    let mut settled = 0;
+    for i in 0..total {
+        assert_eq!(results.next().unwrap(), Ok(i * 2));
+        if i == total / 10 {
+            settled = pool_testkit::rss_kib();
+        }
+    }
+    let growth = pool_testkit::rss_kib().saturating_sub(settled);
+    drop(results);
+    report(
+        "imap-million",
+        &[("results", total), ("rss_growth_kib", growth)],
+    );
+    assert!(
+        growth < 16 << 10,
+        "RSS grew by {growth} KiB from 100 000 to 1 000 000 results"
+    );
+}
