@@ -115,6 +115,28 @@ fn a_producer_that_exits_right_after_put_loses_nothing() {
     assert_eq!(got, (0..5000).collect::<Vec<_>>());
 }
 
+fn put_blocks_and_exit((q, blocks): (Queue<pool_api::Bytes>, u8)) {
+    for i in 0..blocks {
+        q.put(pool_api::Bytes(vec![i; 1 << 20])).unwrap();
+    }
+}
+
+#[test]
+fn a_producer_of_a_hundred_mib_nobody_reads_yet_exits_and_loses_nothing() {
+    // The CPython pitfall needs more than a pipe's buffer in flight (its feeder thread then
+    // blocks the producer's exit until someone reads): here 128 MiB, with no consumer.
+    let q = Queue::new().unwrap();
+    let mut p = Process::new(put_blocks_and_exit, (q.clone(), 128)).unwrap();
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    assert_eq!(p.exitcode(), Some(0));
+    for i in 0..128u8 {
+        let block = q.try_get().unwrap();
+        assert!(block.len() == 1 << 20 && block.iter().all(|b| *b == i), "block {i}");
+    }
+    assert!(q.empty());
+}
+
 #[test]
 fn bounded_queues_timeouts_and_close() {
     // CPython _TestQueue.test_put / test_get: Full, Empty, timeouts, qsize/empty/full.
