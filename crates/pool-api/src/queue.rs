@@ -280,7 +280,10 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// An unbounded queue.
+    /// An unbounded queue, as Python's: no item count limit. Its items live in a sparse
+    /// ring of [`DEFAULT_QUEUE_CAPACITY`] bytes of address space (only what is queued costs
+    /// memory), so `put` waits only once 8 GiB are queued and unread, and an item whose
+    /// encoding is larger than that is refused with an error that hands it back.
     pub fn new() -> Result<Queue<T>, QueueError<T>> {
         Queue::with_limits(0, DEFAULT_QUEUE_CAPACITY)
     }

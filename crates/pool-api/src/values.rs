@@ -509,7 +509,10 @@ impl SharedMemory {
         }
     }
 
-    /// Copies `buf.len()` bytes from `offset` into `buf`.
+    /// Copies `buf.len()` bytes from `offset` into `buf`. Nothing orders this against another
+    /// process's `write` of the same bytes: a read racing a write may see some old bytes and
+    /// some new (torn), as with Python's `SharedMemory.buf`. Guard shared updates with a
+    /// [`Lock`](crate::Lock) passed along with the segment.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), ShmError> {
         self.check(offset, buf.len())?;
         // SAFETY: the range is inside the mapping (checked); a raw copy forms no reference to
@@ -524,7 +527,7 @@ impl SharedMemory {
         Ok(())
     }
 
-    /// Copies `data` into the segment at `offset`.
+    /// Copies `data` into the segment at `offset` (see [`SharedMemory::read`] on racing access).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ShmError> {
         self.check(offset, data.len())?;
         // SAFETY: as in `read`.

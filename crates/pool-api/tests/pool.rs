@@ -377,6 +377,8 @@ fn a_worker_that_dies_fails_only_its_task_and_is_replaced(cell: Cell) {
             other => panic!("{how}: expected worker lost, got {other:?}"),
         }
         eprintln!("{how}: worker loss reported after {:?}", t.elapsed());
+        // Promptly: seen through the worker's channel and pidfd, not a periodic check.
+        assert!(t.elapsed() < Duration::from_secs(10), "{how}");
         assert_eq!(fine.get().unwrap(), "fine");
     }
     // The pool is back to two live workers, and still works.
@@ -954,6 +956,46 @@ fn handles_travel_in_task_arguments(cell: Cell) {
     assert_eq!(q.get().unwrap(), 14);
 }
 
+/// Every other kind of handle, in one task: adds `n` to a shared counter and writes it into
+/// shared memory, under the counter's own lock, then answers through a Pipe end and an Event.
+fn use_every_handle(
+    (counter, memory, mut conn, done, n): (
+        pool_api::Value<u64>,
+        pool_api::SharedMemory,
+        pool_api::Connection,
+        pool_api::Event,
+        u64,
+    ),
+) -> u64 {
+    let total = counter.update(|c| c + n).unwrap();
+    memory.write(0, &total.to_le_bytes()).unwrap();
+    conn.send(&total).unwrap();
+    done.set();
+    total
+}
+
+fn more_handles_travel_in_task_arguments(cell: Cell) {
+    let pool = cell.pool(2);
+    let counter = pool_api::Value::new(0u64).unwrap();
+    let memory = pool_api::SharedMemory::new(8).unwrap();
+    let (mut ours, theirs) = pool_api::Pipe::duplex().unwrap();
+    let done = pool_api::Event::new().unwrap();
+    let args = (
+        counter.clone(),
+        memory.clone_handle(),
+        theirs,
+        done.clone(),
+        5,
+    );
+    assert_eq!(pool.apply(use_every_handle, args), Ok(5));
+    assert!(done.is_set());
+    assert_eq!(ours.recv::<u64>().unwrap(), 5);
+    assert_eq!(counter.get().unwrap(), 5);
+    let mut bytes = [0u8; 8];
+    memory.read(0, &mut bytes).unwrap();
+    assert_eq!(u64::from_le_bytes(bytes), 5);
+}
+
 fn handles_in_task_arguments_are_refused_over_shm(cell: Cell) {
     // The shm transport cannot carry descriptors: a clear error, not a lost task.
     let pool = cell.pool(1);
@@ -1116,7 +1158,7 @@ matrix!(all:
     sixty_four_mib_arguments_and_results,
 );
 
-matrix!(pipe: handles_travel_in_task_arguments);
+matrix!(pipe: handles_travel_in_task_arguments, more_handles_travel_in_task_arguments);
 
 matrix!(all: initializer_arguments_may_hold_handles);
 

@@ -132,7 +132,10 @@ fn a_producer_of_a_hundred_mib_nobody_reads_yet_exits_and_loses_nothing() {
     assert_eq!(p.exitcode(), Some(0));
     for i in 0..128u8 {
         let block = q.try_get().unwrap();
-        assert!(block.len() == 1 << 20 && block.iter().all(|b| *b == i), "block {i}");
+        assert!(
+            block.len() == 1 << 20 && block.iter().all(|b| *b == i),
+            "block {i}"
+        );
     }
     assert!(q.empty());
 }
