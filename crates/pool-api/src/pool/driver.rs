@@ -281,6 +281,15 @@ impl WorkerLink {
     }
 }
 
+/// A worker's message as received: decoded, its frame (which holds a result's bytes), where
+/// the body starts, and the result decoded ahead of the lock, if it was.
+struct Received {
+    msg: FromWorker,
+    frame: Vec<u8>,
+    body_at: usize,
+    decoded: Option<ChunkResult>,
+}
+
 #[derive(Debug)]
 enum Outgoing {
     Task { header: Vec<u8>, body: Payload },
@@ -692,33 +701,93 @@ impl Shared {
         }
     }
 
-    /// A worker's message, from whoever holds its receiving half. `Ok(true)` if the worker
-    /// still has work in flight afterwards.
-    fn on_message(&self, worker: WorkerId, frame: Vec<u8>) -> Result<bool, ()> {
-        let (msg, body_at) = match task::split_frame::<FromWorker>(&frame) {
-            Ok((msg, body)) => (msg, frame.len() - body.len()),
-            Err(_) => return Err(()),
-        };
-        // A large chunk of results is decoded here, before the scheduler's lock is taken,
-        // if its caller takes it once (see `ChunkResult::Decoded`).
-        let finished_job = match msg {
-            FromWorker::Finished { job, .. } | FromWorker::FinishedThenStarted { job, .. } => {
-                Some(JobId(job))
+    /// A worker's messages, in the order sent, from whoever holds its receiving half: all
+    /// handled under one taking of the state lock, with one drain of the commands they cause.
+    /// `Ok(true)` if the worker still has work in flight afterwards; `Err` at the first
+    /// message that is garbage or breaks the protocol (those after it are not handled).
+    fn on_messages(&self, worker: WorkerId, frames: Vec<Vec<u8>>) -> Result<bool, ()> {
+        let mut parsed = Vec::with_capacity(frames.len());
+        let mut garbage = false;
+        for frame in frames {
+            match task::split_frame::<FromWorker>(&frame) {
+                Ok((msg, body)) => {
+                    let body_at = frame.len() - body.len();
+                    let decoded = self.decode_ahead(worker, &msg, &frame, body_at);
+                    parsed.push((msg, frame, body_at, decoded));
+                }
+                Err(_) => {
+                    garbage = true;
+                    break;
+                }
             }
-            _ => None,
-        };
-        let mut decoded = None;
-        if let Some(job) = finished_job.filter(|_| frame.len() - body_at >= DECODE_AHEAD_FROM) {
-            let (decoder, pid) = {
-                let state = self.lock();
-                let decoder = state.jobs.get(&job).and_then(|j| j.decoder());
-                (decoder, state.pids.get(&worker).copied().unwrap_or(0))
-            };
-            decoded = decoder.map(|decode| ChunkResult::Decoded(decode(&frame[body_at..], pid)));
         }
         let mut state = self.lock();
         let now = self.now();
         let pid = state.pids.get(&worker).copied().unwrap_or(0);
+        let mut verdict = if garbage { Err(None) } else { Ok(()) };
+        for (msg, frame, body_at, decoded) in parsed {
+            let received = Received {
+                msg,
+                frame,
+                body_at,
+                decoded,
+            };
+            if let Err(violation) = Self::handle(&mut state, worker, pid, now, received) {
+                verdict = Err(Some(violation));
+                break;
+            }
+        }
+        let effects = self.drain(&mut state);
+        let busy = state.sched.worker_load(worker) > 0;
+        drop(state);
+        self.apply(effects);
+        verdict.map(|()| busy).map_err(|violation| {
+            if let Some(violation) = violation {
+                tracing::warn!(%violation, "worker broke the protocol; killing it");
+            }
+        })
+    }
+
+    /// A large chunk of results is decoded before the scheduler's lock is taken, if its
+    /// caller takes it once (see `ChunkResult::Decoded`).
+    fn decode_ahead(
+        &self,
+        worker: WorkerId,
+        msg: &FromWorker,
+        frame: &[u8],
+        body_at: usize,
+    ) -> Option<ChunkResult> {
+        let job = match msg {
+            FromWorker::Finished { job, .. } | FromWorker::FinishedThenStarted { job, .. } => {
+                JobId(*job)
+            }
+            _ => return None,
+        };
+        if frame.len() - body_at < DECODE_AHEAD_FROM {
+            return None;
+        }
+        let (decoder, pid) = {
+            let state = self.lock();
+            let decoder = state.jobs.get(&job).and_then(|j| j.decoder());
+            (decoder, state.pids.get(&worker).copied().unwrap_or(0))
+        };
+        decoder.map(|decode| ChunkResult::Decoded(decode(&frame[body_at..], pid)))
+    }
+
+    /// One message of `worker`'s, under the state lock.
+    fn handle(
+        state: &mut State,
+        worker: WorkerId,
+        pid: u32,
+        now: Time,
+        received: Received,
+    ) -> Result<(), pool_core::ProtocolViolation> {
+        let Received {
+            msg,
+            frame,
+            body_at,
+            decoded,
+        } = received;
         let chunk = |job: u64, index: u32| ChunkId {
             job: JobId(job),
             index,
@@ -730,7 +799,7 @@ impl Shared {
                 pid,
             })
         };
-        let verdict = match msg {
+        match msg {
             FromWorker::Ready => state.sched.handle_worker_started(worker, now),
             FromWorker::InitFailed { message } => {
                 state.sched.handle_worker_init_failed(worker, &message, now)
@@ -741,7 +810,7 @@ impl Shared {
                     .handle_chunk_started(worker, chunk(job, index), now)
             }
             FromWorker::Finished { job, index } => {
-                Self::finished(&mut state, worker, chunk(job, index), result(frame), now)
+                Self::finished(state, worker, chunk(job, index), result(frame), now)
             }
             FromWorker::FinishedThenStarted {
                 job,
@@ -750,7 +819,7 @@ impl Shared {
                 next_index,
             } => {
                 let result = result(frame);
-                Self::finished(&mut state, worker, chunk(job, index), result, now).and_then(|()| {
+                Self::finished(state, worker, chunk(job, index), result, now).and_then(|()| {
                     state
                         .sched
                         .handle_chunk_started(worker, chunk(next_job, next_index), now)
@@ -762,7 +831,7 @@ impl Shared {
                 message,
             } => {
                 let result = ChunkResult::Failed(Error::Codec(message));
-                Self::finished(&mut state, worker, chunk(job, index), result, now)
+                Self::finished(state, worker, chunk(job, index), result, now)
             }
             FromWorker::Panicking { message, location } => {
                 // The first report wins: a panic that cannot unwind panics a second time.
@@ -772,32 +841,47 @@ impl Shared {
                     .or_insert((message, location));
                 Ok(())
             }
-        };
-        let effects = self.drain(&mut state);
-        let busy = state.sched.worker_load(worker) > 0;
-        drop(state);
-        self.apply(effects);
-        verdict.map(|()| busy).map_err(|violation| {
-            tracing::warn!(%violation, "worker broke the protocol; killing it");
-        })
+        }
     }
 
-    /// Receives and handles one message of `worker`'s; `Ok(true)` if the worker still has
-    /// work in flight afterwards.
+    /// Receives one of `worker`'s messages, and those that arrived with it (up to
+    /// [`RECEIVE_BATCH`]), and handles them; `Ok(true)` if the worker still has work in
+    /// flight afterwards. Messages before the channel's end are handled before the end is
+    /// reported.
     fn receive_one(&self, worker: WorkerId, rx: &mut pool_ipc::Receiver) -> Result<bool, RxEnd> {
-        let mut frame = Vec::new();
-        match rx.recv_into(&mut frame, None) {
-            Ok(()) => {}
-            Err(pool_ipc::RecvError::Disconnected) => return Err(RxEnd::Closed),
-            Err(e) => {
-                // An oversized or broken frame: the worker is not trusted further.
-                tracing::warn!(error = %e, "unreadable message from a worker; killing it");
-                return Err(RxEnd::Untrusted);
+        let mut frames = Vec::new();
+        let mut end = None;
+        loop {
+            let mut frame = Vec::new();
+            match rx.recv_into(&mut frame, None) {
+                Ok(()) => frames.push(frame),
+                Err(pool_ipc::RecvError::Disconnected) => {
+                    end = Some(RxEnd::Closed);
+                    break;
+                }
+                Err(e) => {
+                    // An oversized or broken frame: the worker is not trusted further.
+                    tracing::warn!(error = %e, "unreadable message from a worker; killing it");
+                    end = Some(RxEnd::Untrusted);
+                    break;
+                }
+            }
+            if frames.len() >= RECEIVE_BATCH || !rx.has_buffered() {
+                break;
             }
         }
-        // Garbage or a lie from a worker: it is not trusted further either.
-        self.on_message(worker, frame)
-            .map_err(|()| RxEnd::Untrusted)
+        let handled = if frames.is_empty() {
+            Ok(false)
+        } else {
+            // Garbage or a lie from a worker: it is not trusted further either.
+            self.on_messages(worker, frames)
+                .map_err(|()| RxEnd::Untrusted)
+        };
+        match (handled, end) {
+            (Err(untrusted), _) => Err(untrusted),
+            (Ok(_), Some(end)) => Err(end),
+            (Ok(busy), None) => Ok(busy),
+        }
     }
 
     /// An `apply`'s caller receives its answer from the worker's channel itself, if the
@@ -1027,6 +1111,10 @@ fn writer(link: Arc<WorkerLink>) {
 
 /// How many times a writer thread with nothing to send yields before it sleeps.
 const WRITER_YIELDS: u32 = 2;
+
+/// At most this many messages that arrived together are handled under one taking of the
+/// state lock.
+const RECEIVE_BATCH: usize = 32;
 
 /// Results at least this large are decoded by the reader thread that received them, when
 /// their job allows it; smaller ones (an `apply`'s) are not worth a second look at the state.
