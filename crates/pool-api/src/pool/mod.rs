@@ -528,9 +528,9 @@ impl Pool {
         max_items: u32,
         items: &mut (impl Iterator<Item = A> + ?Sized),
     ) -> Result<(), Error> {
-        let batch: Vec<A> = items.take(max_items as usize).collect();
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        let items = items.take(max_items as usize);
+        let (payload, n) = Payload::encode_items(items, self.shared.spare())?;
+        let payload = self.checked(payload)?;
         self.shared.pulled(chunk, n, payload);
         Ok(())
     }
@@ -538,7 +538,11 @@ impl Pool {
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
     fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
-        let payload = Payload::encode(args, self.shared.spare())?;
+        self.checked(Payload::encode(args, self.shared.spare())?)
+    }
+
+    /// The chunk `payload` if its handles can travel with it.
+    fn checked(&self, payload: Payload) -> Result<Payload, Error> {
         if payload.fds.len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
                 "{} handles in one chunk; at most {} fit in a message: use a smaller chunksize",
