@@ -1511,4 +1511,74 @@ mod tests {
             );
         }
     }
+
+    /// The messages of every `tracing` event of this test binary, from a subscriber installed
+    /// on first use (callbacks log on the pool's callback thread, so it must be global).
+    fn logged() -> &'static std::sync::Mutex<Vec<String>> {
+        static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+
+        struct Recorder;
+
+        impl tracing::Subscriber for Recorder {
+            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+                tracing::span::Id::from_u64(1)
+            }
+            fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+            fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+            fn event(&self, event: &tracing::Event<'_>) {
+                struct Message(String);
+                impl tracing::field::Visit for Message {
+                    fn record_debug(
+                        &mut self,
+                        field: &tracing::field::Field,
+                        value: &dyn std::fmt::Debug,
+                    ) {
+                        if field.name() == "message" {
+                            self.0 = format!("{value:?}");
+                        }
+                    }
+                }
+                let mut message = Message(String::new());
+                event.record(&mut message);
+                LOGGED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(message.0);
+            }
+            fn enter(&self, _: &tracing::span::Id) {}
+            fn exit(&self, _: &tracing::span::Id) {}
+        }
+
+        INSTALL.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(Recorder);
+        });
+        &LOGGED
+    }
+
+    /// A callback that panics is reported through `tracing`, and the callbacks after it run.
+    #[test]
+    fn a_panicking_callback_is_reported_and_later_callbacks_run() {
+        let logged = logged();
+        let pool = crate::Pool::builder().processes(1).build().unwrap();
+        let buggy = crate::Callbacks::none().on_ok(|_: u64| panic!("a bug in a callback"));
+        let first = pool.apply_async_with(double, 1, buggy).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fine = crate::Callbacks::none().on_ok(move |v: u64| tx.send(v).unwrap());
+        let second = pool.apply_async_with(double, 2, fine).unwrap();
+        // Callbacks run in completion order on one thread: the first has run when the second
+        // reports.
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(20)), Ok(4));
+        assert_eq!((first.get(), second.get()), (Ok(2), Ok(4)));
+        let logged = logged.lock().unwrap();
+        assert!(
+            logged
+                .iter()
+                .any(|m| m.contains("a result callback panicked")),
+            "{logged:?}"
+        );
+    }
 }
