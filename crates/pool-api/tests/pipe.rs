@@ -165,18 +165,29 @@ fn a_handle_cannot_be_serialized_outside_pool() {
 
 #[test]
 fn a_message_over_two_gib() {
-    let (mut a, mut b) = Pipe::duplex().unwrap();
-    let len = (2usize << 30) + 3;
-    let sender = std::thread::spawn(move || {
-        let big = vec![0xa5u8; len];
-        a.send_bytes(&big).unwrap();
-    });
-    let t = Instant::now();
-    let got = b.recv_bytes().unwrap();
-    eprintln!("2 GiB + 3 bytes through a pipe in {:?}", t.elapsed());
-    assert_eq!(got.len(), len);
-    assert!(got.iter().step_by(4096).all(|x| *x == 0xa5) && got[len - 1] == 0xa5);
-    sender.join().unwrap();
+    // From a child process, over each transport in turn (one at a time: each holds two
+    // copies of the message, one on either side).
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let (mut ours, theirs) = Pipe::duplex_over(kind).unwrap();
+        let mut p = Process::new(sends_over_two_gib, theirs).unwrap();
+        p.start().unwrap();
+        let t = Instant::now();
+        let got = ours.recv_bytes().unwrap();
+        eprintln!("2 GiB + 3 bytes over {kind:?} in {:?}", t.elapsed());
+        assert_eq!(got.len(), OVER_TWO_GIB);
+        assert!(got.iter().step_by(4096).all(|x| *x == 0xa5) && got[OVER_TWO_GIB - 1] == 0x5a);
+        drop(got);
+        p.join().unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+    }
+}
+
+const OVER_TWO_GIB: usize = (2 << 30) + 3;
+
+fn sends_over_two_gib(mut conn: Connection) {
+    let mut big = vec![0xa5u8; OVER_TWO_GIB];
+    big[OVER_TWO_GIB - 1] = 0x5a;
+    conn.send_bytes(&big).unwrap();
 }
 
 fn receives_forever(mut conn: Connection) {
