@@ -57,45 +57,6 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     Ok((bytes, fds))
 }
 
-/// Width of the item count that [`encode_items_into`] writes before it knows the count.
-pub(crate) const PADDED_COUNT: usize = 5;
-
-/// Encodes the items `items` yields as a sequence, as postcard encodes a slice of them, but
-/// without collecting them first (for a million small items, the vector cost as much as
-/// encoding them): the count comes first as a varint padded to [`PADDED_COUNT`] bytes
-/// (continuation bits on the leading bytes; `task::take_count` reads both forms), written
-/// once the items are. Returns the bytes, the handles' descriptors and the count.
-pub(crate) fn encode_items_into<A: Serialize>(
-    items: impl Iterator<Item = A>,
-    buffer: Option<Vec<u8>>,
-) -> Result<(Vec<u8>, Vec<OwnedFd>, u32), Error> {
-    let mut bytes = buffer.unwrap_or_default();
-    bytes.clear();
-    bytes.resize(PADDED_COUNT, 0);
-    SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
-    let mut count = 0u32;
-    let mut encoder = postcard::Serializer {
-        output: crate::task::Appender(&mut bytes),
-    };
-    let mut encoded = Ok(());
-    for item in items {
-        encoded = item.serialize(&mut encoder);
-        if encoded.is_err() {
-            break;
-        }
-        count += 1;
-    }
-    let fds = SINK
-        .with(|sink| sink.borrow_mut().take())
-        .unwrap_or_default();
-    encoded?;
-    for (i, byte) in bytes[..PADDED_COUNT].iter_mut().enumerate() {
-        let more = if i + 1 < PADDED_COUNT { 0x80 } else { 0 };
-        *byte = ((count >> (7 * i)) & 0x7f) as u8 | more;
-    }
-    Ok((bytes, fds, count))
-}
-
 /// Runs `f` (which decodes) with `fds` available to the handles it meets.
 pub(crate) fn with_descriptors<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
     SOURCE.with(|source| *source.borrow_mut() = Some(fds.into_iter().map(Some).collect()));

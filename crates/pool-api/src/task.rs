@@ -146,7 +146,8 @@ where
 {
     let cannot_decode = |e: postcard::Error| format!("cannot decode arguments: {e}");
     let cannot_encode = |e: postcard::Error| format!("cannot encode results: {e}");
-    let (len, items) = take_count(chunk).ok_or("cannot decode arguments: no item count")?;
+    // A sequence's length is the same varint as a `u64`.
+    let (len, items) = postcard::take_from_bytes::<u64>(chunk).map_err(cannot_decode)?;
     out.clear();
     let mut encoder = postcard::Serializer {
         output: Appender(out),
@@ -170,24 +171,6 @@ where
         }
     }
     Ok(())
-}
-
-/// A chunk's item count and the items after it: a varint, as postcard writes a sequence's
-/// length, or padded with continuation bits (as `handles::encode_items_into` writes it before
-/// it knows the count). `None` if it is cut short, longer than ten bytes, or over `u64`.
-pub(crate) fn take_count(chunk: &[u8]) -> Option<(u64, &[u8])> {
-    let mut count = 0u64;
-    for (i, byte) in chunk.iter().take(10).enumerate() {
-        let bits = u64::from(byte & 0x7f);
-        if i == 9 && bits > 1 {
-            return None;
-        }
-        count |= bits << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((count, &chunk[i + 1..]));
-        }
-    }
-    None
 }
 
 /// postcard's output appended to a borrowed vector (its own flavors own theirs), so that one
@@ -393,48 +376,6 @@ mod tests {
 
     fn add2(a: u32, b: u32) -> u32 {
         a + b
-    }
-
-    #[test]
-    fn items_encoded_from_an_iterator_decode_as_a_slice_does() {
-        for items in [
-            vec![],
-            vec![7u64],
-            (0..1000u64).map(|x| x * x * 977).collect(),
-        ] {
-            let (bytes, fds, count) =
-                crate::handles::encode_items_into(items.iter().copied(), None).unwrap();
-            assert!(fds.is_empty());
-            assert_eq!(count as usize, items.len());
-            let (len, rest) = take_count(&bytes).unwrap();
-            assert_eq!(len as usize, items.len());
-            // The same items, byte for byte, as postcard encodes the slice (after its count).
-            let canonical = postcard::to_stdvec(&items).unwrap();
-            let (canonical_len, canonical_rest) = take_count(&canonical).unwrap();
-            assert_eq!((canonical_len, canonical_rest), (len, rest));
-            // And a worker runs it.
-            let mut out = Vec::new();
-            run_chunk(&bytes, &mut out, |x: u64| x + 1).unwrap();
-            let (n, _) = take_count(&out).unwrap();
-            assert_eq!(n as usize, items.len());
-        }
-    }
-
-    #[test]
-    fn a_count_cut_short_or_too_long_is_refused() {
-        assert_eq!(take_count(&[]), None);
-        assert_eq!(take_count(&[0x80, 0x80]), None);
-        assert_eq!(take_count(&[0xff; 11]), None);
-        // Ten bytes whose last carries more than u64's top bit.
-        let mut over = [0xffu8; 10];
-        over[9] = 0x02;
-        assert_eq!(take_count(&over), None);
-        over[9] = 0x01;
-        assert_eq!(take_count(&over), Some((u64::MAX, &[][..])));
-        assert_eq!(
-            take_count(&[0x85, 0x80, 0x80, 0x80, 0x00, 9]),
-            Some((5, &[9][..]))
-        );
     }
 
     #[test]

@@ -43,20 +43,6 @@ impl Payload {
             fds: Arc::new(fds),
         })
     }
-
-    /// Encodes what `items` yields as a chunk (see [`crate::handles::encode_items_into`]);
-    /// the payload and how many items it holds.
-    pub(crate) fn encode_items<A: serde::Serialize>(
-        items: impl Iterator<Item = A>,
-        spare: &SpareBuffers,
-    ) -> Result<(Payload, u32), Error> {
-        let (bytes, fds, count) = crate::handles::encode_items_into(items, spare.take())?;
-        let payload = Payload {
-            bytes: Arc::new(bytes),
-            fds: Arc::new(fds),
-        };
-        Ok((payload, count))
-    }
 }
 
 /// Where a job's chunks come from.

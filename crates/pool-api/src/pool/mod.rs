@@ -528,9 +528,9 @@ impl Pool {
         max_items: u32,
         items: &mut (impl Iterator<Item = A> + ?Sized),
     ) -> Result<(), Error> {
-        let items = items.take(max_items as usize);
-        let (payload, n) = Payload::encode_items(items, self.shared.spare())?;
-        let payload = self.checked(payload)?;
+        let batch: Vec<A> = items.take(max_items as usize).collect();
+        let n = batch.len() as u32;
+        let payload = self.payload(&batch)?;
         self.shared.pulled(chunk, n, payload);
         Ok(())
     }
@@ -538,11 +538,7 @@ impl Pool {
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
     fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
-        self.checked(Payload::encode(args, self.shared.spare())?)
-    }
-
-    /// The chunk `payload` if its handles can travel with it.
-    fn checked(&self, payload: Payload) -> Result<Payload, Error> {
+        let payload = Payload::encode(args, self.shared.spare())?;
         if payload.fds.len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
                 "{} handles in one chunk; at most {} fit in a message: use a smaller chunksize",
