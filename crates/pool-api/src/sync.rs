@@ -856,16 +856,22 @@ impl Condition {
         let s = self.state.0.state();
         let deadline = timeout.map(|t| Instant::now() + t);
         // Counted under the lock: a notify (which needs the lock) sees this waiter exactly
-        // when it comes after this wait began.
+        // when it comes after this wait began; and only a notify after that (one that moved
+        // `seq` past `arrived`) was meant for it.
         s.waiting.fetch_add(WAITER, Ordering::SeqCst);
-        let saved = match &self.lock {
-            CondLock::Lock(l) => {
-                l.release()?;
-                0
-            }
-            CondLock::RLock(l) => l.release_save()?,
+        let arrived = s.seq.load(Ordering::SeqCst);
+        let released = match &self.lock {
+            CondLock::Lock(l) => l.release().map(|()| 0),
+            CondLock::RLock(l) => l.release_save(),
         };
-        let woke = take_grant(s, deadline);
+        let saved = match released {
+            Ok(saved) => saved,
+            Err(e) => {
+                leave(s);
+                return Err(e);
+            }
+        };
+        let woke = take_grant(s, arrived, deadline);
         let _retaken = match &self.lock {
             CondLock::Lock(l) => l.acquire()?,
             CondLock::RLock(l) => l.acquire_restore(saved)?,
@@ -897,11 +903,13 @@ impl Condition {
     }
 
     /// Wakes up to `n` waiters (fewer if fewer wait), as Python's: it grants `n` wake-ups,
-    /// each taken by exactly one waiter of those waiting now. The lock must be held.
+    /// each taken by exactly one waiter of those waiting now (a waiter that starts waiting
+    /// later cannot take them). The lock must be held.
     ///
-    /// A waiter whose process dies keeps its place, so a grant may go to it and be taken
-    /// later by a newer waiter, as a spurious wake-up (which [`Condition::wait_for`] absorbs);
-    /// a notify never waits for a waiter, so a dead one cannot hang it.
+    /// A waiter whose process dies keeps its place, so a grant may go to it and be taken by
+    /// a waiter of a later notify, which then wakes one waiter more than asked (a spurious
+    /// wake-up, which [`Condition::wait_for`] absorbs); a notify never waits for a waiter, so
+    /// a dead one cannot hang it, and no live waiter ever misses a notify meant for it.
     pub fn notify(&self, n: u32) -> Result<(), SyncError> {
         self.check_held()?;
         let s = self.state.0.state();
@@ -936,28 +944,50 @@ impl Condition {
 }
 
 /// A condition waiter's wait for a grant (see [`Condition::notify`]), once its lock is
-/// released: `true` if it took one, `false` if `deadline` passed first. A grant that arrives
-/// with the deadline is still taken, so no grant is left behind for a later waiter.
-fn take_grant(s: &Shared, deadline: Option<Instant>) -> Result<bool, SyncError> {
+/// released: `true` if it took one, `false` if `deadline` passed first. Only a grant made
+/// after the waiter arrived (`seq` moved past `arrived`) is its to take: a waiter that comes
+/// back to wait at once must not take the grant of one that was woken with it and has not
+/// run yet. A grant that arrives with the deadline is still taken, so none is left behind.
+fn take_grant(s: &Shared, arrived: u32, deadline: Option<Instant>) -> Result<bool, SyncError> {
     loop {
         // `seq` before `waiting` (both SeqCst): a notify whose grant this look misses bumps
         // `seq` after it, so the futex wait below returns at once or is woken.
         let seq = s.seq.load(Ordering::SeqCst);
         let cur = s.waiting.load(Ordering::SeqCst);
-        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        let next = if cur & GRANTS > 0 {
+        let take = seq != arrived && cur & GRANTS > 0;
+        let next = if take {
             cur - WAITER - 1
-        } else if timed_out {
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Without a grant of its own, grants <= waiters - 1 still holds.
             cur.saturating_sub(WAITER)
         } else {
-            futex_wait(&s.seq, seq, deadline).map_err(io)?;
+            if let Err(e) = futex_wait(&s.seq, seq, deadline) {
+                leave(s);
+                return Err(io(e));
+            }
             continue;
         };
         if s.waiting
             .compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
-            return Ok(cur & GRANTS > 0);
+            return Ok(take);
+        }
+    }
+}
+
+/// A condition waiter that gives up (an error) stops being counted.
+fn leave(s: &Shared) {
+    let mut cur = s.waiting.load(Ordering::SeqCst);
+    loop {
+        let waiters = (cur >> 32).saturating_sub(1);
+        let next = (waiters << 32) | (cur & GRANTS).min(waiters);
+        match s
+            .waiting
+            .compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => return,
+            Err(now) => cur = now,
         }
     }
 }

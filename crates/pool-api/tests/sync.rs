@@ -255,6 +255,39 @@ fn condition_notify_n_wakes_exactly_n_of_the_waiters() {
 }
 
 #[test]
+fn condition_a_waiter_back_at_once_does_not_take_anothers_wake_up() {
+    // The round pattern: woken by notify_all, each waiter does its round and waits again at
+    // once. The first back must not take the wake-up of one that has not run yet (which then
+    // would sleep through its own notify).
+    let cond = pool_api::Condition::new().unwrap();
+    for _ in 0..20 {
+        let entered = std::sync::atomic::AtomicUsize::new(0);
+        let first_waits: Vec<bool> = std::thread::scope(|scope| {
+            let waiters: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let _ = cond.acquire().unwrap();
+                        entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let first = cond.wait(Some(GENEROUS)).unwrap();
+                        let _again = cond.wait(Some(Duration::from_millis(20))).unwrap();
+                        cond.release().unwrap();
+                        first
+                    })
+                })
+                .collect();
+            while entered.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                std::thread::yield_now();
+            }
+            let _ = cond.acquire().unwrap();
+            cond.notify_all().unwrap();
+            cond.release().unwrap();
+            waiters.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(first_waits, [true, true, true]);
+    }
+}
+
+#[test]
 fn condition_misuse_and_timeouts() {
     let cond = pool_api::Condition::with_lock(Lock::new().unwrap()).unwrap();
     assert_eq!(
