@@ -582,6 +582,56 @@ fn terminate_runs_no_callback_for_the_work_it_kills(cell: Cell) {
     );
 }
 
+fn terminate_ends_a_callback_that_waits_on_the_pools_own_work(cell: Cell) {
+    // CPython's terminate kills the workers first, then joins its result handler: a callback
+    // waiting on the pool's own unfinished work gets its error, and terminate returns.
+    let pool = cell.pool(2);
+    let long = pool.apply_async(sleep_ms, 60_000).unwrap();
+    let slot = Arc::new(Mutex::new(Some(long)));
+    let (started, has_started) = std::sync::mpsc::channel();
+    let (seen, got) = std::sync::mpsc::channel();
+    let on_ok = Callbacks::none().on_ok(move |_: u64| {
+        started.send(()).unwrap();
+        let long = slot.lock().unwrap().take().unwrap();
+        seen.send(long.get()).unwrap();
+    });
+    let _short = pool.apply_async_with(sleep_ms, 1, on_ok).unwrap();
+    has_started.recv_timeout(Duration::from_secs(20)).unwrap();
+    let t = Instant::now();
+    pool.terminate();
+    eprintln!("terminate returned after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        got.try_recv(),
+        Ok(Err(Error::Terminated)),
+        "the callback had ended"
+    );
+}
+
+fn one_pools_callback_waits_for_anothers_callbacks(cell: Cell) {
+    // A callback of pool A that joins pool B waits for B's callbacks (it is not B's own
+    // callback thread).
+    let a = cell.pool(1);
+    let b = cell.pool(1);
+    let b_done = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&b_done);
+    let slow = Callbacks::none().on_ok(move |_: u64| {
+        std::thread::sleep(Duration::from_millis(200));
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    b.apply_async_with(sleep_ms, 1, slow).unwrap();
+    b.close();
+    let b = Arc::new(b);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (b2, seen) = (Arc::clone(&b), Arc::clone(&b_done));
+    let joins_b = Callbacks::none().on_ok(move |_: u64| {
+        b2.join().unwrap();
+        tx.send(seen.load(Ordering::SeqCst)).unwrap();
+    });
+    a.apply_async_with(sleep_ms, 1, joins_b).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(1));
+}
+
 fn terminate_ends_callers_blocked_in_apply_and_map(cell: Cell) {
     let pool = cell.pool(2);
     let dispatched = |n| eventually(Duration::from_secs(20), || pool.stats().dispatched >= n);
@@ -1141,6 +1191,8 @@ matrix!(all:
     callbacks_run_once_each_in_the_parent_in_completion_order,
     terminate_runs_no_callback_for_the_work_it_kills,
     terminate_ends_callers_blocked_in_apply_and_map,
+    terminate_ends_a_callback_that_waits_on_the_pools_own_work,
+    one_pools_callback_waits_for_anothers_callbacks,
     map_returns_the_lowest_index_error_after_every_item_ran,
     a_panicking_callback_does_not_stop_later_results,
     a_callback_may_terminate_its_own_pool,

@@ -42,6 +42,21 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn a_whole_message_is_told_apart_from_none() {
+                let (mut a, mut b) = pair();
+                assert!(!b.receiver().has_message());
+                a.send(b"first", soon()).unwrap();
+                a.send(b"", soon()).unwrap();
+                let mut buf = Vec::new();
+                b.recv_into(&mut buf, soon()).unwrap();
+                // The pipe flavor knows of what it has staged; the ring of all it holds.
+                assert!(b.receiver().has_message());
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert!(buf.is_empty());
+                assert!(!b.receiver().has_message());
+            }
+
+            #[test]
             fn messages_keep_order_and_boundaries() {
                 let (mut a, mut b) = pair();
                 let sender = thread::spawn(move || {
@@ -271,6 +286,27 @@ mod pipe_raw {
     fn raw_pair() -> (UnixStream, Channel) {
         let (raw, ours) = PipeChannel::pair().unwrap();
         (UnixStream::from(raw.into_fd()), Channel::from(ours))
+    }
+
+    #[test]
+    fn a_message_half_arrived_is_not_a_whole_one() {
+        let (mut raw, mut chan) = raw_pair();
+        let mut bytes = 3u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"abc");
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        bytes.extend_from_slice(b"de");
+        raw.write_all(&bytes).unwrap();
+        let mut buf = Vec::new();
+        chan.recv_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, b"abc");
+        assert!(
+            chan.receiver().has_buffered(),
+            "the second message's start is here"
+        );
+        assert!(!chan.receiver().has_message(), "but not all of it");
+        raw.write_all(b"fgh").unwrap();
+        chan.recv_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, b"defgh");
     }
 
     #[test]

@@ -469,8 +469,11 @@ impl Shared {
 
     pub(crate) fn terminate(&self) {
         // No callback runs for the work terminate kills, and none after it returns.
+        // As CPython: the workers go first, then the running callback is waited for. The
+        // other way round, a callback waiting on its own pool's work would hang terminate.
         self.callbacks.disable();
         self.with_scheduler(|s, now| s.terminate(now));
+        self.callbacks.wait_running();
     }
 
     /// Waits until the pool is joined: closed or terminated, every worker's exit reaped, and
@@ -844,17 +847,21 @@ impl Shared {
         }
     }
 
-    /// Receives one of `worker`'s messages, and those that arrived with it (up to
-    /// [`RECEIVE_BATCH`]), and handles them; `Ok(true)` if the worker still has work in
+    /// Receives one of `worker`'s messages, and those wholly here after it (up to
+    /// [`RECEIVE_BATCH`] messages and about [`RECEIVE_BATCH_BYTES`]), and handles them; `Ok(true)` if the worker still has work in
     /// flight afterwards. Messages before the channel's end are handled before the end is
     /// reported.
     fn receive_one(&self, worker: WorkerId, rx: &mut pool_ipc::Receiver) -> Result<bool, RxEnd> {
         let mut frames = Vec::new();
         let mut end = None;
+        let mut bytes = 0;
         loop {
             let mut frame = Vec::new();
             match rx.recv_into(&mut frame, None) {
-                Ok(()) => frames.push(frame),
+                Ok(()) => {
+                    bytes += frame.len();
+                    frames.push(frame);
+                }
                 Err(pool_ipc::RecvError::Disconnected) => {
                     end = Some(RxEnd::Closed);
                     break;
@@ -866,7 +873,9 @@ impl Shared {
                     break;
                 }
             }
-            if frames.len() >= RECEIVE_BATCH || !rx.has_buffered() {
+            // Only what is wholly here: a message half-way through its arrival would hold
+            // up those received (an answer its caller waits for, say).
+            if frames.len() >= RECEIVE_BATCH || bytes >= RECEIVE_BATCH_BYTES || !rx.has_message() {
                 break;
             }
         }
@@ -1116,6 +1125,10 @@ const WRITER_YIELDS: u32 = 2;
 /// state lock.
 const RECEIVE_BATCH: usize = 32;
 
+/// A batch ends once its messages hold this many bytes: results are decoded and kept while
+/// the batch is handled.
+const RECEIVE_BATCH_BYTES: usize = 1 << 20;
+
 /// Results at least this large are decoded by the reader thread that received them, when
 /// their job allows it; smaller ones (an `apply`'s) are not worth a second look at the state.
 const DECODE_AHEAD_FROM: usize = 4096;
@@ -1359,7 +1372,8 @@ type PendingCallback = (Arc<JobShared>, super::job::Callback);
 
 thread_local! {
     /// Set on the callback thread while a callback runs.
-    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Which pool's callback runs on this thread (the address of its `Pending`), if any.
+    static IN_CALLBACK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// The one thread on which a pool's callbacks run, in completion order.
@@ -1408,12 +1422,12 @@ impl Callbacks {
                 for (job, callback) in rx {
                     let running = busy.lock().unwrap_or_else(|e| e.into_inner());
                     if gate.load(std::sync::atomic::Ordering::SeqCst) {
-                        IN_CALLBACK.with(|c| c.set(true));
+                        IN_CALLBACK.with(|c| c.set(Arc::as_ptr(&counted) as usize));
                         let outcome =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 callback(&job)
                             }));
-                        IN_CALLBACK.with(|c| c.set(false));
+                        IN_CALLBACK.with(|c| c.set(0));
                         if outcome.is_err() {
                             tracing::error!(
                                 "a result callback panicked; later callbacks still run"
@@ -1451,7 +1465,7 @@ impl Callbacks {
     /// Waits until every callback handed over has run (or was skipped after `terminate`),
     /// unless this is the callback thread.
     fn wait_idle(&self) {
-        if IN_CALLBACK.with(std::cell::Cell::get) {
+        if self.on_own_thread() {
             return;
         }
         let mut count = self.pending.count.lock().unwrap_or_else(|e| e.into_inner());
@@ -1464,14 +1478,23 @@ impl Callbacks {
         }
     }
 
-    /// Runs no more callbacks, and waits for a running one to return, unless it is that very
-    /// callback asking (a callback may terminate its own pool).
+    /// Starts no more callbacks (those queued are skipped).
     fn disable(&self) {
         self.enabled
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        if !IN_CALLBACK.with(std::cell::Cell::get) {
+    }
+
+    /// Waits for a running callback to return, unless it is that very callback asking (a
+    /// callback may terminate its own pool).
+    fn wait_running(&self) {
+        if !self.on_own_thread() {
             drop(self.running.lock().unwrap_or_else(|e| e.into_inner()));
         }
+    }
+
+    /// Whether this thread is this pool's callback thread, running a callback.
+    fn on_own_thread(&self) -> bool {
+        IN_CALLBACK.with(std::cell::Cell::get) == Arc::as_ptr(&self.pending) as usize
     }
 
     fn stop(&self) {

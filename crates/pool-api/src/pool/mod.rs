@@ -580,10 +580,11 @@ impl Pool {
     }
 
     /// Python's `terminate`: stops the workers at once. Unfinished work fails with
-    /// [`Error::Terminated`]; no callback runs for it, and none runs after this returns: a
-    /// callback running when it is called is waited for (as CPython's `terminate` joins its
-    /// result handler), so a callback that never returns blocks `terminate` and the pool's
-    /// drop too; callbacks not started yet are skipped. A callback may terminate its own pool.
+    /// [`Error::Terminated`]; no callback runs for it, and none runs after this returns.
+    /// As CPython's, it stops the workers first and then waits for a callback that is
+    /// running (one waiting on this pool's work gets its error and can return; one that never
+    /// returns blocks `terminate` and the pool's drop); callbacks not started are skipped. A
+    /// callback may terminate its own pool.
     pub fn terminate(&self) {
         self.shared.terminate();
     }

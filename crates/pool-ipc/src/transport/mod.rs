@@ -341,6 +341,16 @@ impl Receiver {
         }
     }
 
+    /// Whether a whole message is here, so that a receive would not wait at all: in the
+    /// `pipe` flavor's buffer (one longer than the buffer never is), or in the `shm` flavor's
+    /// ring (one longer than the ring never is).
+    pub fn has_message(&self) -> bool {
+        match &self.flavor {
+            ReceiverFlavor::Pipe(r) => r.has_message(),
+            ReceiverFlavor::Shm(r) => r.has_message(),
+        }
+    }
+
     /// How long each wait for a message spins before it sleeps (`shm` only; a `pipe` wait
     /// always sleeps in the kernel). `None`, the default, adapts the spin to how long past
     /// waits took, and never spins on a machine of two CPUs or fewer, where a spinner

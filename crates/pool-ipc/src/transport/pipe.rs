@@ -277,6 +277,16 @@ impl PipeReceiver {
         self.buffered() > 0
     }
 
+    /// Whether a whole message waits in the staging buffer, so that a receive would not wait
+    /// at all (a message longer than the buffer never does).
+    pub fn has_message(&self) -> bool {
+        let staged = &self.staging[self.start..self.end];
+        match staged.first_chunk::<HEADER>() {
+            Some(header) => (staged.len() - HEADER) as u64 >= u64::from_le_bytes(*header),
+            None => false,
+        }
+    }
+
     /// The socket.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.stream.as_fd()

@@ -1300,6 +1300,29 @@ impl ShmReceiver {
         write != self.read
     }
 
+    /// Whether a whole message is in the ring, so that a receive would not wait at all (one
+    /// larger than the ring never is; nor is one a deadline interrupted).
+    pub fn has_message(&self) -> bool {
+        if self.pending.is_some() || self.failed.is_some() {
+            return false;
+        }
+        // Acquire: as in `wait_for_data`, the bytes below this position are written.
+        let write = self.ring.header().writer.write_pos.load(Ordering::Acquire);
+        let available = write.wrapping_sub(self.read);
+        if available < LEN_BYTES || available > self.ring.cap() {
+            return false;
+        }
+        let mut prefix = [0u8; 8];
+        // SAFETY: 8 bytes from `read` on are published (`available >= 8`, and the writer
+        // never has more than the ring's capacity ahead of us) and not yet released to the
+        // writer; `prefix` is a local array of 8 bytes.
+        unsafe {
+            self.ring
+                .copy_out(self.read, prefix.as_mut_ptr(), prefix.len())
+        };
+        available - LEN_BYTES >= u64::from_le_bytes(prefix)
+    }
+
     /// See [`ShmSender::forget_copy`].
     pub(crate) fn forget_copy(mut self) {
         self.copy = true;
@@ -1666,6 +1689,29 @@ mod tests {
             reader.join().unwrap(),
             Err(RecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn a_message_larger_than_the_ring_is_never_whole_in_it() {
+        let ((mut tx, _rx_a), (_tx_b, mut rx)) = split_pair(MIN_CAPACITY);
+        let big = pattern(2 * MIN_CAPACITY, 5);
+        let sender = {
+            let big = big.clone();
+            thread::spawn(move || {
+                send(&mut tx, &big);
+                tx
+            })
+        };
+        while !rx.has_data() {
+            thread::yield_now();
+        }
+        assert!(!rx.has_message(), "only the start of it fits");
+        assert_eq!(recv(&mut rx), big);
+        let mut tx = sender.join().unwrap();
+        send(&mut tx, b"small");
+        assert!(rx.has_message());
+        assert_eq!(recv(&mut rx), b"small");
+        assert!(!rx.has_message());
     }
 
     #[test]
