@@ -837,8 +837,9 @@ impl Condition {
 
     fn check_held(&self) -> Result<(), SyncError> {
         let held = match &self.lock {
-            // A `Lock` has no owner: held means taken (Python checks the same way).
-            CondLock::Lock(l) => l.0.state().word.load(Ordering::Acquire) != 0,
+            // A `Lock` records its holder's pid, not its thread: held by this process (Python
+            // checks the thread too).
+            CondLock::Lock(l) => l.0.state().word.load(Ordering::Acquire) & !WAITERS == me().pid,
             CondLock::RLock(l) => l.held_by_me(),
         };
         if held {
@@ -902,21 +903,28 @@ impl Condition {
         }
     }
 
-    /// Wakes up to `n` waiters (fewer if fewer wait), as Python's: it grants `n` wake-ups,
-    /// each taken by exactly one waiter of those waiting now (a waiter that starts waiting
+    /// Wakes up to `n` of the waiters (fewer if fewer wait), as Python's: it grants `n`
+    /// wake-ups, each taken by one waiter of those waiting now (a waiter that starts waiting
     /// later cannot take them). The lock must be held.
     ///
-    /// A waiter whose process dies keeps its place, so a grant may go to it and be taken by
-    /// a waiter of a later notify, which then wakes one waiter more than asked (a spurious
-    /// wake-up, which [`Condition::wait_for`] absorbs); a notify never waits for a waiter, so
-    /// a dead one cannot hang it, and no live waiter ever misses a notify meant for it.
+    /// Grants are not labelled with their notify, so while an earlier one is still untaken
+    /// (a woken waiter has not run yet, or died waiting) a waiter could take it in place of
+    /// the one it was meant for. So a notify that finds one untaken wakes every waiter: more
+    /// than `n` (spurious wake-ups, which CPython's documentation allows and
+    /// [`Condition::wait_for`] absorbs), never a waiter missing its notify. A dead waiter's
+    /// untaken grant makes every later notify wake all. A notify never waits for a waiter, so
+    /// a dead one cannot hang it.
     pub fn notify(&self, n: u32) -> Result<(), SyncError> {
         self.check_held()?;
         let s = self.state.0.state();
         let mut cur = s.waiting.load(Ordering::SeqCst);
         let granted = loop {
             let (waiters, grants) = (cur >> 32, cur & GRANTS);
-            let grant = u64::from(n).min(waiters.saturating_sub(grants));
+            let grant = if grants > 0 {
+                waiters.saturating_sub(grants)
+            } else {
+                u64::from(n).min(waiters)
+            };
             if grant == 0 {
                 return Ok(());
             }

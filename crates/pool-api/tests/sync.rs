@@ -287,6 +287,75 @@ fn condition_a_waiter_back_at_once_does_not_take_anothers_wake_up() {
     }
 }
 
+fn waits_once((cond, ready, out): (pool_api::Condition, Semaphore, pool_api::Queue<bool>)) {
+    let _ = cond.acquire().unwrap();
+    ready.release().unwrap();
+    let woke = cond.wait(Some(Duration::from_secs(10))).unwrap();
+    out.put(woke).unwrap();
+    cond.release().unwrap();
+}
+
+#[test]
+fn condition_a_later_notify_does_not_hand_an_earlier_ones_wake_up_to_others() {
+    // B is woken by notify_all but has not run (stopped) when A, woken with it, waits again,
+    // C starts waiting, and notify(1) comes: A and C must not take B's wake-up between them.
+    let cond = pool_api::Condition::new().unwrap();
+    let (ready, out) = (Semaphore::new(0).unwrap(), pool_api::Queue::new().unwrap());
+    let mut b = Process::new(waits_once, (cond.clone(), ready.clone(), out.clone())).unwrap();
+    b.start().unwrap();
+    ready.acquire_timeout(GENEROUS).unwrap();
+    let b_pid = b.pid().unwrap() as libc::pid_t;
+    let flag = |f: &std::sync::atomic::AtomicBool| f.load(std::sync::atomic::Ordering::SeqCst);
+    let (a_rewaits, c_waits) = (
+        std::sync::atomic::AtomicBool::new(false),
+        std::sync::atomic::AtomicBool::new(false),
+    );
+    std::thread::scope(|scope| {
+        let a = scope.spawn(|| {
+            let _ = cond.acquire().unwrap();
+            ready.release().unwrap();
+            let first = cond.wait(Some(GENEROUS)).unwrap();
+            a_rewaits.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _again = cond.wait(Some(Duration::from_millis(300))).unwrap();
+            cond.release().unwrap();
+            first
+        });
+        ready.acquire_timeout(GENEROUS).unwrap();
+        // Both wait once we hold the lock. Stop B, wake both.
+        let _ = cond.acquire().unwrap();
+        // SAFETY: a plain signal to our own live child.
+        assert_eq!(unsafe { libc::kill(b_pid, libc::SIGSTOP) }, 0);
+        cond.notify_all().unwrap();
+        cond.release().unwrap();
+        while !flag(&a_rewaits) {
+            std::thread::yield_now();
+        }
+        let c = scope.spawn(|| {
+            let _ = cond.acquire().unwrap();
+            c_waits.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = cond.wait(Some(Duration::from_millis(300))).unwrap();
+            cond.release().unwrap();
+        });
+        while !flag(&c_waits) {
+            std::thread::yield_now();
+        }
+        // A and C wait (again) once we hold the lock.
+        let _ = cond.acquire().unwrap();
+        cond.notify(1).unwrap();
+        cond.release().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(b_pid, libc::SIGCONT) }, 0);
+        assert!(a.join().unwrap());
+        c.join().unwrap();
+    });
+    assert!(
+        out.get_timeout(GENEROUS).unwrap(),
+        "B was woken by its notify_all"
+    );
+    b.join().unwrap();
+}
+
 #[test]
 fn condition_misuse_and_timeouts() {
     let cond = pool_api::Condition::with_lock(Lock::new().unwrap()).unwrap();
