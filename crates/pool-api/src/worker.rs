@@ -124,9 +124,10 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                     return 0;
                 }
                 match crate::handles::with_descriptors(fds, || call.run(body, &mut out)) {
-                    // The next task is already arriving: report this one together with its
-                    // start. Otherwise report now, so the result is not held up.
-                    Ok(()) if rx.has_buffered() => held = Some((job, index)),
+                    // The next task is already here, whole: report this one together with
+                    // its start. Otherwise report now, so the result is not held up (by a
+                    // large next task still arriving, say).
+                    Ok(()) if rx.has_message() => held = Some((job, index)),
                     Ok(()) => {
                         if !send(&FromWorker::Finished { job, index }, &out) {
                             return 0;
