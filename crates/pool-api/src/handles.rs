@@ -46,15 +46,36 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         // grows. A value holding handles cannot be measured without the sink: it starts small.
         None => Vec::with_capacity(postcard::experimental::serialized_size(value).unwrap_or(0)),
     };
-    SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+    let sink = Armed::sink();
     let encoded = value.serialize(&mut postcard::Serializer {
         output: crate::task::Appender(&mut bytes),
     });
-    let fds = SINK
-        .with(|sink| sink.borrow_mut().take())
-        .unwrap_or_default();
+    let fds = sink.disarm();
     encoded?;
     Ok((bytes, fds))
+}
+
+/// The sink, armed for one encoding. Dropped without [`Armed::disarm`] (a `Serialize` impl
+/// panicked), it disarms anyway and closes what it collected, so that no later serialization
+/// on this thread meets a stale sink.
+struct Armed;
+
+impl Armed {
+    fn sink() -> Armed {
+        SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+        Armed
+    }
+
+    fn disarm(self) -> Vec<OwnedFd> {
+        SINK.with(|sink| sink.borrow_mut().take())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        SINK.with(|sink| sink.borrow_mut().take());
+    }
 }
 
 /// Runs `f` (which decodes) with `fds` available to the handles it meets.
@@ -134,6 +155,22 @@ mod tests {
 
     fn handle() -> Handle {
         Handle(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    struct Panics;
+
+    impl Serialize for Panics {
+        fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("a Serialize impl that panics")
+        }
+    }
+
+    #[test]
+    fn a_panic_while_encoding_leaves_no_sink_behind() {
+        let panicked = std::panic::catch_unwind(|| encode(&(handle(), Panics))).is_err();
+        assert!(panicked);
+        // Outside an encoding, a handle still refuses to serialize.
+        assert!(postcard::to_stdvec(&handle()).is_err());
     }
 
     #[test]
