@@ -356,6 +356,30 @@ fn condition_a_later_notify_does_not_hand_an_earlier_ones_wake_up_to_others() {
     b.join().unwrap();
 }
 
+fn holds_lock((lock, ready): (Lock, Semaphore)) {
+    let _held = lock.acquire().unwrap();
+    ready.release().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_condition_over_a_lock_another_process_holds_is_not_ours_to_notify() {
+    // CPython: notify on a Condition whose lock is not ours raises.
+    let lock = Lock::new().unwrap();
+    let cond = pool_api::Condition::with_lock(lock.clone()).unwrap();
+    let ready = Semaphore::new(0).unwrap();
+    let mut holder = Process::new(holds_lock, (lock, ready.clone())).unwrap();
+    holder.start().unwrap();
+    ready.acquire_timeout(GENEROUS).unwrap();
+    assert_eq!(cond.notify(1), Err(SyncError::NotOwner));
+    assert_eq!(
+        cond.wait(Some(Duration::from_millis(1))),
+        Err(SyncError::NotOwner)
+    );
+    holder.kill().unwrap();
+    holder.join().unwrap();
+}
+
 #[test]
 fn condition_misuse_and_timeouts() {
     let cond = pool_api::Condition::with_lock(Lock::new().unwrap()).unwrap();
