@@ -221,6 +221,37 @@ fn condition_notify_and_notify_all_wake_waiting_processes() {
     }
 }
 
+/// Three threads take `cond`'s lock and run `waits` (which waits on `cond`); once all three
+/// wait, `notify` runs with the lock held. What each thread's `waits` returned.
+fn three_waiters<T: Send>(
+    cond: &pool_api::Condition,
+    waits: impl Fn() -> T + Sync,
+    notify: impl FnOnce(),
+) -> Vec<T> {
+    let entered = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    let _ = cond.acquire().unwrap();
+                    entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let out = waits();
+                    cond.release().unwrap();
+                    out
+                })
+            })
+            .collect();
+        while entered.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            std::thread::yield_now();
+        }
+        // Every waiter released the lock inside `wait` before we can take it.
+        let _ = cond.acquire().unwrap();
+        notify();
+        cond.release().unwrap();
+        waiters.into_iter().map(|w| w.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn condition_notify_n_wakes_exactly_n_of_the_waiters() {
     // CPython _TestCondition.test_notify_n: notify(n) wakes n waiters, not more; the others
@@ -228,28 +259,11 @@ fn condition_notify_n_wakes_exactly_n_of_the_waiters() {
     // not theirs.
     let cond = pool_api::Condition::new().unwrap();
     for n in [1, 2] {
-        let entered = std::sync::atomic::AtomicUsize::new(0);
-        let woke: Vec<bool> = std::thread::scope(|scope| {
-            let waiters: Vec<_> = (0..3)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let _ = cond.acquire().unwrap();
-                        entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let woke = cond.wait(Some(Duration::from_millis(800))).unwrap();
-                        cond.release().unwrap();
-                        woke
-                    })
-                })
-                .collect();
-            while entered.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-                std::thread::yield_now();
-            }
-            // Every waiter released the lock inside `wait` before we can take it.
-            let _ = cond.acquire().unwrap();
-            cond.notify(n).unwrap();
-            cond.release().unwrap();
-            waiters.into_iter().map(|w| w.join().unwrap()).collect()
-        });
+        let woke = three_waiters(
+            &cond,
+            || cond.wait(Some(Duration::from_millis(800))).unwrap(),
+            || cond.notify(n).unwrap(),
+        );
         assert_eq!(woke.iter().filter(|w| **w).count(), n as usize, "{woke:?}");
     }
 }
@@ -261,28 +275,15 @@ fn condition_a_waiter_back_at_once_does_not_take_anothers_wake_up() {
     // would sleep through its own notify).
     let cond = pool_api::Condition::new().unwrap();
     for _ in 0..20 {
-        let entered = std::sync::atomic::AtomicUsize::new(0);
-        let first_waits: Vec<bool> = std::thread::scope(|scope| {
-            let waiters: Vec<_> = (0..3)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let _ = cond.acquire().unwrap();
-                        entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let first = cond.wait(Some(GENEROUS)).unwrap();
-                        let _again = cond.wait(Some(Duration::from_millis(20))).unwrap();
-                        cond.release().unwrap();
-                        first
-                    })
-                })
-                .collect();
-            while entered.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-                std::thread::yield_now();
-            }
-            let _ = cond.acquire().unwrap();
-            cond.notify_all().unwrap();
-            cond.release().unwrap();
-            waiters.into_iter().map(|w| w.join().unwrap()).collect()
-        });
+        let first_waits = three_waiters(
+            &cond,
+            || {
+                let first = cond.wait(Some(GENEROUS)).unwrap();
+                let _again = cond.wait(Some(Duration::from_millis(20))).unwrap();
+                first
+            },
+            || cond.notify_all().unwrap(),
+        );
         assert_eq!(first_waits, [true, true, true]);
     }
 }

@@ -676,11 +676,11 @@ impl Shared {
         for link in dedup(fx.flush) {
             if direct {
                 // A caller's thread: send now rather than hop through the writer thread.
-                drain(&link);
+                drain(&link, true);
             } else if ring {
                 // A reader (or the timer): what fits in the ring now goes now, sparing the
                 // hop through the writer thread, which sends the rest.
-                try_drain(&link);
+                drain(&link, false);
             } else {
                 link.wake_writer();
             }
@@ -716,7 +716,12 @@ impl Shared {
                 Ok((msg, body)) => {
                     let body_at = frame.len() - body.len();
                     let decoded = self.decode_ahead(worker, &msg, &frame, body_at);
-                    parsed.push((msg, frame, body_at, decoded));
+                    parsed.push(Received {
+                        msg,
+                        frame,
+                        body_at,
+                        decoded,
+                    });
                 }
                 Err(_) => {
                     garbage = true;
@@ -728,13 +733,7 @@ impl Shared {
         let now = self.now();
         let pid = state.pids.get(&worker).copied().unwrap_or(0);
         let mut verdict = if garbage { Err(None) } else { Ok(()) };
-        for (msg, frame, body_at, decoded) in parsed {
-            let received = Received {
-                msg,
-                frame,
-                body_at,
-                decoded,
-            };
+        for received in parsed {
             if let Err(violation) = Self::handle(&mut state, worker, pid, now, received) {
                 verdict = Err(Some(violation));
                 break;
@@ -984,69 +983,20 @@ fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
 
 /// Sends what the worker's outbox holds, in order, unless someone else is already doing so
 /// (then that drainer, or the writer thread, will). Returns `false` once the worker is gone.
-fn drain(link: &WorkerLink) -> bool {
-    let batch: Vec<Outgoing> = {
+///
+/// With `wait` false, for a thread that must not block sending (see the module
+/// documentation), it sends only the messages the channel takes at once; the rest stays
+/// first in the outbox, for the writer thread, woken for it.
+fn drain(link: &WorkerLink, wait: bool) -> bool {
+    let mut batch = {
         let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
         if outbox.draining || outbox.closed {
             return !outbox.closed;
         }
         outbox.draining = true;
-        outbox.queue.drain(..).collect()
-    };
-    let ok = send_all(link, &batch);
-    let wake = {
-        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        outbox.draining = false;
-        if !ok {
-            outbox.queue.clear();
-        }
-        !outbox.queue.is_empty() && outbox.writer_asleep
-    };
-    if wake {
-        link.ready.notify_one();
-    }
-    ok
-}
-
-/// Sends what the worker's outbox holds without ever waiting, for a thread that must not
-/// block sending (see the module documentation): in order, as many messages as the channel
-/// takes at once; the rest stays first in the outbox, for the writer thread, woken for it.
-fn try_drain(link: &WorkerLink) {
-    let mut batch = {
-        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        if outbox.draining || outbox.closed || outbox.queue.is_empty() {
-            return;
-        }
-        outbox.draining = true;
         std::mem::take(&mut outbox.queue)
     };
-    let mut ok = true;
-    {
-        let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(msg) = batch.front() {
-            let sent = match msg {
-                Outgoing::Task { header, body } if body.fds.is_empty() => {
-                    sender.try_send_parts(&[header, &body.bytes])
-                }
-                Outgoing::Task { .. } => Ok(false),
-                Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
-                    Ok(header) => sender.try_send_parts(&[&header]),
-                    Err(_) => Ok(true),
-                },
-            };
-            match sent {
-                Ok(true) => {
-                    batch.pop_front();
-                }
-                Ok(false) => break,
-                Err(_) => {
-                    let _ = link.killer.kill();
-                    ok = false;
-                    break;
-                }
-            }
-        }
-    }
+    let ok = send_all(link, &mut batch, wait);
     let wake = {
         let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
         outbox.draining = false;
@@ -1062,27 +1012,43 @@ fn try_drain(link: &WorkerLink) {
     if wake {
         link.ready.notify_one();
     }
+    ok
 }
 
-/// Sends messages in order. A send that fails means the worker is gone (its reader thread
-/// reports the exit); it is killed to be sure.
-fn send_all(link: &WorkerLink, batch: &[Outgoing]) -> bool {
+/// Sends messages from the front of `batch`, in order, removing each one sent; without
+/// `wait`, stops at the first the channel does not take at once. A send that fails means the
+/// worker is gone (its reader thread reports the exit); it is killed to be sure.
+fn send_all(link: &WorkerLink, batch: &mut VecDeque<Outgoing>, wait: bool) -> bool {
     let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
-    for msg in batch {
+    while let Some(msg) = batch.front() {
         let sent = match msg {
-            Outgoing::Task { header, body } => {
+            Outgoing::Task { header, body } if wait => {
                 use std::os::fd::AsFd;
                 let fds: Vec<_> = body.fds.iter().map(AsFd::as_fd).collect();
-                sender.send_parts_with_fds(&[header, &body.bytes], &fds, None)
+                sender
+                    .send_parts_with_fds(&[header, &body.bytes], &fds, None)
+                    .map(|()| true)
             }
+            Outgoing::Task { header, body } if body.fds.is_empty() => {
+                sender.try_send_parts(&[header, &body.bytes])
+            }
+            // Descriptors travel over a socket only, and a socket send may wait.
+            Outgoing::Task { .. } => Ok(false),
             Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
-                Ok(header) => sender.send(&header, None),
-                Err(_) => Ok(()),
+                Ok(header) if wait => sender.send(&header, None).map(|()| true),
+                Ok(header) => sender.try_send_parts(&[&header]),
+                Err(_) => Ok(true),
             },
         };
-        if sent.is_err() {
-            let _ = link.killer.kill();
-            return false;
+        match sent {
+            Ok(true) => {
+                batch.pop_front();
+            }
+            Ok(false) => break,
+            Err(_) => {
+                let _ = link.killer.kill();
+                return false;
+            }
         }
     }
     true
@@ -1112,7 +1078,7 @@ fn writer(link: Arc<WorkerLink>) {
                 return;
             }
         }
-        if !drain(&link) {
+        if !drain(&link, true) {
             return;
         }
     }

@@ -272,33 +272,32 @@ impl Pool {
         // Python's default chunk size needs the length; an iterator that cannot tell it is
         // read once into memory for it. With a chunk size given, it streams (as `imap`'s
         // input does, a bounded window ahead of the results).
-        let streamed = hi != Some(lo) && chunksize.is_some();
-        let (spec, len, mut items) = if hi == Some(lo) || chunksize.is_some() {
-            let chunksize = self.chunksize(lo, chunksize)?;
-            let spec = if !streamed {
-                JobSpec::new(
-                    Input::Sized {
-                        items: lo as u64,
-                        chunksize: Some(chunksize),
-                    },
-                    Delivery::Ordered,
-                )
-            } else {
-                JobSpec::new(Input::Stream { chunksize }, Delivery::Ordered)
-                    .with_window(self.stream_window())
+        let sized = |len: usize, chunksize| {
+            let input = Input::Sized {
+                items: len as u64,
+                chunksize: Some(chunksize),
             };
-            (spec, lo, Counted::Told(items))
-        } else {
-            let all: Vec<A> = items.by_ref().collect();
-            let len = all.len();
-            let spec = JobSpec::new(
-                Input::Sized {
-                    items: len as u64,
-                    chunksize: Some(self.chunksize(len, None)?),
-                },
-                Delivery::Ordered,
-            );
-            (spec, len, Counted::Read(all.into_iter()))
+            JobSpec::new(input, Delivery::Ordered)
+        };
+        let streamed = hi != Some(lo) && chunksize.is_some();
+        let (spec, len, mut items) = match chunksize {
+            _ if hi == Some(lo) => (
+                sized(lo, self.chunksize(lo, chunksize)?),
+                lo,
+                Counted::Told(items),
+            ),
+            Some(_) => {
+                let chunksize = self.chunksize(lo, chunksize)?;
+                let spec = JobSpec::new(Input::Stream { chunksize }, Delivery::Ordered)
+                    .with_window(self.stream_window());
+                (spec, lo, Counted::Told(items))
+            }
+            None => {
+                let all: Vec<A> = items.by_ref().collect();
+                let len = all.len();
+                let spec = sized(len, self.chunksize(len, None)?);
+                (spec, len, Counted::Read(all.into_iter()))
+            }
         };
         let job = self
             .shared

@@ -861,17 +861,11 @@ impl ShmSender {
         if frame_len > cap {
             return Ok(false);
         }
-        if cap - self.write.wrapping_sub(self.read_seen) < frame_len {
-            // Acquire: as in `wait_for_space`.
-            let read = self.ring.header().reader.read_pos.load(Ordering::Acquire);
-            let used = self.write.wrapping_sub(read);
-            if used > cap {
-                return Err(corrupted_read_position());
-            }
-            self.read_seen = read;
-            if cap - used < frame_len {
-                return Ok(false);
-            }
+        // A deadline already passed: one look at the reader's position, no wait.
+        match self.wait_for_space(frame_len, Some(Instant::now())) {
+            Ok(_) => {}
+            Err(SendError::Timeout) => return Ok(false),
+            Err(e) => return Err(e),
         }
         let mut frame = Frame {
             prefix: total.to_le_bytes(),
@@ -879,7 +873,7 @@ impl ShmSender {
             segment: 0,
             offset: 0,
         };
-        // SAFETY: checked just above: `frame_len` bytes are free since `read_seen`.
+        // SAFETY: `wait_for_space` saw `frame_len` bytes free.
         unsafe { self.write_frame(&mut frame, frame_len) };
         Ok(true)
     }
@@ -958,7 +952,10 @@ impl ShmSender {
                 let read = header.reader.read_pos.load(Ordering::Acquire);
                 let used = write.wrapping_sub(read);
                 if used > cap {
-                    return Err(corrupted_read_position());
+                    return Err(SendError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the peer corrupted the ring's read position",
+                    )));
                 }
                 let free = cap - used;
                 Ok((free >= need).then_some((read, free)))
@@ -982,13 +979,6 @@ impl ShmSender {
         header.state.state.fetch_or(WRITER_CLOSED, Ordering::SeqCst);
         wake_all(&header.reader.data_waiter);
     }
-}
-
-fn corrupted_read_position() -> SendError {
-    SendError::Io(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "the peer corrupted the ring's read position",
-    ))
 }
 
 impl ShmSender {
