@@ -145,13 +145,12 @@ impl Process {
     /// A process that will run `target(args)` once started. The target is a function or a
     /// closure that captures nothing; the arguments are encoded now, and may contain handles
     /// (a [`Connection`](crate::Connection), ...) which the child receives.
-    pub fn new<F, A>(target: F, args: A) -> Result<Process, Error>
+    pub fn new<A>(target: fn(A), args: A) -> Result<Process, Error>
     where
-        F: Fn(A) + Copy + 'static,
         A: Serialize + DeserializeOwned,
     {
         let name = format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed));
-        let call = Call::new(&target)?;
+        let call = Call::new(target)?;
         let (args, fds) = handles::encode(std::slice::from_ref(&args))?;
         let payload = postcard::to_stdvec(&ProcessBoot {
             name: name.clone(),

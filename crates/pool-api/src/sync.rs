@@ -1023,13 +1023,10 @@ impl Barrier {
 
     /// A barrier whose `action` (a function, or a closure that captures nothing) runs once per
     /// round, in the process that arrives last, before the others go on.
-    pub fn with_action<F: Fn() + Copy + 'static>(
-        parties: u32,
-        action: F,
-    ) -> Result<Barrier, SyncError> {
+    pub fn with_action(parties: u32, action: fn()) -> Result<Barrier, SyncError> {
         let barrier = Barrier::new(parties)?;
         let call =
-            crate::task::Call::new_nullary(&action).map_err(|e| SyncError::Io(e.to_string()))?;
+            crate::task::Call::new_nullary(action).map_err(|e| SyncError::Io(e.to_string()))?;
         let bytes = postcard::to_stdvec(&call).map_err(|e| SyncError::Io(e.to_string()))?;
         assert!(
             bytes.len() < 4096 - ACTION_OFFSET,

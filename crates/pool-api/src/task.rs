@@ -1,21 +1,27 @@
 //! What crosses between the pool and its workers: the wire messages, and functions that
 //! travel by identity.
 //!
-//! A function item, or a closure that captures nothing, is a *zero-sized* type: the type is
-//! the whole function, and a value of it carries no data. So a task travels as one
-//! [`FnId`]: that of `trampoline::<F, A, R>`, monomorphized for the user's function type `F`.
-//! In the worker, the trampoline conjures the (data-free) `F`, decodes a chunk of `A`s, calls
-//! it on each (catching panics one by one), and encodes the `Result<R, Panic>`s. The worker
-//! calls every trampoline through one uniform signature, so it needs no knowledge of the
-//! types. The id is checked against the executable at spawn time (see `pool_ipc::FnId`).
+//! A task is a plain `fn` pointer (`fn(A) -> R`): a function item, or a closure that
+//! captures nothing, coerces to one at the caller's line, and a closure that captures is
+//! refused there by the type checker ("closures can only be coerced to `fn` types if they do
+//! not capture any variables"), which is what `cargo check` and rust-analyzer show. Its
+//! captures would live in this process's memory, which a worker does not share.
 //!
-//! A closure that captures something is not zero-sized and is refused at compile time: its
-//! captures live in this process's memory and cannot be conjured in another. The function
-//! type must also be `Copy` and `'static`: a closure capturing a zero-sized value that is not
-//! `Copy` (a capability token, a type with a destructor) or that borrows (a lifetime-bound
-//! token) would be zero-sized too, and conjuring it would forge that value (found in review).
-//! What remains allowed is a function item or a closure capturing only `Copy`, `'static`,
-//! zero-sized values, which carry no invariant a copy could break.
+//! The pointer travels as an [`FnId`] (its offset in the executable), beside that of
+//! `trampoline::<A, R>`, monomorphized for the argument and result types. In the worker, the
+//! trampoline decodes a chunk of `A`s, calls the function on each (catching panics one by
+//! one), and encodes the `Result<R, Panic>`s. The worker calls every trampoline through one
+//! uniform signature, so it needs no knowledge of the types. Both ids are checked against the
+//! executable at spawn time (see `pool_ipc::FnId`).
+//!
+//! `starmap`'s functions take several arguments, and a trait over `fn` pointers of every
+//! arity would not accept a function item (trait matching does not coerce). So a
+//! [`StarFn`] travels as its type instead: the trampoline is monomorphized for it and
+//! *conjures* the value, which is sound only for a zero-sized type, checked when the call is
+//! compiled (a `const` assertion, which reports the caller's closure in its "instantiating"
+//! note). The type must also be `Copy` and `'static`: a closure capturing a zero-sized value
+//! that is not `Copy` (a capability token, a type with a destructor) or that borrows would be
+//! zero-sized too, and conjuring it would forge that value.
 
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
@@ -26,14 +32,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The uniform signature of trampolines: the encoded chunk, and where to write the encoded
-/// results.
-pub(crate) type Trampoline = fn(&[u8], &mut Vec<u8>) -> Result<(), String>;
+/// The uniform signature of trampolines: the address of the user's function (0 for one that
+/// needs none), the encoded chunk, and where to write the encoded results.
+pub(crate) type Trampoline = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), String>;
 
 /// A task function as it travels to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Call {
     pub(crate) trampoline: FnId,
+    /// The user's function, for trampolines that take it as data (`fn` pointers); `None`
+    /// for one whose function is its type (a zero-sized `StarFn`).
+    pub(crate) function: Option<FnId>,
 }
 
 /// A panic caught in a worker.
@@ -220,17 +229,18 @@ impl postcard::ser_flavors::Flavor for Appender<'_> {
     }
 }
 
-fn trampoline<F, A, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+fn trampoline<A, R>(function: usize, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
-    F: Fn(A) -> R + Copy + 'static,
     A: DeserializeOwned,
     R: Serialize,
 {
-    let f: F = conjure();
+    // SAFETY: `function` is the address of a `fn(A) -> R`: `Call::new` took it from one, in
+    // this same build (checked at spawn), and monomorphized this trampoline for that type.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
     run_chunk(chunk, out, f)
 }
 
-fn star_trampoline<F, T, R>(chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+fn star_trampoline<F, T, R>(_: usize, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
     F: StarFn<T, R> + Copy + 'static,
     T: DeserializeOwned,
@@ -240,32 +250,34 @@ where
     run_chunk(chunk, out, |t| f.call_with(t))
 }
 
-fn nullary_trampoline<F: Fn() + Copy + 'static>(_: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
-    let f: F = conjure();
+fn nullary_trampoline(function: usize, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+    // SAFETY: `function` is the address of a `fn()`: `Call::new_nullary` took it from one, in
+    // this same build (checked at spawn).
+    let f = unsafe { std::mem::transmute::<usize, fn()>(function) };
     catch(f).map_err(|p| p.message)
 }
 
 impl Call {
     /// The call of a function of no arguments (a barrier's action); `run` reports its panic.
-    pub(crate) fn new_nullary<F: Fn() + Copy + 'static>(_f: &F) -> Result<Call, Error> {
-        Call::from_trampoline(nullary_trampoline::<F>)
+    pub(crate) fn new_nullary(f: fn()) -> Result<Call, Error> {
+        Call::from_parts(nullary_trampoline, Some(f as usize))
     }
 
-    fn from_trampoline(t: Trampoline) -> Result<Call, Error> {
-        let trampoline =
-            FnId::new(t as usize).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        Ok(Call { trampoline })
+    fn from_parts(t: Trampoline, function: Option<usize>) -> Result<Call, Error> {
+        let id = |addr: usize| FnId::new(addr).map_err(|e| Error::InvalidArgument(e.to_string()));
+        Ok(Call {
+            trampoline: id(t as usize)?,
+            function: function.map(id).transpose()?,
+        })
     }
 
-    /// The call of `F` (zero-sized: checked at compile time) on items of type `A`.
-    pub(crate) fn new<F, A, R>(_f: &F) -> Result<Call, Error>
+    /// The call of `f` on items of type `A`.
+    pub(crate) fn new<A, R>(f: fn(A) -> R) -> Result<Call, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         A: DeserializeOwned,
         R: Serialize,
     {
-        let _ = conjure::<F>;
-        Call::from_trampoline(trampoline::<F, A, R>)
+        Call::from_parts(trampoline::<A, R>, Some(f as usize))
     }
 
     /// The call of a function of several arguments on tuples of them.
@@ -275,7 +287,7 @@ impl Call {
         T: DeserializeOwned,
         R: Serialize,
     {
-        Call::from_trampoline(star_trampoline::<F, T, R>)
+        Call::from_parts(star_trampoline::<F, T, R>, None)
     }
 
     /// Runs the call on an encoded chunk, in a worker.
@@ -284,7 +296,7 @@ impl Call {
         // (checked at spawn), so the address is that function.
         let t: Trampoline =
             unsafe { std::mem::transmute::<usize, Trampoline>(self.trampoline.addr()) };
-        t(chunk, out)
+        t(self.function.map_or(0, FnId::addr), chunk, out)
     }
 }
 
@@ -408,7 +420,7 @@ mod tests {
 
     #[test]
     fn a_call_runs_its_function_over_a_chunk() {
-        let call = Call::new(&add).unwrap();
+        let call = Call::new(add).unwrap();
         let chunk = postcard::to_stdvec(&vec![(1u32, 2u32), (3, 4)]).unwrap();
         let mut out = Vec::new();
         call.run(&chunk, &mut out).unwrap();
@@ -418,7 +430,7 @@ mod tests {
         let star = Call::new_star(&add2).unwrap();
         star.run(&chunk, &mut out).unwrap();
         assert_eq!(decode_results::<u32>(&out).unwrap().len(), 2);
-        let closure = Call::new(&|x: u32| x * 10).unwrap();
+        let closure = Call::new(|x: u32| x * 10).unwrap();
         closure
             .run(&postcard::to_stdvec(&vec![4u32]).unwrap(), &mut out)
             .unwrap();
@@ -435,7 +447,7 @@ mod tests {
     #[test]
     fn zero_sized_arguments_run_once_each() {
         // `()` takes no bytes: the count, not the bytes left, says how many items there are.
-        let call = Call::new(&seven).unwrap();
+        let call = Call::new(seven).unwrap();
         let mut out = Vec::new();
         call.run(&postcard::to_stdvec(&vec![(), (), ()]).unwrap(), &mut out)
             .unwrap();
@@ -444,7 +456,7 @@ mod tests {
         assert!(results.iter().all(|r| matches!(r, Ok(7))));
         // A chunk cut short is an error, not fewer results.
         assert!(call.run(&[], &mut out).is_err());
-        let add = Call::new(&add).unwrap();
+        let add = Call::new(add).unwrap();
         let mut chunk = postcard::to_stdvec(&vec![(1u32, 2u32), (3, 4)]).unwrap();
         chunk.pop();
         assert!(add.run(&chunk, &mut out).is_err());

@@ -667,7 +667,7 @@ mod tests {
     fn news_stays_set_while_the_caller_has_something_left_to_take() {
         let job = JobShared::new(
             JobId(1),
-            Call::new(&square).unwrap(),
+            Call::new(square).unwrap(),
             Source::Caller(decoder::<u64>()),
             None,
             None,

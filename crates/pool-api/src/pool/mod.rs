@@ -23,9 +23,26 @@ use crate::task::{Call, StarFn};
 
 /// A pool of worker processes, with Python's `multiprocessing.Pool` vocabulary.
 ///
-/// Functions are passed as `fn` pointers (a plain function, or a closure that captures
-/// nothing): they travel to the workers by identity, since every worker runs this same
-/// executable. Arguments and results travel with serde.
+/// # What can be a task
+///
+/// A task is a `fn` pointer: a plain function, or a closure that captures nothing (which
+/// coerces to one). It travels to the workers by identity, since every worker runs this same
+/// executable; arguments and results travel with serde (`Serialize + DeserializeOwned`).
+/// A closure that captures a variable is refused by the type checker at the line that passes
+/// it, since what it captures lives in this process's memory only: pass the value as an
+/// argument instead (a tuple of it and the item, or a [`starmap`](Pool::starmap)).
+///
+/// ```compile_fail,E0308
+/// # let pool = pool_api::Pool::new(1)?;
+/// let factor = 3u64;
+/// // error: closures can only be coerced to `fn` types if they do not capture any variables
+/// let tripled = pool.map(move |x: u64| x * factor, 1..=10)?;
+/// # Ok::<(), pool_api::Error>(())
+/// ```
+///
+/// `starmap`'s functions (of several arguments) are generic instead, and a capturing closure
+/// there is refused when the program is compiled, with a note naming the closure.
+///
 ///
 /// ```
 /// use pool_api::Pool;
@@ -92,9 +109,8 @@ impl Pool {
     }
 
     /// Calls `f(args)` in a worker and waits for the result.
-    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, Error>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -105,9 +121,8 @@ impl Pool {
     }
 
     /// Calls `f(args)` in a worker; the result comes through the returned handle.
-    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> Result<AsyncResult<R>, Error>
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, args: A) -> Result<AsyncResult<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -118,14 +133,13 @@ impl Pool {
     /// process, on the pool's one callback thread, in completion order. A callback that blocks
     /// delays later callbacks (not results); one that panics is reported through `tracing`
     /// and later callbacks still run.
-    pub fn apply_async_with<F, A, R>(
+    pub fn apply_async_with<A, R>(
         &self,
-        f: F,
+        f: fn(A) -> R,
         args: A,
         callbacks: Callbacks<R>,
     ) -> Result<AsyncResult<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -133,19 +147,18 @@ impl Pool {
     }
 
     /// Submits `f(args)`; `awaited` if the caller waits for it at once (`apply`).
-    fn submit_single<F, A, R>(
+    fn submit_single<A, R>(
         &self,
-        f: F,
+        f: fn(A) -> R,
         args: A,
         callbacks: Callbacks<R>,
         awaited: bool,
     ) -> Result<AsyncResult<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let call = Call::new(&f)?;
+        let call = Call::new(f)?;
         let chunk = self.payload(std::slice::from_ref(&args))?;
         let callback = callbacks.into_callback(|job: &JobShared| single(job));
         let source = Source::Single(chunk);
@@ -165,28 +178,31 @@ impl Pool {
     /// Like Python, it waits for every chunk; unlike Python, which raises whichever failure
     /// arrived first, on failure it returns the error of the *lowest-index* failed item (the
     /// same error every time). [`Pool::map_results`] gives every item's own outcome.
-    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.map_values(Call::new(&f)?, items, None)
+        self.map_values(Call::new(f)?, items, None)
     }
 
     /// [`Pool::map`] with an explicit chunk size (0 is an error). Unlike `map`, which needs
     /// the input's length for Python's default chunk size (an iterator that cannot tell it is
     /// read into memory first), this reads any input as the work goes, a bounded window of
     /// chunks ahead.
-    pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>, Error>
+    pub fn map_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.map_values(Call::new(&f)?, items, Some(chunksize))
+        self.map_values(Call::new(f)?, items, Some(chunksize))
     }
 
     /// Python's `starmap`: every item is a tuple of arguments (`f` takes 2 to 5 of them).
@@ -219,20 +235,19 @@ impl Pool {
 
     /// Every item's own outcome, in input order. The call fails as a whole only if it cannot
     /// be submitted (pool closed, chunksize 0, ...).
-    pub fn map_results<F, A, R, I>(
+    pub fn map_results<A, R, I>(
         &self,
-        f: F,
+        f: fn(A) -> R,
         items: I,
         chunksize: Option<usize>,
     ) -> Result<Vec<Result<R, Error>>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let mut outcomes = Vec::new();
-        self.submit_map(Call::new(&f)?, items, chunksize, &mut outcomes)?;
+        self.submit_map(Call::new(f)?, items, chunksize, &mut outcomes)?;
         Ok(outcomes)
     }
 
@@ -332,14 +347,13 @@ impl Pool {
 
     /// [`Pool::map`] without waiting: all arguments are encoded now (so they need not outlive
     /// the call), and the results come through the returned handle.
-    pub fn map_async<F, A, R, I>(
+    pub fn map_async<A, R, I>(
         &self,
-        f: F,
+        f: fn(A) -> R,
         items: I,
         chunksize: Option<usize>,
     ) -> Result<MapResult<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
@@ -348,21 +362,20 @@ impl Pool {
     }
 
     /// [`Pool::map_async`] with callbacks (the callback receives the whole result vector).
-    pub fn map_async_with<F, A, R, I>(
+    pub fn map_async_with<A, R, I>(
         &self,
-        f: F,
+        f: fn(A) -> R,
         items: I,
         chunksize: Option<usize>,
         callbacks: Callbacks<Vec<R>>,
     ) -> Result<MapResult<R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + 'static,
     {
         let items: Vec<A> = items.into_iter().collect();
-        self.submit_map_async(Call::new(&f)?, items, chunksize, callbacks)
+        self.submit_map_async(Call::new(f)?, items, chunksize, callbacks)
     }
 
     fn submit_map_async<A, R>(
@@ -452,14 +465,13 @@ impl Pool {
     /// assert_eq!(lengths, [1, 2, 3]);
     /// # Ok::<(), pool_api::Error>(())
     /// ```
-    pub fn imap<'p, F, A, R, I>(
+    pub fn imap<'p, A, R, I>(
         &'p self,
-        f: F,
+        f: fn(A) -> R,
         items: I,
         chunksize: usize,
     ) -> Result<IMap<'p, A, R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'p,
         A: Serialize + DeserializeOwned,
@@ -469,14 +481,13 @@ impl Pool {
     }
 
     /// Python's `imap_unordered`: results as they finish.
-    pub fn imap_unordered<'p, F, A, R, I>(
+    pub fn imap_unordered<'p, A, R, I>(
         &'p self,
-        f: F,
+        f: fn(A) -> R,
         items: I,
         chunksize: usize,
     ) -> Result<IMap<'p, A, R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'p,
         A: Serialize + DeserializeOwned,
@@ -485,15 +496,14 @@ impl Pool {
         self.imap_with(f, items, chunksize, Delivery::Unordered)
     }
 
-    fn imap_with<'p, F, A, R, I>(
+    fn imap_with<'p, A, R, I>(
         &'p self,
-        f: F,
+        f: fn(A) -> R,
         items: I,
         chunksize: usize,
         delivery: Delivery,
     ) -> Result<IMap<'p, A, R>, Error>
     where
-        F: Fn(A) -> R + Copy + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'p,
         A: Serialize + DeserializeOwned,
@@ -505,7 +515,7 @@ impl Pool {
             JobSpec::new(Input::Stream { chunksize }, delivery).with_window(self.stream_window());
         let job = self.shared.submit(
             spec,
-            Call::new(&f)?,
+            Call::new(f)?,
             Source::Caller(decoder::<R>()),
             None,
             false,
@@ -652,14 +662,13 @@ impl PoolBuilder {
     /// Python's `initializer` and `initargs`: `f(args)` runs once in every worker before its
     /// first task, replacements included. If it panics in three workers in a row, the pool
     /// stops starting workers and fails its work with [`Error::InitializerFailed`].
-    pub fn initializer<F, A>(mut self, f: F, args: A) -> PoolBuilder
+    pub fn initializer<A>(mut self, f: fn(A), args: A) -> PoolBuilder
     where
-        F: Fn(A) + Copy + 'static,
         A: Serialize + DeserializeOwned,
     {
         // The arguments may hold handles (Python's `initargs=(lock,)`): every worker inherits
         // their descriptors when it starts.
-        let setup = Call::new(&f).and_then(|call| {
+        let setup = Call::new(f).and_then(|call| {
             let (bytes, fds) = crate::handles::encode(std::slice::from_ref(&args))?;
             Ok((call, bytes, fds))
         });
