@@ -1,13 +1,15 @@
 //! The primitives across processes (the benchmark issue's W5–W8): Pipe messages of 1 KiB and
 //! of 64 MiB received into a reused buffer, a Queue of small items from a producer process,
-//! a Lock contended by two processes, and Process start + join.
+//! a Lock contended by two processes, and Process, ProcessHandle start + join.
 
 #![allow(missing_docs)]
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pool_api::{Lock, Pipe, Process, Queue, SimpleQueue, StartMethod, TransportKind, Value};
+use pool_api::{
+    Lock, Pipe, Process, ProcessHandle, Queue, SimpleQueue, StartMethod, TransportKind, Value,
+};
 use pool_benches::{Round, one_way_sink, pipe_sink, secs};
 
 fn w5_pipe(c: &mut Criterion) {
@@ -22,12 +24,13 @@ fn w5_pipe(c: &mut Criterion) {
         (TransportKind::Shm, "duplex_shm", "one_way_shm"),
     ] {
         let (parent, child) = Pipe::duplex_over(kind).unwrap();
-        let mut duplex = Process::new(pipe_sink, child).unwrap();
-        duplex.start().unwrap();
+        let duplex = Process::new(pipe_sink, child).unwrap().start().unwrap();
         let (inbox, outbox) = Pipe::one_way_over(kind).unwrap();
         let (acks, ack) = Pipe::one_way_over(kind).unwrap();
-        let mut one_way = Process::new(one_way_sink, (inbox, ack)).unwrap();
-        one_way.start().unwrap();
+        let one_way = Process::new(one_way_sink, (inbox, ack))
+            .unwrap()
+            .start()
+            .unwrap();
         sides.push((duplex_id, Box::new(parent)));
         sides.push((one_way_id, Box::new((outbox, acks))));
         children.extend([duplex, one_way]);
@@ -43,7 +46,7 @@ fn w5_pipe(c: &mut Criterion) {
     }
     group.finish();
     drop(sides);
-    for mut child in children {
+    for child in children {
         child.join().unwrap();
     }
 }
@@ -69,14 +72,14 @@ fn consume_from_producer<Q>(
 ) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        let (q, mut p) = make();
+        let (q, p) = make();
         let t = Instant::now();
-        p.start().unwrap();
+        let mut p = p.start().unwrap();
         for _ in 0..n {
             get(&q);
         }
         total += t.elapsed();
-        p.join().unwrap();
+        p.wait().unwrap();
     }
     total
 }
@@ -131,15 +134,14 @@ fn w7_lock(c: &mut Criterion) {
             for _ in 0..iters {
                 let lock = Lock::new().unwrap();
                 let counter = Value::raw(0u64).unwrap();
-                let mut ps: Vec<Process> = (0..2)
+                let ps: Vec<Process> = (0..2)
                     .map(|_| Process::new(increment, (lock.clone(), counter.clone(), per)).unwrap())
                     .collect();
                 let t = Instant::now();
+                let mut ps: Vec<ProcessHandle> =
+                    ps.into_iter().map(|p| p.start().unwrap()).collect();
                 for p in &mut ps {
-                    p.start().unwrap();
-                }
-                for p in &mut ps {
-                    p.join().unwrap();
+                    p.wait().unwrap();
                 }
                 total += t.elapsed();
                 assert_eq!(counter.get().unwrap(), 2 * per);
@@ -161,17 +163,19 @@ fn w8_process(c: &mut Criterion) {
     ] {
         group.bench_function(id, |b| {
             b.iter(|| {
-                let mut p = Process::new(noop, ()).unwrap().start_method(method);
-                p.start().unwrap();
-                p.join().unwrap();
+                let mut p = Process::new(noop, ())
+                    .unwrap()
+                    .start_method(method)
+                    .start()
+                    .unwrap();
+                p.wait().unwrap();
             })
         });
     }
     group.bench_function("fork", |b| {
         b.iter(|| {
-            let mut p = Process::fork(|| {});
-            p.start().unwrap();
-            p.join().unwrap();
+            let mut p = Process::fork(|| {}).start().unwrap();
+            p.wait().unwrap();
         })
     });
     group.finish();

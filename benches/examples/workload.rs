@@ -74,8 +74,10 @@ fn main() {
     // W5: a duplex Pipe over the transport to a child that receives into a reused buffer.
     let (mut conn, _sink) = if workload.starts_with("w5") {
         let (ours, theirs) = Pipe::duplex_over(kind).expect("pipe");
-        let mut sink = Process::new(pipe_sink, theirs).expect("process");
-        sink.start().expect("start");
+        let sink = Process::new(pipe_sink, theirs)
+            .expect("process")
+            .start()
+            .expect("start");
         (Some(ours), Some(sink))
     } else {
         (None, None)
@@ -111,14 +113,15 @@ fn main() {
                 conn.as_mut().expect("a pipe").round(count, msg.len(), msg);
             }
             "w8spawn" => {
-                let mut p = Process::new(noop, ()).expect("process");
-                p.start().expect("start");
-                p.join().expect("join");
+                let mut p = Process::new(noop, ())
+                    .expect("process")
+                    .start()
+                    .expect("start");
+                p.wait().expect("join");
             }
             "w8fork" => {
-                let mut p = Process::fork(|| {});
-                p.start().expect("start");
-                p.join().expect("join");
+                let mut p = Process::fork(|| {}).start().expect("start");
+                p.wait().expect("join");
             }
             _ => drop(pool().map_chunked(len, input, 1).unwrap()),
         }

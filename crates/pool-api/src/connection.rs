@@ -135,8 +135,7 @@ impl Pipe {
     /// }
     ///
     /// let (mut reader, writer) = Pipe::one_way_over(TransportKind::Shm)?;
-    /// let mut p = Process::new(child, writer)?; // `writer` is moved: our copy is dropped
-    /// p.start()?;
+    /// let p = Process::new(child, writer)?.start()?; // `writer` is moved: our copy is dropped
     /// assert_eq!(reader.recv::<Vec<u8>>()?.len(), 100_000);
     /// p.join()?;
     /// // The child exited, so its end is closed: end of file.

@@ -47,7 +47,7 @@ pub use connection::{
 pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_ipc::{StartMethod, TransportKind};
-pub use process::{Process, ProcessInfo, active_children, current_process};
+pub use process::{Process, ProcessHandle, ProcessInfo, active_children, current_process};
 pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueError, SimpleQueue};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore,

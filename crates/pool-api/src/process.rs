@@ -1,5 +1,6 @@
-//! `Process`: one function in a child process, with Python's lifecycle; and which process
-//! this is (`current_process`, `active_children`).
+//! `Process` (the builder) and `ProcessHandle` (the started child): one function in a child
+//! process, with Python's lifecycle and its value returned by `join`; and which process this
+//! is (`current_process`, `active_children`).
 //!
 //! As in Python, a started process whose handle is dropped keeps running: the program's
 //! normal exit waits for such non-daemon children and terminates daemon ones (an `atexit`
@@ -11,6 +12,7 @@
 //! keyed by pid: a forked child starts with its own name and no children, and never finds a
 //! lock held by one of its parent's threads.
 
+use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -68,8 +70,10 @@ struct ProcessBoot {
     args: Vec<u8>,
 }
 
-/// The entry point of `Process` children.
-fn process_main(start: ChildStart) -> i32 {
+/// The entry point of `Process` children: runs the target and sends its outcome (its value,
+/// or its panic) to the parent as one message, the encoded `[Result<R, Panic>]` of a chunk
+/// of one.
+fn process_main(mut start: ChildStart) -> i32 {
     let Ok(boot) = postcard::from_bytes::<ProcessBoot>(&start.payload) else {
         return pool_ipc::EXIT_BOOTSTRAP_FAILED;
     };
@@ -78,31 +82,35 @@ fn process_main(start: ChildStart) -> i32 {
     // traceback of an exception in the target; the exit code is then 1, as in Python.
     let mut out = Vec::new();
     // The handles in the arguments (pipe ends, locks, ...) find their inherited descriptors.
-    match handles::with_descriptors(start.inherited, || boot.call.run(&boot.args, &mut out)) {
-        Ok(()) => match task::decode_results::<()>(&out) {
-            Ok(results) if results.iter().all(Result::is_ok) => 0,
-            _ => 1,
-        },
-        Err(_) => 1,
+    let inherited = std::mem::take(&mut start.inherited);
+    if handles::with_descriptors(inherited, || boot.call.run(&boot.args, &mut out)).is_err() {
+        return 1;
     }
+    send_outcome(&mut start.channel, &out)
+}
+
+/// Sends a target's encoded outcome to the parent; the exit code: 0 for a value, 1 for a
+/// panic (Python's exit code of a target that raised) or an outcome that could not be sent.
+fn send_outcome(channel: &mut pool_ipc::Channel, outcome: &[u8]) -> i32 {
+    let returned = matches!(task::outcome_is_value(outcome), Ok(true));
+    if channel.send(outcome, None).is_err() || !returned {
+        return 1;
+    }
+    0
 }
 
 /// The entry point of `Process::fork` children (in the forked child).
-fn forked_main(name: String, target: Box<dyn FnOnce() + Send>) -> i32 {
+fn forked_main(name: String, target: ForkTarget, mut start: ChildStart) -> i32 {
     set_current(name);
-    // A panic was printed by the hook; the exit code is then 1, as in Python.
-    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(target)) {
-        Ok(()) => 0,
-        Err(_) => 1,
-    };
+    let code = (target.0)(&mut start.channel);
     // The child ends without running its parent's `atexit` handlers; Python's forked child
     // still waits for its own children (`_exit_function`), and so does this one.
     registry::exit_function();
     code
 }
 
-/// The closure of a [`Process::fork`], until it is started.
-struct ForkTarget(Box<dyn FnOnce() + Send>);
+/// The closure of a [`Process::fork`], with the encoding of its value, until it is started.
+struct ForkTarget(Box<dyn FnOnce(&mut pool_ipc::Channel) -> i32 + Send>);
 
 impl std::fmt::Debug for ForkTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,63 +118,90 @@ impl std::fmt::Debug for ForkTarget {
     }
 }
 
-/// A function running in a child process: Python's `multiprocessing.Process`.
+/// What a [`Process`] will run once started.
+#[derive(Debug)]
+enum Target {
+    /// A function by identity, in a spawned (or forkserver-forked) child: the encoded
+    /// [`ProcessBoot`] and the descriptors of the handles in its arguments.
+    Spawn {
+        boot: ProcessBoot,
+        fds: Vec<OwnedFd>,
+    },
+    /// A closure in a child forked from this process.
+    Fork(ForkTarget),
+}
+
+impl std::fmt::Debug for ProcessBoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessBoot")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A function to run in a child process, not yet started: Python's
+/// `multiprocessing.Process` before `start()`, as a builder. [`start`](Process::start)
+/// consumes it and returns the [`ProcessHandle`] of the running child, whose
+/// [`join`](ProcessHandle::join) returns the function's value, as
+/// `std::thread::JoinHandle::join` does for a thread.
 ///
 /// ```
 /// use pool_api::Process;
 ///
-/// fn greet(name: String) {
-///     assert_eq!(name, "test");
+/// fn greet(name: String) -> String {
+///     format!("hello, {name}")
 /// }
 ///
-/// let mut p = Process::new(greet, "test".to_string())?;
-/// p.start()?;
-/// p.join()?;
-/// assert_eq!(p.exitcode(), Some(0));
+/// let child = Process::new(greet, "test".to_string())?.start()?;
+/// assert_eq!(child.join()?, "hello, test");
 /// # Ok::<(), pool_api::Error>(())
 /// ```
+///
+/// Python's lifecycle is on the handle: [`wait`](ProcessHandle::wait) (Python's `join`,
+/// which keeps the handle), [`exitcode`](ProcessHandle::exitcode),
+/// [`is_alive`](ProcessHandle::is_alive), [`terminate`](ProcessHandle::terminate),
+/// [`kill`](ProcessHandle::kill).
+///
+/// # At exit
+///
+/// As in Python, a started process whose handle is dropped keeps running, and the program's
+/// normal exit (returning from `main`, or `std::process::exit`) waits for such non-daemon
+/// children and terminates daemon ones (a C `atexit` handler, registered when the first
+/// process starts). A process that must not hold up the exit is made a
+/// [`daemon`](Process::daemon).
 #[derive(Debug)]
-pub struct Process {
+pub struct Process<R = ()> {
     name: String,
     daemon: bool,
-    payload: Vec<u8>,
-    /// Descriptors of the handles in the arguments, inherited by the child at start.
-    fds: Vec<OwnedFd>,
-    child: Option<Child>,
-    exitcode: Option<i32>,
-    /// For [`Process::fork`]: the closure (taken when started).
-    fork: Option<ForkTarget>,
-    forked: bool,
+    target: Target,
     /// How a [`Process::new`] child starts (`None`: spawn).
     start_method: Option<StartMethod>,
+    result: PhantomData<fn() -> R>,
 }
 
 impl Process {
-    /// A process that will run `target(args)` once started. The target is a function or a
-    /// closure that captures nothing; the arguments are encoded now, and may contain handles
-    /// (a [`Connection`](crate::Connection), ...) which the child receives.
-    pub fn new<A>(target: fn(A), args: A) -> Result<Process, Error>
+    /// A process that will run `target(args)` once started. The target is a `fn` pointer (a
+    /// function, or a closure that captures nothing: see [`Pool`](crate::Pool) for why);
+    /// the arguments are encoded now, and may contain handles (a
+    /// [`Connection`](crate::Connection), a [`Queue`](crate::Queue), ...) which the child
+    /// receives. Its value comes back through [`ProcessHandle::join`].
+    pub fn new<A, R>(target: fn(A) -> R, args: A) -> Result<Process<R>, Error>
     where
         A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
     {
         let name = format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed));
         let call = Call::new(target)?;
         let (args, fds) = handles::encode(std::slice::from_ref(&args))?;
-        let payload = postcard::to_stdvec(&ProcessBoot {
-            name: name.clone(),
-            call,
-            args,
-        })?;
         Ok(Process {
-            name,
+            name: name.clone(),
             daemon: false,
-            payload,
-            fds,
-            child: None,
-            exitcode: None,
-            fork: None,
-            forked: false,
+            target: Target::Spawn {
+                boot: ProcessBoot { name, call, args },
+                fds,
+            },
             start_method: None,
+            result: PhantomData,
         })
     }
 
@@ -176,9 +211,9 @@ impl Process {
     /// included. A captured [`Queue`](crate::Queue), [`Lock`](crate::Lock) (or any other
     /// primitive), [`Connection`](crate::Connection), `Value` or `SharedMemory` keeps working
     /// in the child: the child keeps the descriptors they own. Everything else about the
-    /// process is as with [`Process::new`]: name, daemon flag, `join`, `terminate`, exit
-    /// codes (a panic is exit code 1), [`active_children`], and in the child
-    /// [`current_process`] reports this process's name.
+    /// process is as with [`Process::new`]: name, daemon flag, the value from `join`,
+    /// `wait`, `terminate`, exit codes (a panic is exit code 1), [`active_children`], and in
+    /// the child [`current_process`] reports this process's name.
     ///
     /// The child starts in a fraction of a millisecond, but it is a copy of a process that may
     /// have had other threads, with the hazards that brings (see `pool_ipc::fork`): a lock
@@ -194,35 +229,41 @@ impl Process {
     /// let lock = Lock::new().unwrap();
     /// let (q, l) = (queue.clone(), lock.clone());
     /// let greeting = String::from("hello");
-    /// let mut p = Process::fork(move || {
+    /// let child = Process::fork(move || {
     ///     let _held = l.lock().unwrap();
     ///     let name = pool_api::current_process().name;
     ///     q.put(format!("{greeting} from {name}")).unwrap();
+    ///     name.len()
     /// })
-    /// .with_name("forked");
-    /// p.start()?;
+    /// .with_name("forked")
+    /// .start()?;
     /// assert_eq!(queue.get().unwrap(), "hello from forked");
-    /// p.join()?;
-    /// assert_eq!(p.exitcode(), Some(0));
+    /// assert_eq!(child.join()?, 6);
     /// # Ok::<(), pool_api::Error>(())
     /// ```
-    pub fn fork<F>(target: F) -> Process
+    pub fn fork<F, R>(target: F) -> Process<R>
     where
-        F: FnOnce() + Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+        R: Serialize + DeserializeOwned,
     {
+        let run = move |channel: &mut pool_ipc::Channel| {
+            let outcome = task::catch(target);
+            match postcard::to_stdvec(std::slice::from_ref(&outcome)) {
+                Ok(encoded) => send_outcome(channel, &encoded),
+                Err(_) => 1,
+            }
+        };
         Process {
             name: format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed)),
             daemon: false,
-            payload: Vec::new(),
-            fds: Vec::new(),
-            child: None,
-            exitcode: None,
-            fork: Some(ForkTarget(Box::new(target))),
-            forked: true,
+            target: Target::Fork(ForkTarget(Box::new(run))),
             start_method: None,
+            result: PhantomData,
         }
     }
+}
 
+impl<R> Process<R> {
     /// How a process made by [`Process::new`] starts: `StartMethod::Spawn` (the default: a
     /// fresh copy of this program) or `StartMethod::Forkserver` (forked by a clean,
     /// single-threaded helper started on first use: several times faster than spawn, and
@@ -235,30 +276,28 @@ impl Process {
     /// ```
     /// use pool_api::{Process, StartMethod};
     ///
-    /// fn check(x: u32) {
-    ///     assert_eq!(x, 7);
+    /// fn double(x: u32) -> u32 {
+    ///     x * 2
     /// }
     ///
-    /// let mut p = Process::new(check, 7)?.start_method(StartMethod::Forkserver);
-    /// p.start()?;
-    /// p.join()?;
-    /// assert_eq!(p.exitcode(), Some(0));
+    /// let child = Process::new(double, 7)?.start_method(StartMethod::Forkserver).start()?;
+    /// assert_eq!(child.join()?, 14);
     /// # Ok::<(), pool_api::Error>(())
     /// ```
-    pub fn start_method(mut self, method: StartMethod) -> Process {
+    pub fn start_method(mut self, method: StartMethod) -> Process<R> {
         self.start_method = Some(method);
         self
     }
 
     /// Names the process (default `Process-N`).
-    pub fn with_name(mut self, name: impl Into<String>) -> Process {
+    pub fn with_name(mut self, name: impl Into<String>) -> Process<R> {
         self.name = name.into();
         self
     }
 
     /// Python's `daemon` flag: a daemon process is terminated when the program exits, a
-    /// non-daemon one is waited for.
-    pub fn daemon(mut self, daemon: bool) -> Process {
+    /// non-daemon one is waited for (see "At exit" on [`Process`]).
+    pub fn daemon(mut self, daemon: bool) -> Process<R> {
         self.daemon = daemon;
         self
     }
@@ -268,49 +307,91 @@ impl Process {
         &self.name
     }
 
-    /// The pid, once started.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::pid)
-    }
-
-    /// Starts the process. A process can be started once.
-    pub fn start(&mut self) -> Result<(), Error> {
-        if self.child.is_some() || self.exitcode.is_some() || (self.forked && self.fork.is_none()) {
-            return Err(Error::InvalidArgument(
-                "a process can only be started once".into(),
-            ));
-        }
-        if self.forked && self.start_method.is_some() {
-            return Err(Error::InvalidArgument(
-                "a Process::fork closure is always forked: it has no start method".into(),
-            ));
-        }
-        let spawned = if let Some(ForkTarget(target)) = self.fork.take() {
-            let name = self.name.clone();
-            let options = SpawnOptions::new().name(self.name.clone());
-            pool_ipc::fork(move |_| forked_main(name, target), &options)
-        } else {
-            // The name may have been changed after `new`: the child learns the current one.
-            let mut boot: ProcessBoot = postcard::from_bytes(&self.payload)?;
-            boot.name = self.name.clone();
-            let payload = postcard::to_stdvec(&boot)?;
-            let options = SpawnOptions::new()
-                .name(self.name.clone())
-                .start_method(self.start_method.unwrap_or(StartMethod::Spawn))
-                .inherit(std::mem::take(&mut self.fds));
-            pool_ipc::spawn(process_main, &payload, &options)
+    /// Starts the process: Python's `start()`. The builder is consumed; the handle of the
+    /// running child is returned.
+    pub fn start(self) -> Result<ProcessHandle<R>, Error> {
+        let spawned = match self.target {
+            Target::Fork(_) if self.start_method.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "a Process::fork closure is always forked: it has no start method".into(),
+                ));
+            }
+            Target::Fork(target) => {
+                let name = self.name.clone();
+                let options = SpawnOptions::new().name(self.name.clone());
+                pool_ipc::fork(move |start| forked_main(name, target, start), &options)
+            }
+            Target::Spawn { mut boot, fds } => {
+                // The name may have been changed after `new`: the child learns the current one.
+                boot.name = self.name.clone();
+                let payload = postcard::to_stdvec(&boot)?;
+                let options = SpawnOptions::new()
+                    .name(self.name.clone())
+                    .start_method(self.start_method.unwrap_or(StartMethod::Spawn))
+                    .inherit(fds);
+                pool_ipc::spawn(process_main, &payload, &options)
+            }
         }
         .map_err(|e| Error::Io(e.to_string()))?;
-        let child = spawned.child;
-        registry::add(&child, &self.name, self.daemon)?;
-        self.child = Some(child);
-        Ok(())
+        registry::add(&spawned.child, &self.name, self.daemon)?;
+        Ok(ProcessHandle {
+            name: self.name,
+            pid: spawned.child.pid(),
+            child: Some(spawned.child),
+            channel: Some(spawned.channel),
+            outcome: None,
+            exitcode: None,
+            result: PhantomData,
+        })
+    }
+}
+
+/// A started child process, as [`Process::start`] returns it: Python's started
+/// `multiprocessing.Process`, and `std::thread::JoinHandle`'s counterpart for a process.
+///
+/// [`join`](ProcessHandle::join) waits for the child and returns the target's value (or its
+/// panic as [`Error::Panicked`], or [`Error::WorkerLost`] with the exit code if the child died
+/// without one). [`wait`](ProcessHandle::wait) is Python's `join()`: it waits and keeps the
+/// handle, for [`exitcode`](ProcessHandle::exitcode) and the value later.
+///
+/// ```
+/// use pool_api::Process;
+///
+/// fn fail(_: ()) {
+///     panic!("no luck");
+/// }
+///
+/// let mut child = Process::new(fail, ())?.start()?;
+/// assert_eq!(child.wait()?, 1); // Python's exit code of a target that raised
+/// assert_eq!(child.exitcode(), Some(1));
+/// assert!(matches!(child.join(), Err(pool_api::Error::Panicked { message, .. }) if message == "no luck"));
+/// # Ok::<(), pool_api::Error>(())
+/// ```
+///
+/// Dropping the handle of a running child leaves it running (see "At exit" on [`Process`]).
+#[derive(Debug)]
+pub struct ProcessHandle<R = ()> {
+    name: String,
+    pid: u32,
+    /// The child until it is reaped.
+    child: Option<Child>,
+    /// The parent's end of the child's channel, until its outcome (or its end) was read.
+    channel: Option<pool_ipc::Channel>,
+    /// The target's encoded outcome, once received.
+    outcome: Option<Vec<u8>>,
+    exitcode: Option<i32>,
+    result: PhantomData<fn() -> R>,
+}
+
+impl<R> ProcessHandle<R> {
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    fn started(&mut self) -> Result<&mut Child, Error> {
-        self.child
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("the process was not started".into()))
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Records the exit of the child, reaping it.
@@ -321,40 +402,89 @@ impl Process {
         self.exitcode = Some(status.python_exitcode());
     }
 
-    /// Waits for the process to exit.
-    pub fn join(&mut self) -> Result<(), Error> {
-        if self.exitcode.is_some() {
-            return Ok(());
+    /// Reads the child's outcome if it arrives by `deadline`; false if the deadline passed
+    /// first. The outcome is read while the child runs, not after it exits: one larger than
+    /// the channel's buffer would otherwise keep the child from exiting.
+    fn receive_outcome(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
+        let Some(channel) = self.channel.as_mut() else {
+            return Ok(true);
+        };
+        let child = self.child.as_ref();
+        loop {
+            // The message, or the child's exit (then whatever it sent is already here): a
+            // descendant that inherited the channel must not keep us waiting for its end.
+            let fds: Vec<BorrowedFd<'_>> = channel
+                .receiver()
+                .readable_fd()
+                .into_iter()
+                .chain(child.map(Child::pidfd))
+                .collect();
+            let ready =
+                pool_ipc::wait_readable(&fds, deadline).map_err(|e| Error::Io(e.to_string()))?;
+            if ready.is_empty() && !channel.receiver().has_buffered() {
+                return Ok(false);
+            }
+            let exited = child.is_none() || ready.contains(&(fds.len() - 1));
+            let mut message = Vec::new();
+            let until = if exited {
+                Some(Instant::now())
+            } else {
+                deadline
+            };
+            match channel.recv_into(&mut message, until) {
+                Ok(_) => {
+                    self.outcome = Some(message);
+                    self.channel = None;
+                    return Ok(true);
+                }
+                Err(pool_ipc::RecvError::Timeout) if !exited => continue,
+                Err(_) => {
+                    self.channel = None;
+                    return Ok(true);
+                }
+            }
         }
-        let status = self
-            .started()?
-            .wait()
-            .map_err(|e| Error::Io(e.to_string()))?;
-        self.reaped(status);
-        Ok(())
     }
 
-    /// Waits at most `timeout`; whether the process has exited.
-    pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
-        if self.exitcode.is_some() {
-            return Ok(true);
+    /// Waits until `deadline` for the outcome and the exit; the exit code if it came.
+    fn wait_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<i32>, Error> {
+        if !self.receive_outcome(deadline)? {
+            return Ok(None);
         }
-        let deadline = Instant::now() + timeout;
-        match self
-            .started()?
-            .wait_deadline(Some(deadline))
+        if let Some(code) = self.exitcode {
+            return Ok(Some(code));
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Ok(self.exitcode);
+        };
+        match child
+            .wait_deadline(deadline)
             .map_err(|e| Error::Io(e.to_string()))?
         {
             Some(status) => {
                 self.reaped(status);
-                Ok(true)
+                Ok(self.exitcode)
             }
-            None => Ok(false),
+            None => Ok(None),
         }
     }
 
-    /// Python's `exitcode`: `None` while running (or not started), else the exit code, or
-    /// minus the signal that killed it.
+    /// Python's `join()`: waits for the process to exit, and returns its exit code (minus
+    /// the signal that killed it). The handle stays, for the value ([`join`](Self::join)).
+    pub fn wait(&mut self) -> Result<i32, Error> {
+        Ok(self
+            .wait_deadline(None)?
+            .expect("a wait with no deadline ends with an exit"))
+    }
+
+    /// Python's `join(timeout)`: waits at most `timeout`; the exit code, or `None` if the
+    /// process is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, Error> {
+        self.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Python's `exitcode`: `None` while running, else the exit code, or minus the signal
+    /// that killed it.
     pub fn exitcode(&mut self) -> Option<i32> {
         if self.exitcode.is_none() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -364,9 +494,9 @@ impl Process {
         self.exitcode
     }
 
-    /// Whether the process was started and has not exited.
+    /// Whether the process has not exited.
     pub fn is_alive(&mut self) -> bool {
-        self.child.is_some() && self.exitcode().is_none()
+        self.exitcode().is_none()
     }
 
     /// Python's `terminate`: SIGTERM.
@@ -382,13 +512,38 @@ impl Process {
     fn signal(&self, sig: i32) -> Result<(), Error> {
         match &self.child {
             Some(child) => child.signal(sig).map_err(|e| Error::Io(e.to_string())),
-            None if self.exitcode.is_some() => Ok(()),
-            None => Err(Error::InvalidArgument("the process was not started".into())),
+            None => Ok(()),
         }
     }
 }
 
-impl Drop for Process {
+impl<R: DeserializeOwned> ProcessHandle<R> {
+    /// Waits for the process to exit and returns the target's value: `std`'s
+    /// `JoinHandle::join` for a process. A target that panicked is [`Error::Panicked`] (with
+    /// its message); a child that died without a value (killed, `exit`, a crash) is
+    /// [`Error::WorkerLost`] with its exit code.
+    pub fn join(mut self) -> Result<R, Error> {
+        let exitcode = self.wait()?;
+        let lost = Error::WorkerLost {
+            pid: self.pid,
+            exitcode,
+        };
+        let Some(outcome) = self.outcome.take() else {
+            return Err(lost);
+        };
+        match task::decode_results::<R>(&outcome)?.pop() {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(panic)) => Err(Error::Panicked {
+                message: panic.message,
+                location: panic.location,
+                pid: self.pid,
+            }),
+            None => Err(lost),
+        }
+    }
+}
+
+impl<R> Drop for ProcessHandle<R> {
     fn drop(&mut self) {
         // A running process outlives its handle, as in Python: the registry reaps it when it
         // exits, and the program's exit waits for it (or terminates it, for a daemon).
@@ -398,7 +553,7 @@ impl Drop for Process {
     }
 }
 
-impl crate::Waitable for Process {
+impl<R> crate::Waitable for ProcessHandle<R> {
     fn ready_now(&self) -> bool {
         self.exitcode.is_some()
     }
@@ -569,12 +724,8 @@ mod registry {
 
         #[test]
         fn a_reaped_childs_entry_goes_not_a_later_one_with_its_pid() {
-            let mut started: Vec<Process> = (0..2)
-                .map(|_| {
-                    let mut p = Process::new(nap, 60_000u64).unwrap();
-                    p.start().unwrap();
-                    p
-                })
+            let mut started: Vec<ProcessHandle> = (0..2)
+                .map(|_| Process::new(nap, 60_000u64).unwrap().start().unwrap())
                 .collect();
             // The registry as it is when a pid is reused between a child's reap and its
             // `remove`: two entries with one pid, the reaped child's first.
@@ -598,7 +749,7 @@ mod registry {
             remove(pid);
             for p in &mut started {
                 p.kill().unwrap();
-                p.join().unwrap();
+                p.wait().unwrap();
             }
             assert_eq!(left, ["reused"]);
         }

@@ -134,11 +134,15 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `f`, turning a panic into a [`Panic`].
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
-        LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or(Panic {
-            message: "the task panicked".into(),
-            location: None,
-        })
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        // The hook's record has the location; without the hook (a `Process` child keeps
+        // std's, which prints), the payload still has the message.
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| Panic {
+                message: panic_message(&*payload),
+                location: None,
+            })
     })
 }
 
@@ -369,6 +373,16 @@ pub(crate) fn split_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<(T, &[u8]
         .get(4..4 + len)
         .ok_or_else(|| Error::Codec("frame shorter than its header".into()))?;
     Ok((postcard::from_bytes(header)?, &frame[4 + len..]))
+}
+
+/// Whether the first outcome of an encoded chunk of results is a value (not a panic), read
+/// without decoding the value.
+pub(crate) fn outcome_is_value(bytes: &[u8]) -> Result<bool, Error> {
+    let (len, rest) = postcard::take_from_bytes::<u64>(bytes)?;
+    match (len, rest.first()) {
+        (0, _) | (_, None) => Err(Error::Codec("no outcome in the results".into())),
+        (_, Some(tag)) => Ok(*tag == 0),
+    }
 }
 
 /// Decodes a chunk's results.

@@ -326,9 +326,8 @@ fn own_a_busy_pool(pids: Queue<u32>) {
     let _busy: Vec<_> = (0..8)
         .map(|i| pool.apply_async(busy_forever, i).unwrap())
         .collect();
-    let mut child = Process::new(sleep_long, ()).unwrap();
-    child.start().unwrap();
-    pids.put(child.pid().unwrap()).unwrap();
+    let child = Process::new(sleep_long, ()).unwrap().start().unwrap();
+    pids.put(child.pid()).unwrap();
     let deadline = Instant::now() + GENEROUS;
     while pool.worker_pids().len() < 8 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -346,8 +345,10 @@ fn chaos_a_killed_parent_leaves_no_child_alive() {
     let (mut orphans_at_1s, mut children_seen) = (0, 0);
     for _ in 0..rounds {
         let pids = Queue::new().unwrap();
-        let mut middle = Process::new(own_a_busy_pool, pids.clone()).unwrap();
-        middle.start().unwrap();
+        let mut middle = Process::new(own_a_busy_pool, pids.clone())
+            .unwrap()
+            .start()
+            .unwrap();
         let children: Vec<ProcessIdentity> = (0..9)
             .map(|_| {
                 pids.get_timeout(GENEROUS)
@@ -361,7 +362,7 @@ fn chaos_a_killed_parent_leaves_no_child_alive() {
             .collect();
         children_seen += children.len() as u64;
         middle.kill().unwrap();
-        middle.join().unwrap();
+        middle.wait().unwrap();
         let killed_at = Instant::now();
         std::thread::sleep(Duration::from_secs(1).saturating_sub(killed_at.elapsed()));
         orphans_at_1s += children.iter().filter(|c| c.is_alive()).count() as u64;
@@ -398,9 +399,8 @@ fn create_and_drop_everything(round: u64) {
     pool.join().unwrap();
     drop(pool);
 
-    let mut p = Process::new(noop, ()).unwrap();
-    p.start().unwrap();
-    p.join().unwrap();
+    let mut p = Process::new(noop, ()).unwrap().start().unwrap();
+    p.wait().unwrap();
     assert_eq!(p.exitcode(), Some(0));
 
     let q: Queue<u64> = Queue::new().unwrap();
@@ -502,10 +502,12 @@ fn chaos_a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
     for _ in 0..rounds {
         let locks: Vec<Lock> = (0..TAKERS).map(|_| Lock::new().unwrap()).collect();
         let ready = Event::new().unwrap();
-        let mut holder = Process::new(hold_locks_forever, (locks.clone(), ready.clone())).unwrap();
-        holder.start().unwrap();
+        let mut holder = Process::new(hold_locks_forever, (locks.clone(), ready.clone()))
+            .unwrap()
+            .start()
+            .unwrap();
         assert!(ready.wait(Some(GENEROUS)).unwrap());
-        let pid = holder.pid().unwrap();
+        let pid = holder.pid();
         assert_eq!(locks[0].try_acquire(), Err(SyncError::WouldBlock));
         assert_eq!(
             locks[1].acquire_timeout(Duration::from_millis(1)),
@@ -516,7 +518,7 @@ fn chaos_a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
         let taken = locks[2].acquire_timeout(GENEROUS).unwrap();
         slowest = slowest.max(t.elapsed());
         assert_eq!(taken.previous_owner_died, Some(pid));
-        holder.join().unwrap();
+        holder.wait().unwrap();
         let polled = locks[0].try_acquire().unwrap();
         assert_eq!(polled.previous_owner_died, Some(pid));
         let briefly = locks[1].acquire_timeout(Duration::from_millis(1)).unwrap();
@@ -544,19 +546,21 @@ fn chaos_an_rlock_whose_holder_is_killed_is_taken_over() {
     for _ in 0..rounds {
         let locks: Vec<RLock> = (0..TAKERS).map(|_| RLock::new().unwrap()).collect();
         let ready = Event::new().unwrap();
-        let mut holder = Process::new(hold_rlocks_forever, (locks.clone(), ready.clone())).unwrap();
-        holder.start().unwrap();
+        let mut holder = Process::new(hold_rlocks_forever, (locks.clone(), ready.clone()))
+            .unwrap()
+            .start()
+            .unwrap();
         assert!(ready.wait(Some(GENEROUS)).unwrap());
         assert_eq!(
             locks[0].release(),
             Err(SyncError::NotOwner),
             "we do not own it"
         );
-        let pid = holder.pid();
+        let pid = Some(holder.pid());
         holder.kill().unwrap();
         let taken = locks[2].acquire_timeout(GENEROUS).unwrap();
         assert_eq!(taken.previous_owner_died, pid);
-        holder.join().unwrap();
+        holder.wait().unwrap();
         let polled = locks[0].try_acquire().unwrap();
         assert_eq!(polled.previous_owner_died, pid);
         let briefly = locks[1].acquire_timeout(Duration::from_millis(1)).unwrap();
@@ -594,12 +598,14 @@ fn chaos_killed_queue_users_lose_and_duplicate_no_other_item() {
         // A consumer killed while blocked in get.
         let q = Queue::new().unwrap();
         let ready = Event::new().unwrap();
-        let mut consumer = Process::new(block_in_get, (q.clone(), ready.clone())).unwrap();
-        consumer.start().unwrap();
+        let mut consumer = Process::new(block_in_get, (q.clone(), ready.clone()))
+            .unwrap()
+            .start()
+            .unwrap();
         assert!(ready.wait(Some(GENEROUS)).unwrap());
         std::thread::sleep(Duration::from_millis(20));
         consumer.kill().unwrap();
-        consumer.join().unwrap();
+        consumer.wait().unwrap();
         q.put(1).unwrap();
         q.put(2).unwrap();
         assert_eq!((q.get().unwrap(), q.get().unwrap()), (1, 2));
@@ -607,13 +613,14 @@ fn chaos_killed_queue_users_lose_and_duplicate_no_other_item() {
         // A producer killed while putting 64 MiB items (at a different moment each round).
         let big: Queue<Bytes> = Queue::new().unwrap();
         let ready = Event::new().unwrap();
-        let mut producer =
-            Process::new(put_big_after_signal, (big.clone(), ready.clone())).unwrap();
-        producer.start().unwrap();
+        let mut producer = Process::new(put_big_after_signal, (big.clone(), ready.clone()))
+            .unwrap()
+            .start()
+            .unwrap();
         assert!(ready.wait(Some(GENEROUS)).unwrap());
         std::thread::sleep(Duration::from_millis(150 + 37 * round));
         producer.kill().unwrap();
-        producer.join().unwrap();
+        producer.wait().unwrap();
         big.put(Bytes(b"after".to_vec())).unwrap();
         assert_eq!(big.get_timeout(GENEROUS).unwrap().0, b"before");
         loop {
@@ -724,11 +731,13 @@ fn chaos_ten_thousand_queued_tasks_under_a_256_descriptor_limit() {
     let _serial = serial();
     let tasks = 10_000;
     let out = Queue::new().unwrap();
-    let mut child = Process::new(under_a_descriptor_limit, (256, tasks, out.clone())).unwrap();
-    child.start().unwrap();
+    let mut child = Process::new(under_a_descriptor_limit, (256, tasks, out.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
     let ok = out.get_timeout(WATCHDOG).expect("the limited process hung");
     let peak = out.get_timeout(GENEROUS).unwrap();
-    child.join().unwrap();
+    child.wait().unwrap();
     report(
         "fd-limit",
         &[

@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use pool_api::{Error, Lock, Pipe, Process, Queue, RLock, active_children, current_process};
+use pool_api::{
+    Lock, Pipe, Process, ProcessHandle, Queue, RLock, active_children, current_process,
+};
 
 const GENEROUS: Duration = Duration::from_secs(10);
 
@@ -28,7 +30,7 @@ fn a_forked_closure_uses_a_captured_queue_and_lock() {
     // it in at once.)
     let held = lock.lock().unwrap();
     let _owned = rlock.acquire().unwrap();
-    let mut p = Process::fork(move || {
+    let p = Process::fork(move || {
         let r_free = r.try_acquire().is_ok();
         q.put(format!("{prefix}: waiting, rlock free: {r_free}"))
             .unwrap();
@@ -42,7 +44,7 @@ fn a_forked_closure_uses_a_captured_queue_and_lock() {
     })
     .with_name("forked-with-handles");
     let t = Instant::now();
-    p.start().unwrap();
+    let mut p = p.start().unwrap();
     eprintln!("Process::fork started in {:?}", t.elapsed());
     assert_eq!(
         queue.get_timeout(GENEROUS).unwrap(),
@@ -56,7 +58,7 @@ fn a_forked_closure_uses_a_captured_queue_and_lock() {
         queue.get_timeout(GENEROUS).unwrap(),
         "captured: forked-with-handles"
     );
-    assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     assert_eq!(p.exitcode(), Some(0));
     // The parent's handles still work after the child's copies are gone.
     drop(lock.lock().unwrap());
@@ -67,27 +69,26 @@ fn a_forked_closure_uses_a_captured_queue_and_lock() {
 #[test]
 fn a_forked_closure_uses_a_captured_pipe_end() {
     let (mut ours, mut theirs) = Pipe::duplex().unwrap();
-    let mut p = Process::fork(move || {
+    let p = Process::fork(move || {
         let n: u64 = theirs.recv().unwrap();
         theirs.send(&(n * 2)).unwrap();
     });
-    p.start().unwrap();
+    let mut p = p.start().unwrap();
     ours.send(&21u64).unwrap();
     assert_eq!(ours.recv::<u64>().unwrap(), 42);
-    assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     assert_eq!(p.exitcode(), Some(0));
 }
 
 #[test]
 fn forked_processes_have_python_exit_codes() {
-    let mut ok = Process::fork(|| {});
-    let mut panics = Process::fork(|| panic!("deliberate panic in a forked Process"));
-    let mut exits = Process::fork(|| std::process::exit(3));
+    let mut ok = Process::fork(|| {}).start().unwrap();
+    let mut panics = Process::fork(|| panic!("deliberate panic in a forked Process"))
+        .start()
+        .unwrap();
+    let mut exits = Process::fork(|| std::process::exit(3)).start().unwrap();
     for p in [&mut ok, &mut panics, &mut exits] {
-        p.start().unwrap();
-    }
-    for p in [&mut ok, &mut panics, &mut exits] {
-        assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+        assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     }
     assert_eq!(
         (ok.exitcode(), panics.exitcode(), exits.exitcode()),
@@ -97,29 +98,27 @@ fn forked_processes_have_python_exit_codes() {
 
 #[test]
 fn a_forked_process_has_the_whole_process_lifecycle() {
-    let mut p = Process::fork(|| std::thread::sleep(Duration::from_secs(600)));
+    let p = Process::fork(|| std::thread::sleep(Duration::from_secs(600)));
     assert!(p.name().starts_with("Process-"));
-    assert_eq!((p.pid(), p.exitcode(), p.is_alive()), (None, None, false));
-    assert!(matches!(p.join(), Err(Error::InvalidArgument(_))));
-    p.start().unwrap();
-    assert!(matches!(p.start(), Err(Error::InvalidArgument(_))));
-    let pid = p.pid().unwrap();
+    let mut p = p.start().unwrap();
+    let pid = p.pid();
     assert!(p.is_alive());
     assert!(
         active_children()
             .iter()
             .any(|c| c.pid == pid && c.name == p.name())
     );
-    assert_eq!(p.join_timeout(Duration::from_millis(50)), Ok(false));
+    assert!(p.wait_timeout(Duration::from_millis(50)).unwrap().is_none());
     p.terminate().unwrap();
-    assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     assert_eq!(p.exitcode(), Some(-libc::SIGTERM));
     assert!(!active_children().iter().any(|c| c.pid == pid));
 
-    let mut q = Process::fork(|| std::thread::sleep(Duration::from_secs(600)));
-    q.start().unwrap();
+    let mut q = Process::fork(|| std::thread::sleep(Duration::from_secs(600)))
+        .start()
+        .unwrap();
     q.kill().unwrap();
-    assert_eq!(q.join_timeout(GENEROUS), Ok(true));
+    assert!(q.wait_timeout(GENEROUS).unwrap().is_some());
     assert_eq!(q.exitcode(), Some(-libc::SIGKILL));
 }
 
@@ -129,26 +128,26 @@ fn a_forked_child_has_its_own_name_and_children() {
     // abandons them, and its end waits for the non-daemon one, as Python's does.
     let results: Queue<String> = Queue::new().unwrap();
     let out = results.clone();
-    let mut p = Process::fork(move || {
+    let p = Process::fork(move || {
         let me = current_process();
         out.put(format!("{} {}", me.name, active_children().len()))
             .unwrap();
         let out2 = out.clone();
-        let mut grandchild = Process::fork(move || {
+        let grandchild = Process::fork(move || {
             std::thread::sleep(Duration::from_millis(300));
             out2.put("grandchild done".into()).unwrap();
         })
         .with_name("grandchild");
-        grandchild.start().unwrap();
+        let grandchild = grandchild.start().unwrap();
         let names: Vec<String> = active_children().into_iter().map(|c| c.name).collect();
         out.put(names.join(",")).unwrap();
         drop(grandchild);
     })
     .with_name("middle");
-    p.start().unwrap();
+    let mut p = p.start().unwrap();
     assert_eq!(results.get_timeout(GENEROUS).unwrap(), "middle 0");
     assert_eq!(results.get_timeout(GENEROUS).unwrap(), "grandchild");
-    assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     // The middle's end waited for its non-daemon grandchild.
     assert_eq!(results.try_get().unwrap(), "grandchild done");
     assert_eq!(p.exitcode(), Some(0));
@@ -159,16 +158,14 @@ fn a_forked_child_has_its_own_name_and_children() {
 fn many_forked_processes_start_and_join() {
     let counter: Queue<u32> = Queue::new().unwrap();
     let t = Instant::now();
-    let mut ps: Vec<Process> = (0..16)
+    let mut ps: Vec<ProcessHandle> = (0..16)
         .map(|i| {
             let q = counter.clone();
-            let mut p = Process::fork(move || q.put(i).unwrap());
-            p.start().unwrap();
-            p
+            Process::fork(move || q.put(i).unwrap()).start().unwrap()
         })
         .collect();
     for p in &mut ps {
-        assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+        assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
         assert_eq!(p.exitcode(), Some(0));
     }
     eprintln!(

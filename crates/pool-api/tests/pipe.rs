@@ -48,11 +48,10 @@ fn seed_pipe_sends_a_list_with_a_none() {
 
 fn seed_pipe_over(kind: TransportKind) {
     let (mut parent_conn, child_conn) = Pipe::duplex_over(kind).unwrap();
-    let mut p = Process::new(f_pipe, child_conn).unwrap();
-    p.start().unwrap();
+    let mut p = Process::new(f_pipe, child_conn).unwrap().start().unwrap();
     let got: Vec<Py> = parent_conn.recv().unwrap();
     assert_eq!(got, [Py::Int(42), Py::None, Py::Str("hello".into())]);
-    p.join().unwrap();
+    p.wait().unwrap();
     // The child's end went with the child (the parent's copy was moved into its arguments):
     // end of file, as CPython gives once every copy of the other end is closed.
     assert!(matches!(parent_conn.recv::<Vec<Py>>(), Err(RecvError::Eof)));
@@ -68,8 +67,10 @@ fn boundaries_empty_messages_and_bytes_round_trip_through_a_child() {
 fn round_trips_over(kind: TransportKind) {
     // CPython _TestConnection.test_connection: send_bytes / recv_bytes / recv_bytes_into.
     let (mut conn, child_conn) = Pipe::duplex_over(kind).unwrap();
-    let mut p = Process::new(echo_until_eof, child_conn).unwrap();
-    p.start().unwrap();
+    let mut p = Process::new(echo_until_eof, child_conn)
+        .unwrap()
+        .start()
+        .unwrap();
     // 3 MiB is larger than a shared-memory ring: it streams through.
     for msg in [&b""[..], b"a", b"", &[9u8; 70_000], &vec![7u8; 3 << 20]] {
         conn.send_bytes(msg).unwrap();
@@ -89,7 +90,7 @@ fn round_trips_over(kind: TransportKind) {
     assert_eq!(conn.recv_bytes_into(&mut buf).unwrap(), 4);
     assert_eq!(&buf[..4], b"fits");
     drop(conn);
-    p.join().unwrap();
+    p.wait().unwrap();
     assert_eq!(p.exitcode(), Some(0));
 }
 
@@ -129,8 +130,10 @@ fn one_way_pipes_and_wait_over_connections_and_processes() {
 fn one_way_over(kind: TransportKind) {
     let (mut r1, w1) = Pipe::one_way_over(kind).unwrap();
     let (r2, _w2) = Pipe::one_way_over(kind).unwrap();
-    let mut p = Process::new(writes_then_exits, (w1, 3)).unwrap();
-    p.start().unwrap();
+    let p = Process::new(writes_then_exits, (w1, 3))
+        .unwrap()
+        .start()
+        .unwrap();
     let ready = wait(&[&r2, &r1], Some(Duration::from_secs(10))).unwrap();
     assert_eq!(ready, [1]);
     let got: Vec<u32> = (0..3).map(|_| r1.recv().unwrap()).collect();
@@ -169,15 +172,17 @@ fn a_message_over_two_gib() {
     // copies of the message, one on either side).
     for kind in [TransportKind::Pipe, TransportKind::Shm] {
         let (mut ours, theirs) = Pipe::duplex_over(kind).unwrap();
-        let mut p = Process::new(sends_over_two_gib, theirs).unwrap();
-        p.start().unwrap();
+        let mut p = Process::new(sends_over_two_gib, theirs)
+            .unwrap()
+            .start()
+            .unwrap();
         let t = Instant::now();
         let got = ours.recv_bytes().unwrap();
         eprintln!("2 GiB + 3 bytes over {kind:?} in {:?}", t.elapsed());
         assert_eq!(got.len(), OVER_TWO_GIB);
         assert!(got.iter().step_by(4096).all(|x| *x == 0xa5) && got[OVER_TWO_GIB - 1] == 0x5a);
         drop(got);
-        p.join().unwrap();
+        p.wait().unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
 }
@@ -201,12 +206,14 @@ fn a_killed_peer_is_end_of_file_and_closed_over_shared_memory() {
     // Shared memory has no hang-up of its own: the liveness socket must end a blocked
     // receive and refuse sends once the child is killed, never hang.
     let (mut conn, child_conn) = Pipe::duplex_over(TransportKind::Shm).unwrap();
-    let mut p = Process::new(receives_forever, child_conn).unwrap();
-    p.start().unwrap();
-    assert_eq!(conn.recv::<u32>().unwrap(), p.pid().unwrap());
+    let mut p = Process::new(receives_forever, child_conn)
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(conn.recv::<u32>().unwrap(), p.pid());
     conn.send_bytes(b"still there").unwrap();
     p.kill().unwrap();
-    p.join().unwrap();
+    p.wait().unwrap();
     let t = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -40,51 +40,110 @@ fn scratch() -> tempfile::TempDir {
 #[test]
 fn two_processes_start_and_join() {
     // seed 001: p1 = Process(target=worker, args=("A",)); p2 likewise; start both, join both.
-    let mut p1 = Process::new(worker, "A".to_string()).unwrap();
-    let mut p2 = Process::new(worker, "B".to_string()).unwrap();
-    assert_eq!(p1.exitcode(), None);
-    assert!(!p1.is_alive());
-    p1.start().unwrap();
-    p2.start().unwrap();
-    assert!(p1.pid().is_some() && p1.pid() != p2.pid());
-    p1.join().unwrap();
-    p2.join().unwrap();
+    let p1 = Process::new(worker, "A".to_string()).unwrap();
+    let p2 = Process::new(worker, "B".to_string()).unwrap();
+    let mut p1 = p1.start().unwrap();
+    let mut p2 = p2.start().unwrap();
+    assert_ne!(p1.pid(), p2.pid());
+    assert_eq!(p1.wait().unwrap(), 0);
+    assert_eq!(p2.wait().unwrap(), 0);
     assert_eq!((p1.exitcode(), p2.exitcode()), (Some(0), Some(0)));
     assert!(!p1.is_alive());
+    p1.join().unwrap();
+    p2.join().unwrap();
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn big(n: usize) -> Vec<u8> {
+    vec![7; n]
 }
 
 #[test]
-fn lifecycle_misuse_is_a_typed_error() {
-    // CPython: start twice -> AssertionError; join before start -> AssertionError.
-    let mut p = Process::new(worker, "x".to_string()).unwrap();
-    assert!(matches!(p.join(), Err(Error::InvalidArgument(_))));
-    assert!(matches!(p.terminate(), Err(Error::InvalidArgument(_))));
-    p.start().unwrap();
-    assert!(matches!(p.start(), Err(Error::InvalidArgument(_))));
-    p.join().unwrap();
-    assert!(matches!(p.start(), Err(Error::InvalidArgument(_))));
+fn join_returns_the_targets_value() {
+    // std's JoinHandle::join for a process: the value, however large.
+    assert_eq!(
+        Process::new(double, 21)
+            .unwrap()
+            .start()
+            .unwrap()
+            .join()
+            .unwrap(),
+        42
+    );
+    // Larger than a socket's buffer: read while the child runs, or it could not exit.
+    let n = 16 << 20;
+    let mut child = Process::new(big, n).unwrap().start().unwrap();
+    assert_eq!(child.wait_timeout(GENEROUS).unwrap(), Some(0));
+    assert_eq!(child.join().unwrap(), vec![7; n]);
+    let forked = Process::fork(|| String::from("from the fork"))
+        .start()
+        .unwrap();
+    assert_eq!(forked.join().unwrap(), "from the fork");
+}
+
+#[test]
+fn join_reports_a_panic_or_a_death_as_typed_errors() {
+    let panicked = Process::new(panics, ()).unwrap().start().unwrap();
+    match panicked.join() {
+        Err(Error::Panicked { message, pid, .. }) => {
+            assert_eq!(message, "deliberate panic in a Process target");
+            assert_ne!(pid, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    let exited = Process::new(exits, 3).unwrap().start().unwrap();
+    assert!(matches!(
+        exited.join(),
+        Err(Error::WorkerLost { exitcode: 3, .. })
+    ));
+    let killed = Process::new(sleeps, 60_000).unwrap().start().unwrap();
+    killed.kill().unwrap();
+    assert!(matches!(
+        killed.join(),
+        Err(Error::WorkerLost { exitcode: -9, .. })
+    ));
+    let forked = Process::fork(|| -> u8 { panic!("in the fork") })
+        .start()
+        .unwrap();
+    assert!(
+        matches!(forked.join(), Err(Error::Panicked { message, .. }) if message == "in the fork")
+    );
+}
+
+#[test]
+fn lifecycle_after_exit_is_harmless() {
+    // CPython: terminate after the exit is a no-op; join again returns at once. Starting
+    // twice or waiting before start cannot be written: start consumes the builder.
+    let mut p = Process::new(worker, "x".to_string())
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(p.wait().unwrap(), 0);
+    assert_eq!(p.wait().unwrap(), 0);
     p.terminate().unwrap();
+    p.kill().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
 }
 
 #[test]
 fn exitcodes_follow_python() {
     // CPython _TestProcess.test_process / test_terminate: exitcode is -SIGTERM after terminate.
-    let mut panicking = Process::new(panics, ()).unwrap();
-    let mut exiting = Process::new(exits, 3).unwrap();
-    let mut terminated = Process::new(sleeps, 60_000).unwrap();
-    let mut killed = Process::new(sleeps, 60_000).unwrap();
-    for p in [&mut panicking, &mut exiting, &mut terminated, &mut killed] {
-        p.start().unwrap();
-    }
+    let mut panicking = Process::new(panics, ()).unwrap().start().unwrap();
+    let mut exiting = Process::new(exits, 3).unwrap().start().unwrap();
+    let mut terminated = Process::new(sleeps, 60_000).unwrap().start().unwrap();
+    let mut killed = Process::new(sleeps, 60_000).unwrap().start().unwrap();
     assert!(terminated.is_alive());
     assert_eq!(
-        terminated.join_timeout(Duration::from_millis(50)),
-        Ok(false)
+        terminated.wait_timeout(Duration::from_millis(50)).unwrap(),
+        None
     );
     terminated.terminate().unwrap();
     killed.kill().unwrap();
     for p in [&mut panicking, &mut exiting, &mut terminated, &mut killed] {
-        assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+        assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     }
     assert_eq!(panicking.exitcode(), Some(1));
     assert_eq!(exiting.exitcode(), Some(3));
@@ -99,9 +158,8 @@ fn panics_with_stderr_in(path: PathBuf) {
     let file = std::fs::File::create(path).unwrap();
     // SAFETY: both descriptors are open; fd 2 is replaced atomically.
     assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), 2) }, 2);
-    let mut child = Process::new(panics, ()).unwrap();
-    child.start().unwrap();
-    child.join().unwrap();
+    let mut child = Process::new(panics, ()).unwrap().start().unwrap();
+    child.wait().unwrap();
     std::process::exit(child.exitcode().unwrap_or(-1));
 }
 
@@ -110,9 +168,11 @@ fn a_panicking_target_exits_with_1_and_its_message_on_stderr() {
     // CPython: an exception in the target prints its traceback to stderr, exitcode 1.
     let dir = scratch();
     let path = dir.path().join("stderr");
-    let mut middle = Process::new(panics_with_stderr_in, path.clone()).unwrap();
-    middle.start().unwrap();
-    assert_eq!(middle.join_timeout(GENEROUS), Ok(true));
+    let mut middle = Process::new(panics_with_stderr_in, path.clone())
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(middle.wait_timeout(GENEROUS).unwrap().is_some());
     assert_eq!(middle.exitcode(), Some(1));
     let stderr = std::fs::read_to_string(path).unwrap();
     assert!(
@@ -127,28 +187,29 @@ fn names_and_active_children() {
     let path = dir.path().join("name");
     let mut named = Process::new(write_name, (path.clone(), 0))
         .unwrap()
-        .with_name("writer");
+        .with_name("writer")
+        .start()
+        .unwrap();
     assert_eq!(named.name(), "writer");
-    let mut unnamed = Process::new(sleeps, 300).unwrap();
+    let mut unnamed = Process::new(sleeps, 300).unwrap().start().unwrap();
     assert!(unnamed.name().starts_with("Process-"), "{}", unnamed.name());
-    named.start().unwrap();
-    unnamed.start().unwrap();
     let active: Vec<u32> = active_children().iter().map(|p| p.pid).collect();
-    assert!(active.contains(&unnamed.pid().unwrap()));
-    named.join().unwrap();
-    unnamed.join().unwrap();
+    assert!(active.contains(&unnamed.pid()));
+    named.wait().unwrap();
+    unnamed.wait().unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "writer");
     let active: Vec<u32> = active_children().iter().map(|p| p.pid).collect();
-    assert!(!active.contains(&unnamed.pid().unwrap_or(0)));
+    assert!(!active.contains(&unnamed.pid()));
 }
 
 /// Starts a child that writes a file after 300 ms and drops its handle at once, then
 /// returns: the program's exit must wait for it (non-daemon) or terminate it (daemon).
 fn abandons_a_child((path, daemon): (PathBuf, bool)) {
-    let mut child = Process::new(write_name, (path, 300))
+    let child = Process::new(write_name, (path, 300))
         .unwrap()
-        .daemon(daemon);
-    child.start().unwrap();
+        .daemon(daemon)
+        .start()
+        .unwrap();
     drop(child);
 }
 
@@ -158,10 +219,12 @@ fn exit_waits_for_non_daemon_children_and_terminates_daemons() {
     let dir = scratch();
     for daemon in [false, true] {
         let path = dir.path().join(format!("daemon-{daemon}"));
-        let mut middle = Process::new(abandons_a_child, (path.clone(), daemon)).unwrap();
+        let mut middle = Process::new(abandons_a_child, (path.clone(), daemon))
+            .unwrap()
+            .start()
+            .unwrap();
         let t = Instant::now();
-        middle.start().unwrap();
-        assert_eq!(middle.join_timeout(GENEROUS), Ok(true));
+        assert!(middle.wait_timeout(GENEROUS).unwrap().is_some());
         assert_eq!(middle.exitcode(), Some(0));
         eprintln!("daemon={daemon}: parent exited after {:?}", t.elapsed());
         assert_eq!(path.exists(), !daemon, "daemon={daemon}");
@@ -172,8 +235,7 @@ fn exit_waits_for_non_daemon_children_and_terminates_daemons() {
 /// zombie once they are done.
 fn churns(_: ()) {
     for _ in 0..8 {
-        let mut p = Process::new(sleeps, 10).unwrap();
-        p.start().unwrap();
+        drop(Process::new(sleeps, 10).unwrap().start().unwrap());
     }
     let t = Instant::now();
     while (!pool_testkit::zombie_children().is_empty() || !active_children().is_empty())
@@ -188,9 +250,8 @@ fn churns(_: ()) {
 
 #[test]
 fn abandoned_children_are_reaped_as_they_exit() {
-    let mut p = Process::new(churns, ()).unwrap();
-    p.start().unwrap();
-    p.join().unwrap();
+    let mut p = Process::new(churns, ()).unwrap().start().unwrap();
+    p.wait().unwrap();
     assert_eq!(p.exitcode(), Some(0), "zombies were left");
 }
 
@@ -203,15 +264,16 @@ fn forkserver_processes_behave_as_spawned_ones() {
     use pool_api::{Queue, StartMethod};
     let forkserver = |p: Process| p.start_method(StartMethod::Forkserver);
     // Exit codes as with spawn.
-    let mut panicking = forkserver(Process::new(panics, ()).unwrap());
-    let mut exiting = forkserver(Process::new(exits, 3).unwrap());
-    let mut killed = forkserver(Process::new(sleeps, 60_000).unwrap());
-    for p in [&mut panicking, &mut exiting, &mut killed] {
-        p.start().unwrap();
-    }
+    let mut panicking = forkserver(Process::new(panics, ()).unwrap())
+        .start()
+        .unwrap();
+    let mut exiting = forkserver(Process::new(exits, 3).unwrap()).start().unwrap();
+    let mut killed = forkserver(Process::new(sleeps, 60_000).unwrap())
+        .start()
+        .unwrap();
     killed.kill().unwrap();
     for p in [&mut panicking, &mut exiting, &mut killed] {
-        assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+        assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     }
     assert_eq!(panicking.exitcode(), Some(1));
     assert_eq!(exiting.exitcode(), Some(3));
@@ -219,18 +281,20 @@ fn forkserver_processes_behave_as_spawned_ones() {
     // Names, and handles in the arguments.
     let dir = scratch();
     let path = dir.path().join("name");
-    let mut named =
-        forkserver(Process::new(write_name, (path.clone(), 0)).unwrap()).with_name("fs");
-    named.start().unwrap();
-    named.join().unwrap();
+    let mut named = forkserver(Process::new(write_name, (path.clone(), 0)).unwrap())
+        .with_name("fs")
+        .start()
+        .unwrap();
+    named.wait().unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "fs");
     let queue: Queue<u32> = Queue::new().unwrap();
-    let mut sender = forkserver(Process::new(sends_its_pid, queue.clone()).unwrap());
-    sender.start().unwrap();
-    assert_eq!(queue.get_timeout(GENEROUS).unwrap(), sender.pid().unwrap());
-    sender.join().unwrap();
+    let mut sender = forkserver(Process::new(sends_its_pid, queue.clone()).unwrap())
+        .start()
+        .unwrap();
+    assert_eq!(queue.get_timeout(GENEROUS).unwrap(), sender.pid());
+    sender.wait().unwrap();
     assert_eq!(sender.exitcode(), Some(0));
     // A forked closure has no start method to choose.
-    let mut forked = Process::fork(|| {}).start_method(StartMethod::Spawn);
+    let forked = Process::fork(|| {}).start_method(StartMethod::Spawn);
     assert!(matches!(forked.start(), Err(Error::InvalidArgument(_))));
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use pool_api::{Bytes, JoinableQueue, Process, Queue, QueueError, SimpleQueue};
+use pool_api::{Bytes, JoinableQueue, Process, ProcessHandle, Queue, QueueError, SimpleQueue};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -29,11 +29,12 @@ fn read((q, seen): (Queue<String>, Queue<String>)) {
 fn seed_writer_and_reader_processes() {
     let q = Queue::new().unwrap();
     let seen = Queue::new().unwrap();
-    let mut pw = Process::new(write, q.clone()).unwrap();
-    let mut pr = Process::new(read, (q.clone(), seen.clone())).unwrap();
-    pw.start().unwrap();
-    pr.start().unwrap();
-    pw.join().unwrap();
+    let mut pw = Process::new(write, q.clone()).unwrap().start().unwrap();
+    let mut pr = Process::new(read, (q.clone(), seen.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
+    pw.wait().unwrap();
     let got: Vec<String> = (0..3)
         .map(|_| seen.get_timeout(GENEROUS).unwrap())
         .collect();
@@ -47,7 +48,7 @@ fn seed_writer_and_reader_processes() {
     );
     // The reader loops forever: it can only be terminated.
     pr.terminate().unwrap();
-    pr.join().unwrap();
+    pr.wait().unwrap();
     assert_eq!(pr.exitcode(), Some(-15));
 }
 
@@ -75,9 +76,7 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
     for p in 0..3u32 {
         ps.push(Process::new(produce, (q.clone(), p * 1000, (p + 1) * 1000)).unwrap());
     }
-    for p in &mut ps {
-        p.start().unwrap();
-    }
+    let mut ps: Vec<ProcessHandle> = ps.into_iter().map(|p| p.start().unwrap()).collect();
     let mut got = BTreeSet::new();
     for _ in 0..3000 {
         assert!(
@@ -87,7 +86,7 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
     }
     assert_eq!(got, (0..3000).collect());
     for p in &mut ps {
-        p.join().unwrap();
+        p.wait().unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
     assert!(q.empty() && out.empty());
@@ -103,11 +102,12 @@ fn put_and_exit_at_once((q, n): (Queue<u64>, u64)) {
 fn a_producer_that_exits_right_after_put_loses_nothing() {
     // CPython's "joining processes that use queues" pitfall cannot happen: no feeder thread.
     let q = Queue::new().unwrap();
-    let mut p = Process::new(put_and_exit_at_once, (q.clone(), 5000)).unwrap();
-    p.start().unwrap();
-    assert_eq!(
-        p.join_timeout(GENEROUS),
-        Ok(true),
+    let mut p = Process::new(put_and_exit_at_once, (q.clone(), 5000))
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(
+        p.wait_timeout(GENEROUS).unwrap().is_some(),
         "the producer exits without waiting for a consumer"
     );
     assert_eq!(q.qsize(), 5000);
@@ -126,9 +126,11 @@ fn a_producer_of_a_hundred_mib_nobody_reads_yet_exits_and_loses_nothing() {
     // The CPython pitfall needs more than a pipe's buffer in flight (its feeder thread then
     // blocks the producer's exit until someone reads): here 128 MiB, with no consumer.
     let q = Queue::new().unwrap();
-    let mut p = Process::new(put_blocks_and_exit, (q.clone(), 128)).unwrap();
-    p.start().unwrap();
-    assert_eq!(p.join_timeout(GENEROUS), Ok(true));
+    let mut p = Process::new(put_blocks_and_exit, (q.clone(), 128))
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(p.wait_timeout(GENEROUS).unwrap().is_some());
     assert_eq!(p.exitcode(), Some(0));
     for i in 0..128u8 {
         let block = q.try_get().unwrap();
@@ -221,10 +223,12 @@ fn joinable_queue_join_waits_for_task_done() {
         q.put(i).unwrap();
     }
     assert!(!q.join(Some(Duration::from_millis(20))).unwrap());
-    let mut p = Process::new(work_and_mark_done, (q.clone(), 10)).unwrap();
-    p.start().unwrap();
+    let mut p = Process::new(work_and_mark_done, (q.clone(), 10))
+        .unwrap()
+        .start()
+        .unwrap();
     assert!(q.join(Some(GENEROUS)).unwrap());
-    p.join().unwrap();
+    p.wait().unwrap();
     assert!(matches!(q.task_done(), Err(QueueError::TooManyTaskDone)));
     let simple = SimpleQueue::new().unwrap();
     simple.put("x".to_string()).unwrap();

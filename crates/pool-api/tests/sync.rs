@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pool_api::{BoundedSemaphore, Event, Lock, Process, RLock, Semaphore, SyncError};
+use pool_api::{
+    BoundedSemaphore, Event, Lock, Process, ProcessHandle, RLock, Semaphore, SyncError,
+};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -37,14 +39,12 @@ fn ten_processes_under_one_lock_lose_no_update() {
     let path = dir.path().join("counter");
     std::fs::write(&path, "0").unwrap();
     let lock = Lock::new().unwrap();
-    let mut ps: Vec<Process> = (0..10)
+    let ps: Vec<Process> = (0..10)
         .map(|i| Process::new(increment, (lock.clone(), path.clone(), i, 30)).unwrap())
         .collect();
+    let mut ps: Vec<ProcessHandle> = ps.into_iter().map(|p| p.start().unwrap()).collect();
     for p in &mut ps {
-        p.start().unwrap();
-    }
-    for p in &mut ps {
-        p.join().unwrap();
+        p.wait().unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "300");
@@ -125,9 +125,11 @@ fn semaphores_count_across_processes() {
     let sem = Semaphore::new(2).unwrap();
     sem.acquire().unwrap();
     assert_eq!(sem.value(), 1);
-    let mut p = Process::new(take_one_unit_and_die, sem.clone()).unwrap();
-    p.start().unwrap();
-    p.join().unwrap();
+    let mut p = Process::new(take_one_unit_and_die, sem.clone())
+        .unwrap()
+        .start()
+        .unwrap();
+    p.wait().unwrap();
     // No owner: a unit taken by a process that exits is gone, as in Python.
     assert_eq!(sem.value(), 0);
     assert_eq!(sem.try_acquire(), Err(SyncError::WouldBlock));
@@ -159,12 +161,14 @@ fn an_event_wakes_a_waiting_process() {
     let t = Instant::now();
     assert!(!event.wait(Some(Duration::from_millis(40))).unwrap());
     assert!(t.elapsed() >= Duration::from_millis(40));
-    let mut p = Process::new(wait_then_report, (event.clone(), done.clone())).unwrap();
-    p.start().unwrap();
+    let mut p = Process::new(wait_then_report, (event.clone(), done.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     event.set();
     assert!(done.wait(Some(GENEROUS)).unwrap());
-    p.join().unwrap();
+    p.wait().unwrap();
     event.clear();
     assert!(!event.is_set());
 }
@@ -186,7 +190,7 @@ fn condition_notify_and_notify_all_wake_waiting_processes() {
     let cond = pool_api::Condition::new().unwrap();
     let ready = Semaphore::new(0).unwrap();
     let out = pool_api::Queue::new().unwrap();
-    let mut ps: Vec<Process> = (0..3)
+    let mut ps: Vec<ProcessHandle> = (0..3)
         .map(|i| {
             Process::new(
                 wait_on_condition,
@@ -194,10 +198,8 @@ fn condition_notify_and_notify_all_wake_waiting_processes() {
             )
             .unwrap()
         })
+        .map(|p| p.start().unwrap())
         .collect();
-    for p in &mut ps {
-        p.start().unwrap();
-    }
     for _ in 0..3 {
         ready.acquire_timeout(GENEROUS).unwrap();
     }
@@ -216,7 +218,7 @@ fn condition_notify_and_notify_all_wake_waiting_processes() {
     all.sort_unstable();
     assert_eq!(all, [0, 1, 2]);
     for p in &mut ps {
-        p.join().unwrap();
+        p.wait().unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
 }
@@ -302,10 +304,12 @@ fn condition_a_later_notify_does_not_hand_an_earlier_ones_wake_up_to_others() {
     // C starts waiting, and notify(1) comes: A and C must not take B's wake-up between them.
     let cond = pool_api::Condition::new().unwrap();
     let (ready, out) = (Semaphore::new(0).unwrap(), pool_api::Queue::new().unwrap());
-    let mut b = Process::new(waits_once, (cond.clone(), ready.clone(), out.clone())).unwrap();
-    b.start().unwrap();
+    let mut b = Process::new(waits_once, (cond.clone(), ready.clone(), out.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
     ready.acquire_timeout(GENEROUS).unwrap();
-    let b_pid = b.pid().unwrap() as libc::pid_t;
+    let b_pid = b.pid() as libc::pid_t;
     let flag = |f: &std::sync::atomic::AtomicBool| f.load(std::sync::atomic::Ordering::SeqCst);
     let (a_rewaits, c_waits) = (
         std::sync::atomic::AtomicBool::new(false),
@@ -354,7 +358,7 @@ fn condition_a_later_notify_does_not_hand_an_earlier_ones_wake_up_to_others() {
         out.get_timeout(GENEROUS).unwrap(),
         "B was woken by its notify_all"
     );
-    b.join().unwrap();
+    b.wait().unwrap();
 }
 
 fn holds_lock((lock, ready): (Lock, Semaphore)) {
@@ -369,8 +373,10 @@ fn a_condition_over_a_lock_another_process_holds_is_not_ours_to_notify() {
     let lock = Lock::new().unwrap();
     let cond = pool_api::Condition::with_lock(lock.clone()).unwrap();
     let ready = Semaphore::new(0).unwrap();
-    let mut holder = Process::new(holds_lock, (lock, ready.clone())).unwrap();
-    holder.start().unwrap();
+    let mut holder = Process::new(holds_lock, (lock, ready.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
     ready.acquire_timeout(GENEROUS).unwrap();
     assert_eq!(cond.notify(1), Err(SyncError::NotOwner));
     assert_eq!(
@@ -378,7 +384,7 @@ fn a_condition_over_a_lock_another_process_holds_is_not_ours_to_notify() {
         Err(SyncError::NotOwner)
     );
     holder.kill().unwrap();
-    holder.join().unwrap();
+    holder.wait().unwrap();
 }
 
 #[test]
@@ -430,19 +436,17 @@ fn barrier_releases_all_parties_with_distinct_indices() {
     // CPython _TestBarrier.test_barrier.
     let barrier = pool_api::Barrier::new(4).unwrap();
     let out = pool_api::Queue::new().unwrap();
-    let mut ps: Vec<Process> = (0..3)
+    let mut ps: Vec<ProcessHandle> = (0..3)
         .map(|_| Process::new(arrive, (barrier.clone(), out.clone())).unwrap())
+        .map(|p| p.start().unwrap())
         .collect();
-    for p in &mut ps {
-        p.start().unwrap();
-    }
     let mine = barrier.wait(Some(GENEROUS)).unwrap();
     let mut indices: Vec<u32> = (0..3).map(|_| out.get_timeout(GENEROUS).unwrap()).collect();
     indices.push(mine);
     indices.sort_unstable();
     assert_eq!(indices, [0, 1, 2, 3]);
     for p in &mut ps {
-        p.join().unwrap();
+        p.wait().unwrap();
     }
     assert_eq!(barrier.n_waiting(), 0);
     assert_eq!(barrier.parties(), 4);

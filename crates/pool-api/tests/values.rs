@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pool_api::{Array, Process, SharedMemory, ShmError, SyncError, Value};
+use pool_api::{Array, Process, ProcessHandle, SharedMemory, ShmError, SyncError, Value};
 
 fn add_many((counter, n): (Value<u64>, u64)) {
     for _ in 0..n {
@@ -23,7 +23,7 @@ fn add_many_with_guard((counter, n): (Value<u64>, u64)) {
 #[test]
 fn processes_incrementing_a_shared_counter_get_exact_totals() {
     let counter = Value::new(0u64).unwrap();
-    let mut ps: Vec<Process> = (0..4)
+    let ps: Vec<Process> = (0..4)
         .map(|i| {
             // Two calls, not one function chosen with `if`: that would be a fn pointer, which
             // cannot travel (a compile-time error says so).
@@ -34,11 +34,9 @@ fn processes_incrementing_a_shared_counter_get_exact_totals() {
             }
         })
         .collect();
+    let mut ps: Vec<ProcessHandle> = ps.into_iter().map(|p| p.start().unwrap()).collect();
     for p in &mut ps {
-        p.start().unwrap();
-    }
-    for p in &mut ps {
-        p.join().unwrap();
+        p.wait().unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
     assert_eq!(counter.get().unwrap(), 2000);
@@ -55,9 +53,11 @@ fn an_array_written_by_a_child_is_read_by_the_parent() {
     // CPython _TestArray.test_array.
     let arr = Array::new(&[0i64; 10]).unwrap();
     assert_eq!(arr.len(), 10);
-    let mut p = Process::new(fill_squares, arr.clone()).unwrap();
-    p.start().unwrap();
-    p.join().unwrap();
+    let mut p = Process::new(fill_squares, arr.clone())
+        .unwrap()
+        .start()
+        .unwrap();
+    p.wait().unwrap();
     assert_eq!(
         arr.to_vec().unwrap(),
         (0..10).map(|i| i * i).collect::<Vec<i64>>()
@@ -127,9 +127,11 @@ fn anonymous_shared_memory_travels_to_a_child_and_leaves_nothing_in_dev_shm() {
     let before = dev_shm_listing();
     let shm = SharedMemory::new(64).unwrap();
     assert_eq!((shm.size(), shm.name()), (64, None));
-    let mut p = Process::new(write_hello, shm.clone_handle()).unwrap();
-    p.start().unwrap();
-    p.join().unwrap();
+    let mut p = Process::new(write_hello, shm.clone_handle())
+        .unwrap()
+        .start()
+        .unwrap();
+    p.wait().unwrap();
     let mut buf = [0u8; 20];
     shm.read(0, &mut buf).unwrap();
     assert_eq!(&buf, b"hello from the child");
@@ -158,23 +160,27 @@ fn named_segments_attach_by_name_unlink_on_drop_and_can_be_cleaned_up() {
         SharedMemory::create_named(&name, 10),
         Err(ShmError::AlreadyExists(_))
     ));
-    let mut p = Process::new(attach_and_write, name.clone()).unwrap();
-    p.start().unwrap();
-    p.join().unwrap();
+    let mut p = Process::new(attach_and_write, name.clone())
+        .unwrap()
+        .start()
+        .unwrap();
+    p.wait().unwrap();
     assert_eq!(&shm.to_vec()[..7], b"by name");
     drop(shm);
     assert!(!dev_shm_has(&name), "the creator unlinks its segment");
 
     // A creator killed before it could unlink leaves the segment; unlink cleans it up.
     let orphan = format!("pool-test-orphan-{}", std::process::id());
-    let mut creator = Process::new(create_named_and_hang, orphan.clone()).unwrap();
-    creator.start().unwrap();
+    let mut creator = Process::new(create_named_and_hang, orphan.clone())
+        .unwrap()
+        .start()
+        .unwrap();
     let t = std::time::Instant::now();
     while !dev_shm_has(&orphan) && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(5));
     }
     creator.kill().unwrap();
-    creator.join().unwrap();
+    creator.wait().unwrap();
     assert!(dev_shm_has(&orphan), "a SIGKILLed creator cannot unlink");
     SharedMemory::unlink(&orphan).unwrap();
     assert!(!dev_shm_has(&orphan));

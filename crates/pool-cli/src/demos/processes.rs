@@ -24,22 +24,22 @@ fn run_proc(name: String) {
 /// `run_proc('test')` with the parent's and the child's pids.
 pub(crate) fn process(args: &DemoArgs) -> Outcome {
     let pause = args.sleep(2.0).as_millis() as u64;
-    let mut p1 = Process::new(worker, ("A".to_string(), pause)).map_err(fail)?;
-    let mut p2 = Process::new(worker, ("B".to_string(), pause)).map_err(fail)?;
-    p1.start().map_err(fail)?;
-    p2.start().map_err(fail)?;
+    let p1 = Process::new(worker, ("A".to_string(), pause)).map_err(fail)?;
+    let p2 = Process::new(worker, ("B".to_string(), pause)).map_err(fail)?;
+    let p1 = p1.start().map_err(fail)?;
+    let p2 = p2.start().map_err(fail)?;
     p1.join().map_err(fail)?;
     p2.join().map_err(fail)?;
 
     println!("Parent process {}.", std::process::id());
-    let mut p = Process::new(run_proc, "test".to_string()).map_err(fail)?;
+    let p = Process::new(run_proc, "test".to_string()).map_err(fail)?;
     println!("Process will start.");
-    p.start().map_err(fail)?;
-    p.join().map_err(fail)?;
+    let mut p = p.start().map_err(fail)?;
+    let exitcode = p.wait().map_err(fail)?;
     println!("Process end.");
-    match p.exitcode() {
-        Some(0) => Ok(()),
-        other => Err(format!("the child exited with {other:?}")),
+    match exitcode {
+        0 => Ok(()),
+        other => Err(format!("the child exited with {other}")),
     }
 }
 
@@ -68,8 +68,9 @@ fn f_pipe(mut conn: pool_api::Connection) {
 /// Seed 002: a child sends `[42, None, 'hello']` through a Pipe; the parent prints it.
 pub(crate) fn pipe(_: &DemoArgs) -> Outcome {
     let (mut parent_conn, child_conn) = pool_api::Pipe::duplex().map_err(fail)?;
-    let mut p = Process::new(f_pipe, child_conn).map_err(fail)?;
-    p.start().map_err(fail)?;
+    let p = Process::new(f_pipe, child_conn)
+        .and_then(Process::start)
+        .map_err(fail)?;
     let list: Vec<Py> = parent_conn.recv().map_err(|e| e.to_string())?;
     let items: Vec<String> = list.iter().map(ToString::to_string).collect();
     println!("[{}]", items.join(", "));
@@ -134,10 +135,10 @@ pub(crate) fn queue(args: &DemoArgs) -> Outcome {
     let q = pool_api::Queue::new().map_err(|e| e.to_string())?;
     let printed = pool_api::Value::new(0u32).map_err(|e| e.to_string())?;
     let max_ms = args.sleep(1.0).as_millis() as u64;
-    let mut pw = Process::new(write, (q.clone(), max_ms)).map_err(fail)?;
-    let mut pr = Process::new(read, (q.clone(), printed.clone())).map_err(fail)?;
-    pw.start().map_err(fail)?;
-    pr.start().map_err(fail)?;
+    let pw = Process::new(write, (q.clone(), max_ms)).map_err(fail)?;
+    let pr = Process::new(read, (q.clone(), printed.clone())).map_err(fail)?;
+    let pw = pw.start().map_err(fail)?;
+    let mut pr = pr.start().map_err(fail)?;
     pw.join().map_err(fail)?;
     // The reader loops forever: once it has printed everything, it can only be terminated.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -145,5 +146,5 @@ pub(crate) fn queue(args: &DemoArgs) -> Outcome {
         std::thread::sleep(Duration::from_millis(5));
     }
     pr.terminate().map_err(fail)?;
-    pr.join().map_err(fail)
+    pr.wait().map(drop).map_err(fail)
 }
