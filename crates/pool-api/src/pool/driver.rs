@@ -55,9 +55,9 @@ use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 
 use super::job::{ChunkResult, JobShared, Payload, Source};
 use super::spare::SpareBuffers;
+use super::worker::{WorkerBoot, worker_main};
 use crate::Error;
 use crate::task::{self, Call, FromWorker, ToWorker};
-use crate::worker::{WorkerBoot, worker_main};
 
 /// What every worker of a pool is started with.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 mod driver;
 mod job;
 mod spare;
+mod worker;
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
