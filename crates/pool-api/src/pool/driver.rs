@@ -53,8 +53,8 @@ use pool_core::{
 };
 use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 
-use super::job::{ChunkResult, JobShared, Payload, Source};
-use super::spare::SpareBuffers;
+use super::job::{JobShared, Source};
+use super::payload::{ChunkResult, Payload, SpareBuffers};
 use super::worker::{WorkerBoot, worker_main};
 use crate::Error;
 use crate::task::{self, Call, FromWorker, ToWorker};

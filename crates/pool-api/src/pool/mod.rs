@@ -2,7 +2,7 @@
 
 mod driver;
 mod job;
-mod spare;
+mod payload;
 mod worker;
 
 use std::collections::VecDeque;
@@ -18,7 +18,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use self::driver::{Shared, WorkerSetup};
-use self::job::{Callback, FirstError, JobShared, Outcomes, Payload, Source, Wake, decoder};
+use self::job::{Callback, JobShared, Source, Wake};
+use self::payload::{FirstError, Outcomes, Payload, decoder};
 use crate::Error;
 use crate::task::{Call, StarFn};
 
