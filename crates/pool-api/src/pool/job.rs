@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pool_core::{Chunk, ChunkId, JobId, WorkerId};
 use serde::de::DeserializeOwned;
 
-use super::driver::WorkerLink;
+use super::link::WorkerLink;
 use super::payload::{ChunkResult, Decoder, FirstError, Outcomes, Payload};
 use crate::Error;
 use crate::task::Call;

@@ -2,6 +2,7 @@
 
 mod driver;
 mod job;
+mod link;
 mod payload;
 mod worker;
 
