@@ -1,5 +1,9 @@
 //! The driver: carries out the scheduler's commands with real processes.
 //!
+//! It is the one file of `pool/` that uses all the others, and none uses it: the link to
+//! each worker (`link.rs`), the jobs (`job.rs`), their payloads (`payload.rs`), the callback
+//! runner (`callbacks.rs`) and the worker's side (`worker.rs`), whose entry point it starts.
+//!
 //! There is no central event-loop thread. The scheduler lives in one mutex, and whichever
 //! thread has news takes the lock, feeds the event in, and drains the commands: the caller
 //! that submits a job, the reader thread of the worker that answered, the timer thread. This

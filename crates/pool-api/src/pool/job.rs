@@ -1,5 +1,9 @@
 //! One job as the driver and its caller share it: where its input comes from, the chunks
 //! delivered (in the scheduler's delivery order), and whether it is finished.
+//!
+//! It is its own file because it is where the driver and a waiting caller meet, and neither
+//! side's machinery is in it: it holds chunks' results (`payload.rs`) and, for an `apply`,
+//! the link its chunk was sent on (`link.rs`), nothing of the scheduler or the threads.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
