@@ -38,7 +38,6 @@ mod sync;
 mod task;
 mod thread_pool;
 mod values;
-mod worker;
 
 pub use bytes::Bytes;
 pub use connection::{

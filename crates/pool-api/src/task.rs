@@ -171,7 +171,7 @@ where
         let item = A::deserialize(&mut decoder).map_err(cannot_decode)?;
         // A `Result<R, Panic>` as postcard writes it (the variant's index, one byte, then the
         // value), written by hand: serde's enum path was a fifth of a worker's time on small
-        // results. The parent reads it back by hand too (`job::decode_each`).
+        // results. The parent reads it back by hand too (`payload::decode_each`).
         match catch(|| f(item)) {
             Ok(value) => {
                 encoder.output.0.push(0);

@@ -1,5 +1,9 @@
 //! The driver: carries out the scheduler's commands with real processes.
 //!
+//! It is the one file of `pool/` that uses all the others, and none uses it: the link to
+//! each worker (`link.rs`), the jobs (`job.rs`), their payloads (`payload.rs`), the callback
+//! runner (`callbacks.rs`) and the worker's side (`worker.rs`), whose entry point it starts.
+//!
 //! There is no central event-loop thread. The scheduler lives in one mutex, and whichever
 //! thread has news takes the lock, feeds the event in, and drains the commands: the caller
 //! that submits a job, the reader thread of the worker that answered, the timer thread. This
@@ -34,8 +38,8 @@
 //! left it and give it back when answered. The reader resumes when there is work no caller
 //! will receive for: a chunk of any other job sent to its worker, a retire or a kill, a
 //! caller that gave the half back while its worker still had work, or a broken channel the
-//! caller met. It also resumes after [`PARK_AT_MOST`] in any case, so that the death of an
-//! idle worker is seen (and the worker replaced) without anyone's help.
+//! caller met. It also resumes after `PARK_AT_MOST` (`link.rs`) in any case, so that the
+//! death of an idle worker is seen (and the worker replaced) without anyone's help.
 //!
 //! A caller that holds the half behaves as a reader: it never blocks sending to a worker.
 //!
@@ -43,7 +47,7 @@
 //! writer; one spawner (starting a worker takes milliseconds), one timer (deadlines), one
 //! callback runner.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
@@ -53,11 +57,16 @@ use pool_core::{
 };
 use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 
-use super::job::{ChunkResult, JobShared, Payload, Source};
-use super::spare::SpareBuffers;
+use super::callbacks::CallbackRunner;
+use super::job::{JobShared, Source};
+use super::link::{
+    CALLER_SPIN, Claim, MAY_BLOCK_SENDING, Outbox, Outgoing, Received, RxEnd, RxSlot, WorkerLink,
+    drain, forbid_blocking_sends, writer,
+};
+use super::payload::{ChunkResult, Payload, SpareBuffers};
+use super::worker::{WorkerBoot, worker_main};
 use crate::Error;
 use crate::task::{self, Call, FromWorker, ToWorker};
-use crate::worker::{WorkerBoot, worker_main};
 
 /// What every worker of a pool is started with.
 #[derive(Debug)]
@@ -81,7 +90,7 @@ pub(crate) struct Shared {
     /// `join` waits here for the last worker's exit.
     joined: Condvar,
     setup: WorkerSetup,
-    callbacks: Callbacks,
+    callbacks: CallbackRunner,
     /// Buffers of ended chunks, for encoding the next ones.
     spare: SpareBuffers,
     /// Messages handled by callers that held a worker's receiving half.
@@ -110,192 +119,6 @@ struct State {
     shutdown: bool,
 }
 
-/// The parent's link to one worker.
-#[derive(Debug)]
-pub(crate) struct WorkerLink {
-    pid: u32,
-    killer: Killer,
-    outbox: Mutex<Outbox>,
-    /// Wakes the worker's writer thread.
-    ready: Condvar,
-    /// The sending half; taken by whoever drains the outbox (`Outbox::draining`).
-    sender: Mutex<pool_ipc::Sender>,
-    /// The receiving half while its reader thread has stepped aside (see "Receiving").
-    receiving: Mutex<RxSlot>,
-    /// Wakes the parked reader thread.
-    resume: Condvar,
-    /// A caller asks the reader thread to step aside after its next message.
-    rx_wanted: AtomicBool,
-}
-
-/// Where a worker's receiving half waits while its reader thread is parked.
-#[derive(Debug, Default)]
-struct RxSlot {
-    /// Here while nobody receives; taken by a caller, or by the reader when it resumes.
-    rx: Option<pool_ipc::Receiver>,
-    /// The reader thread is waiting for `rx` (a kick must wake it).
-    parked: bool,
-    /// The parked reader waits only for `rx` to come back (its time is up, or it was kicked
-    /// while a caller held it): giving it back must wake it.
-    due: bool,
-    /// There is work for the reader: it takes `rx` as soon as it is here.
-    kick: bool,
-    /// A caller met the end of the channel: the reader takes over to reap the worker.
-    end: Option<RxEnd>,
-}
-
-/// Why a worker's messages stop being read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RxEnd {
-    /// The worker closed its channel: it exited, or is exiting.
-    Closed,
-    /// An unreadable message, or one that broke the protocol: the worker is killed.
-    Untrusted,
-}
-
-#[derive(Debug, Default)]
-struct Outbox {
-    queue: VecDeque<Outgoing>,
-    /// Someone is sending this worker's messages: others leave theirs in the queue, which
-    /// keeps them in order.
-    draining: bool,
-    closed: bool,
-    /// The writer thread sleeps on `ready` (see [`WorkerLink::wake_writer`]).
-    writer_asleep: bool,
-}
-
-impl Outbox {
-    /// Nothing for the writer thread to do: open, and empty or being drained by another.
-    fn idle(&self) -> bool {
-        !self.closed && (self.queue.is_empty() || self.draining)
-    }
-}
-
-thread_local! {
-    /// Whether this thread may block sending to a worker. Never a thread that receives from
-    /// workers (a reader), nor the timer, nor the spawner: see the module documentation.
-    static MAY_BLOCK_SENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-}
-
-fn forbid_blocking_sends() {
-    MAY_BLOCK_SENDING.with(|c| c.set(false));
-}
-
-impl WorkerLink {
-    /// Takes the receiving half if the reader thread left it; otherwise asks the reader to
-    /// step aside after its next message, for the next caller.
-    fn claim(&self) -> Option<pool_ipc::Receiver> {
-        let mut slot = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.end.is_none() {
-            if let Some(rx) = slot.rx.take() {
-                return Some(rx);
-            }
-        }
-        drop(slot);
-        self.rx_wanted.store(true, Ordering::Release);
-        None
-    }
-
-    /// A caller gives the receiving half back, with the reader woken if its worker still
-    /// has work or the channel ended.
-    fn give_back(&self, rx: pool_ipc::Receiver, end: Option<RxEnd>, busy: bool) {
-        let mut slot = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
-        slot.rx = Some(rx);
-        if end.is_some() {
-            slot.end = end;
-        }
-        slot.kick |= busy || end.is_some();
-        let wake = slot.parked && (slot.kick || slot.due);
-        drop(slot);
-        if wake {
-            self.resume.notify_one();
-        }
-    }
-
-    /// There is work no caller will receive for: the reader thread resumes if parked.
-    fn kick(&self) {
-        let mut slot = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
-        slot.kick = true;
-        let wake = slot.parked;
-        drop(slot);
-        if wake {
-            self.resume.notify_one();
-        }
-    }
-
-    /// The reader thread steps aside: leaves `rx` for callers and waits until there is work
-    /// for it (or [`PARK_AT_MOST`] passed) and the half is back.
-    fn park(&self, rx: pool_ipc::Receiver) -> (pool_ipc::Receiver, Option<RxEnd>) {
-        let mut slot = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
-        slot.rx = Some(rx);
-        slot.parked = true;
-        let since = Instant::now();
-        loop {
-            let waited = since.elapsed();
-            if slot.kick || slot.end.is_some() || waited >= PARK_AT_MOST {
-                if let Some(rx) = slot.rx.take() {
-                    slot.parked = false;
-                    slot.due = false;
-                    slot.kick = false;
-                    return (rx, slot.end.take());
-                }
-                // A caller holds it: it gives it back when answered, and wakes us.
-                slot.due = true;
-                slot = self.resume.wait(slot).unwrap_or_else(|e| e.into_inner());
-            } else {
-                slot = self
-                    .resume
-                    .wait_timeout(slot, PARK_AT_MOST - waited)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        }
-    }
-
-    /// Wakes the writer thread if it sleeps. It marks itself asleep under the outbox's lock
-    /// after finding nothing to do, so a message pushed under that lock before this call is
-    /// either seen by it or finds it marked; no futex call is made for a writer awake.
-    fn wake_writer(&self) {
-        let asleep = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .writer_asleep;
-        if asleep {
-            self.ready.notify_one();
-        }
-    }
-
-    fn push(&self, msg: Outgoing) {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queue
-            .push_back(msg);
-    }
-
-    /// Stops the writer thread (the worker is gone).
-    fn close(&self) {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        self.ready.notify_one();
-    }
-}
-
-/// A worker's message as received: decoded, its frame (which holds a result's bytes), where
-/// the body starts, and the result decoded ahead of the lock, if it was.
-struct Received {
-    msg: FromWorker,
-    frame: Vec<u8>,
-    body_at: usize,
-    decoded: Option<ChunkResult>,
-}
-
-#[derive(Debug)]
-enum Outgoing {
-    Task { header: Vec<u8>, body: Payload },
-    Retire,
-}
-
 /// What draining commands asks to be done once the state lock is released.
 #[derive(Default)]
 struct Effects {
@@ -305,7 +128,7 @@ struct Effects {
     kill: Vec<Killer>,
     spawn: Vec<WorkerId>,
     wake: Vec<Arc<JobShared>>,
-    /// Jobs that ended, with their callback (already counted as pending, see `Callbacks`).
+    /// Jobs that ended, with their callback (already counted as pending, see `CallbackRunner`).
     finished: Vec<(Arc<JobShared>, Option<super::job::Callback>)>,
 }
 
@@ -329,7 +152,7 @@ impl Shared {
             timer: Condvar::new(),
             joined: Condvar::new(),
             setup,
-            callbacks: Callbacks::start(),
+            callbacks: CallbackRunner::start(),
             spare: SpareBuffers::default(),
             #[cfg(test)]
             received_by_callers: std::sync::atomic::AtomicU64::new(0),
@@ -981,112 +804,6 @@ fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
     out
 }
 
-/// Sends what the worker's outbox holds, in order, unless someone else is already doing so
-/// (then that drainer, or the writer thread, will). Returns `false` once the worker is gone.
-///
-/// With `wait` false, for a thread that must not block sending (see the module
-/// documentation), it sends only the messages the channel takes at once; the rest stays
-/// first in the outbox, for the writer thread, woken for it.
-fn drain(link: &WorkerLink, wait: bool) -> bool {
-    let mut batch = {
-        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        if outbox.draining || outbox.closed {
-            return !outbox.closed;
-        }
-        outbox.draining = true;
-        std::mem::take(&mut outbox.queue)
-    };
-    let ok = send_all(link, &mut batch, wait);
-    let wake = {
-        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        outbox.draining = false;
-        if ok {
-            // What was not sent goes before what was queued meanwhile.
-            batch.append(&mut outbox.queue);
-            outbox.queue = batch;
-        } else {
-            outbox.queue.clear();
-        }
-        !outbox.queue.is_empty() && outbox.writer_asleep
-    };
-    if wake {
-        link.ready.notify_one();
-    }
-    ok
-}
-
-/// Sends messages from the front of `batch`, in order, removing each one sent; without
-/// `wait`, stops at the first the channel does not take at once. A send that fails means the
-/// worker is gone (its reader thread reports the exit); it is killed to be sure.
-fn send_all(link: &WorkerLink, batch: &mut VecDeque<Outgoing>, wait: bool) -> bool {
-    let mut sender = link.sender.lock().unwrap_or_else(|e| e.into_inner());
-    while let Some(msg) = batch.front() {
-        let sent = match msg {
-            Outgoing::Task { header, body } if wait => {
-                use std::os::fd::AsFd;
-                let fds: Vec<_> = body.fds.iter().map(AsFd::as_fd).collect();
-                sender
-                    .send_parts_with_fds(&[header, &body.bytes], &fds, None)
-                    .map(|()| true)
-            }
-            Outgoing::Task { header, body } if body.fds.is_empty() => {
-                sender.try_send_parts(&[header, &body.bytes])
-            }
-            // Descriptors travel over a socket only, and a socket send may wait.
-            Outgoing::Task { .. } => Ok(false),
-            Outgoing::Retire => match task::header_bytes(&ToWorker::Retire) {
-                Ok(header) if wait => sender.send(&header, None).map(|()| true),
-                Ok(header) => sender.try_send_parts(&[&header]),
-                Err(_) => Ok(true),
-            },
-        };
-        match sent {
-            Ok(true) => {
-                batch.pop_front();
-            }
-            Ok(false) => break,
-            Err(_) => {
-                let _ = link.killer.kill();
-                return false;
-            }
-        }
-    }
-    true
-}
-
-/// A worker's writer thread: drains its outbox whenever told to, until the worker is gone.
-fn writer(link: Arc<WorkerLink>) {
-    loop {
-        {
-            let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            // Before sleeping, yield a few times: on a machine with fewer CPUs than ready
-            // threads the reader that will hand over the next task is often running right
-            // then, and a condvar sleep costs a wake-up per task (W2b, pipelined apply_async).
-            let mut yields = WRITER_YIELDS;
-            while outbox.idle() && yields > 0 {
-                yields -= 1;
-                drop(outbox);
-                std::thread::yield_now();
-                outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            }
-            while outbox.idle() {
-                outbox.writer_asleep = true;
-                outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
-                outbox.writer_asleep = false;
-            }
-            if outbox.closed {
-                return;
-            }
-        }
-        if !drain(&link, true) {
-            return;
-        }
-    }
-}
-
-/// How many times a writer thread with nothing to send yields before it sleeps.
-const WRITER_YIELDS: u32 = 2;
-
 /// At most this many messages that arrived together are handled under one taking of the
 /// state lock.
 const RECEIVE_BATCH: usize = 32;
@@ -1228,37 +945,6 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
     }
 }
 
-/// A caller's hold on a worker's receiving half: given back when dropped, also if handling
-/// a message panicked (the reader thread would otherwise wait for it forever).
-struct Claim<'a> {
-    link: &'a WorkerLink,
-    rx: Option<pool_ipc::Receiver>,
-    end: Option<RxEnd>,
-    busy: bool,
-    may_block: bool,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        MAY_BLOCK_SENDING.with(|c| c.set(self.may_block));
-        if let Some(mut rx) = self.rx.take() {
-            rx.set_spin(None);
-            // A panic mid-message leaves the channel in an unknown state: the reader ends it.
-            let end = self
-                .end
-                .or(std::thread::panicking().then_some(RxEnd::Untrusted));
-            self.link.give_back(rx, end, self.busy);
-        }
-    }
-}
-
-/// How long a caller that receives its own answer spins for each message before it sleeps.
-const CALLER_SPIN: Duration = Duration::from_micros(50);
-
-/// How long a parked reader thread leaves its worker's channel to callers before it
-/// receives again (see "Receiving"): the longest an idle worker's death goes unseen.
-const PARK_AT_MOST: Duration = Duration::from_millis(10);
-
 /// Reads a worker's messages until its channel closes, then reaps it and reports the exit.
 /// Steps aside for callers that ask (see "Receiving").
 fn reader(
@@ -1333,141 +1019,6 @@ fn timer_thread(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// A finished job and the callback to run with it.
-type PendingCallback = (Arc<JobShared>, super::job::Callback);
-
-thread_local! {
-    /// Set on the callback thread while a callback runs.
-    /// Which pool's callback runs on this thread (the address of its `Pending`), if any.
-    static IN_CALLBACK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The one thread on which a pool's callbacks run, in completion order.
-#[derive(Debug)]
-struct Callbacks {
-    queue: Mutex<Option<mpsc::Sender<PendingCallback>>>,
-    /// Held while a callback runs, so that `terminate` can wait for it to return.
-    running: Arc<Mutex<()>>,
-    /// `false` once the pool was terminated: no more callbacks run.
-    enabled: Arc<std::sync::atomic::AtomicBool>,
-    /// Callbacks of finished jobs not yet run (or skipped), for `join`.
-    pending: Arc<Pending>,
-}
-
-/// A count of callbacks still to run, and a condvar to wait for it to reach zero.
-#[derive(Debug, Default)]
-struct Pending {
-    count: Mutex<usize>,
-    idle: Condvar,
-}
-
-impl Pending {
-    fn done_one(&self) {
-        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            self.idle.notify_all();
-        }
-    }
-}
-
-impl Callbacks {
-    fn start() -> Callbacks {
-        let (tx, rx) = mpsc::channel::<PendingCallback>();
-        let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let running = Arc::new(Mutex::new(()));
-        let pending = Arc::new(Pending::default());
-        let (gate, busy, counted) = (
-            Arc::clone(&enabled),
-            Arc::clone(&running),
-            Arc::clone(&pending),
-        );
-        std::thread::Builder::new()
-            .name("pool-callbacks".into())
-            .spawn(move || {
-                for (job, callback) in rx {
-                    let running = busy.lock().unwrap_or_else(|e| e.into_inner());
-                    if gate.load(std::sync::atomic::Ordering::SeqCst) {
-                        IN_CALLBACK.with(|c| c.set(Arc::as_ptr(&counted) as usize));
-                        let outcome =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                callback(&job)
-                            }));
-                        IN_CALLBACK.with(|c| c.set(0));
-                        if outcome.is_err() {
-                            tracing::error!(
-                                "a result callback panicked; later callbacks still run"
-                            );
-                        }
-                    }
-                    drop(running);
-                    counted.done_one();
-                }
-            })
-            .expect("starting the pool's callback thread");
-        Callbacks {
-            queue: Mutex::new(Some(tx)),
-            running,
-            enabled,
-            pending,
-        }
-    }
-
-    /// A finished job's callback will be handed to [`Callbacks::run`].
-    fn expect_one(&self) {
-        *self.pending.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-    }
-
-    fn run(&self, job: Arc<JobShared>, callback: super::job::Callback) {
-        let queued = match &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(queue) => queue.send((job, callback)).is_ok(),
-            None => false,
-        };
-        if !queued {
-            self.pending.done_one();
-        }
-    }
-
-    /// Waits until every callback handed over has run (or was skipped after `terminate`),
-    /// unless this is the callback thread.
-    fn wait_idle(&self) {
-        if self.on_own_thread() {
-            return;
-        }
-        let mut count = self.pending.count.lock().unwrap_or_else(|e| e.into_inner());
-        while *count > 0 {
-            count = self
-                .pending
-                .idle
-                .wait(count)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Starts no more callbacks (those queued are skipped).
-    fn disable(&self) {
-        self.enabled
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Waits for a running callback to return, unless it is that very callback asking (a
-    /// callback may terminate its own pool).
-    fn wait_running(&self) {
-        if !self.on_own_thread() {
-            drop(self.running.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-    }
-
-    /// Whether this thread is this pool's callback thread, running a callback.
-    fn on_own_thread(&self) -> bool {
-        IN_CALLBACK.with(std::cell::Cell::get) == Arc::as_ptr(&self.pending) as usize
-    }
-
-    fn stop(&self) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -1499,75 +1050,5 @@ mod tests {
                 "{kind:?}: callers received {received} messages"
             );
         }
-    }
-
-    /// The messages of every `tracing` event of this test binary, from a subscriber installed
-    /// on first use (callbacks log on the pool's callback thread, so it must be global).
-    fn logged() -> &'static std::sync::Mutex<Vec<String>> {
-        static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        static INSTALL: std::sync::Once = std::sync::Once::new();
-
-        struct Recorder;
-
-        impl tracing::Subscriber for Recorder {
-            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-                true
-            }
-            fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-                tracing::span::Id::from_u64(1)
-            }
-            fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-            fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-            fn event(&self, event: &tracing::Event<'_>) {
-                struct Message(String);
-                impl tracing::field::Visit for Message {
-                    fn record_debug(
-                        &mut self,
-                        field: &tracing::field::Field,
-                        value: &dyn std::fmt::Debug,
-                    ) {
-                        if field.name() == "message" {
-                            self.0 = format!("{value:?}");
-                        }
-                    }
-                }
-                let mut message = Message(String::new());
-                event.record(&mut message);
-                LOGGED
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(message.0);
-            }
-            fn enter(&self, _: &tracing::span::Id) {}
-            fn exit(&self, _: &tracing::span::Id) {}
-        }
-
-        INSTALL.call_once(|| {
-            let _ = tracing::subscriber::set_global_default(Recorder);
-        });
-        &LOGGED
-    }
-
-    /// A callback that panics is reported through `tracing`, and the callbacks after it run.
-    #[test]
-    fn a_panicking_callback_is_reported_and_later_callbacks_run() {
-        let logged = logged();
-        let pool = crate::Pool::builder().processes(1).build().unwrap();
-        let buggy = crate::Callbacks::none().on_ok(|_: u64| panic!("a bug in a callback"));
-        let first = pool.apply_async_with(double, 1, buggy).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let fine = crate::Callbacks::none().on_ok(move |v: u64| tx.send(v).unwrap());
-        let second = pool.apply_async_with(double, 2, fine).unwrap();
-        // Callbacks run in completion order on one thread: the first has run when the second
-        // reports.
-        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(20)), Ok(4));
-        assert_eq!((first.get(), second.get()), (Ok(2), Ok(4)));
-        let logged = logged.lock().unwrap();
-        assert!(
-            logged
-                .iter()
-                .any(|m| m.contains("a result callback panicked")),
-            "{logged:?}"
-        );
     }
 }

@@ -1,8 +1,11 @@
 //! `Pool`: Python's process pool, over real processes, with Python's failure modes fixed.
 
+mod callbacks;
 mod driver;
 mod job;
-mod spare;
+mod link;
+mod payload;
+mod worker;
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -17,7 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use self::driver::{Shared, WorkerSetup};
-use self::job::{Callback, FirstError, JobShared, Outcomes, Payload, Source, Wake, decoder};
+use self::job::{Callback, JobShared, Source, Wake};
+use self::payload::{FirstError, Outcomes, Payload, decoder};
 use crate::Error;
 use crate::task::{Call, StarFn};
 

@@ -5,6 +5,9 @@
 //! scheduler's model of a worker assumes. Before each chunk it tells the parent `Started`, so
 //! that a worker that dies inside a chunk fails that chunk (it is never run twice) while the
 //! chunks still queued behind it are given to other workers.
+//!
+//! It is its own file because it runs in the worker process, where nothing else of `pool/`
+//! runs: it shares only the task protocol (`task.rs`) with the parent's side.
 
 use std::sync::Mutex;
 

@@ -1,0 +1,586 @@
+//! A chunk's bytes on the parent's side: the encoded arguments sent to a worker
+//! ([`Payload`]), the results it sends back and their decoding, one item at a time, into a
+//! job's [`Outcomes`] sink ([`ChunkResult`], [`decode_each`], [`FirstError`] for `map`).
+//!
+//! It is its own file because it knows nothing of workers, links or jobs: the job
+//! (`job.rs`), the link to a worker (`link.rs`) and the driver all use it, and it uses none
+//! of them.
+//!
+//! # Spare buffers
+//!
+//! A chunk of large arguments (eight 1 MiB items, say) is encoded into a buffer of several
+//! MiB. The allocator serves a request that size with `mmap` and gives it back with `munmap`,
+//! so every such chunk faulted its pages in anew: about 2 µs a page on this machine, as long
+//! as encoding into them, on the one thread that feeds every worker. A pool keeps a few of
+//! these buffers between chunks instead ([`SpareBuffers`]). What it keeps is bounded, and
+//! small buffers (which the allocator recycles well) are not kept at all.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::task::Panic;
+
+/// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
+/// clone: a requeued chunk is sent again from the same payload.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Payload {
+    pub(crate) bytes: Arc<Vec<u8>>,
+    pub(crate) fds: Arc<Vec<std::os::fd::OwnedFd>>,
+}
+
+impl Payload {
+    /// Encodes `value` into a buffer from `spare`, collecting the handles' descriptors.
+    pub(crate) fn encode<T: serde::Serialize + ?Sized>(
+        value: &T,
+        spare: &SpareBuffers,
+    ) -> Result<Payload, Error> {
+        let (bytes, fds) = crate::handles::encode_into(value, spare.take())?;
+        Ok(Payload {
+            bytes: Arc::new(bytes),
+            fds: Arc::new(fds),
+        })
+    }
+}
+
+/// Decodes a chunk's encoded results (`body`, from the worker whose pid is given) into a
+/// [`DecodedChunk`] of the job's result type, on the thread that received them (see
+/// [`ChunkResult::Decoded`]).
+pub(crate) type Decoder = fn(body: &[u8], pid: u32) -> Box<dyn Any + Send>;
+
+/// The [`Decoder`] of jobs whose results are `R`s.
+pub(crate) fn decoder<R: DeserializeOwned + Send + 'static>() -> Decoder {
+    decode_ahead::<R>
+}
+
+fn decode_ahead<R: DeserializeOwned + Send + 'static>(
+    body: &[u8],
+    pid: u32,
+) -> Box<dyn Any + Send> {
+    let mut chunk = DecodedChunk::<R> {
+        values: Vec::new(),
+        failures: Vec::new(),
+        outcomes: 0,
+    };
+    // As many as the results say they are; checked against the chunk when it is taken.
+    let items = postcard::take_from_bytes::<u64>(body)
+        .ok()
+        .and_then(|(n, _)| u32::try_from(n).ok())
+        .unwrap_or(0);
+    chunk.reserve(items as usize);
+    let mut pushed = 0;
+    if let Err(error) = decode_each(body, items, pid, &mut pushed, &mut chunk) {
+        chunk.fail(items - pushed, &error);
+    }
+    Box::new(chunk)
+}
+
+/// A chunk's outcomes, decoded: the values of the items that succeeded, in order, and the
+/// runs of items that failed, as (first item, how many, why).
+#[derive(Debug)]
+struct DecodedChunk<R> {
+    values: Vec<R>,
+    failures: Vec<(u32, u32, Error)>,
+    outcomes: u32,
+}
+
+impl<R> Outcomes<R> for DecodedChunk<R> {
+    fn push_ok(&mut self, value: R) {
+        self.values.push(value);
+        self.outcomes += 1;
+    }
+
+    fn push(&mut self, outcome: Result<R, Error>) {
+        match outcome {
+            Ok(value) => self.push_ok(value),
+            Err(error) => self.fail(1, &error),
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.values.reserve(n);
+    }
+
+    fn fail(&mut self, n: u32, error: &Error) {
+        if n > 0 {
+            self.failures.push((self.outcomes, n, error.clone()));
+            self.outcomes += n;
+        }
+    }
+}
+
+impl<R> DecodedChunk<R> {
+    /// Hands the outcomes to `into`, in order.
+    fn replay(self, into: &mut impl Outcomes<R>) {
+        if self.failures.is_empty() {
+            return into.extend_ok(self.values);
+        }
+        let mut values = self.values.into_iter();
+        let mut at = 0;
+        for (first, n, error) in self.failures {
+            for value in values.by_ref().take((first - at) as usize) {
+                into.push_ok(value);
+            }
+            into.fail(n, &error);
+            at = first + n;
+        }
+        for value in values {
+            into.push_ok(value);
+        }
+    }
+}
+
+/// A chunk's outcome as delivered.
+#[derive(Debug)]
+pub(crate) enum ChunkResult {
+    /// The worker's encoded results are `frame[body_at..]`.
+    Bytes {
+        frame: Vec<u8>,
+        body_at: usize,
+        pid: u32,
+    },
+    /// The results, decoded by the reader thread that received them (a `DecodedChunk<R>`),
+    /// so that a `map`'s one feeding thread does not decode for every worker as well. Only
+    /// for chunks taken once, by [`ChunkResult::into_outcomes`].
+    Decoded(Box<dyn Any + Send>),
+    /// No result.
+    Failed(Error),
+}
+
+impl ChunkResult {
+    /// Hands the chunk's per-item outcomes (`items` of them) to `into`, in order, decoding
+    /// them one by one (no vector of `Result<R, Panic>` is built: see `task::run_chunk`).
+    pub(crate) fn decode_into<R: DeserializeOwned>(&self, items: u32, into: &mut impl Outcomes<R>) {
+        let (frame, body_at, pid) = match self {
+            ChunkResult::Failed(e) => return into.fail(items, e),
+            // Values cannot be handed out twice; only jobs whose chunks are taken once (by
+            // `into_outcomes`) have their results decoded ahead.
+            ChunkResult::Decoded(_) => {
+                return into.fail(items, &Error::Codec("results already taken".into()));
+            }
+            ChunkResult::Bytes {
+                frame,
+                body_at,
+                pid,
+            } => (frame, *body_at, *pid),
+        };
+        let mut pushed = 0;
+        if let Err(error) = decode_each(&frame[body_at..], items, pid, &mut pushed, into) {
+            // Every item gets one outcome: those not decoded fail.
+            into.fail(items - pushed, &error);
+        }
+    }
+
+    /// [`ChunkResult::decode_into`], taking the chunk: results decoded ahead are moved out.
+    pub(crate) fn into_outcomes<R: DeserializeOwned + 'static>(
+        self,
+        items: u32,
+        into: &mut impl Outcomes<R>,
+    ) {
+        let ChunkResult::Decoded(decoded) = self else {
+            return self.decode_into(items, into);
+        };
+        match decoded.downcast::<DecodedChunk<R>>() {
+            Ok(chunk) if chunk.outcomes == items => chunk.replay(into),
+            Ok(_) => into.fail(
+                items,
+                &Error::Codec("a chunk came back with the wrong number of results".into()),
+            ),
+            Err(_) => into.fail(items, &Error::Codec("results of another type".into())),
+        }
+    }
+}
+
+/// Decodes a chunk's `items` results, handing each to `into` and counting them in `pushed`.
+fn decode_each<R: DeserializeOwned>(
+    body: &[u8],
+    items: u32,
+    pid: u32,
+    pushed: &mut u32,
+    into: &mut impl Outcomes<R>,
+) -> Result<(), Error> {
+    // A sequence's length is the same varint as a `u64`.
+    let (len, results) = postcard::take_from_bytes::<u64>(body)?;
+    if len != u64::from(items) {
+        return Err(Error::Codec(
+            "a chunk came back with the wrong number of results".into(),
+        ));
+    }
+    // A `Result` is its variant's index (one byte, 0 or 1) and then the value or the panic.
+    // Read by hand: serde's enum visitor was a sixth of the parent's time in a map of small
+    // items, on the one thread that decodes for every worker.
+    let mut rest = results;
+    while *pushed < items {
+        let Some((&variant, after)) = rest.split_first() else {
+            return Err(Error::Codec("a chunk's results were cut short".into()));
+        };
+        match variant {
+            0 => {
+                let (value, after) = postcard::take_from_bytes::<R>(after)?;
+                rest = after;
+                *pushed += 1;
+                into.push_ok(value);
+            }
+            1 => {
+                let (p, after) = postcard::take_from_bytes::<Panic>(after)?;
+                rest = after;
+                *pushed += 1;
+                into.push(Err(Error::Panicked {
+                    message: p.message,
+                    location: p.location,
+                    pid,
+                }));
+            }
+            _ => {
+                return Err(Error::Codec(
+                    "a result that is neither a value nor a panic".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a job's per-item outcomes go, in delivery order.
+pub(crate) trait Outcomes<R> {
+    /// The next item's outcome.
+    fn push(&mut self, outcome: Result<R, Error>);
+
+    /// The next item succeeded (the common case, without building a `Result`).
+    fn push_ok(&mut self, value: R) {
+        self.push(Ok(value));
+    }
+
+    /// The next items all succeeded, with these values.
+    fn extend_ok(&mut self, values: Vec<R>) {
+        for value in values {
+            self.push_ok(value);
+        }
+    }
+
+    /// Room for `n` more outcomes is wanted.
+    fn reserve(&mut self, _n: usize) {}
+
+    /// The next `n` items all failed with `error`.
+    fn fail(&mut self, n: u32, error: &Error) {
+        for _ in 0..n {
+            self.push(Err(error.clone()));
+        }
+    }
+}
+
+impl<R> Outcomes<R> for Vec<Result<R, Error>> {
+    fn push(&mut self, outcome: Result<R, Error>) {
+        Vec::push(self, outcome);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
+    }
+}
+
+impl<R> Outcomes<R> for VecDeque<Result<R, Error>> {
+    fn push(&mut self, outcome: Result<R, Error>) {
+        self.push_back(outcome);
+    }
+}
+
+/// What `map` returns: the values in order, or the error of the lowest-index failed item.
+/// Outcomes arrive in input order, so the first error seen is that one, and values after it
+/// are not kept.
+#[derive(Debug)]
+pub(crate) struct FirstError<R> {
+    values: Vec<R>,
+    error: Option<Error>,
+}
+
+impl<R> FirstError<R> {
+    pub(crate) fn new() -> FirstError<R> {
+        FirstError {
+            values: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub(crate) fn into_result(self) -> Result<Vec<R>, Error> {
+        match self.error {
+            None => Ok(self.values),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl<R> Outcomes<R> for FirstError<R> {
+    fn push_ok(&mut self, value: R) {
+        if self.error.is_none() {
+            self.values.push(value);
+        }
+    }
+
+    fn extend_ok(&mut self, mut values: Vec<R>) {
+        if self.error.is_none() {
+            self.values.append(&mut values);
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        if self.error.is_none() {
+            self.values.reserve(n);
+        }
+    }
+
+    fn push(&mut self, outcome: Result<R, Error>) {
+        match (outcome, &self.error) {
+            (Ok(value), None) => self.values.push(value),
+            (Err(e), None) => {
+                self.error = Some(e);
+                self.values = Vec::new();
+            }
+            (_, Some(_)) => {}
+        }
+    }
+
+    fn fail(&mut self, n: u32, error: &Error) {
+        if n > 0 && self.error.is_none() {
+            self.push(Err(error.clone()));
+        }
+    }
+}
+
+/// Below this, a buffer comes from the allocator and goes back to it.
+const KEPT_FROM: usize = 256 << 10;
+/// At most this many buffers are kept...
+const KEPT_BUFFERS: usize = 8;
+/// ...holding at most this much memory.
+const KEPT_BYTES: usize = 64 << 20;
+
+/// The buffers a pool keeps for encoding (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct SpareBuffers {
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl SpareBuffers {
+    /// The most recently kept buffer, emptied, if any. Chunks of one job look alike, so it
+    /// is most likely large enough already; encoding into it needs no measuring pass.
+    pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buffer = buffers.pop()?;
+        buffer.clear();
+        Some(buffer)
+    }
+
+    /// Keeps the buffer of an ended chunk's payload, if nothing else still holds it and it is
+    /// worth keeping; otherwise drops it.
+    pub(crate) fn give_back(&self, payload: Payload) {
+        let Ok(buffer) = Arc::try_unwrap(payload.bytes) else {
+            return;
+        };
+        if buffer.capacity() < KEPT_FROM {
+            return;
+        }
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let kept: usize = buffers.iter().map(Vec::capacity).sum();
+        if buffers.len() < KEPT_BUFFERS && kept + buffer.capacity() <= KEPT_BYTES {
+            buffers.push(buffer);
+        }
+    }
+
+    /// How many buffers are kept now.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.buffers.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk's results as a worker encodes them.
+    fn frame(results: &[Result<u64, Panic>]) -> ChunkResult {
+        ChunkResult::Bytes {
+            frame: postcard::to_stdvec(results).unwrap(),
+            body_at: 0,
+            pid: 42,
+        }
+    }
+
+    fn panic(message: &str) -> Panic {
+        Panic {
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    /// A chunk's results as a reader thread decodes them ahead.
+    fn decoded_ahead(results: &[Result<u64, Panic>]) -> ChunkResult {
+        let body = postcard::to_stdvec(results).unwrap();
+        ChunkResult::Decoded(decoder::<u64>()(&body, 42))
+    }
+
+    #[test]
+    fn results_decoded_ahead_come_out_as_decoded_in_place() {
+        let results = [
+            Ok(1),
+            Err(panic("a")),
+            Err(panic("b")),
+            Ok(4),
+            Ok(5),
+            Err(panic("c")),
+        ];
+        let (mut ahead, mut here) = (Vec::new(), Vec::new());
+        decoded_ahead(&results).into_outcomes::<u64>(6, &mut ahead);
+        frame(&results).decode_into::<u64>(6, &mut here);
+        assert_eq!(ahead, here);
+        assert_eq!(ahead.len(), 6);
+        assert!(matches!(&ahead[2], Err(Error::Panicked { message, .. }) if message == "b"));
+        let mut values = FirstError::new();
+        decoded_ahead(&[Ok(1), Ok(2)]).into_outcomes::<u64>(2, &mut values);
+        decoded_ahead(&[Ok(3), Err(panic("first"))]).into_outcomes::<u64>(2, &mut values);
+        assert!(
+            matches!(values.into_result(), Err(Error::Panicked { message, .. }) if message == "first")
+        );
+        let mut values = FirstError::new();
+        decoded_ahead(&[Ok(1), Ok(2)]).into_outcomes::<u64>(2, &mut values);
+        assert_eq!(values.into_result(), Ok(vec![1, 2]));
+    }
+
+    #[test]
+    fn results_decoded_ahead_of_the_wrong_count_or_type_fail_every_item() {
+        let mut all: Vec<Result<u64, Error>> = Vec::new();
+        decoded_ahead(&[Ok(1), Ok(2)]).into_outcomes::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|r| matches!(r, Err(Error::Codec(_)))));
+        let mut strings: Vec<Result<String, Error>> = Vec::new();
+        decoded_ahead(&[Ok(1)]).into_outcomes::<String>(1, &mut strings);
+        assert!(matches!(&strings[..], [Err(Error::Codec(_))]));
+        let mut cut = postcard::to_stdvec(&[Ok::<u64, Panic>(1), Ok(300)][..]).unwrap();
+        cut.pop();
+        let mut all: Vec<Result<u64, Error>> = Vec::new();
+        ChunkResult::Decoded(decoder::<u64>()(&cut, 42)).into_outcomes::<u64>(2, &mut all);
+        assert!(
+            all[0].is_ok() && matches!(all[1], Err(Error::Codec(_))),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn results_decode_in_order_with_panics_in_place() {
+        let chunk = frame(&[Ok(1), Err(panic("boom")), Ok(3)]);
+        let mut all = Vec::new();
+        chunk.decode_into::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].as_ref().unwrap(), &1);
+        assert!(
+            matches!(&all[1], Err(Error::Panicked { message, pid: 42, .. }) if message == "boom")
+        );
+        assert_eq!(all[2].as_ref().unwrap(), &3);
+    }
+
+    #[test]
+    fn every_item_gets_one_outcome_from_a_bad_chunk() {
+        // A count other than the chunk's: every item fails.
+        let mut all = Vec::new();
+        frame(&[Ok(1), Ok(2)]).decode_into::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|r| matches!(r, Err(Error::Codec(_)))));
+        // Cut short: what decoded stands, the rest fail.
+        let ChunkResult::Bytes { mut frame, .. } = frame(&[Ok(1), Ok(300), Ok(70_000)]) else {
+            unreachable!()
+        };
+        frame.truncate(frame.len() - 1);
+        let cut = ChunkResult::Bytes {
+            frame,
+            body_at: 0,
+            pid: 1,
+        };
+        let mut all = Vec::new();
+        cut.decode_into::<u64>(3, &mut all);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].as_ref().unwrap(), &300);
+        assert!(matches!(all[2], Err(Error::Codec(_))));
+        // A failed chunk: every item gets its error.
+        let mut all: Vec<Result<u64, Error>> = Vec::new();
+        ChunkResult::Failed(Error::Terminated).decode_into(4, &mut all);
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn map_keeps_the_error_of_the_lowest_index() {
+        let mut values = FirstError::new();
+        frame(&[Ok(1), Ok(2)]).decode_into::<u64>(2, &mut values);
+        frame(&[Ok(3), Err(panic("first")), Err(panic("second"))]).decode_into(3, &mut values);
+        ChunkResult::Failed(Error::Terminated).decode_into(2, &mut values);
+        assert!(
+            matches!(values.into_result(), Err(Error::Panicked { message, .. }) if message == "first")
+        );
+        let mut values = FirstError::new();
+        frame(&[Ok(1), Ok(2)]).decode_into::<u64>(2, &mut values);
+        assert_eq!(values.into_result().unwrap(), [1, 2]);
+    }
+
+    fn payload(capacity: usize) -> Payload {
+        Payload {
+            bytes: Arc::new(Vec::with_capacity(capacity)),
+            fds: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_large_buffer_is_reused_and_a_small_one_is_not_kept() {
+        let spare = SpareBuffers::default();
+        assert!(spare.take().is_none());
+        let first = Vec::with_capacity(1 << 20);
+        let at = first.as_ptr();
+        spare.give_back(Payload {
+            bytes: Arc::new(first),
+            fds: Arc::default(),
+        });
+        assert_eq!(spare.kept(), 1);
+        let again = spare.take().unwrap();
+        assert_eq!(again.as_ptr(), at, "the same buffer came back");
+        assert!(again.is_empty());
+        spare.give_back(payload(1024));
+        assert_eq!(spare.kept(), 0, "small buffers go back to the allocator");
+    }
+
+    fn len(data: crate::Bytes) -> usize {
+        data.len()
+    }
+
+    #[test]
+    fn a_pool_keeps_the_buffers_of_its_ended_chunks() {
+        let pool = crate::Pool::new(1).unwrap();
+        let items: Vec<crate::Bytes> = (0..6).map(|_| crate::Bytes(vec![1; 512 << 10])).collect();
+        let lengths = pool.map_chunked(len, items, 1).unwrap();
+        assert_eq!(lengths, [512 << 10; 6]);
+        assert!(pool.shared.spare().kept() >= 1, "no buffer came back");
+    }
+
+    #[test]
+    fn a_buffer_still_shared_is_not_kept() {
+        let spare = SpareBuffers::default();
+        let shared = payload(1 << 20);
+        let _in_flight = shared.clone();
+        spare.give_back(shared);
+        assert_eq!(spare.kept(), 0);
+    }
+
+    #[test]
+    fn what_is_kept_is_bounded() {
+        let spare = SpareBuffers::default();
+        for _ in 0..3 * KEPT_BUFFERS {
+            spare.give_back(payload(KEPT_FROM));
+        }
+        assert_eq!(spare.kept(), KEPT_BUFFERS);
+        let spare = SpareBuffers::default();
+        for _ in 0..4 {
+            spare.give_back(payload(KEPT_BYTES / 2));
+        }
+        assert_eq!(spare.kept(), 2, "at most KEPT_BYTES");
+    }
+}
