@@ -24,20 +24,17 @@
 
 mod child;
 mod code;
-mod fork;
 mod fork_safety;
-mod forkserver;
 pub mod shared;
-mod spawn;
+mod start;
 mod sys;
 pub mod transport;
 
 pub use child::{Child, Killer, WatchGuard, on_readable};
 pub use code::{FnId, NotInExecutable};
-pub use fork::fork;
-pub use spawn::{
+pub use start::{
     ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, StartMethod,
-    spawn,
+    fork, spawn,
 };
 pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
 
