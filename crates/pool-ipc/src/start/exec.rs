@@ -30,7 +30,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -287,8 +287,7 @@ pub(super) mod child_side {
 
     fn run(fd: OsString) -> i32 {
         // What std's runtime does before `main`, which has not run here.
-        // SAFETY: setting a signal disposition to SIG_IGN is always sound.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        sys::ignore_sigpipe();
         // What a pre-exec hook would have done (the child was started by posix_spawn).
         if sys::child_setup_after_exec().is_err() {
             return EXIT_BOOTSTRAP_FAILED;
@@ -304,16 +303,14 @@ pub(super) mod child_side {
     }
 
     fn take_fd(raw: i32) -> Result<OwnedFd, ()> {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        if !sys::is_open(raw) {
             return Err(());
         }
         // SAFETY: the descriptor is open and was handed to this process by its parent for it
         // alone; nothing else in this process refers to it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // Our own children must not inherit it.
-        // SAFETY: setting FD_CLOEXEC on an open descriptor we own.
-        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        sys::set_cloexec(fd.as_fd());
         Ok(fd)
     }
 

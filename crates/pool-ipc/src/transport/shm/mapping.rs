@@ -4,19 +4,17 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::ptr::{self, NonNull};
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 
 use super::layout::{
     DATA_OFFSET, GlobalHeader, MAGIC, MAX_CAPACITY, MIN_CAPACITY, PEER_DEAD, RING_HEADERS,
     RingHeader, VERSION,
 };
 use super::wait::wake_all;
+use crate::sys;
 
 /// A `MAP_SHARED` mapping of a channel's memfd, unmapped on drop. Shared (through an `Arc`)
 /// by the two halves of an end and its [`ShmPeerDeath`] handles.
@@ -37,20 +35,7 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `fd`, read-write and shared.
     fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) cannot alias any existing memory;
-        // `fd` is open for the duration of the call.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
-        let base =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let base = sys::map_shared(fd.as_fd(), len)?;
         Ok(Mapping {
             base,
             len,
@@ -106,7 +91,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `base`/`len` are exactly what mmap returned, and this is the last owner
         // (the `Arc` is gone), so no reference into the mapping remains.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { sys::unmap(self.base, self.len) };
     }
 }
 
@@ -129,12 +114,9 @@ pub(super) fn create_mapping(capacity: usize) -> io::Result<(Mapping, OwnedFd)> 
             ),
         ));
     }
-    let fd = rustix::fs::memfd_create("pool-shm", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     let len = mapping_len(capacity);
-    rustix::fs::ftruncate(&fd, len as u64)?;
-    // Sealed, so that no holder of the fd (the child) can shrink the file under our mapping:
-    // touching a page past the end of a file is a SIGBUS, not an error.
-    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    // Sealed, so that no holder of the fd (the child) can shrink the file under our mapping.
+    let fd = sys::sealed_memfd("pool-shm", len)?;
     let mut map = Mapping::map(&fd, len)?;
     map.capacity = capacity;
     let global = map.global();
@@ -155,13 +137,12 @@ impl Mapping {
                 format!("not a usable shared-memory channel: {what}"),
             )
         };
-        let stat = rustix::fs::fstat(fd)?;
-        let size = usize::try_from(stat.st_size).map_err(|_| bad("negative size"))?;
+        let size =
+            usize::try_from(sys::file_size(fd.as_fd())?).map_err(|_| bad("negative size"))?;
         if size < mapping_len(MIN_CAPACITY) || size > mapping_len(MAX_CAPACITY) {
             return Err(bad("size out of range"));
         }
-        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| bad("not a memfd"))?;
-        if !seals.contains(SealFlags::SHRINK) {
+        if !sys::sealed_against_shrinking(fd.as_fd()).map_err(|_| bad("not a memfd"))? {
             return Err(bad("the file is not sealed against shrinking"));
         }
         let mut map = Mapping::map(fd, size)?;

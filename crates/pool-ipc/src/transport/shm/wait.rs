@@ -7,9 +7,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use rustix::io::Errno;
-use rustix::thread::futex;
-
+use crate::sys;
 use crate::transport::YIELD_FOR;
 
 /// Spinning budget bounds. On two cores a long spin steals the very CPU the peer needs.
@@ -37,7 +35,7 @@ pub(super) fn wake_if_waiting(word: &AtomicU32) {
     // The plain load keeps the fast path free of a locked instruction; the swap makes sure
     // that only one waker pays for the system call.
     if word.load(Ordering::Relaxed) != 0 && word.swap(0, Ordering::Relaxed) != 0 {
-        let _ = futex::wake(word, futex::Flags::empty(), 1);
+        sys::futex_wake(word, 1);
     }
 }
 
@@ -48,7 +46,7 @@ pub(super) fn wake_if_waiting(word: &AtomicU32) {
 /// and its `futex_wait(word, 1)` finds 0 and returns at once, or it is woken.
 pub(super) fn wake_all(word: &AtomicU32) {
     word.swap(0, Ordering::SeqCst);
-    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+    sys::futex_wake(word, u32::MAX);
 }
 
 /// Whether spinning can help. With one CPU the peer cannot run while we spin. With two, a
@@ -185,21 +183,14 @@ pub(super) fn block_on<T, E: From<io::Error>>(
                 }
             },
         };
-        let sleep = sleep.map(|left| {
-            futex::Timespec::try_from(left).unwrap_or(futex::Timespec {
-                tv_sec: 3600,
-                tv_nsec: 0,
-            })
-        });
         // Shared futex (no PRIVATE flag): the waker may be another process. The kernel
         // sleeps only if the word still holds 1, atomically with queueing us, so a waker that
         // cleared it before we got here makes this return at once (EAGAIN).
-        match futex::wait(word, futex::Flags::empty(), 1, sleep.as_ref()) {
-            Ok(()) => {}
-            Err(err) if err == Errno::AGAIN || err == Errno::INTR || err == Errno::TIMEDOUT => {}
+        match sys::futex_wait(word, 1, sleep) {
+            Ok(_) => {}
             Err(err) => {
                 word.store(0, Ordering::Relaxed);
-                return Err(io::Error::from(err).into());
+                return Err(err.into());
             }
         }
     }
