@@ -25,6 +25,7 @@
 mod child;
 mod code;
 mod fork_safety;
+pub mod os;
 pub mod shared;
 mod start;
 mod sys;

@@ -368,6 +368,37 @@ pub(crate) fn on_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
 }
 
+/// The calling thread's id (its kernel task id: unique among the live threads of the whole
+/// system).
+pub(crate) fn thread_id() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Registers `f` to run when the process exits through `exit` (returning from `main`
+/// included), as C's `atexit` does.
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: registers a plain `extern "C" fn()`, which has no preconditions, with the C
+    // library.
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::other("atexit: no room for another handler"));
+    }
+    Ok(())
+}
+
+/// Registers `f` to run in the child after every `fork` through the C library, before `fork`
+/// returns there.
+///
+/// # Safety
+/// `f` runs in a child that has only the forking thread: it must be async-signal-safe and
+/// sound to call with no arguments at any fork, for the rest of the process's life.
+pub(crate) unsafe fn after_fork_in_child(f: unsafe extern "C" fn()) -> io::Result<()> {
+    // SAFETY: the caller vouches for `f` as above; the other two hooks are none.
+    match unsafe { libc::pthread_atfork(None, None, Some(f)) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// Exits at once, without running `atexit` handlers or flushing anything: what a forked child
 /// does when its work is done (the handlers belong to the parent), or when it cannot start.
 pub(crate) fn exit_now(code: i32) -> ! {
