@@ -22,6 +22,11 @@
 
 #![deny(missing_docs)]
 
+// The README is the crate's page on crates.io; its examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod child;
 mod code;
 mod fork_safety;
