@@ -636,6 +636,79 @@ pub(crate) fn wait_ready(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bo
 }
 
 // ---------------------------------------------------------------------------------------
+// Stream sockets carrying descriptors.
+// ---------------------------------------------------------------------------------------
+
+/// Whether `fd` is a stream socket.
+pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(rustix::net::sockopt::socket_type(fd)? == rustix::net::SocketType::STREAM)
+}
+
+/// The size of the control buffer that carries `n` descriptors with one message.
+pub(crate) const fn space_for_fds(n: usize) -> usize {
+    rustix::cmsg_space!(ScmRights(n))
+}
+
+/// Sends the bytes of `iov` on `socket` with duplicates of `fds` attached to the first one,
+/// `space` being at least [`space_for_fds`]`(fds.len())` bytes; returns how many bytes went.
+/// A peer that is gone is `EPIPE`, never a SIGPIPE. Without `nonblocking`, it waits for room.
+/// The error is the bare errno, for the caller to tell "try again" from "gone".
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    iov: &[io::IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+    space: &mut [std::mem::MaybeUninit<u8>],
+    nonblocking: bool,
+) -> rustix::io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    let mut control = SendAncillaryBuffer::new(space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        // `space` is too small for `fds`: the caller's sizing is wrong.
+        return Err(rustix::io::Errno::NOBUFS);
+    }
+    rustix::net::sendmsg(socket, iov, &mut control, flags)
+}
+
+/// Receives what is there (without waiting) into `into`, and the descriptors that came with
+/// it (close-on-exec) at the end of `fds`; `space` is the control buffer, sized with
+/// [`space_for_fds`]. `Ok(0)` is the end of the stream. The error is the bare errno.
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    into: &mut [u8],
+    space: &mut [std::mem::MaybeUninit<u8>],
+    fds: &mut std::collections::VecDeque<OwnedFd>,
+) -> rustix::io::Result<usize> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let mut control = RecvAncillaryBuffer::new(space);
+    let got = rustix::net::recvmsg(
+        socket,
+        &mut [io::IoSliceMut::new(into)],
+        &mut control,
+        flags,
+    );
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    got.map(|msg| msg.bytes)
+}
+
+/// Receives what is there (without waiting) into `into`; `Ok(0)` is the end of the stream.
+/// The error is the bare errno.
+pub(crate) fn recv_nonblocking(
+    socket: BorrowedFd<'_>,
+    into: &mut [std::mem::MaybeUninit<u8>],
+) -> rustix::io::Result<usize> {
+    rustix::net::recv(socket, into, rustix::net::RecvFlags::DONTWAIT).map(|(_, n)| n)
+}
+
+// ---------------------------------------------------------------------------------------
 // Shared memory and futexes.
 // ---------------------------------------------------------------------------------------
 
