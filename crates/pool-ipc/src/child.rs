@@ -156,7 +156,7 @@ impl Child {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
 
-    /// Sends `signal` (e.g. `libc::SIGTERM`) through the pidfd. Signalling a child that has
+    /// Sends `signal` (a number: [`Signal::as_raw`](crate::os::Signal::as_raw)) through the pidfd. Signalling a child that has
     /// exited does nothing.
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         if self.status.is_some() {
@@ -242,7 +242,7 @@ pub struct Killer {
 }
 
 impl Killer {
-    /// Sends `signal` to the child.
+    /// Sends `signal` (a number: [`Signal::as_raw`](crate::os::Signal::as_raw)) to the child.
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         sys::pidfd_signal(self.pidfd.as_fd(), signal)
     }

@@ -22,22 +22,25 @@
 
 #![deny(missing_docs)]
 
+// The README is the crate's page on crates.io; its examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod child;
 mod code;
-mod fork;
 mod fork_safety;
-mod forkserver;
+pub mod os;
 pub mod shared;
-mod spawn;
+mod start;
 mod sys;
 pub mod transport;
 
 pub use child::{Child, Killer, WatchGuard, on_readable};
 pub use code::{FnId, NotInExecutable};
-pub use fork::fork;
-pub use spawn::{
+pub use start::{
     ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, StartMethod,
-    spawn,
+    fork, spawn,
 };
 pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
 

@@ -13,9 +13,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
-use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
-use rustix::thread::futex;
+use crate::sys;
 
 /// A region of memory shared between processes (an anonymous memfd, mapped shared).
 #[derive(Debug)]
@@ -42,9 +40,7 @@ impl SharedRegion {
                 "a shared region needs at least 1 byte",
             ));
         }
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let fd = sys::sealed_memfd(name, len)?;
         Self::map(fd, len)
     }
 
@@ -52,8 +48,7 @@ impl SharedRegion {
     /// which must be sealed against shrinking (as [`SharedRegion::create`] makes it), so that
     /// no access can fault.
     pub fn open(fd: OwnedFd) -> io::Result<SharedRegion> {
-        let seals = rustix::fs::fcntl_get_seals(&fd)?;
-        if !seals.contains(SealFlags::SHRINK) {
+        if !sys::sealed_against_shrinking(fd.as_fd())? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the shared region is not sealed against shrinking",
@@ -65,7 +60,7 @@ impl SharedRegion {
     /// Maps a named segment received as a descriptor (named segments cannot be sealed; see
     /// [`SharedRegion::open_named`]).
     pub fn open_unsealed(fd: OwnedFd) -> io::Result<SharedRegion> {
-        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+        let len = usize::try_from(sys::file_size(fd.as_fd())?)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad shared region size"))?;
         if len == 0 {
             return Err(io::Error::new(
@@ -86,12 +81,8 @@ impl SharedRegion {
                 "a shared region needs at least 1 byte",
             ));
         }
-        let fd = rustix::shm::open(
-            posix_name(name)?.as_str(),
-            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR,
-            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-        )?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
+        let fd = sys::shm_create(&posix_name(name)?)?;
+        sys::set_file_size(fd.as_fd(), len)?;
         Self::map(fd, len)
     }
 
@@ -99,29 +90,13 @@ impl SharedRegion {
     /// Named segments cannot be sealed: a process that shrinks one makes accesses beyond the
     /// new end fault, so share names only between cooperating processes.
     pub fn open_named(name: &str) -> io::Result<SharedRegion> {
-        let fd = rustix::shm::open(
-            posix_name(name)?.as_str(),
-            rustix::shm::OFlags::RDWR,
-            rustix::fs::Mode::empty(),
-        )?;
+        let fd = sys::shm_open(&posix_name(name)?)?;
         Self::open_unsealed(fd)
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
-        // SAFETY: a fresh shared mapping of `len` bytes of a file that is at least that long
-        // (checked or made so above); nothing else refers to the address range yet.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )?
-        };
-        let base =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // The file is at least `len` bytes long: checked or made so above.
+        let base = sys::map_shared(fd.as_fd(), len)?;
         Ok(SharedRegion { base, len, fd })
     }
 
@@ -149,13 +124,7 @@ impl SharedRegion {
                 "range outside the region",
             ));
         }
-        rustix::fs::fallocate(
-            &self.fd,
-            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-            offset as u64,
-            len as u64,
-        )?;
-        Ok(())
+        sys::punch_hole(self.fd.as_fd(), offset, len)
     }
 
     /// The memfd, to pass the region to another process.
@@ -167,15 +136,14 @@ impl SharedRegion {
 impl Drop for SharedRegion {
     fn drop(&mut self) {
         // SAFETY: exactly the range `map` created, unmapped once, by its only owner.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { sys::unmap(self.base, self.len) };
     }
 }
 
 /// Removes the named segment `name` from `/dev/shm` (processes that have it mapped keep it
 /// until they unmap it). This is also how to clean up after a creator that was killed.
 pub fn unlink_named(name: &str) -> io::Result<()> {
-    rustix::shm::unlink(posix_name(name)?.as_str())?;
-    Ok(())
+    sys::shm_unlink(&posix_name(name)?)
 }
 
 /// `/NAME`, refusing names that POSIX shared memory cannot hold.
@@ -199,26 +167,15 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) ->
             if left.is_zero() {
                 return Ok(false);
             }
-            Some(
-                rustix::fs::Timespec::try_from(left).unwrap_or(rustix::fs::Timespec {
-                    tv_sec: i64::MAX,
-                    tv_nsec: 0,
-                }),
-            )
+            Some(left)
         }
     };
-    match futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref()) {
-        Ok(()) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(true),
-        Err(rustix::io::Errno::TIMEDOUT) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    sys::futex_wait(word, expected, timeout)
 }
 
 /// Wakes up to `n` waiters of `word` (in any process); `u32::MAX` wakes them all.
 pub fn futex_wake(word: &AtomicU32, n: u32) {
-    // The kernel reads the count as a signed int: `u32::MAX` would arrive as -1 and wake one.
-    let n = n.min(i32::MAX as u32);
-    let _ = futex::wake(word, futex::Flags::empty(), n);
+    sys::futex_wake(word, n);
 }
 
 /// A process named by pid and start time (in clock ticks since boot, from `/proc`), which no

@@ -1,9 +1,11 @@
 //! Linux: pidfds for supervision, `close_range` and `PR_SET_PDEATHSIG` for children, `poll`
-//! for waits with deadlines.
+//! for waits with deadlines, memfds, `mmap` and shared futexes for shared memory.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
-use std::time::Instant;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
@@ -255,6 +257,26 @@ pub(crate) fn child_setup_after_exec() -> io::Result<()> {
     Ok(())
 }
 
+/// Ignores SIGPIPE, as std's runtime does before `main`: a write to a closed pipe or socket
+/// then fails with `EPIPE` instead of killing the process.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub(crate) fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// Marks `fd` close-on-exec, so that children this process starts do not inherit it.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setting FD_CLOEXEC on an open descriptor (borrowed, so open for the call).
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
 /// Identity of the running executable: device, inode, size and modification time of
 /// `/proc/self/exe`. A child started from `/proc/self/exe` has the same identity unless the
 /// file was replaced in between, which is exactly the case to refuse.
@@ -344,6 +366,37 @@ pub(crate) unsafe fn fork() -> io::Result<Option<u32>> {
 /// (a Rust program's `main` returning exits the process).
 pub(crate) fn on_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
+}
+
+/// The calling thread's id (its kernel task id: unique among the live threads of the whole
+/// system).
+pub(crate) fn thread_id() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Registers `f` to run when the process exits through `exit` (returning from `main`
+/// included), as C's `atexit` does.
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: registers a plain `extern "C" fn()`, which has no preconditions, with the C
+    // library.
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::other("atexit: no room for another handler"));
+    }
+    Ok(())
+}
+
+/// Registers `f` to run in the child after every `fork` through the C library, before `fork`
+/// returns there.
+///
+/// # Safety
+/// `f` runs in a child that has only the forking thread: it must be async-signal-safe and
+/// sound to call with no arguments at any fork, for the rest of the process's life.
+pub(crate) unsafe fn after_fork_in_child(f: unsafe extern "C" fn()) -> io::Result<()> {
+    // SAFETY: the caller vouches for `f` as above; the other two hooks are none.
+    match unsafe { libc::pthread_atfork(None, None, Some(f)) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// Exits at once, without running `atexit` handlers or flushing anything: what a forked child
@@ -580,6 +633,212 @@ pub(crate) fn wait_ready(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bo
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream sockets carrying descriptors.
+// ---------------------------------------------------------------------------------------
+
+/// Whether `fd` is a stream socket.
+pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(rustix::net::sockopt::socket_type(fd)? == rustix::net::SocketType::STREAM)
+}
+
+/// The size of the control buffer that carries `n` descriptors with one message.
+pub(crate) const fn space_for_fds(n: usize) -> usize {
+    rustix::cmsg_space!(ScmRights(n))
+}
+
+/// Sends the bytes of `iov` on `socket` with duplicates of `fds` attached to the first one,
+/// `space` being at least [`space_for_fds`]`(fds.len())` bytes; returns how many bytes went.
+/// A peer that is gone is `EPIPE`, never a SIGPIPE. Without `nonblocking`, it waits for room.
+/// The error is the bare errno, for the caller to tell "try again" from "gone".
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    iov: &[io::IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+    space: &mut [std::mem::MaybeUninit<u8>],
+    nonblocking: bool,
+) -> rustix::io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    let mut control = SendAncillaryBuffer::new(space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        // `space` is too small for `fds`: the caller's sizing is wrong.
+        return Err(rustix::io::Errno::NOBUFS);
+    }
+    rustix::net::sendmsg(socket, iov, &mut control, flags)
+}
+
+/// Receives what is there (without waiting) into `into`, and the descriptors that came with
+/// it (close-on-exec) at the end of `fds`; `space` is the control buffer, sized with
+/// [`space_for_fds`]. `Ok(0)` is the end of the stream. The error is the bare errno.
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    into: &mut [u8],
+    space: &mut [std::mem::MaybeUninit<u8>],
+    fds: &mut std::collections::VecDeque<OwnedFd>,
+) -> rustix::io::Result<usize> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let mut control = RecvAncillaryBuffer::new(space);
+    let got = rustix::net::recvmsg(
+        socket,
+        &mut [io::IoSliceMut::new(into)],
+        &mut control,
+        flags,
+    );
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    got.map(|msg| msg.bytes)
+}
+
+/// Receives what is there (without waiting) into `into`; `Ok(0)` is the end of the stream.
+/// The error is the bare errno.
+pub(crate) fn recv_nonblocking(
+    socket: BorrowedFd<'_>,
+    into: &mut [std::mem::MaybeUninit<u8>],
+) -> rustix::io::Result<usize> {
+    rustix::net::recv(socket, into, rustix::net::RecvFlags::DONTWAIT).map(|(_, n)| n)
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared memory and futexes.
+// ---------------------------------------------------------------------------------------
+
+/// A new anonymous memfd of `len` zero bytes, close-on-exec, sealed against shrinking,
+/// growing and further sealing: no process it is passed to can shrink it under another's
+/// mapping (touching a page past the end of a file is a `SIGBUS`, not an error).
+pub(crate) fn sealed_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// Whether `fd` is sealed against shrinking; an error if it cannot carry seals (not a memfd).
+pub(crate) fn sealed_against_shrinking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(rustix::fs::fcntl_get_seals(fd)?.contains(rustix::fs::SealFlags::SHRINK))
+}
+
+/// The size of the file `fd` refers to, as the kernel reports it (signed).
+pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    Ok(rustix::fs::fstat(fd)?.st_size)
+}
+
+/// Sets the size of the file `fd` refers to.
+pub(crate) fn set_file_size(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    Ok(rustix::fs::ftruncate(fd, len as u64)?)
+}
+
+/// Gives the `len` bytes at `offset` of the file back to the system (they read as zeros
+/// afterwards), keeping its size.
+pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    rustix::fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset as u64,
+        len as u64,
+    )?;
+    Ok(())
+}
+
+/// Creates the POSIX shared-memory segment `/dev/shm/NAME` (`name` is `/NAME`), readable and
+/// writable by this user only; fails if it exists.
+pub(crate) fn shm_create(name: &str) -> io::Result<OwnedFd> {
+    use rustix::shm::OFlags;
+    Ok(rustix::shm::open(
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )?)
+}
+
+/// Opens the existing POSIX shared-memory segment `name` (`/NAME`) for reading and writing.
+pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::shm::open(
+        name,
+        rustix::shm::OFlags::RDWR,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// Removes the POSIX shared-memory segment `name` (`/NAME`).
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    Ok(rustix::shm::unlink(name)?)
+}
+
+/// Maps the first `len` bytes of `fd`, readable, writable and shared with every process that
+/// maps the same file. The caller makes sure the file is at least `len` bytes long for as
+/// long as the mapping lives (a sealed or freshly sized file), since an access past its end
+/// is a `SIGBUS`; unmap it with [`unmap`].
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping (null hint, no MAP_FIXED) cannot alias any existing memory;
+    // `fd` is open for the duration of the call.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Unmaps a mapping made by [`map_shared`].
+///
+/// # Safety
+/// `base` and `len` are exactly what [`map_shared`] returned and was given, the range is
+/// unmapped once, and no reference into it is used afterwards.
+pub(crate) unsafe fn unmap(base: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: per the caller, the whole range is a mapping of ours that nothing uses anymore.
+    unsafe { rustix::mm::munmap(base.as_ptr().cast(), len) }?;
+    Ok(())
+}
+
+/// Sleeps while `*word == expected`, until woken, `timeout` passes or a signal interrupts:
+/// `Ok(false)` when the timeout passed, `Ok(true)` otherwise (including a word that no longer
+/// held `expected`: the kernel checks it atomically with queueing the sleeper, so a wake-up
+/// between the caller's last look and this call is not lost). The shared kind of futex (no
+/// `FUTEX_PRIVATE_FLAG`): the kernel keys it on the page, so sleepers and wakers may be in
+/// different processes that map the word.
+pub(crate) fn futex_wait(
+    word: &AtomicU32,
+    expected: u32,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    use rustix::thread::futex;
+    let timeout = timeout.map(|left| {
+        futex::Timespec::try_from(left).unwrap_or(futex::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        })
+    });
+    match futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref()) {
+        Ok(()) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(true),
+        Err(rustix::io::Errno::TIMEDOUT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wakes up to `n` sleepers on `word` (in any process); `u32::MAX` wakes them all.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    use rustix::thread::futex;
+    // The kernel reads the count as a signed int: `u32::MAX` would arrive as -1 and wake one.
+    let n = n.min(i32::MAX as u32);
+    let _ = futex::wake(word, futex::Flags::empty(), n);
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! with `O_NONBLOCK`, which the halves would share.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::event::PollFlags;
-use rustix::net::{RecvFlags, SendFlags};
 
 use super::frame::{self, HEADER};
 use super::{DEFAULT_MAX_MESSAGE, RecvError, SendError, YIELD_FOR};
@@ -81,8 +80,7 @@ impl PipeChannel {
 
     /// Opens an end from an inherited descriptor, which must be a stream socket.
     pub fn from_fd(fd: OwnedFd) -> io::Result<PipeChannel> {
-        let kind = rustix::net::sockopt::socket_type(&fd)?;
-        if kind != rustix::net::SocketType::STREAM {
+        if !sys::is_stream_socket(fd.as_fd())? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a stream socket",
@@ -152,8 +150,7 @@ impl PipeSender {
             );
             return Err(SendError::Io(e));
         }
-        let mut space =
-            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+        let mut space = vec![MaybeUninit::<u8>::uninit(); sys::space_for_fds(fds.len().max(1))];
         let mut fds_pending = !fds.is_empty();
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len > self.max_message {
@@ -173,17 +170,15 @@ impl PipeSender {
                 .take(64)
                 .map(IoSlice::new)
                 .collect();
-            let mut flags = SendFlags::NOSIGNAL;
-            if deadline.is_some() {
-                flags |= SendFlags::DONTWAIT;
-            }
-            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-            if fds_pending && !control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
-                return Err(SendError::Io(io::Error::other(
-                    "no room for the descriptors",
-                )));
-            }
-            let sent = match rustix::net::sendmsg(&self.stream, &iov, &mut control, flags) {
+            let with = if fds_pending { fds } else { &[] };
+            let nonblocking = deadline.is_some();
+            let sent = match sys::send_with_fds(
+                self.stream.as_fd(),
+                &iov,
+                with,
+                &mut space,
+                nonblocking,
+            ) {
                 Ok(n) => n,
                 Err(rustix::io::Errno::INTR) => 0,
                 Err(rustix::io::Errno::AGAIN) => {
@@ -390,24 +385,11 @@ fn recv_staged(
     deadline: Option<Instant>,
     fds: &mut VecDeque<OwnedFd>,
 ) -> Result<usize, RecvError> {
-    let mut space =
-        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut space = [MaybeUninit::<u8>::uninit(); sys::space_for_fds(MAX_FDS_PER_MESSAGE)];
     let mut yields = Patience::new();
     loop {
-        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
-        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-        let got = rustix::net::recvmsg(
-            stream,
-            &mut [IoSliceMut::new(&mut *into)],
-            &mut control,
-            flags,
-        );
-        for message in control.drain() {
-            if let rustix::net::RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        if let Some(n) = received(got.map(|msg| msg.bytes), stream, deadline, &mut yields)? {
+        let got = sys::recv_with_fds(stream.as_fd(), into, &mut space, fds);
+        if let Some(n) = received(got, stream, deadline, &mut yields)? {
             return Ok(n);
         }
     }
@@ -482,7 +464,7 @@ fn recv_some(
 ) -> Result<usize, RecvError> {
     let mut yields = Patience::new();
     loop {
-        let got = rustix::net::recv(stream, &mut *into, RecvFlags::DONTWAIT).map(|(_, n)| n);
+        let got = sys::recv_nonblocking(stream.as_fd(), into);
         if let Some(n) = received(got, stream, deadline, &mut yields)? {
             return Ok(n);
         }

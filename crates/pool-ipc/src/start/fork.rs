@@ -33,12 +33,14 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::ready::wait_ready;
+use super::spawner;
+use super::types::{ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned};
 use crate::fork_safety::{Private, lock_in_flight};
-use crate::spawn::{EXIT_BOOTSTRAP_FAILED, spawner};
-use crate::transport::Channel;
-use crate::{Child, ChildStart, SpawnError, SpawnOptions, Spawned, TransportKind, sys};
+use crate::transport::{Channel, TransportKind};
+use crate::{Child, sys};
 
 /// What the child owns, built in the parent before the fork.
 struct ChildParts {
@@ -208,33 +210,6 @@ where
         child.notify_on_exit(channel.peer_death())?;
     }
     Ok(Spawned { child, channel })
-}
-
-/// Waits for a forked child's "ready" byte on `ready`; a child that dies first gives its exit
-/// status, one that stays silent past `deadline` is killed. Shared with the forkserver.
-pub(crate) fn wait_ready(
-    ready: std::os::fd::BorrowedFd<'_>,
-    child: &mut Child,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<(), SpawnError> {
-    let pid = child.pid();
-    let failure = match sys::wait_ready(ready, deadline) {
-        Ok(true) => return Ok(()),
-        Ok(false) => match child.wait_timeout(Duration::from_secs(5)) {
-            Ok(Some(status)) => SpawnError::ChildExited { pid, status },
-            Ok(None) => SpawnError::Protocol {
-                pid,
-                reason: "closed its ready pipe without a word".into(),
-            },
-            Err(e) => SpawnError::Io(e),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => SpawnError::Timeout { pid, timeout },
-        Err(e) => SpawnError::Io(e),
-    };
-    let _ = child.kill();
-    let _ = child.wait_timeout(Duration::from_secs(5));
-    Err(failure)
 }
 
 /// On the main thread or the spawner thread: forks. Returns the child's pid and the job (for

@@ -42,15 +42,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::exec::spawn_exec;
+use super::ready::wait_ready;
+use super::types::{
+    ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned,
+};
 use crate::child::Relay;
 use crate::code::FnId;
 use crate::fork_safety::{PerProcess, Private};
-use crate::spawn::{ChildMain, EXIT_BOOTSTRAP_FAILED};
 use crate::transport::pipe::MAX_FDS_PER_MESSAGE;
-use crate::transport::{Channel, Receiver, SendError, Sender};
-use crate::{
-    Child, ChildStart, ExitStatus, Killer, SpawnError, SpawnOptions, Spawned, TransportKind, sys,
-};
+use crate::transport::{Channel, Receiver, SendError, Sender, TransportKind};
+use crate::{Child, ExitStatus, Killer, sys};
 
 /// A request to fork a child. Descriptors ride with it: the ready pipe's write end, the
 /// child's end of its data channel, then `inherited` more.
@@ -308,7 +310,7 @@ fn current(options: &SpawnOptions) -> Result<Arc<Forkserver>, SpawnError> {
     let startup = SpawnOptions::new()
         .name("pool-forkserver")
         .handshake_timeout(options.handshake_timeout);
-    let Spawned { child, channel } = crate::spawn::spawn_exec(serve_id, b"", &startup)?;
+    let Spawned { child, channel } = spawn_exec(serve_id, b"", &startup)?;
     let (sender, receiver) = channel.split();
     let fs = Arc::new(Forkserver {
         pid: child.pid(),
@@ -518,7 +520,7 @@ fn request(
         }
     };
     let mut child = Child::relayed(pid, pidfd, relay);
-    crate::fork::wait_ready(ready.as_fd(), &mut child, deadline, timeout)?;
+    wait_ready(ready.as_fd(), &mut child, deadline, timeout)?;
     if options.transport == TransportKind::Shm {
         // A futex wait cannot watch the child: the watcher wakes it when the child dies.
         child.notify_on_exit(channel.peer_death())?;

@@ -1,9 +1,9 @@
-//! Starting a child by re-executing the current binary (the `spawn` start method).
+//! The `spawn` start method: a child that re-executes the current binary.
 //!
 //! # The parent
 //!
-//! [`spawn`] makes a control socket pair and the data channel, then (on the main thread or
-//! the spawner thread, see below) starts `/proc/self/exe` with `posix_spawn`
+//! [`spawn`](crate::spawn) makes a control socket pair and the data channel, then (on the
+//! main thread or the spawner thread, see `spawner.rs`) starts `/proc/self/exe` with `posix_spawn`
 //! (`clone(CLONE_VM | CLONE_VFORK)` in glibc: nothing of this process is copied, so a start
 //! costs the same from a parent of 10 MiB or 10 GiB) with `POOL_IPC_CONTROL_FD` in the
 //! environment, stdin on `/dev/null`, SIGINT blocked, no arguments, and the control and
@@ -27,40 +27,26 @@
 //! have: `PR_SET_PDEATHSIG(SIGKILL)` (then checks that the parent did not die first), SIGINT
 //! ignored and unblocked, and every descriptor closed but its own (one the parent left
 //! without close-on-exec came along).
-//!
-//! # The spawner thread
-//!
-//! `PR_SET_PDEATHSIG` kills a child when the *thread* that created it exits, not the
-//! process. Children are therefore created from a thread that lives as long as the process,
-//! so that a pool created on a short-lived thread (a test, a request handler) keeps its
-//! workers until the process dies. The main thread is such a thread: a start asked for there
-//! happens there, with no hop (two thread wake-ups on the path of every start). A start asked
-//! for on any other thread happens on one long-lived spawner thread, started on first use.
-//! The `fork` start method forks the same way (see `fork.rs`).
-//!
-//! # Start methods
-//!
-//! [`SpawnOptions::start_method`] chooses how a function by identity reaches a child:
-//! [`StartMethod::Spawn`] (this module, the default) or [`StartMethod::Forkserver`] (see
-//! `forkserver.rs`). [`fork`](crate::fork) runs a closure instead, in a forked copy of this
-//! process.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::code::{self, FnId, NotInExecutable};
+use super::spawner;
+use super::types::{
+    ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned,
+};
+use crate::code::{self, FnId};
 use crate::fork_safety::{PerProcess, Private};
 use crate::transport::pipe::PipeChannel;
 use crate::transport::{Channel, RecvError, TransportKind};
-use crate::{Child, ExitStatus, forkserver, sys};
+use crate::{Child, sys};
 
 /// The environment variable that tells a process it is a child of pool-ipc, and on which
 /// descriptor its bootstrap arrives.
@@ -68,189 +54,6 @@ const CONTROL_ENV: &str = "POOL_IPC_CONTROL_FD";
 
 /// Bumped whenever the bootstrap's shape changes.
 const PROTOCOL: u32 = 1;
-
-/// Exit code of a child whose bootstrap failed before the function ran.
-pub const EXIT_BOOTSTRAP_FAILED: i32 = 70;
-
-/// What a child runs: it gets its end of the channel and the payload, and returns the exit
-/// code. A plain `fn` (or a closure that captures nothing).
-pub type ChildMain = fn(ChildStart) -> i32;
-
-/// What a child's function receives.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct ChildStart {
-    /// The child's end of the data channel.
-    pub channel: Channel,
-    /// The bytes the parent passed to [`spawn`].
-    pub payload: Vec<u8>,
-    /// The name the parent gave the child.
-    pub name: String,
-    /// The descriptors the parent passed with [`SpawnOptions::inherit`], in order.
-    pub inherited: Vec<OwnedFd>,
-}
-
-/// How [`spawn`] starts a child that runs a function by identity (Python's start methods;
-/// for a closure, see [`fork`](crate::fork)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum StartMethod {
-    /// Re-execute this program (the default): a fresh process, safe whatever the parent's
-    /// threads were doing; about 2 ms.
-    #[default]
-    Spawn,
-    /// Ask this process's *forkserver* to fork one: a single-threaded copy of this program,
-    /// started (by `Spawn`) on first use, that forks children on request. As safe as `Spawn`,
-    /// and faster once the forkserver runs. The child inherits the forkserver's environment,
-    /// working directory, stdout and stderr: those of this process when the forkserver
-    /// started. It is not this process's child: its exit status is relayed by the forkserver
-    /// ([`Child`] hides the difference). If the forkserver dies, its children die with it,
-    /// starts in progress fail with [`SpawnError::ForkserverDied`], and the next start
-    /// starts a new forkserver.
-    Forkserver,
-}
-
-/// How to start a child.
-#[derive(Debug)]
-pub struct SpawnOptions {
-    pub(crate) transport: TransportKind,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) name: String,
-    pub(crate) program: Option<(PathBuf, Vec<OsString>)>,
-    pub(crate) inherit: Vec<OwnedFd>,
-    pub(crate) start_method: StartMethod,
-}
-
-impl Default for SpawnOptions {
-    fn default() -> Self {
-        SpawnOptions {
-            transport: TransportKind::Pipe,
-            handshake_timeout: Duration::from_secs(30),
-            name: String::new(),
-            program: None,
-            inherit: Vec::new(),
-            start_method: StartMethod::Spawn,
-        }
-    }
-}
-
-impl SpawnOptions {
-    /// Defaults: the `spawn` start method, the `pipe` transport, a 30 s handshake deadline,
-    /// no name.
-    pub fn new() -> SpawnOptions {
-        SpawnOptions::default()
-    }
-
-    /// How [`spawn`] starts the child (default [`StartMethod::Spawn`]). [`fork`](crate::fork)
-    /// ignores it.
-    ///
-    /// ```
-    /// use pool_ipc::{ChildStart, SpawnOptions, StartMethod, spawn};
-    ///
-    /// fn seven(_: ChildStart) -> i32 {
-    ///     7
-    /// }
-    ///
-    /// let options = SpawnOptions::new().start_method(StartMethod::Forkserver);
-    /// let mut spawned = spawn(seven, b"", &options).unwrap();
-    /// assert_eq!(spawned.child.wait().unwrap(), pool_ipc::ExitStatus::Code(7));
-    /// ```
-    pub fn start_method(mut self, method: StartMethod) -> SpawnOptions {
-        self.start_method = method;
-        self
-    }
-
-    /// The transport of the data channel.
-    pub fn transport(mut self, kind: TransportKind) -> SpawnOptions {
-        self.transport = kind;
-        self
-    }
-
-    /// How long the child has to answer the bootstrap (it includes loading the executable,
-    /// which can take a while on a loaded machine).
-    pub fn handshake_timeout(mut self, timeout: Duration) -> SpawnOptions {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// A name for the child (Python's process name), passed to it in [`ChildStart`].
-    pub fn name(mut self, name: impl Into<String>) -> SpawnOptions {
-        self.name = name.into();
-        self
-    }
-
-    /// Descriptors the child inherits (as well as its channel), handed to its function in
-    /// [`ChildStart::inherited`]. This is how handles such as a pipe end reach a child.
-    pub fn inherit(mut self, fds: Vec<OwnedFd>) -> SpawnOptions {
-        self.inherit = fds;
-        self
-    }
-
-    /// Executes another program instead of this executable. It must be a build of the same
-    /// program that links pool-ipc, or the handshake fails; mostly useful to test that. Only
-    /// for [`StartMethod::Spawn`]: other start methods refuse it.
-    pub fn program(mut self, path: impl Into<PathBuf>, args: Vec<OsString>) -> SpawnOptions {
-        self.program = Some((path.into(), args));
-        self
-    }
-}
-
-/// A started child and the parent's end of its channel.
-#[derive(Debug)]
-pub struct Spawned {
-    /// The child process.
-    pub child: Child,
-    /// The parent's end of the data channel.
-    pub channel: Channel,
-}
-
-/// Why a child could not be started.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpawnError {
-    /// The function cannot travel to a child.
-    #[error(transparent)]
-    NotInExecutable(#[from] NotInExecutable),
-    /// The child died before it was ready.
-    #[error("child {pid} exited during start-up ({status})")]
-    ChildExited {
-        /// Its pid.
-        pid: u32,
-        /// How it exited.
-        status: ExitStatus,
-    },
-    /// The child did not answer within the handshake deadline; it was killed.
-    #[error("child {pid} did not answer its bootstrap within {timeout:?}")]
-    Timeout {
-        /// Its pid.
-        pid: u32,
-        /// The deadline it missed.
-        timeout: Duration,
-    },
-    /// The child runs another build of the program; nothing was run in it.
-    #[error("child refused to start: {0}")]
-    Mismatch(String),
-    /// The child broke the handshake protocol.
-    #[error("child {pid} broke the start-up protocol: {reason}")]
-    Protocol {
-        /// Its pid.
-        pid: u32,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The forkserver died (or was killed) while it was starting this child; the next start
-    /// starts a new one.
-    #[error("the forkserver {pid} died while starting a child{}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
-    ForkserverDied {
-        /// The forkserver's pid.
-        pid: u32,
-        /// How it exited, if known.
-        status: Option<ExitStatus>,
-    },
-    /// An OS error (creating the channel, forking, executing).
-    #[error("cannot start a child: {0}")]
-    Io(#[from] io::Error),
-}
 
 #[derive(Serialize, Deserialize)]
 struct Bootstrap {
@@ -270,49 +73,6 @@ struct Bootstrap {
 enum Hello {
     Ready { pid: u32 },
     Refused { reason: String },
-}
-
-/// Starts a child running `main` with `payload`; returns once the child is ready.
-///
-/// ```
-/// use pool_ipc::{ChildStart, SpawnOptions, spawn};
-///
-/// fn double(mut start: ChildStart) -> i32 {
-///     let mut buf = Vec::new();
-///     start.channel.recv_into(&mut buf, None).unwrap();
-///     buf.iter_mut().for_each(|b| *b *= 2);
-///     start.channel.send(&buf, None).unwrap();
-///     0
-/// }
-///
-/// let mut spawned = spawn(double, b"", &SpawnOptions::new()).unwrap();
-/// spawned.channel.send(&[1, 2, 3], None).unwrap();
-/// let mut reply = Vec::new();
-/// spawned.channel.recv_into(&mut reply, None).unwrap();
-/// assert_eq!(reply, [2, 4, 6]);
-/// assert_eq!(spawned.child.wait().unwrap(), pool_ipc::ExitStatus::Code(0));
-/// ```
-pub fn spawn(
-    main: ChildMain,
-    payload: &[u8],
-    options: &SpawnOptions,
-) -> Result<Spawned, SpawnError> {
-    let main = FnId::new(main as usize)?;
-    // Referencing the child hook keeps its object file (and so its constructor) linked into
-    // every program that can spawn.
-    std::hint::black_box(child_side::HOOK);
-    match options.start_method {
-        StartMethod::Spawn => spawn_exec(main, payload, options),
-        StartMethod::Forkserver => {
-            if options.program.is_some() {
-                return Err(SpawnError::Io(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "SpawnOptions::program needs the spawn start method",
-                )));
-            }
-            forkserver::start(main, payload, options)
-        }
-    }
 }
 
 /// The `spawn` start method: see the module documentation.
@@ -503,63 +263,14 @@ pub(crate) fn identity() -> io::Result<[u64; 5]> {
     Ok(id)
 }
 
-/// The long-lived thread children are forked from (see the module documentation).
-pub(crate) mod spawner {
-    use super::*;
-
-    type Job = Box<dyn FnOnce() + Send>;
-
-    /// Per process: a forked child has no spawner thread until it starts its own.
-    static JOBS: PerProcess<mpsc::Sender<Job>> = PerProcess::new();
-
-    /// The spawner thread's stack: a child forked from it (`fork`) runs its closure there, so
-    /// it gets what a main thread usually has. Only touched pages cost memory.
-    const STACK: usize = 8 << 20;
-
-    /// Runs `job` on a thread that lives as long as the process and returns its result: here
-    /// on the main thread, else on the spawner thread.
-    pub(crate) fn run<R: Send + 'static>(
-        job: impl FnOnce() -> R + Send + 'static,
-    ) -> io::Result<R> {
-        if sys::on_main_thread() {
-            return Ok(job());
-        }
-        let (reply_tx, reply_rx) = mpsc::channel();
-        let jobs = JOBS.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            std::thread::Builder::new()
-                .name("pool-ipc-spawner".into())
-                .stack_size(STACK)
-                .spawn(move || {
-                    for job in rx {
-                        job();
-                    }
-                })
-                .expect("starting the spawner thread");
-            tx
-        });
-        jobs.send(Box::new(move || {
-            let _ = reply_tx.send(job());
-        }))
-        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        reply_rx
-            .recv()
-            .map_err(|_| io::Error::other("the spawner thread is gone"))
-    }
-
-    pub(super) fn spawn(mut command: Command) -> io::Result<std::process::Child> {
-        run(move || command.spawn())?
-    }
-}
-
 /// The child's side: runs before `main` in every process that links this crate.
-mod child_side {
+pub(super) mod child_side {
     use super::*;
 
     // SAFETY (of running before main): the hook returns at once unless this process was
     // started by `spawn`; then it only uses std facilities that work before `main` on Linux
     // (the environment, files, allocation, panics) and never returns.
-    pub(super) static HOOK: fn() = pool_ipc_child_hook;
+    pub(in crate::start) static HOOK: fn() = pool_ipc_child_hook;
 
     #[ctor::ctor(unsafe)]
     fn pool_ipc_child_hook() {
@@ -576,8 +287,7 @@ mod child_side {
 
     fn run(fd: OsString) -> i32 {
         // What std's runtime does before `main`, which has not run here.
-        // SAFETY: setting a signal disposition to SIG_IGN is always sound.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        sys::ignore_sigpipe();
         // What a pre-exec hook would have done (the child was started by posix_spawn).
         if sys::child_setup_after_exec().is_err() {
             return EXIT_BOOTSTRAP_FAILED;
@@ -593,16 +303,14 @@ mod child_side {
     }
 
     fn take_fd(raw: i32) -> Result<OwnedFd, ()> {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        if !sys::is_open(raw) {
             return Err(());
         }
         // SAFETY: the descriptor is open and was handed to this process by its parent for it
         // alone; nothing else in this process refers to it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // Our own children must not inherit it.
-        // SAFETY: setting FD_CLOEXEC on an open descriptor we own.
-        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        sys::set_cloexec(fd.as_fd());
         Ok(fd)
     }
 

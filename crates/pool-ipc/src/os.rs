@@ -1,0 +1,263 @@
+//! The few process-wide OS facilities that crates built on pool-ipc need besides starting and
+//! talking to children: exit and fork hooks, thread ids, signals by name, and telling apart
+//! the OS errors they care about.
+//!
+//! They are here so that those crates need no `libc` of their own (and no `unsafe` but where
+//! the contract is theirs to keep): the calls go through this crate's `sys` module, the one
+//! place a port to another OS changes.
+
+use std::fmt;
+use std::io;
+
+use crate::sys;
+
+/// Registers `f` to run when the process exits through `exit` (returning from `main`
+/// included), after the handlers registered later, as C's `atexit` does. A process that
+/// leaves with `_exit` or is killed does not run it, nor does a child forked by
+/// [`fork`](crate::fork) (it ends with `_exit`).
+///
+/// ```
+/// extern "C" fn goodbye() {
+///     // Runs once the doc test's `main` has returned.
+/// }
+///
+/// pool_ipc::os::at_exit(goodbye).unwrap();
+/// ```
+pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    sys::at_exit(f)
+}
+
+/// Registers `f` to run in the child after every `fork` of this process (by
+/// [`fork`](crate::fork), the forkserver or anyone calling the C library's `fork`), before
+/// `fork` returns in the child: the place to forget per-process state (a cached pid) that the
+/// child must not inherit.
+///
+/// # Safety
+///
+/// `f` runs in a copy of the process that has only the forking thread, where other threads'
+/// locks stay locked: it must be async-signal-safe (store to atomics, make raw system calls;
+/// no allocation, no locks, no printing) and sound to call at any fork for the rest of the
+/// process's life.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+///
+/// use pool_ipc::{ExitStatus, SpawnOptions, fork};
+///
+/// static FORKED: AtomicBool = AtomicBool::new(false);
+///
+/// unsafe extern "C" fn in_child() {
+///     FORKED.store(true, Ordering::Relaxed);
+/// }
+///
+/// // SAFETY: `in_child` only stores to an atomic.
+/// unsafe { pool_ipc::os::after_fork_in_child(in_child) }.unwrap();
+/// let mut forked = fork(
+///     |_| i32::from(!FORKED.load(Ordering::Relaxed)),
+///     &SpawnOptions::new(),
+/// )
+/// .unwrap();
+/// assert_eq!(forked.child.wait().unwrap(), ExitStatus::Code(0));
+/// assert!(!FORKED.load(Ordering::Relaxed));
+/// ```
+pub unsafe fn after_fork_in_child(f: unsafe extern "C" fn()) -> io::Result<()> {
+    // SAFETY: the caller keeps the contract above, which is `sys`'s.
+    unsafe { sys::after_fork_in_child(f) }
+}
+
+/// The calling thread's id: its kernel task id (`gettid`), unique among the live threads of
+/// the whole system, so it names a thread across processes (a lock's owner, say). A process's
+/// main thread has the process's pid.
+///
+/// ```
+/// let here = pool_ipc::os::thread_id();
+/// let there = std::thread::spawn(pool_ipc::os::thread_id).join().unwrap();
+/// assert_ne!(here, there);
+/// assert_eq!(pool_ipc::os::thread_id(), here);
+/// ```
+pub fn thread_id() -> u32 {
+    sys::thread_id()
+}
+
+/// Whether `error` says that the process it was about does not exist (`ESRCH`). A signal
+/// through [`Killer::signal`](crate::Killer::signal) or [`Child::signal`](crate::Child::signal)
+/// to a process that has exited is not an error at all: a pidfd still names it.
+///
+/// ```
+/// use std::io;
+///
+/// assert!(pool_ipc::os::is_no_such_process(&io::Error::from_raw_os_error(libc::ESRCH)));
+/// assert!(!pool_ipc::os::is_no_such_process(&io::Error::other("no")));
+/// ```
+pub fn is_no_such_process(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Whether `error` says that an argument was invalid: `EINVAL` from the OS, or this crate's
+/// own refusal of one ([`io::ErrorKind::InvalidInput`]), such as a signal number that is no
+/// signal.
+///
+/// ```
+/// use std::io;
+///
+/// assert!(pool_ipc::os::is_invalid_argument(&io::Error::from_raw_os_error(libc::EINVAL)));
+/// assert!(!pool_ipc::os::is_invalid_argument(&io::Error::from_raw_os_error(libc::ESRCH)));
+/// ```
+pub fn is_invalid_argument(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::EINVAL) || error.kind() == io::ErrorKind::InvalidInput
+}
+
+/// A signal, by name. Its number ([`Signal::as_raw`]) is the one the running OS gives it,
+/// which is what [`Killer::signal`](crate::Killer::signal) and
+/// [`Child::signal`](crate::Child::signal) take; [`ExitStatus::Signal`](crate::ExitStatus)
+/// carries a number too, which `Signal::try_from` names.
+///
+/// ```
+/// use pool_ipc::os::Signal;
+///
+/// let term = Signal::Term;
+/// assert_eq!(term.to_string(), "SIGTERM");
+/// assert_eq!(Signal::try_from(term.as_raw()), Ok(Signal::Term));
+/// assert_eq!(Signal::try_from(9), Ok(Signal::Kill));
+/// assert!(Signal::try_from(0).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// `SIGHUP`: the terminal hung up, or "reload".
+    Hup,
+    /// `SIGINT`: interrupt (Ctrl-C).
+    Int,
+    /// `SIGQUIT`: quit (Ctrl-\\), with a core dump.
+    Quit,
+    /// `SIGILL`: illegal instruction.
+    Ill,
+    /// `SIGTRAP`: trace or breakpoint trap.
+    Trap,
+    /// `SIGABRT`: `abort()`.
+    Abrt,
+    /// `SIGBUS`: bus error (a mapped file's page past its end, for one).
+    Bus,
+    /// `SIGFPE`: arithmetic exception.
+    Fpe,
+    /// `SIGKILL`: kill; cannot be caught, blocked or ignored.
+    Kill,
+    /// `SIGUSR1`: for the program's own use.
+    Usr1,
+    /// `SIGSEGV`: invalid memory access.
+    Segv,
+    /// `SIGUSR2`: for the program's own use.
+    Usr2,
+    /// `SIGPIPE`: write to a pipe or socket nobody reads.
+    Pipe,
+    /// `SIGALRM`: a timer set by `alarm` expired.
+    Alrm,
+    /// `SIGTERM`: polite termination.
+    Term,
+    /// `SIGCHLD`: a child stopped or exited.
+    Chld,
+    /// `SIGCONT`: continue if stopped.
+    Cont,
+    /// `SIGSTOP`: stop; cannot be caught, blocked or ignored.
+    Stop,
+    /// `SIGTSTP`: stop from the terminal (Ctrl-Z).
+    Tstp,
+    /// `SIGTTIN`: background read from the terminal.
+    Ttin,
+    /// `SIGTTOU`: background write to the terminal.
+    Ttou,
+    /// `SIGXCPU`: CPU time limit exceeded.
+    Xcpu,
+    /// `SIGXFSZ`: file size limit exceeded.
+    Xfsz,
+    /// `SIGWINCH`: the terminal's window changed size.
+    Winch,
+}
+
+/// Every signal with its number and name, in the order of the enum.
+const SIGNALS: [(Signal, i32, &str); 24] = [
+    (Signal::Hup, libc::SIGHUP, "SIGHUP"),
+    (Signal::Int, libc::SIGINT, "SIGINT"),
+    (Signal::Quit, libc::SIGQUIT, "SIGQUIT"),
+    (Signal::Ill, libc::SIGILL, "SIGILL"),
+    (Signal::Trap, libc::SIGTRAP, "SIGTRAP"),
+    (Signal::Abrt, libc::SIGABRT, "SIGABRT"),
+    (Signal::Bus, libc::SIGBUS, "SIGBUS"),
+    (Signal::Fpe, libc::SIGFPE, "SIGFPE"),
+    (Signal::Kill, libc::SIGKILL, "SIGKILL"),
+    (Signal::Usr1, libc::SIGUSR1, "SIGUSR1"),
+    (Signal::Segv, libc::SIGSEGV, "SIGSEGV"),
+    (Signal::Usr2, libc::SIGUSR2, "SIGUSR2"),
+    (Signal::Pipe, libc::SIGPIPE, "SIGPIPE"),
+    (Signal::Alrm, libc::SIGALRM, "SIGALRM"),
+    (Signal::Term, libc::SIGTERM, "SIGTERM"),
+    (Signal::Chld, libc::SIGCHLD, "SIGCHLD"),
+    (Signal::Cont, libc::SIGCONT, "SIGCONT"),
+    (Signal::Stop, libc::SIGSTOP, "SIGSTOP"),
+    (Signal::Tstp, libc::SIGTSTP, "SIGTSTP"),
+    (Signal::Ttin, libc::SIGTTIN, "SIGTTIN"),
+    (Signal::Ttou, libc::SIGTTOU, "SIGTTOU"),
+    (Signal::Xcpu, libc::SIGXCPU, "SIGXCPU"),
+    (Signal::Xfsz, libc::SIGXFSZ, "SIGXFSZ"),
+    (Signal::Winch, libc::SIGWINCH, "SIGWINCH"),
+];
+
+impl Signal {
+    /// The signal's number on this OS.
+    pub fn as_raw(self) -> i32 {
+        SIGNALS[self as usize].1
+    }
+
+    /// Its name, as C spells it (`"SIGTERM"`).
+    pub fn name(self) -> &'static str {
+        SIGNALS[self as usize].2
+    }
+}
+
+impl From<Signal> for i32 {
+    fn from(signal: Signal) -> i32 {
+        signal.as_raw()
+    }
+}
+
+impl TryFrom<i32> for Signal {
+    type Error = UnknownSignal;
+
+    /// The signal with this number; real-time signals and numbers that are no signal are
+    /// [`UnknownSignal`].
+    fn try_from(raw: i32) -> Result<Signal, UnknownSignal> {
+        SIGNALS
+            .iter()
+            .find(|(_, number, _)| *number == raw)
+            .map(|(signal, _, _)| *signal)
+            .ok_or(UnknownSignal(raw))
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A number that [`Signal`] does not name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("{0} is not a signal this crate names")]
+pub struct UnknownSignal(pub i32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_in_enum_order_and_numbers_are_distinct() {
+        for (index, (signal, raw, name)) in SIGNALS.iter().enumerate() {
+            assert_eq!(*signal as usize, index, "{name}");
+            assert_eq!(Signal::try_from(*raw), Ok(*signal));
+            assert_eq!(signal.to_string(), *name);
+        }
+        assert_eq!(Signal::Term.as_raw(), libc::SIGTERM);
+        assert_eq!(i32::from(Signal::Kill), libc::SIGKILL);
+        assert_eq!(Signal::try_from(-1), Err(UnknownSignal(-1)));
+    }
+}
