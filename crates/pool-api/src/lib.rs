@@ -45,6 +45,8 @@ pub use connection::{
 };
 pub use error::Error;
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
+pub use pool_core::Stats;
+pub use pool_ipc::os::Signal;
 pub use pool_ipc::{StartMethod, TransportKind};
 pub use process::{Process, ProcessHandle, ProcessInfo, active_children, current_process};
 pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueError, SimpleQueue};

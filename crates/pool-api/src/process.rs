@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+use pool_ipc::os::Signal;
 use pool_ipc::{Child, ChildStart, Killer, SpawnOptions, StartMethod};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -501,17 +502,19 @@ impl<R> ProcessHandle<R> {
 
     /// Python's `terminate`: SIGTERM.
     pub fn terminate(&self) -> Result<(), Error> {
-        self.signal(libc::SIGTERM)
+        self.signal(Signal::Term)
     }
 
     /// Python's `kill`: SIGKILL.
     pub fn kill(&self) -> Result<(), Error> {
-        self.signal(libc::SIGKILL)
+        self.signal(Signal::Kill)
     }
 
-    fn signal(&self, sig: i32) -> Result<(), Error> {
+    fn signal(&self, sig: Signal) -> Result<(), Error> {
         match &self.child {
-            Some(child) => child.signal(sig).map_err(|e| Error::Io(e.to_string())),
+            Some(child) => child
+                .signal(sig.as_raw())
+                .map_err(|e| Error::Io(e.to_string())),
             None => Ok(()),
         }
     }
@@ -643,8 +646,7 @@ mod registry {
         // Registered once; a forked child inherits the registration (and runs it only if it
         // calls `exit`, for its own children).
         if !AT_EXIT.swap(true, Ordering::AcqRel) {
-            // SAFETY: registering a plain `extern "C" fn()` with the C library.
-            unsafe { libc::atexit(at_exit) };
+            pool_ipc::os::at_exit(at_exit).map_err(|e| Error::Io(e.to_string()))?;
         }
         let killer = child.killer().map_err(|e| Error::Io(e.to_string()))?;
         let mut entries = entries();
@@ -705,7 +707,7 @@ mod registry {
     extern "C" fn at_exit() {
         let entries = entries();
         for entry in entries.iter().filter(|e| e.daemon) {
-            let _ = entry.killer.signal(libc::SIGTERM);
+            let _ = entry.killer.signal(Signal::Term.as_raw());
         }
         // Orphans are reaped by the reaper thread as they exit; the others by their handles,
         // or by the process's own end.

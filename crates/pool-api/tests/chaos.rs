@@ -61,7 +61,7 @@ fn double(x: u64) -> u64 {
 /// signals landed.
 fn storm(
     pool: Arc<Pool>,
-    signal: i32,
+    signal: pool_api::Signal,
     period: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<u64> {
@@ -155,7 +155,12 @@ fn settle_workers(pool: &Pool, n: usize) -> usize {
 
 /// Submits `n` tasks as `apply_async` with callbacks while a storm of `signal` runs; checks
 /// that each task ended exactly once, through its `get` and through exactly one callback.
-fn apply_async_storm(pool: Pool, n: u64, signal: i32, period: Duration) -> (Tally, u64, u64) {
+fn apply_async_storm(
+    pool: Pool,
+    n: u64,
+    signal: pool_api::Signal,
+    period: Duration,
+) -> (Tally, u64, u64) {
     let processes = pool.processes();
     let pool = Arc::new(pool);
     let stop = Arc::new(AtomicBool::new(false));
@@ -216,7 +221,7 @@ fn chaos_kill_storm_every_task_ends_exactly_once() {
     let started = Instant::now();
     let pool = Pool::new(4).unwrap();
     let (tally, killed, duplicated) =
-        apply_async_storm(pool, n, libc::SIGKILL, Duration::from_millis(50));
+        apply_async_storm(pool, n, pool_api::Signal::Kill, Duration::from_millis(50));
     tally.report(
         "kill-storm-apply-async",
         n,
@@ -241,7 +246,7 @@ fn chaos_kill_storm_during_a_chunked_map() {
     let stop = Arc::new(AtomicBool::new(false));
     let stormer = storm(
         pool.clone(),
-        libc::SIGKILL,
+        pool_api::Signal::Kill,
         Duration::from_millis(50),
         stop.clone(),
     );
@@ -295,7 +300,7 @@ fn chaos_stop_storm_past_the_time_limit_times_out_and_recovers() {
         .build()
         .unwrap();
     let (tally, stopped, duplicated) =
-        apply_async_storm(pool, n, libc::SIGSTOP, Duration::from_millis(100));
+        apply_async_storm(pool, n, pool_api::Signal::Stop, Duration::from_millis(100));
     tally.report(
         "stop-storm",
         n,

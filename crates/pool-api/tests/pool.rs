@@ -1114,7 +1114,7 @@ fn an_idle_worker_killed_between_applies_is_replaced(cell: Cell) {
     for _ in 0..20 {
         victim = pool.apply(pid, ()).unwrap();
     }
-    assert!(pool.signal_worker(victim, libc::SIGKILL).unwrap());
+    assert!(pool.signal_worker(victim, pool_api::Signal::Kill).unwrap());
     assert!(
         eventually(Duration::from_secs(20), || {
             let stats = pool.stats();

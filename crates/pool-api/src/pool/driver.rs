@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 use pool_core::{
     ChunkFailure, ChunkId, ChunkOutcome, Command, JobId, Lifecycle, Scheduler, Time, WorkerId,
 };
+use pool_ipc::os::Signal;
 use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 
 use super::callbacks::CallbackRunner;
@@ -270,20 +271,17 @@ impl Shared {
         pids
     }
 
-    pub(crate) fn signal_worker(&self, pid: u32, signal: i32) -> Result<bool, Error> {
+    pub(crate) fn signal_worker(&self, pid: u32, signal: Signal) -> Result<bool, Error> {
         let link = self.lock().workers.values().find(|w| w.pid == pid).cloned();
         let Some(link) = link else {
             return Ok(false);
         };
-        match link.killer.signal(signal) {
-            Ok(()) => Ok(true),
-            // Exited (not yet reaped) between the look-up and the signal.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(Error::InvalidArgument(
-                format!("{signal} is not a signal number"),
-            )),
-            Err(e) => Err(Error::Io(e.to_string())),
-        }
+        // A worker that exited (not yet reaped) between the look-up and the signal is not an
+        // error: the pidfd's signal reports success for it, as for a live one.
+        link.killer
+            .signal(signal.as_raw())
+            .map(|()| true)
+            .map_err(|e| Error::Io(e.to_string()))
     }
 
     pub(crate) fn stats(&self) -> pool_core::Stats {

@@ -12,9 +12,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pool_core::Stats;
 use pool_core::{
     ChunkId, Config, Delivery, Input, JobSpec, Lifecycle, Scheduler, Time, default_chunksize,
 };
+use pool_ipc::os::Signal;
 use pool_ipc::{StartMethod, TransportKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -615,7 +617,7 @@ impl Pool {
         self.shared.worker_pids()
     }
 
-    /// Sends `signal` (a `libc::SIG*` number) to the live worker `pid` of *this* pool,
+    /// Sends `signal` to the live worker `pid` of *this* pool,
     /// through its pidfd, so that a recycled pid is never hit. `Ok(false)` if no live worker
     /// of this pool has that pid (it may just have exited).
     ///
@@ -624,20 +626,21 @@ impl Pool {
     /// replaced; a stopped one (`SIGSTOP`) runs into the time limit, if one is set.
     ///
     /// ```
+    /// use pool_api::Signal;
     /// # fn pid(_: ()) -> u32 { std::process::id() }
     /// let pool = pool_api::Pool::new(1)?;
     /// let victim = pool.apply(pid, ())?;
-    /// assert!(pool.signal_worker(victim, libc::SIGKILL)?);
-    /// assert!(!pool.signal_worker(std::process::id(), libc::SIGKILL)?); // not a worker
+    /// assert!(pool.signal_worker(victim, Signal::Kill)?);
+    /// assert!(!pool.signal_worker(std::process::id(), Signal::Kill)?); // not a worker
     /// assert_ne!(pool.apply(pid, ())?, victim); // served by the replacement
     /// # Ok::<(), pool_api::Error>(())
     /// ```
-    pub fn signal_worker(&self, pid: u32, signal: i32) -> Result<bool, Error> {
+    pub fn signal_worker(&self, pid: u32, signal: Signal) -> Result<bool, Error> {
         self.shared.signal_worker(pid, signal)
     }
 
     /// Counters: workers spawned, lost, chunks dispatched, ...
-    pub fn stats(&self) -> pool_core::Stats {
+    pub fn stats(&self) -> Stats {
         self.shared.stats()
     }
 

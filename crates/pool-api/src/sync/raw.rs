@@ -53,10 +53,10 @@ pub struct Acquired {
 /// use its parent's identity: a `pthread_atfork` handler forgets it in the child (glibc's
 /// `fork` runs the handlers; `exec` starts from scratch anyway).
 pub(super) fn me() -> ProcessIdentity {
-    use std::sync::Once;
+    use std::sync::OnceLock;
     static PID: AtomicU32 = AtomicU32::new(0);
     static START: AtomicU64 = AtomicU64::new(0);
-    static FORGET_AFTER_FORK: Once = Once::new();
+    static FORGET_AFTER_FORK: OnceLock<bool> = OnceLock::new();
     extern "C" fn forget() {
         PID.store(0, Ordering::Relaxed);
     }
@@ -67,14 +67,14 @@ pub(super) fn me() -> ProcessIdentity {
             start: START.load(Ordering::Relaxed),
         };
     }
-    FORGET_AFTER_FORK.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic (async-signal-safe, as a
-        // handler running in a forked child must be).
-        unsafe { libc::pthread_atfork(None, None, Some(forget)) };
-    });
+    // SAFETY: the handler only stores to an atomic (async-signal-safe, as a handler running
+    // in a forked child must be), and is sound at any fork for the rest of the process's life.
+    let forgets = *FORGET_AFTER_FORK
+        .get_or_init(|| unsafe { pool_ipc::os::after_fork_in_child(forget) }.is_ok());
     let id = ProcessIdentity::current();
-    // An unknown start time (0) is not cached: the next call tries again.
-    if id.start != 0 {
+    // An unknown start time (0) is not cached: the next call tries again. Without the fork
+    // handler nothing is cached, rather than risk a forked child taking its parent's identity.
+    if forgets && id.start != 0 {
         START.store(id.start, Ordering::Relaxed);
         PID.store(id.pid, Ordering::Release);
     }
@@ -83,8 +83,7 @@ pub(super) fn me() -> ProcessIdentity {
 
 /// The calling thread's id (unique among live threads of the whole system).
 pub(super) fn current_thread() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    (unsafe { libc::gettid() }) as u32
+    pool_ipc::os::thread_id()
 }
 
 /// The shared state of one primitive, at the start of its region.
