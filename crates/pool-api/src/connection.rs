@@ -18,7 +18,10 @@
 //!
 //! [`Process`]: crate::Process
 
+use std::fmt;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_ipc::transport::pipe::PipeChannel;
@@ -27,33 +30,70 @@ use pool_ipc::{Channel, TransportKind, WatchGuard};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::CodecError;
 use crate::{Error, handles};
 
 /// Why a value was not sent.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
     /// The other end is closed.
     #[error("the other end of the pipe is closed")]
     Closed,
     /// The value could not be encoded.
-    #[error("cannot encode the value: {0}")]
-    Encode(String),
-    /// An OS error.
+    #[error(transparent)]
+    Encode(CodecError),
+    /// An OS error (the transport's own error is the `io::Error`'s source).
     #[error("pipe I/O error: {0}")]
-    Io(String),
+    Io(#[source] OsError),
+}
+
+/// An `io::Error` that can be cloned and compared (by kind, code and message), as the
+/// connection errors hold it.
+#[derive(Clone, Debug)]
+pub struct OsError(pub Arc<io::Error>);
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl PartialEq for OsError {
+    fn eq(&self, other: &OsError) -> bool {
+        crate::error::same_io(&self.0, &other.0)
+    }
+}
+
+impl Eq for OsError {}
+
+impl From<io::Error> for OsError {
+    fn from(e: io::Error) -> OsError {
+        OsError(Arc::new(e))
+    }
+}
+
+/// An OS error of a transport, or another error of pool-ipc's as the source of one.
+fn transport_io<E: std::error::Error + Send + Sync + 'static>(e: E) -> OsError {
+    OsError::from(io::Error::other(e))
 }
 
 /// Why nothing was received.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvError {
     /// The other end is closed and every message it sent was read (Python's `EOFError`).
     #[error("end of file: the other end of the pipe is closed")]
     Eof,
     /// The message does not decode as the type asked for.
-    #[error("cannot decode the message: {0}")]
-    Decode(String),
+    #[error(transparent)]
+    Decode(CodecError),
     /// `recv_bytes_into` was given a buffer shorter than the message; the message is handed
     /// back whole (Python's `BufferTooShort`).
     #[error("the buffer is too short: the message needs {needed} bytes")]
@@ -63,16 +103,17 @@ pub enum RecvError {
         /// The message.
         message: Vec<u8>,
     },
-    /// An OS error.
+    /// An OS error (the transport's own error is the `io::Error`'s source).
     #[error("pipe I/O error: {0}")]
-    Io(String),
+    Io(#[source] OsError),
 }
 
 impl From<pool_ipc::SendError> for SendError {
     fn from(e: pool_ipc::SendError) -> SendError {
         match e {
             pool_ipc::SendError::Disconnected => SendError::Closed,
-            other => SendError::Io(other.to_string()),
+            pool_ipc::SendError::Io(e) => SendError::Io(e.into()),
+            other => SendError::Io(transport_io(other)),
         }
     }
 }
@@ -81,7 +122,8 @@ impl From<pool_ipc::RecvError> for RecvError {
     fn from(e: pool_ipc::RecvError) -> RecvError {
         match e {
             pool_ipc::RecvError::Disconnected => RecvError::Eof,
-            other => RecvError::Io(other.to_string()),
+            pool_ipc::RecvError::Io(e) => RecvError::Io(e.into()),
+            other => RecvError::Io(transport_io(other)),
         }
     }
 }
@@ -143,7 +185,7 @@ impl Pipe {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn duplex_over(kind: TransportKind) -> Result<(Connection, Connection), Error> {
-        let io = |e: std::io::Error| Error::Io(e.to_string());
+        let io = |e: std::io::Error| Error::from(e);
         match kind {
             TransportKind::Pipe => {
                 let (a, b) = Channel::pair(TransportKind::Pipe).map_err(io)?;
@@ -228,14 +270,24 @@ impl Connection {
 
     /// Sends a value.
     pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| SendError::Encode(e.to_string()))?;
+        let bytes = postcard::to_stdvec(value)
+            .map_err(|e| SendError::Encode(CodecError::caused_by("encoding a message", e)))?;
         self.send_bytes(&bytes)
     }
 
     /// Receives a value of type `T`.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
         let bytes = self.recv_bytes()?;
-        postcard::from_bytes(&bytes).map_err(|e| RecvError::Decode(e.to_string()))
+        postcard::from_bytes(&bytes).map_err(|e| {
+            RecvError::Decode(CodecError::caused_by(
+                format!(
+                    "decoding a message of {} bytes as {}",
+                    bytes.len(),
+                    std::any::type_name::<T>()
+                ),
+                e,
+            ))
+        })
     }
 
     /// Sends bytes as one message.
@@ -265,7 +317,10 @@ impl Connection {
     /// Whether a message (or the end of file) is ready, waiting up to `timeout` (`None`:
     /// forever; zero: just look).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, RecvError> {
-        let ready = wait(&[self], timeout).map_err(|e| RecvError::Io(e.to_string()))?;
+        let ready = wait(&[self], timeout).map_err(|e| match e {
+            Error::Io(e) => RecvError::Io(OsError(e)),
+            other => RecvError::Io(transport_io(other)),
+        })?;
         Ok(!ready.is_empty())
     }
 
@@ -465,7 +520,7 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             (true, Some(d)) => Some(d.min(Instant::now() + SHM_POLL_SLICE)),
             (true, None) => Some(Instant::now() + SHM_POLL_SLICE),
         };
-        let ready = pool_ipc::wait_readable(&fds, slice).map_err(|e| Error::Io(e.to_string()))?;
+        let ready = pool_ipc::wait_readable(&fds, slice).map_err(Error::from)?;
         if !ready.is_empty() || slice == deadline || deadline.is_some_and(|d| Instant::now() >= d) {
             // A shared-memory end whose liveness socket fired has its end of file (or the
             // peer's last messages) ready: report it, as a socket's hang-up is.

@@ -1,10 +1,44 @@
-//! The one error type of a pool's calls and task outcomes.
+//! [`Error`], the error of a pool's calls and of a task's outcome, and [`CodecError`], why a
+//! value did not encode or decode.
+//!
+//! Causes are kept, not flattened into text: an OS error is the `io::Error` itself (behind an
+//! `Arc`, so that an outcome delivered to a callback and to `get` can be cloned), reachable
+//! through `source()` and its `kind()`. Each primitive keeps an error type of its own (its
+//! failure modes differ: a `put` hands the item back, a `get` does not), and every one of
+//! them converts into [`Error`], so that `?` works across primitives and pools in one
+//! function returning `pool_api::Error`.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// What went wrong with a pool call or a task. The variants are the cases a caller can act
-/// on; match on them.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+use crate::connection::{RecvError, SendError};
+use crate::queue::QueueError;
+use crate::sync::SyncError;
+use crate::values::ShmError;
+
+/// What went wrong with a pool call, a process or a task. The variants are the cases a caller
+/// can act on; match on them.
+///
+/// Two errors are equal when they are the same case with equal details; OS errors compare by
+/// kind, code and message (`io::Error` itself has no equality).
+///
+/// ```
+/// use pool_api::{Error, Lock, Queue};
+///
+/// // `?` converts each primitive's error into `pool_api::Error`.
+/// fn hand_over(queue: &Queue<u32>, lock: &Lock) -> Result<u32, Error> {
+///     let _held = lock.lock()?;
+///     queue.put(7)?;
+///     Ok(queue.get()?)
+/// }
+///
+/// assert_eq!(hand_over(&Queue::new()?, &Lock::new()?)?, 7);
+/// # Ok::<(), Error>(())
+/// ```
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The task panicked in its worker (the worker survives and takes the next task).
@@ -18,7 +52,8 @@ pub enum Error {
         pid: u32,
     },
     /// The worker running the task exited (crash, SIGKILL, `abort`, `exit`) before finishing
-    /// it. The worker was replaced; other tasks go on.
+    /// it. The worker was replaced; other tasks go on. For a
+    /// [`ProcessHandle::join`](crate::ProcessHandle::join): the child exited without a value.
     #[error("worker {pid} was lost while running the task (exitcode {exitcode})")]
     WorkerLost {
         /// The worker's pid.
@@ -60,11 +95,106 @@ pub enum Error {
     #[error("the result is not ready")]
     NotReady,
     /// Arguments or results could not be encoded or decoded.
-    #[error("cannot encode or decode a value: {0}")]
-    Codec(String),
-    /// The OS refused something (starting a worker, a channel).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A process (a worker, a [`Process`](crate::Process)) could not be started; the
+    /// source says why (an OS error, a function that cannot travel, ...).
+    #[error("cannot start a process: {0}")]
+    Start(#[source] Arc<pool_ipc::SpawnError>),
+    /// The OS refused something (a channel, a wait); the `io::Error` is the source.
     #[error("OS error: {0}")]
-    Io(String),
+    Io(#[source] Arc<io::Error>),
+    /// A lock, semaphore, event, condition, barrier or `Value` operation failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A queue operation failed (an item the queue handed back is dropped here: match the
+    /// queue's own error to keep it).
+    #[error(transparent)]
+    Queue(QueueError<()>),
+    /// A `SharedMemory` operation failed.
+    #[error(transparent)]
+    SharedMemory(#[from] ShmError),
+    /// Sending on a pipe's connection failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// Receiving on a pipe's connection failed.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        use Error::*;
+        match (self, other) {
+            (
+                Panicked {
+                    message: m1,
+                    location: l1,
+                    pid: p1,
+                },
+                Panicked {
+                    message: m2,
+                    location: l2,
+                    pid: p2,
+                },
+            ) => (m1, l1, p1) == (m2, l2, p2),
+            (
+                WorkerLost {
+                    pid: p1,
+                    exitcode: e1,
+                },
+                WorkerLost {
+                    pid: p2,
+                    exitcode: e2,
+                },
+            ) => (p1, e1) == (p2, e2),
+            (TimedOut { pid: p1, limit: l1 }, TimedOut { pid: p2, limit: l2 }) => {
+                (p1, l1) == (p2, l2)
+            }
+            (Closed, Closed)
+            | (Terminated, Terminated)
+            | (StillRunning, StillRunning)
+            | (Cancelled, Cancelled)
+            | (NotReady, NotReady) => true,
+            (InitializerFailed(a), InitializerFailed(b)) => a == b,
+            (InvalidArgument(a), InvalidArgument(b)) => a == b,
+            (Timeout(a), Timeout(b)) => a == b,
+            (Codec(a), Codec(b)) => a == b,
+            (Start(a), Start(b)) => a.to_string() == b.to_string(),
+            (Io(a), Io(b)) => same_io(a, b),
+            (Sync(a), Sync(b)) => a == b,
+            (Queue(a), Queue(b)) => a == b,
+            (SharedMemory(a), SharedMemory(b)) => a == b,
+            (Send(a), Send(b)) => a == b,
+            (Recv(a), Recv(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Error {}
+
+/// Whether two OS errors say the same: kind, code and message.
+pub(crate) fn same_io(a: &io::Error, b: &io::Error) -> bool {
+    a.kind() == b.kind() && a.raw_os_error() == b.raw_os_error() && a.to_string() == b.to_string()
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(Arc::new(e))
+    }
+}
+
+impl From<pool_ipc::SpawnError> for Error {
+    fn from(e: pool_ipc::SpawnError) -> Error {
+        Error::Start(Arc::new(e))
+    }
+}
+
+impl<T> From<QueueError<T>> for Error {
+    fn from(e: QueueError<T>) -> Error {
+        Error::Queue(e.without_item())
+    }
 }
 
 impl From<pool_core::SubmitError> for Error {
@@ -87,8 +217,121 @@ impl From<pool_core::ConfigError> for Error {
     }
 }
 
-impl From<postcard::Error> for Error {
-    fn from(e: postcard::Error) -> Error {
-        Error::Codec(e.to_string())
+/// Why a value could not be encoded or decoded: what was being done ("decoding the result
+/// of task 3"), and the encoder's own error as the source, when there is one. The encoding
+/// itself is an implementation detail, so its error type is not named here.
+#[derive(Clone)]
+pub struct CodecError {
+    what: Cow<'static, str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CodecError {
+    /// An error with no underlying cause (a frame cut short, a count that does not match).
+    pub(crate) fn new(what: impl Into<Cow<'static, str>>) -> CodecError {
+        CodecError {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// The encoder's error `source`, met while doing `what`.
+    pub(crate) fn caused_by(
+        what: impl Into<Cow<'static, str>>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> CodecError {
+        CodecError {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// What was being encoded or decoded when it failed.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+/// `map_err(codec("decoding ..."))`: wraps an encoder's error with what was being done.
+pub(crate) fn codec<E>(what: &'static str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| Error::Codec(CodecError::caused_by(what, e))
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "cannot encode or decode: {}: {source}", self.what),
+            None => write!(f, "cannot encode or decode: {}", self.what),
+        }
+    }
+}
+
+impl fmt::Debug for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodecError")
+            .field("what", &self.what)
+            .field("source", &self.source.as_ref().map(ToString::to_string))
+            .finish()
+    }
+}
+
+impl std::error::Error for CodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Equal when they say the same (what, and the source's message).
+impl PartialEq for CodecError {
+    fn eq(&self, other: &CodecError) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for CodecError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn an_os_error_keeps_its_kind_and_source() {
+        let e = Error::from(io::Error::from_raw_os_error(24));
+        let Error::Io(inner) = &e else { panic!() };
+        assert_eq!(inner.raw_os_error(), Some(24));
+        let source = e.source().expect("the io::Error is the source");
+        assert!(
+            source.to_string().contains("Too many open files"),
+            "{source}"
+        );
+        assert_eq!(e, Error::from(io::Error::from_raw_os_error(24)));
+        assert_ne!(e, Error::from(io::Error::from_raw_os_error(12)));
+    }
+
+    #[test]
+    fn a_codec_error_says_what_and_keeps_the_encoders_error() {
+        let err = postcard::from_bytes::<String>(&[5, b'a']).unwrap_err();
+        let e = codec("decoding the result of task 3")(err);
+        assert!(
+            e.to_string().contains("decoding the result of task 3"),
+            "{e}"
+        );
+        // `Error::Codec` is transparent: its source is the encoder's own error.
+        let source = e.source().expect("the encoder's error");
+        assert!(e.to_string().ends_with(&source.to_string()), "{e} / {source}");
+    }
+
+    #[test]
+    fn primitive_errors_convert_and_keep_their_cause() {
+        let e: Error = SyncError::Timeout.into();
+        assert_eq!(e, Error::Sync(SyncError::Timeout));
+        let e: Error = QueueError::Full(String::from("item")).into();
+        assert_eq!(e, Error::Queue(QueueError::Full(())));
     }
 }

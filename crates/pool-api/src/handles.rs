@@ -51,7 +51,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         output: crate::task::Appender(&mut bytes),
     });
     let fds = sink.disarm();
-    encoded?;
+    encoded.map_err(crate::error::codec("encoding a value"))?;
     Ok((bytes, fds))
 }
 
@@ -92,7 +92,9 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, Error> {
-    with_descriptors(fds, || postcard::from_bytes(bytes).map_err(Error::from))
+    with_descriptors(fds, || {
+        postcard::from_bytes(bytes).map_err(crate::error::codec("decoding a value"))
+    })
 }
 
 /// Serializes a handle's descriptor (see the module documentation).

@@ -41,11 +41,13 @@ mod values;
 
 pub use bytes::Bytes;
 pub use connection::{
-    Connection, Pipe, ReadConnection, RecvError, SendError, Waitable, WriteConnection, wait,
+    Connection, OsError, Pipe, ReadConnection, RecvError, SendError, Waitable, WriteConnection,
+    wait,
 };
-pub use error::Error;
+pub use error::{CodecError, Error};
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_core::Stats;
+pub use pool_ipc::SpawnError;
 pub use pool_ipc::os::Signal;
 pub use pool_ipc::{StartMethod, TransportKind};
 pub use process::{Process, ProcessHandle, ProcessInfo, active_children, current_process};

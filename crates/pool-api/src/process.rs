@@ -325,7 +325,8 @@ impl<R> Process<R> {
             Target::Spawn { mut boot, fds } => {
                 // The name may have been changed after `new`: the child learns the current one.
                 boot.name = self.name.clone();
-                let payload = postcard::to_stdvec(&boot)?;
+                let payload = postcard::to_stdvec(&boot)
+                    .map_err(crate::error::codec("encoding a process's bootstrap"))?;
                 let options = SpawnOptions::new()
                     .name(self.name.clone())
                     .start_method(self.start_method.unwrap_or(StartMethod::Spawn))
@@ -333,7 +334,7 @@ impl<R> Process<R> {
                 pool_ipc::spawn(process_main, &payload, &options)
             }
         }
-        .map_err(|e| Error::Io(e.to_string()))?;
+        .map_err(Error::from)?;
         registry::add(&spawned.child, &self.name, self.daemon)?;
         Ok(ProcessHandle {
             name: self.name,
@@ -420,8 +421,7 @@ impl<R> ProcessHandle<R> {
                 .into_iter()
                 .chain(child.map(Child::pidfd))
                 .collect();
-            let ready =
-                pool_ipc::wait_readable(&fds, deadline).map_err(|e| Error::Io(e.to_string()))?;
+            let ready = pool_ipc::wait_readable(&fds, deadline).map_err(Error::from)?;
             if ready.is_empty() && !channel.receiver().has_buffered() {
                 return Ok(false);
             }
@@ -458,10 +458,7 @@ impl<R> ProcessHandle<R> {
         let Some(child) = self.child.as_mut() else {
             return Ok(self.exitcode);
         };
-        match child
-            .wait_deadline(deadline)
-            .map_err(|e| Error::Io(e.to_string()))?
-        {
+        match child.wait_deadline(deadline).map_err(Error::from)? {
             Some(status) => {
                 self.reaped(status);
                 Ok(self.exitcode)
@@ -512,9 +509,7 @@ impl<R> ProcessHandle<R> {
 
     fn signal(&self, sig: Signal) -> Result<(), Error> {
         match &self.child {
-            Some(child) => child
-                .signal(sig.as_raw())
-                .map_err(|e| Error::Io(e.to_string())),
+            Some(child) => child.signal(sig.as_raw()).map_err(Error::from),
             None => Ok(()),
         }
     }
@@ -646,9 +641,9 @@ mod registry {
         // Registered once; a forked child inherits the registration (and runs it only if it
         // calls `exit`, for its own children).
         if !AT_EXIT.swap(true, Ordering::AcqRel) {
-            pool_ipc::os::at_exit(at_exit).map_err(|e| Error::Io(e.to_string()))?;
+            pool_ipc::os::at_exit(at_exit).map_err(Error::from)?;
         }
-        let killer = child.killer().map_err(|e| Error::Io(e.to_string()))?;
+        let killer = child.killer().map_err(Error::from)?;
         let mut entries = entries();
         prune(&mut entries);
         entries.push(Entry {

@@ -39,8 +39,9 @@ use pool_ipc::shared::{SharedRegion, futex_wait, futex_wake};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::handles;
+use crate::error::CodecError;
 use crate::sync::{RawLock, SyncError};
+use crate::{OsError, handles};
 
 const MAGIC: u64 = 0x706f_6f6c_7175_6575;
 const DATA_OFFSET: usize = 4096;
@@ -50,7 +51,10 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 8 << 30;
 const DISCARD_STEP: u64 = 2 << 20;
 
 /// Why a queue operation did not succeed. The item is handed back where one was given.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` is written by hand so that an item type without `Debug` still makes a
+/// `std::error::Error` (the item is shown as `..`).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError<T> {
     /// `try_put` on a full queue, or `put` timed out on one.
@@ -66,22 +70,72 @@ pub enum QueueError<T> {
     #[error("task_done called too many times")]
     TooManyTaskDone,
     /// The item cannot be encoded, or is larger than the queue's ring.
-    #[error("cannot queue the item: {0}")]
-    Encode(String),
+    #[error(transparent)]
+    Encode(CodecError),
     /// The item taken does not decode as the queue's type.
-    #[error("cannot decode the item: {0}")]
-    Decode(String),
+    #[error(transparent)]
+    Decode(CodecError),
     /// The queue's shared state is corrupt (a process scribbled on it).
     #[error("the queue's shared state is corrupt: {0}")]
     Corrupt(&'static str),
-    /// The OS refused.
+    /// The OS refused; the `io::Error` is the source.
     #[error("OS error: {0}")]
-    Io(String),
+    Io(#[source] OsError),
 }
 
+impl<T> fmt::Debug for QueueError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueError::Full(_) => f.write_str("Full(..)"),
+            QueueError::Empty => f.write_str("Empty"),
+            QueueError::Closed => f.write_str("Closed"),
+            QueueError::TooManyTaskDone => f.write_str("TooManyTaskDone"),
+            QueueError::Encode(e) => f.debug_tuple("Encode").field(e).finish(),
+            QueueError::Decode(e) => f.debug_tuple("Decode").field(e).finish(),
+            QueueError::Corrupt(what) => f.debug_tuple("Corrupt").field(what).finish(),
+            QueueError::Io(e) => f.debug_tuple("Io").field(e).finish(),
+        }
+    }
+}
+
+impl<T> QueueError<T> {
+    /// The same error with the handed-back item dropped, for an error type that holds none
+    /// (what `?` into [`Error`](crate::Error) does).
+    pub fn without_item(self) -> QueueError<()> {
+        match self {
+            QueueError::Full(_) => QueueError::Full(()),
+            QueueError::Empty => QueueError::Empty,
+            QueueError::Closed => QueueError::Closed,
+            QueueError::TooManyTaskDone => QueueError::TooManyTaskDone,
+            QueueError::Encode(e) => QueueError::Encode(e),
+            QueueError::Decode(e) => QueueError::Decode(e),
+            QueueError::Corrupt(what) => QueueError::Corrupt(what),
+            QueueError::Io(e) => QueueError::Io(e),
+        }
+    }
+
+    /// The item handed back by a `put` that did not succeed, if this error holds it.
+    pub fn into_item(self) -> Option<T> {
+        match self {
+            QueueError::Full(item) => Some(item),
+            _ => None,
+        }
+    }
+}
+
+/// The queue's lock failed (only an OS error can reach a queue's caller).
 impl<T> From<SyncError> for QueueError<T> {
     fn from(e: SyncError) -> QueueError<T> {
-        QueueError::Io(e.to_string())
+        match e {
+            SyncError::Io(e) => QueueError::Io(OsError(e)),
+            other => QueueError::Io(std::io::Error::other(other).into()),
+        }
+    }
+}
+
+impl<T> From<std::io::Error> for QueueError<T> {
+    fn from(e: std::io::Error) -> QueueError<T> {
+        QueueError::Io(e.into())
     }
 }
 
@@ -296,7 +350,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// A queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of ring (virtual
     /// memory; only what is queued is allocated).
     pub fn with_limits(maxsize: usize, capacity: usize) -> Result<Queue<T>, QueueError<T>> {
-        let ring = Ring::create(capacity, maxsize as u64).map_err(QueueError::Io)?;
+        let ring = Ring::create(capacity, maxsize as u64)
+            .map_err(|e| QueueError::Io(std::io::Error::other(e).into()))?;
         Ok(Queue {
             ring: Arc::new(ring),
             closed: false,
@@ -332,15 +387,20 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         let bytes = match postcard::to_stdvec(&item) {
             Ok(b) => b,
-            Err(e) => return Err(QueueError::Encode(e.to_string())),
+            Err(e) => {
+                return Err(QueueError::Encode(CodecError::caused_by(
+                    "encoding an item",
+                    e,
+                )));
+            }
         };
         let need = record_len(bytes.len());
         let ring = &*self.ring;
         if need > ring.capacity {
-            return Err(QueueError::Encode(format!(
+            return Err(QueueError::Encode(CodecError::new(format!(
                 "an item of {} bytes does not fit the queue's ring",
                 bytes.len()
-            )));
+            ))));
         }
         let h = ring.header();
         let lock = ring.lock();
@@ -394,7 +454,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(false)
             };
             h.putters.fetch_sub(1, Ordering::Relaxed);
-            if !waited.map_err(|e| QueueError::Io(e.to_string()))? {
+            if !waited.map_err(QueueError::from)? {
                 return Err(QueueError::Full(item));
             }
         }
@@ -444,7 +504,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     futex_wake(&h.get_seq, 1);
                 }
                 let bytes = bytes?;
-                return postcard::from_bytes(&bytes).map_err(|e| QueueError::Decode(e.to_string()));
+                return postcard::from_bytes(&bytes)
+                    .map_err(|e| QueueError::Decode(CodecError::caused_by("decoding an item", e)));
             }
             let seq = h.put_seq.load(Ordering::Acquire);
             h.getters.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +516,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(false)
             };
             h.getters.fetch_sub(1, Ordering::Relaxed);
-            if !waited.map_err(|e| QueueError::Io(e.to_string()))? {
+            if !waited.map_err(QueueError::from)? {
                 return Err(QueueError::Empty);
             }
         }
@@ -656,7 +717,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             h.joiners.fetch_add(1, Ordering::SeqCst);
             let woke = futex_wait(&h.done_seq, seq, deadline);
             h.joiners.fetch_sub(1, Ordering::SeqCst);
-            if !woke.map_err(|e| QueueError::Io(e.to_string()))? {
+            if !woke.map_err(QueueError::from)? {
                 return Ok(h.unfinished.load(Ordering::Acquire) == 0);
             }
         }

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::error::codec;
 
 /// The uniform signature of trampolines: the address of the user's function (0 for one that
 /// needs none), the encoded chunk, and where to write the encoded results.
@@ -355,7 +356,7 @@ pub(crate) enum FromWorker {
 /// Encodes `header` followed by `body` as one frame: the header is length-prefixed with a
 /// u32 so that the body can be sent as a separate part, without copying it.
 pub(crate) fn header_bytes<T: Serialize>(header: &T) -> Result<Vec<u8>, Error> {
-    let encoded = postcard::to_stdvec(header)?;
+    let encoded = postcard::to_stdvec(header).map_err(codec("encoding a message's header"))?;
     let mut out = Vec::with_capacity(encoded.len() + 4);
     out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
     out.extend_from_slice(&encoded);
@@ -367,20 +368,30 @@ pub(crate) fn split_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<(T, &[u8]
     let len_bytes: [u8; 4] = frame
         .get(..4)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::Codec("frame shorter than its header length".into()))?;
+        .ok_or_else(|| {
+            Error::Codec(crate::error::CodecError::new(
+                "frame shorter than its header length",
+            ))
+        })?;
     let len = u32::from_le_bytes(len_bytes) as usize;
-    let header = frame
-        .get(4..4 + len)
-        .ok_or_else(|| Error::Codec("frame shorter than its header".into()))?;
-    Ok((postcard::from_bytes(header)?, &frame[4 + len..]))
+    let header = frame.get(4..4 + len).ok_or_else(|| {
+        Error::Codec(crate::error::CodecError::new(
+            "frame shorter than its header",
+        ))
+    })?;
+    let header = postcard::from_bytes(header).map_err(codec("decoding a message's header"))?;
+    Ok((header, &frame[4 + len..]))
 }
 
 /// Whether the first outcome of an encoded chunk of results is a value (not a panic), read
 /// without decoding the value.
 pub(crate) fn outcome_is_value(bytes: &[u8]) -> Result<bool, Error> {
-    let (len, rest) = postcard::take_from_bytes::<u64>(bytes)?;
+    let (len, rest) =
+        postcard::take_from_bytes::<u64>(bytes).map_err(codec("decoding the count of outcomes"))?;
     match (len, rest.first()) {
-        (0, _) | (_, None) => Err(Error::Codec("no outcome in the results".into())),
+        (0, _) | (_, None) => Err(Error::Codec(crate::error::CodecError::new(
+            "no outcome in the results",
+        ))),
         (_, Some(tag)) => Ok(*tag == 0),
     }
 }
@@ -389,7 +400,7 @@ pub(crate) fn outcome_is_value(bytes: &[u8]) -> Result<bool, Error> {
 pub(crate) fn decode_results<R: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<Vec<Result<R, Panic>>, Error> {
-    Ok(postcard::from_bytes(bytes)?)
+    postcard::from_bytes(bytes).map_err(codec("decoding a chunk's results"))
 }
 
 #[cfg(test)]

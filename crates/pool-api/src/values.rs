@@ -75,7 +75,7 @@ impl<T: Plain> Cells<T> {
             .checked_mul(std::mem::size_of::<T>())
             .ok_or(SyncError::InvalidArgument("too many elements"))?;
         let region = SharedRegion::create("pool-value", DATA_OFFSET + bytes.max(1))
-            .map_err(|e| SyncError::Io(e.to_string()))?;
+            .map_err(SyncError::from)?;
         let cells = Cells {
             region,
             len,
@@ -384,7 +384,7 @@ cells_serde!(Value);
 cells_serde!(Array);
 
 /// Why a [`SharedMemory`] operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShmError {
     /// A size of 0 or a bad name.
@@ -408,7 +408,7 @@ pub enum ShmError {
     },
     /// Any other OS error.
     #[error("OS error: {0}")]
-    Io(String),
+    Io(#[source] crate::OsError),
 }
 
 fn shm_error(e: std::io::Error, name: &str) -> ShmError {
@@ -416,7 +416,7 @@ fn shm_error(e: std::io::Error, name: &str) -> ShmError {
         std::io::ErrorKind::NotFound => ShmError::NotFound(name.to_owned()),
         std::io::ErrorKind::AlreadyExists => ShmError::AlreadyExists(name.to_owned()),
         std::io::ErrorKind::InvalidInput => ShmError::InvalidArgument(e.to_string()),
-        _ => ShmError::Io(e.to_string()),
+        _ => ShmError::Io(e.into()),
     }
 }
 

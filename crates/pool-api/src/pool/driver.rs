@@ -67,6 +67,7 @@ use super::link::{
 use super::payload::{ChunkResult, Payload, SpareBuffers};
 use super::worker::{WorkerBoot, worker_main};
 use crate::Error;
+use crate::error::CodecError;
 use crate::task::{self, Call, FromWorker, ToWorker};
 
 /// What every worker of a pool is started with.
@@ -281,7 +282,7 @@ impl Shared {
         link.killer
             .signal(signal.as_raw())
             .map(|()| true)
-            .map_err(|e| Error::Io(e.to_string()))
+            .map_err(Error::from)
     }
 
     pub(crate) fn stats(&self) -> pool_core::Stats {
@@ -413,9 +414,9 @@ impl Shared {
                             state
                                 .results
                                 .remove(&chunk.id)
-                                .unwrap_or(ChunkResult::Failed(Error::Codec(
-                                    "a finished chunk without its result".into(),
-                                )))
+                                .unwrap_or(ChunkResult::Failed(Error::Codec(CodecError::new(
+                                    "a finished chunk without its result",
+                                ))))
                         }
                         ChunkOutcome::Failed(failure) => {
                             ChunkResult::Failed(self.failure(state, &failure, chunk.id.job))
@@ -480,7 +481,7 @@ impl Shared {
             ChunkFailure::Terminated => Error::Terminated,
             ChunkFailure::Cancelled => Error::Cancelled,
             ChunkFailure::InitializerFailed(m) => Error::InitializerFailed(m.to_string()),
-            other => Error::Io(other.to_string()),
+            other => Error::from(std::io::Error::other(other.to_string())),
         }
     }
 
@@ -653,7 +654,7 @@ impl Shared {
                 index,
                 message,
             } => {
-                let result = ChunkResult::Failed(Error::Codec(message));
+                let result = ChunkResult::Failed(Error::Codec(CodecError::new(message)));
                 Self::finished(state, worker, chunk(job, index), result, now)
             }
             FromWorker::Panicking { message, location } => {

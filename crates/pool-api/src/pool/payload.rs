@@ -159,7 +159,10 @@ impl ChunkResult {
             // Values cannot be handed out twice; only jobs whose chunks are taken once (by
             // `into_outcomes`) have their results decoded ahead.
             ChunkResult::Decoded(_) => {
-                return into.fail(items, &Error::Codec("results already taken".into()));
+                return into.fail(
+                    items,
+                    &Error::Codec(crate::error::CodecError::new("results already taken")),
+                );
             }
             ChunkResult::Bytes {
                 frame,
@@ -187,9 +190,14 @@ impl ChunkResult {
             Ok(chunk) if chunk.outcomes == items => chunk.replay(into),
             Ok(_) => into.fail(
                 items,
-                &Error::Codec("a chunk came back with the wrong number of results".into()),
+                &Error::Codec(crate::error::CodecError::new(
+                    "a chunk came back with the wrong number of results",
+                )),
             ),
-            Err(_) => into.fail(items, &Error::Codec("results of another type".into())),
+            Err(_) => into.fail(
+                items,
+                &Error::Codec(crate::error::CodecError::new("results of another type")),
+            ),
         }
     }
 }
@@ -203,11 +211,12 @@ fn decode_each<R: DeserializeOwned>(
     into: &mut impl Outcomes<R>,
 ) -> Result<(), Error> {
     // A sequence's length is the same varint as a `u64`.
-    let (len, results) = postcard::take_from_bytes::<u64>(body)?;
+    let (len, results) = postcard::take_from_bytes::<u64>(body)
+        .map_err(crate::error::codec("decoding a chunk's count of results"))?;
     if len != u64::from(items) {
-        return Err(Error::Codec(
-            "a chunk came back with the wrong number of results".into(),
-        ));
+        return Err(Error::Codec(crate::error::CodecError::new(
+            "a chunk came back with the wrong number of results",
+        )));
     }
     // A `Result` is its variant's index (one byte, 0 or 1) and then the value or the panic.
     // Read by hand: serde's enum visitor was a sixth of the parent's time in a map of small
@@ -215,17 +224,21 @@ fn decode_each<R: DeserializeOwned>(
     let mut rest = results;
     while *pushed < items {
         let Some((&variant, after)) = rest.split_first() else {
-            return Err(Error::Codec("a chunk's results were cut short".into()));
+            return Err(Error::Codec(crate::error::CodecError::new(
+                "a chunk's results were cut short",
+            )));
         };
         match variant {
             0 => {
-                let (value, after) = postcard::take_from_bytes::<R>(after)?;
+                let (value, after) = postcard::take_from_bytes::<R>(after)
+                    .map_err(crate::error::codec("decoding a task's result"))?;
                 rest = after;
                 *pushed += 1;
                 into.push_ok(value);
             }
             1 => {
-                let (p, after) = postcard::take_from_bytes::<Panic>(after)?;
+                let (p, after) = postcard::take_from_bytes::<Panic>(after)
+                    .map_err(crate::error::codec("decoding a task's panic"))?;
                 rest = after;
                 *pushed += 1;
                 into.push(Err(Error::Panicked {
@@ -235,9 +248,9 @@ fn decode_each<R: DeserializeOwned>(
                 }));
             }
             _ => {
-                return Err(Error::Codec(
-                    "a result that is neither a value nor a panic".into(),
-                ));
+                return Err(Error::Codec(crate::error::CodecError::new(
+                    "a result that is neither a value nor a panic",
+                )));
             }
         }
     }

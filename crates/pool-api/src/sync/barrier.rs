@@ -42,9 +42,10 @@ impl Barrier {
     /// round, in the process that arrives last, before the others go on.
     pub fn with_action(parties: u32, action: fn()) -> Result<Barrier, SyncError> {
         let barrier = Barrier::new(parties)?;
-        let call =
-            crate::task::Call::new_nullary(action).map_err(|e| SyncError::Io(e.to_string()))?;
-        let bytes = postcard::to_stdvec(&call).map_err(|e| SyncError::Io(e.to_string()))?;
+        let call = crate::task::Call::new_nullary(action)
+            .map_err(|e| SyncError::Io(std::sync::Arc::new(std::io::Error::other(e))))?;
+        let bytes = postcard::to_stdvec(&call)
+            .map_err(|e| SyncError::Io(std::sync::Arc::new(std::io::Error::other(e))))?;
         assert!(
             bytes.len() < 4096 - ACTION_OFFSET,
             "an encoded call is a few bytes"

@@ -454,7 +454,9 @@ impl Shared {
                 let _ = init_tx.send(catch(|| init()).map_err(|p| p.message));
             });
         }
-        let pool = builder.build().map_err(|e| Error::Io(e.to_string()))?;
+        let pool = builder
+            .build()
+            .map_err(|e| Error::from(std::io::Error::other(e)))?;
         if initializer.is_some() {
             // Every thread runs the initializer before it takes any work: wait for them all.
             for _ in 0..threads {
@@ -671,7 +673,7 @@ impl CallbackThread {
                     }
                 }
             })
-            .map_err(|e| Error::Io(format!("starting the callback thread: {e}")))?;
+            .map_err(Error::from)?;
         Ok(CallbackThread {
             queue: Mutex::new(Some(tx)),
             running,
