@@ -314,10 +314,14 @@ impl Connection {
         }
     }
 
-    /// Whether a message (or the end of file) is ready, waiting up to `timeout` (`None`:
-    /// forever; zero: just look).
-    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, RecvError> {
-        let ready = wait(&[self], timeout).map_err(|e| match e {
+    /// Whether a message (or the end of file) is ready now (Python's `poll()`).
+    pub fn poll(&self) -> Result<bool, RecvError> {
+        self.poll_timeout(Duration::ZERO)
+    }
+
+    /// Whether a message (or the end of file) is ready, waiting up to `timeout`.
+    pub fn poll_timeout(&self, timeout: Duration) -> Result<bool, RecvError> {
+        let ready = wait_timeout(&[self], timeout).map_err(|e| match e {
             Error::Io(e) => RecvError::Io(OsError(e)),
             other => RecvError::Io(transport_io(other)),
         })?;
@@ -359,8 +363,13 @@ impl ReadConnection {
         self.0.recv_bytes_into(buf)
     }
     /// See [`Connection::poll`].
-    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, RecvError> {
-        self.0.poll(timeout)
+    pub fn poll(&self) -> Result<bool, RecvError> {
+        self.0.poll()
+    }
+
+    /// See [`Connection::poll_timeout`].
+    pub fn poll_timeout(&self, timeout: Duration) -> Result<bool, RecvError> {
+        self.0.poll_timeout(timeout)
     }
 }
 
@@ -491,9 +500,17 @@ impl Waitable for ReadConnection {
 }
 
 /// Python's `multiprocessing.connection.wait`: waits until at least one of `objects` is
-/// ready or `timeout` passes (`None`: forever), and returns the indices of the ready ones
-/// (empty on timeout).
-pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>, Error> {
+/// ready, and returns the indices of the ready ones.
+pub fn wait(objects: &[&dyn Waitable]) -> Result<Vec<usize>, Error> {
+    wait_within(objects, None)
+}
+
+/// [`wait`] for at most `timeout`: the indices of the ready ones, empty on timeout.
+pub fn wait_timeout(objects: &[&dyn Waitable], timeout: Duration) -> Result<Vec<usize>, Error> {
+    wait_within(objects, Some(timeout))
+}
+
+fn wait_within(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>, Error> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut fds = Vec::new();
     let mut index = Vec::new();

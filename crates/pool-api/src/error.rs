@@ -324,7 +324,10 @@ mod tests {
         );
         // `Error::Codec` is transparent: its source is the encoder's own error.
         let source = e.source().expect("the encoder's error");
-        assert!(e.to_string().ends_with(&source.to_string()), "{e} / {source}");
+        assert!(
+            e.to_string().ends_with(&source.to_string()),
+            "{e} / {source}"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ mod values;
 pub use bytes::Bytes;
 pub use connection::{
     Connection, OsError, Pipe, ReadConnection, RecvError, SendError, Waitable, WriteConnection,
-    wait,
+    wait, wait_timeout,
 };
 pub use error::{CodecError, Error};
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};

@@ -302,9 +302,9 @@ fn record_len(item: usize) -> u64 {
 /// ```
 /// let q = pool_api::Queue::<String>::new()?;
 /// q.put("A".to_string())?;
-/// assert_eq!(q.qsize(), 1);
+/// assert_eq!(q.len(), 1);
 /// assert_eq!(q.get()?, "A");
-/// assert!(q.empty());
+/// assert!(q.is_empty());
 /// # Ok::<(), pool_api::QueueError<String>>(())
 /// ```
 pub struct Queue<T> {
@@ -575,20 +575,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         h.discarded.store(upto, Ordering::Relaxed);
     }
 
-    /// Items in the queue now (Python's `qsize`: stale as soon as it is read).
-    pub fn qsize(&self) -> usize {
+    /// Items in the queue now (Python's `qsize()`: stale as soon as it is read, since other
+    /// processes put and get meanwhile).
+    #[doc(alias = "qsize")]
+    pub fn len(&self) -> usize {
         self.ring.header().count.load(Ordering::Acquire) as usize
     }
 
-    /// Whether the queue is empty now.
-    pub fn empty(&self) -> bool {
-        self.qsize() == 0
+    /// Whether the queue is empty now (Python's `empty()`).
+    #[doc(alias = "empty")]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// Whether the queue is at its `maxsize` now (never for an unbounded queue).
-    pub fn full(&self) -> bool {
+    /// Whether the queue is at its `maxsize` now, never for an unbounded queue (Python's
+    /// `full()`).
+    #[doc(alias = "full")]
+    pub fn is_full(&self) -> bool {
         let maxsize = self.ring.header().maxsize.load(Ordering::Relaxed);
-        maxsize != 0 && self.qsize() as u64 >= maxsize
+        maxsize != 0 && self.len() as u64 >= maxsize
     }
 
     /// Closes this handle: its later `put` and `get` give [`QueueError::Closed`]. Other
@@ -644,9 +649,10 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         self.0.get()
     }
 
-    /// Whether the queue is empty now.
-    pub fn empty(&self) -> bool {
-        self.0.empty()
+    /// Whether the queue is empty now (Python's `empty()`).
+    #[doc(alias = "empty")]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -704,9 +710,17 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         Ok(())
     }
 
-    /// Waits until every item put has been marked done, at most `timeout` (`None`: forever);
-    /// whether they all were.
-    pub fn join(&self, timeout: Option<Duration>) -> Result<bool, QueueError<T>> {
+    /// Waits until every item put has been marked done (Python's `join()`).
+    pub fn join(&self) -> Result<(), QueueError<T>> {
+        self.join_within(None).map(drop)
+    }
+
+    /// [`join`](Self::join) for at most `timeout`; whether every item was marked done.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, QueueError<T>> {
+        self.join_within(Some(timeout))
+    }
+
+    fn join_within(&self, timeout: Option<Duration>) -> Result<bool, QueueError<T>> {
         let h = self.0.ring.header();
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -814,7 +828,7 @@ mod tests {
                 for _ in 0..4 {
                     let _ = q.get_timeout(short);
                     let _ = q.try_put("after".to_string());
-                    let _ = q.qsize();
+                    let _ = q.len();
                 }
                 Ok(())
             })

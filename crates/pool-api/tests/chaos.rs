@@ -511,7 +511,7 @@ fn chaos_a_lock_whose_holder_is_killed_is_taken_over_and_says_so() {
             .unwrap()
             .start()
             .unwrap();
-        assert!(ready.wait(Some(GENEROUS)).unwrap());
+        assert!(ready.wait_timeout(GENEROUS).unwrap());
         let pid = holder.pid();
         assert_eq!(locks[0].try_acquire(), Err(SyncError::WouldBlock));
         assert_eq!(
@@ -555,7 +555,7 @@ fn chaos_an_rlock_whose_holder_is_killed_is_taken_over() {
             .unwrap()
             .start()
             .unwrap();
-        assert!(ready.wait(Some(GENEROUS)).unwrap());
+        assert!(ready.wait_timeout(GENEROUS).unwrap());
         assert_eq!(
             locks[0].release(),
             Err(SyncError::NotOwner),
@@ -607,7 +607,7 @@ fn chaos_killed_queue_users_lose_and_duplicate_no_other_item() {
             .unwrap()
             .start()
             .unwrap();
-        assert!(ready.wait(Some(GENEROUS)).unwrap());
+        assert!(ready.wait_timeout(GENEROUS).unwrap());
         std::thread::sleep(Duration::from_millis(20));
         consumer.kill().unwrap();
         consumer.wait().unwrap();
@@ -622,7 +622,7 @@ fn chaos_killed_queue_users_lose_and_duplicate_no_other_item() {
             .unwrap()
             .start()
             .unwrap();
-        assert!(ready.wait(Some(GENEROUS)).unwrap());
+        assert!(ready.wait_timeout(GENEROUS).unwrap());
         std::thread::sleep(Duration::from_millis(150 + 37 * round));
         producer.kill().unwrap();
         producer.wait().unwrap();
@@ -637,7 +637,7 @@ fn chaos_killed_queue_users_lose_and_duplicate_no_other_item() {
             assert!(item.iter().all(|b| *b == 7));
             whole_items += 1;
         }
-        assert!(big.empty());
+        assert!(big.is_empty());
     }
     report(
         "dead-queue-users",

@@ -51,7 +51,7 @@ fn a_forked_closure_uses_a_captured_queue_and_lock() {
         "captured: waiting, rlock free: false"
     );
     std::thread::sleep(Duration::from_millis(100));
-    assert!(queue.empty(), "the child took a lock its parent holds");
+    assert!(queue.is_empty(), "the child took a lock its parent holds");
     drop(held);
     rlock.release().unwrap();
     assert_eq!(

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pool_api::{
     Connection, Pipe, Process, RecvError, SendError, TransportKind, WriteConnection, wait,
+    wait_timeout,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,16 +106,16 @@ fn poll_over(kind: TransportKind) {
     // CPython _TestConnection.test_poll_eof and timeouts.
     let (mut a, b) = Pipe::duplex_over(kind).unwrap();
     let t = Instant::now();
-    assert!(!b.poll(Some(Duration::from_millis(50))).unwrap());
+    assert!(!b.poll_timeout(Duration::from_millis(50)).unwrap());
     assert!(t.elapsed() >= Duration::from_millis(50));
-    assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+    assert!(!b.poll_timeout(Duration::ZERO).unwrap());
     a.send(&1u8).unwrap();
-    assert!(b.poll(None).unwrap());
+    assert!(b.poll_timeout(Duration::MAX).unwrap());
     drop(a);
     let mut b = b;
     assert_eq!(b.recv::<u8>().unwrap(), 1);
     assert!(
-        b.poll(Some(Duration::ZERO)).unwrap(),
+        b.poll_timeout(Duration::ZERO).unwrap(),
         "end of file counts as ready"
     );
     assert!(matches!(b.recv::<u8>(), Err(RecvError::Eof)));
@@ -134,15 +135,15 @@ fn one_way_over(kind: TransportKind) {
         .unwrap()
         .start()
         .unwrap();
-    let ready = wait(&[&r2, &r1], Some(Duration::from_secs(10))).unwrap();
+    let ready = wait(&[&r2, &r1]).unwrap();
     assert_eq!(ready, [1]);
     let got: Vec<u32> = (0..3).map(|_| r1.recv().unwrap()).collect();
     assert_eq!(got, [0, 1, 2]);
     // A process is ready once it exited.
-    let ready = wait(&[&r2, &p], Some(Duration::from_secs(10))).unwrap();
+    let ready = wait_timeout(&[&r2, &p], Duration::from_secs(10)).unwrap();
     assert_eq!(ready, [1]);
     assert!(
-        wait(&[&r2], Some(Duration::from_millis(20)))
+        wait_timeout(&[&r2], Duration::from_millis(20))
             .unwrap()
             .is_empty()
     );

@@ -89,7 +89,7 @@ fn many_producers_and_consumers_lose_and_duplicate_nothing() {
         p.wait().unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
-    assert!(q.empty() && out.empty());
+    assert!(q.is_empty() && out.is_empty());
 }
 
 fn put_and_exit_at_once((q, n): (Queue<u64>, u64)) {
@@ -110,7 +110,7 @@ fn a_producer_that_exits_right_after_put_loses_nothing() {
         p.wait_timeout(GENEROUS).unwrap().is_some(),
         "the producer exits without waiting for a consumer"
     );
-    assert_eq!(q.qsize(), 5000);
+    assert_eq!(q.len(), 5000);
     let got: Vec<u64> = (0..5000).map(|_| q.try_get().unwrap()).collect();
     assert_eq!(got, (0..5000).collect::<Vec<_>>());
 }
@@ -139,17 +139,17 @@ fn a_producer_of_a_hundred_mib_nobody_reads_yet_exits_and_loses_nothing() {
             "block {i}"
         );
     }
-    assert!(q.empty());
+    assert!(q.is_empty());
 }
 
 #[test]
 fn bounded_queues_timeouts_and_close() {
     // CPython _TestQueue.test_put / test_get: Full, Empty, timeouts, qsize/empty/full.
     let mut q = Queue::bounded(2).unwrap();
-    assert!(q.empty() && !q.full());
+    assert!(q.is_empty() && !q.is_full());
     q.put(1u8).unwrap();
     q.try_put(2).unwrap();
-    assert!(q.full());
+    assert!(q.is_full());
     assert!(matches!(q.try_put(3), Err(QueueError::Full(3))));
     let t = Instant::now();
     assert!(matches!(
@@ -180,7 +180,7 @@ fn giving_consumed_memory_back_never_touches_queued_items() {
     let mut next_in = 0u32;
     for next_out in 0..40u32 {
         // Keep the ring well filled while the consumer moves across boundaries.
-        while q.qsize() < 6 {
+        while q.len() < 6 {
             q.put(Bytes(vec![(next_in % 251) as u8; 100_000])).unwrap();
             next_in += 1;
         }
@@ -222,16 +222,16 @@ fn joinable_queue_join_waits_for_task_done() {
     for i in 0..10 {
         q.put(i).unwrap();
     }
-    assert!(!q.join(Some(Duration::from_millis(20))).unwrap());
+    assert!(!q.join_timeout(Duration::from_millis(20)).unwrap());
     let mut p = Process::new(work_and_mark_done, (q.clone(), 10))
         .unwrap()
         .start()
         .unwrap();
-    assert!(q.join(Some(GENEROUS)).unwrap());
+    assert!(q.join_timeout(GENEROUS).unwrap());
     p.wait().unwrap();
     assert!(matches!(q.task_done(), Err(QueueError::TooManyTaskDone)));
     let simple = SimpleQueue::new().unwrap();
     simple.put("x".to_string()).unwrap();
-    assert!(!simple.empty());
+    assert!(!simple.is_empty());
     assert_eq!(simple.get().unwrap(), "x");
 }

@@ -114,7 +114,7 @@ fn take_one_unit_and_die(sem: Semaphore) {
 }
 
 fn wait_then_report((event, done): (Event, Event)) {
-    if event.wait(Some(GENEROUS)).unwrap() {
+    if event.wait_timeout(GENEROUS).unwrap() {
         done.set();
     }
 }
@@ -159,7 +159,7 @@ fn an_event_wakes_a_waiting_process() {
     let done = Event::new().unwrap();
     assert!(!event.is_set());
     let t = Instant::now();
-    assert!(!event.wait(Some(Duration::from_millis(40))).unwrap());
+    assert!(!event.wait_timeout(Duration::from_millis(40)).unwrap());
     assert!(t.elapsed() >= Duration::from_millis(40));
     let mut p = Process::new(wait_then_report, (event.clone(), done.clone()))
         .unwrap()
@@ -167,7 +167,7 @@ fn an_event_wakes_a_waiting_process() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     event.set();
-    assert!(done.wait(Some(GENEROUS)).unwrap());
+    assert!(done.wait_timeout(GENEROUS).unwrap());
     p.wait().unwrap();
     event.clear();
     assert!(!event.is_set());
@@ -179,7 +179,7 @@ fn wait_on_condition(
     let _ = cond.acquire().unwrap();
     ready.release().unwrap();
     // Spurious wake-ups are allowed: wait until notified at least once.
-    assert!(cond.wait(Some(GENEROUS)).unwrap());
+    assert!(cond.wait_timeout(GENEROUS).unwrap());
     out.put(i).unwrap();
     cond.release().unwrap();
 }
@@ -263,7 +263,7 @@ fn condition_notify_n_wakes_exactly_n_of_the_waiters() {
     for n in [1, 2] {
         let woke = three_waiters(
             &cond,
-            || cond.wait(Some(Duration::from_millis(800))).unwrap(),
+            || cond.wait_timeout(Duration::from_millis(800)).unwrap(),
             || cond.notify(n).unwrap(),
         );
         assert_eq!(woke.iter().filter(|w| **w).count(), n as usize, "{woke:?}");
@@ -280,8 +280,8 @@ fn condition_a_waiter_back_at_once_does_not_take_anothers_wake_up() {
         let first_waits = three_waiters(
             &cond,
             || {
-                let first = cond.wait(Some(GENEROUS)).unwrap();
-                let _again = cond.wait(Some(Duration::from_millis(20))).unwrap();
+                let first = cond.wait_timeout(GENEROUS).unwrap();
+                let _again = cond.wait_timeout(Duration::from_millis(20)).unwrap();
                 first
             },
             || cond.notify_all().unwrap(),
@@ -293,7 +293,7 @@ fn condition_a_waiter_back_at_once_does_not_take_anothers_wake_up() {
 fn waits_once((cond, ready, out): (pool_api::Condition, Semaphore, pool_api::Queue<bool>)) {
     let _ = cond.acquire().unwrap();
     ready.release().unwrap();
-    let woke = cond.wait(Some(Duration::from_secs(10))).unwrap();
+    let woke = cond.wait_timeout(Duration::from_secs(10)).unwrap();
     out.put(woke).unwrap();
     cond.release().unwrap();
 }
@@ -319,9 +319,9 @@ fn condition_a_later_notify_does_not_hand_an_earlier_ones_wake_up_to_others() {
         let a = scope.spawn(|| {
             let _ = cond.acquire().unwrap();
             ready.release().unwrap();
-            let first = cond.wait(Some(GENEROUS)).unwrap();
+            let first = cond.wait_timeout(GENEROUS).unwrap();
             a_rewaits.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _again = cond.wait(Some(Duration::from_millis(300))).unwrap();
+            let _again = cond.wait_timeout(Duration::from_millis(300)).unwrap();
             cond.release().unwrap();
             first
         });
@@ -338,7 +338,7 @@ fn condition_a_later_notify_does_not_hand_an_earlier_ones_wake_up_to_others() {
         let c = scope.spawn(|| {
             let _ = cond.acquire().unwrap();
             c_waits.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = cond.wait(Some(Duration::from_millis(300))).unwrap();
+            let _ = cond.wait_timeout(Duration::from_millis(300)).unwrap();
             cond.release().unwrap();
         });
         while !flag(&c_waits) {
@@ -380,7 +380,7 @@ fn a_condition_over_a_lock_another_process_holds_is_not_ours_to_notify() {
     ready.acquire_timeout(GENEROUS).unwrap();
     assert_eq!(cond.notify(1), Err(SyncError::NotOwner));
     assert_eq!(
-        cond.wait(Some(Duration::from_millis(1))),
+        cond.wait_timeout(Duration::from_millis(1)),
         Err(SyncError::NotOwner)
     );
     holder.kill().unwrap();
@@ -391,7 +391,7 @@ fn a_condition_over_a_lock_another_process_holds_is_not_ours_to_notify() {
 fn condition_misuse_and_timeouts() {
     let cond = pool_api::Condition::with_lock(Lock::new().unwrap()).unwrap();
     assert_eq!(
-        cond.wait(Some(Duration::from_millis(10))),
+        cond.wait_timeout(Duration::from_millis(10)),
         Err(SyncError::NotOwner)
     );
     assert_eq!(cond.notify(1), Err(SyncError::NotOwner));
@@ -403,23 +403,24 @@ fn condition_misuse_and_timeouts() {
         Err(SyncError::Timeout)
     );
     let t = Instant::now();
-    assert_eq!(cond.wait(Some(Duration::from_millis(40))), Ok(false));
+    assert_eq!(cond.wait_timeout(Duration::from_millis(40)), Ok(false));
     assert!(t.elapsed() >= Duration::from_millis(40));
     let mut calls = 0;
     assert_eq!(
-        cond.wait_for(
+        cond.wait_for_timeout(
             || {
                 calls += 1;
                 calls > 2
             },
-            Some(Duration::from_millis(200))
+            Duration::from_millis(200)
         ),
         Ok(true)
     );
     assert_eq!(
-        cond.wait_for(|| false, Some(Duration::from_millis(30))),
+        cond.wait_for_timeout(|| false, Duration::from_millis(30)),
         Ok(false)
     );
+    cond.wait_for(|| true).unwrap();
     cond.release().unwrap();
     let _ = cond.try_acquire().unwrap();
     cond.release().unwrap();
@@ -428,7 +429,7 @@ fn condition_misuse_and_timeouts() {
 }
 
 fn arrive((barrier, out): (pool_api::Barrier, pool_api::Queue<u32>)) {
-    out.put(barrier.wait(Some(GENEROUS)).unwrap()).unwrap();
+    out.put(barrier.wait_timeout(GENEROUS).unwrap()).unwrap();
 }
 
 #[test]
@@ -440,7 +441,7 @@ fn barrier_releases_all_parties_with_distinct_indices() {
         .map(|_| Process::new(arrive, (barrier.clone(), out.clone())).unwrap())
         .map(|p| p.start().unwrap())
         .collect();
-    let mine = barrier.wait(Some(GENEROUS)).unwrap();
+    let mine = barrier.wait_timeout(GENEROUS).unwrap();
     let mut indices: Vec<u32> = (0..3).map(|_| out.get_timeout(GENEROUS).unwrap()).collect();
     indices.push(mine);
     indices.sort_unstable();
@@ -468,8 +469,8 @@ fn barrier_action_timeout_abort_and_reset() {
     let barrier = pool_api::Barrier::with_action(2, count_action).unwrap();
     for _ in 0..3 {
         let other = barrier.clone();
-        let t = std::thread::spawn(move || other.wait(Some(GENEROUS)));
-        barrier.wait(Some(GENEROUS)).unwrap();
+        let t = std::thread::spawn(move || other.wait_timeout(GENEROUS));
+        barrier.wait_timeout(GENEROUS).unwrap();
         t.join().unwrap().unwrap();
     }
     assert_eq!(
@@ -480,18 +481,18 @@ fn barrier_action_timeout_abort_and_reset() {
 
     let lonely = pool_api::Barrier::new(2).unwrap();
     assert_eq!(
-        lonely.wait(Some(Duration::from_millis(30))),
+        lonely.wait_timeout(Duration::from_millis(30)),
         Err(SyncError::BrokenBarrier)
     );
     assert!(lonely.broken());
     assert_eq!(
-        lonely.wait(Some(Duration::from_millis(30))),
+        lonely.wait_timeout(Duration::from_millis(30)),
         Err(SyncError::BrokenBarrier)
     );
     lonely.reset().unwrap();
     assert!(!lonely.broken());
     let other = lonely.clone();
-    let waiter = std::thread::spawn(move || other.wait(Some(GENEROUS)));
+    let waiter = std::thread::spawn(move || other.wait_timeout(GENEROUS));
     while lonely.n_waiting() == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }

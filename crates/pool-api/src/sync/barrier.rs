@@ -94,9 +94,18 @@ impl Barrier {
         call.run(&[], &mut Vec::new())
     }
 
-    /// Waits until every party arrived (at most `timeout`); this party's arrival index, from
-    /// 0 to `parties - 1`.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<u32, SyncError> {
+    /// Waits until every party arrived; this party's arrival index, from 0 to `parties - 1`.
+    pub fn wait(&self) -> Result<u32, SyncError> {
+        self.wait_within(None)
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`: a timeout breaks the barrier for every
+    /// party of the round ([`SyncError::BrokenBarrier`]), as in Python.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, SyncError> {
+        self.wait_within(Some(timeout))
+    }
+
+    fn wait_within(&self, timeout: Option<Duration>) -> Result<u32, SyncError> {
         let s = self.0.state();
         let deadline = timeout.map(|t| Instant::now() + t);
         let lock = self.lock();

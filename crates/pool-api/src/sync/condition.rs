@@ -106,10 +106,19 @@ impl Condition {
         }
     }
 
-    /// Releases the lock, waits to be notified (at most `timeout`; `None`: forever), takes
-    /// the lock back. Returns `false` if the timeout passed. The lock must be held
+    /// Releases the lock, waits to be notified, takes the lock back. The lock must be held
     /// ([`SyncError::NotOwner`] otherwise).
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
+    pub fn wait(&self) -> Result<(), SyncError> {
+        self.wait_within(None).map(drop)
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`: `false` if the timeout passed first (the
+    /// lock is held again either way).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, SyncError> {
+        self.wait_within(Some(timeout))
+    }
+
+    fn wait_within(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
         self.check_held()?;
         let s = self.state.0.state();
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -137,9 +146,21 @@ impl Condition {
         woke
     }
 
-    /// Waits until `predicate` holds (checked with the lock held), at most `timeout`; the
-    /// predicate's last value.
-    pub fn wait_for(
+    /// Waits until `predicate` holds (checked with the lock held).
+    pub fn wait_for(&self, predicate: impl FnMut() -> bool) -> Result<(), SyncError> {
+        self.wait_for_within(predicate, None).map(drop)
+    }
+
+    /// [`wait_for`](Self::wait_for) for at most `timeout`; the predicate's last value.
+    pub fn wait_for_timeout(
+        &self,
+        predicate: impl FnMut() -> bool,
+        timeout: Duration,
+    ) -> Result<bool, SyncError> {
+        self.wait_for_within(predicate, Some(timeout))
+    }
+
+    fn wait_for_within(
         &self,
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
@@ -156,7 +177,7 @@ impl Condition {
                 },
                 None => None,
             };
-            self.wait(left)?;
+            self.wait_within(left)?;
         }
     }
 

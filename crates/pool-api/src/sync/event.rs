@@ -41,8 +41,17 @@ impl Event {
         self.0.state().word.load(Ordering::Acquire) != 0
     }
 
-    /// Waits until the flag is set, at most `timeout` (`None`: forever); whether it is set.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
+    /// Waits until the flag is set.
+    pub fn wait(&self) -> Result<(), SyncError> {
+        self.wait_within(None).map(drop)
+    }
+
+    /// Waits until the flag is set, at most `timeout`; whether it is set.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, SyncError> {
+        self.wait_within(Some(timeout))
+    }
+
+    fn wait_within(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
         let s = self.0.state();
         let deadline = timeout.map(|t| Instant::now() + t);
         while !self.is_set() {
