@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod chaos;
+mod publish_check;
 mod tidy;
 
 const HELP: &str = "\
@@ -23,6 +24,9 @@ Commands:
                         its figures summed; --quick runs the CI size
   core-stress [CASES]   run pool-core's property tests with CASES generated sequences
                         (default 20000) from a random seed; a failure prints the seed
+  publish-check         package every published crate (pool-core, pool-ipc, pool-api,
+                        pool-cli) and build each package, as `cargo publish --dry-run`
+                        does; uploads nothing
   help                  this text
 ";
 
@@ -41,6 +45,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask chaos: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("publish-check") => match publish_check::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask publish-check: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -55,3 +55,8 @@ pub use ids::{Chunk, ChunkId, JobId, WorkerId};
 pub use job::{Delivery, Input, JobSpec, SubmitError};
 pub use scheduler::{Scheduler, Stats, WorkerState};
 pub use time::Time;
+
+// The README is the crate's page on crates.io; its example runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
