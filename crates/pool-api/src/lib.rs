@@ -36,6 +36,7 @@ mod process;
 mod queue;
 mod sync;
 mod task;
+#[cfg(feature = "thread-pool")]
 mod thread_pool;
 mod values;
 
@@ -50,13 +51,17 @@ pub use pool_core::Stats;
 pub use pool_ipc::SpawnError;
 pub use pool_ipc::os::Signal;
 pub use pool_ipc::{StartMethod, TransportKind};
-pub use process::{Process, ProcessHandle, ProcessInfo, active_children, current_process};
+pub use process::{
+    Process, ProcessHandle, ProcessInfo, active_children, current_process,
+    set_exit_waits_for_children,
+};
 pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueError, SimpleQueue};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore,
     SyncError,
 };
 pub use task::StarFn;
+#[cfg(feature = "thread-pool")]
 pub use thread_pool::{
     ThreadAsyncResult, ThreadIMap, ThreadMapResult, ThreadPool, ThreadPoolBuilder,
 };

@@ -560,6 +560,20 @@ impl<R> crate::Waitable for ProcessHandle<R> {
     }
 }
 
+/// Whether this program's normal exit waits for its running non-daemon [`Process`]
+/// children (`true`, the default, as Python does) or terminates them as it does daemon ones
+/// (`false`): for a program that must exit promptly whatever its children are doing. It
+/// concerns only children whose handle was dropped or is still held at exit; a pool's
+/// workers are stopped by the pool's own `Drop`.
+///
+/// ```
+/// pool_api::set_exit_waits_for_children(false);
+/// # pool_api::set_exit_waits_for_children(true);
+/// ```
+pub fn set_exit_waits_for_children(wait: bool) {
+    registry::WAIT_FOR_CHILDREN.store(wait, Ordering::Relaxed);
+}
+
 /// The live children started with [`Process`] by this process (Python's
 /// `multiprocessing.active_children()`).
 pub fn active_children() -> Vec<ProcessInfo> {
@@ -698,10 +712,14 @@ mod registry {
         at_exit();
     }
 
+    /// Whether the exit waits for non-daemon children (see [`set_exit_waits_for_children`]).
+    pub(super) static WAIT_FOR_CHILDREN: AtomicBool = AtomicBool::new(true);
+
     /// At normal exit: terminate daemons, wait for the others (Python's `_exit_function`).
     extern "C" fn at_exit() {
         let entries = entries();
-        for entry in entries.iter().filter(|e| e.daemon) {
+        let wait = WAIT_FOR_CHILDREN.load(Ordering::Relaxed);
+        for entry in entries.iter().filter(|e| e.daemon || !wait) {
             let _ = entry.killer.signal(Signal::Term.as_raw());
         }
         // Orphans are reaped by the reaper thread as they exit; the others by their handles,

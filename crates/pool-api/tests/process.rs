@@ -231,6 +231,26 @@ fn exit_waits_for_non_daemon_children_and_terminates_daemons() {
     }
 }
 
+/// As [`abandons_a_child`] (non-daemon), after opting out of the exit-time wait.
+fn abandons_a_child_without_waiting(path: PathBuf) {
+    pool_api::set_exit_waits_for_children(false);
+    abandons_a_child((path, false));
+}
+
+#[test]
+fn the_exit_time_wait_can_be_turned_off() {
+    let dir = scratch();
+    let path = dir.path().join("not-waited-for");
+    let mut middle = Process::new(abandons_a_child_without_waiting, path.clone())
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(middle.wait_timeout(GENEROUS).unwrap(), Some(0));
+    // The child would have written after 300 ms; terminated at the exit, it never does.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!path.exists(), "the child outlived its parent's exit");
+}
+
 /// Starts short-lived children, drops their handles, and exits 0 only if none is left as a
 /// zombie once they are done.
 fn churns(_: ()) {

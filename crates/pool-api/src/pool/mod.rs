@@ -972,6 +972,11 @@ impl<R: DeserializeOwned> MapResult<R> {
         self.job.wait_finished(None);
     }
 
+    /// Waits at most `timeout`; whether every result is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job.wait_finished(Some(Instant::now() + timeout))
+    }
+
     /// Whether every result is ready.
     pub fn ready(&self) -> bool {
         self.job.is_finished()

@@ -213,6 +213,22 @@ impl ThreadPool {
         first_error(self.map_results(move |args| f.call_with(args), items, None)?)
     }
 
+    /// [`ThreadPool::starmap`] with an explicit chunk size (0 is an error).
+    pub fn starmap_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, Error>
+    where
+        F: StarFn<A, R> + Send + Sync + 'static,
+        I: IntoIterator<Item = A>,
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        first_error(self.map_results(move |args| f.call_with(args), items, Some(chunksize))?)
+    }
+
     /// Every item's own outcome, in input order. The call fails as a whole only if it cannot
     /// be submitted (pool closed, chunksize 0, ...).
     pub fn map_results<F, A, R, I>(
@@ -308,6 +324,23 @@ impl ThreadPool {
             chunksize,
             None,
         )
+    }
+
+    /// [`ThreadPool::starmap_async`] with callbacks (see [`ThreadPool::map_async_with`]).
+    pub fn starmap_async_with<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<ThreadMapResult<R>, Error>
+    where
+        F: StarFn<A, R> + Send + Sync + 'static,
+        I: IntoIterator<Item = A>,
+        A: Send + 'static,
+        R: Clone + Send + 'static,
+    {
+        self.map_async_with(move |args| f.call_with(args), items, chunksize, callbacks)
     }
 
     /// Python's `imap`: results in input order, as they come. The input is read lazily, on
