@@ -87,3 +87,9 @@ impl Round for (WriteConnection, ReadConnection) {
         let _: u8 = self.1.recv().unwrap();
     }
 }
+
+/// The workspace README's examples, compiled and run as doc tests so that they stay true
+/// (here, in a crate that is not published, since the README is outside every package).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadme;

@@ -67,7 +67,8 @@ pub use thread_pool::{
 };
 pub use values::{Array, Plain, SharedMemory, ShmError, Value, ValueGuard};
 
-/// The workspace README's example, compiled and run as a doc test so that it stays true.
+/// The crate's README (its crates.io page), compiled and run as a doc test so that it stays
+/// true.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeExample;
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
