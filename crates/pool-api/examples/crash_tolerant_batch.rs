@@ -5,6 +5,9 @@
 //!
 //! `cargo run --release -p pool-api --example crash_tolerant_batch`
 
+// An example is a program: printing is its output (the libraries never print).
+#![allow(clippy::print_stdout)]
+
 use pool_api::{Error, Pool};
 
 /// Parses a "document"; documents divisible by 7 make it abort, as a buggy native parser

@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release -p pool-api --example map_with_progress`
 
+// An example is a program: printing is its output (the libraries never print).
+#![allow(clippy::print_stdout)]
+
 use indicatif::ProgressBar;
 use pool_api::{Error, Pool};
 

@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release -p pool-api --example producer_consumer`
 
+// An example is a program: printing is its output (the libraries never print).
+#![allow(clippy::print_stdout)]
+
 use pool_api::{Error, Process, Queue};
 
 /// Puts `count` numbers, then one `None` to say it is done.
