@@ -10,8 +10,8 @@
 //!
 //! A chunk of large arguments (eight 1 MiB items, say) is encoded into a buffer of several
 //! MiB. The allocator serves a request that size with `mmap` and gives it back with `munmap`,
-//! so every such chunk faulted its pages in anew: about 2 µs a page on this machine, as long
-//! as encoding into them, on the one thread that feeds every worker. A pool keeps a few of
+//! so every such chunk would fault its pages in anew, which costs about as long as encoding
+//! into them, on the one thread that feeds every worker. A pool keeps a few of
 //! these buffers between chunks instead ([`SpareBuffers`]). What it keeps is bounded, and
 //! small buffers (which the allocator recycles well) are not kept at all.
 

@@ -19,7 +19,7 @@
 //! sequence) and then reads another (how many sleep), and a sleeper does the opposite (counts
 //! itself, then sleeps on the first word), both sides are `SeqCst`: with weaker orderings the
 //! waker's store could be ordered after its load (store buffering), it would see no sleeper,
-//! the sleeper would see the old value, and the wake-up would be lost (found in review).
+//! the sleeper would see the old value, and the wake-up would be lost.
 
 mod barrier;
 mod condition;

@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn splitting_takes_no_second_descriptor() {
-        // It used to duplicate the socket and panic when the process was out of descriptors.
+        // Splitting must not need a descriptor: a process out of them must still split.
         let (a, b) = PipeChannel::pair().unwrap();
         let fd = a.stream.as_raw_fd();
         let (mut tx, rx) = a.split();

@@ -51,10 +51,9 @@ pub(super) fn wake_all(word: &AtomicU32) {
 
 /// Whether spinning can help. With one CPU the peer cannot run while we spin. With two, a
 /// pool has more threads ready to run than CPUs (the caller, two workers, their readers), and
-/// a spinner holds the CPU that the thread it waits for needs: measured on a 2-CPU VM, a
-/// pool's `apply` round trip took ~40 µs with spins of up to 20 µs, ~20 µs with 2 µs and
-/// ~10 µs with none (the two `yield_now`s before sleeping remain), and `map` with chunksize 1
-/// ran a fifth faster; 1 KiB and 64 MiB Pipe messages ran as fast either way.
+/// a spinner holds the CPU that the thread it waits for needs, so there the round trip is
+/// shortest with no spinning at all (the two `yield_now`s before sleeping remain); large and
+/// small Pipe messages run as fast either way.
 pub(super) fn spinning_pays() -> bool {
     static CPUS: AtomicUsize = AtomicUsize::new(0);
     let mut cpus = CPUS.load(Ordering::Relaxed);
