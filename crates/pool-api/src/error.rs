@@ -94,6 +94,15 @@ pub enum Error {
     /// `successful` was asked before the result was ready.
     #[error("the result is not ready")]
     NotReady,
+    /// [`as_completed_timeout`](crate::futures::as_completed_timeout): the time ran out with
+    /// handles unfinished (they run on).
+    #[error("{unfinished} (of {total}) results unfinished when the time ran out")]
+    Unfinished {
+        /// Handles not finished.
+        unfinished: usize,
+        /// Distinct handles waited for.
+        total: usize,
+    },
     /// Arguments or results could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -159,6 +168,16 @@ impl PartialEq for Error {
             (InitializerFailed(a), InitializerFailed(b)) => a == b,
             (InvalidArgument(a), InvalidArgument(b)) => a == b,
             (Timeout(a), Timeout(b)) => a == b,
+            (
+                Unfinished {
+                    unfinished: u1,
+                    total: t1,
+                },
+                Unfinished {
+                    unfinished: u2,
+                    total: t2,
+                },
+            ) => (u1, t1) == (u2, t2),
             (Codec(a), Codec(b)) => a == b,
             (Start(a), Start(b)) => a.to_string() == b.to_string(),
             (Io(a), Io(b)) => same_io(a, b),

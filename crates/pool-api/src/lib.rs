@@ -30,6 +30,7 @@
 mod bytes;
 mod connection;
 mod error;
+pub mod futures;
 mod handles;
 mod pool;
 mod process;

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use super::link::WorkerLink;
 use super::payload::{ChunkResult, Decoder, FirstError, Outcomes, Payload};
 use crate::Error;
+use crate::futures::{Watcher, Watchers};
 use crate::task::Call;
 
 /// How long a caller waiting for a job spins before it sleeps (see
@@ -56,6 +57,8 @@ struct Inner {
     delivered: VecDeque<(Chunk, ChunkResult)>,
     finished: bool,
     callback: Option<Callback>,
+    /// Told once the job finishes (see `crate::futures`).
+    watchers: Watchers,
 }
 
 /// A job, shared between the driver and the caller's handle.
@@ -113,6 +116,7 @@ impl JobShared {
                 delivered: VecDeque::new(),
                 finished: false,
                 callback,
+                watchers: Watchers::default(),
             }),
             cv: Condvar::new(),
             sleepers: AtomicU32::new(0),
@@ -170,6 +174,23 @@ impl JobShared {
         inner.finished = true;
         inner.pull = None;
         self.news.store(true, Ordering::Release);
+        let watchers = inner.watchers.take();
+        drop(inner);
+        for watcher in watchers {
+            watcher.notify();
+        }
+    }
+
+    /// Tells `watcher` when the job finishes: at once if it has (checked under the lock that
+    /// marks it finished, so no finish is missed).
+    pub(crate) fn watch(&self, watcher: Watcher) {
+        let mut inner = self.lock();
+        if inner.finished {
+            drop(inner);
+            watcher.notify();
+        } else {
+            inner.watchers.add(watcher);
+        }
     }
 
     /// Wakes the callers sleeping on this job, after news was stored under its lock.

@@ -1,5 +1,6 @@
 //! `Pool`: Python's process pool, over real processes, with Python's failure modes fixed.
 
+mod awaiting;
 mod callbacks;
 mod driver;
 mod job;

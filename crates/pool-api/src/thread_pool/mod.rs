@@ -8,6 +8,7 @@
 //! being encoded. What cannot mean the same on threads (terminate, time limits, worker loss)
 //! is cooperative, and said so on [`ThreadPool`].
 
+mod awaiting;
 mod shared;
 
 use std::collections::{BTreeMap, VecDeque};

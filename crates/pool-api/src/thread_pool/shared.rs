@@ -18,6 +18,7 @@ use std::time::Instant;
 use pool_core::Lifecycle;
 
 use crate::Error;
+use crate::futures::{Watcher, Watchers};
 use crate::task::{Panic, panic_message};
 
 /// One item's outcome.
@@ -122,6 +123,8 @@ struct JobState<R> {
     callback: Option<Prepare<R>>,
     /// A batch job's outcomes in input order, from its end until a `get` takes them.
     outcomes: Option<Vec<Outcome<R>>>,
+    /// Told once the job finishes (see `crate::futures`).
+    watchers: Watchers,
     /// A finished batch job's lowest-index error, which a `get` may return again.
     first_error: Option<Error>,
 }
@@ -139,6 +142,7 @@ impl<R> JobState<R> {
             callback,
             outcomes: None,
             first_error: None,
+            watchers: Watchers::default(),
         }
     }
 }
@@ -284,8 +288,10 @@ impl<R> Job<R> {
     fn settle(&self, mut st: MutexGuard<'_, JobState<R>>) {
         let finishing = !st.finished && st.sealed && st.pending.is_empty();
         let mut thunk = None;
+        let mut watchers = Vec::new();
         if finishing {
             st.finished = true;
+            watchers = st.watchers.take();
             if self.batch {
                 let mut chunks: Vec<_> = st.ended.drain(..).collect();
                 chunks.sort_unstable_by_key(|(index, _)| *index);
@@ -302,6 +308,9 @@ impl<R> Job<R> {
         }
         drop(st);
         self.cv.notify_all();
+        for watcher in watchers {
+            watcher.notify();
+        }
         if finishing {
             if let Some(shared) = self.owner.upgrade() {
                 shared.finished(self.id, thunk);
@@ -332,6 +341,18 @@ impl<R> Job<R> {
                         .0
                 }
             };
+        }
+    }
+
+    /// Tells `watcher` when the job finishes: at once if it has (checked under the lock that
+    /// marks it finished, so no finish is missed).
+    pub(super) fn watch(&self, watcher: Watcher) {
+        let mut st = self.lock();
+        if st.finished {
+            drop(st);
+            watcher.notify();
+        } else {
+            st.watchers.add(watcher);
         }
     }
 

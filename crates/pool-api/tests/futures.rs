@@ -1,0 +1,218 @@
+//! `concurrent.futures` parity over real worker processes: `as_completed`, `wait` and
+//! `.await` on the result handles of `Pool` (and of `ThreadPool`). Ported behaviours name
+//! their source: CPython's `Lib/test/test_concurrent_futures` (`AsCompletedTests`,
+//! `WaitTests`).
+//!
+//! Completion order is made deterministic by gating each task on an `Event` the test sets.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use pool_api::futures::{
+    Completion, ReturnWhen, as_completed, as_completed_timeout, wait, wait_timeout,
+};
+use pool_api::{Error, Event, Pool, ThreadPool};
+
+const GENEROUS: Duration = Duration::from_secs(20);
+
+/// Waits for its event, then returns its number (or panics for a negative one).
+fn gated((event, n): (Event, i64)) -> i64 {
+    event.wait().unwrap();
+    assert!(n >= 0, "deliberate failure of task {n}");
+    n
+}
+
+fn events(n: usize) -> Vec<Event> {
+    (0..n).map(|_| Event::new().unwrap()).collect()
+}
+
+#[test]
+fn as_completed_yields_in_completion_order_each_handle_once() {
+    // AsCompletedTests.test_future_times / test_duplicate_futures.
+    let pool = Pool::new(3).unwrap();
+    let gates = events(3);
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            pool.apply_async(gated, (gates[i].clone(), i as i64))
+                .unwrap()
+        })
+        .collect();
+    let twice = [
+        &handles[0],
+        &handles[1],
+        &handles[2],
+        &handles[1],
+        &handles[0],
+    ];
+    let mut it = as_completed(twice);
+    for i in [2, 0, 1] {
+        gates[i].set();
+        let done = it.next().unwrap().unwrap();
+        assert_eq!(done.get().unwrap(), i as i64);
+    }
+    assert!(it.next().is_none(), "a handle given twice is yielded once");
+}
+
+#[test]
+fn as_completed_timeout_yields_what_finished_then_says_how_many_did_not() {
+    // AsCompletedTests.test_zero_timeout: the finished ones, then a TimeoutError.
+    let pool = Pool::new(2).unwrap();
+    let gates = events(2);
+    gates[0].set();
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            pool.apply_async(gated, (gates[i].clone(), i as i64))
+                .unwrap()
+        })
+        .collect();
+    handles[0].wait();
+    let got: Vec<_> = as_completed_timeout(&handles, Duration::from_millis(100)).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].as_ref().unwrap().get().unwrap(), 0);
+    assert_eq!(
+        got[1].as_ref().unwrap_err(),
+        &Error::Unfinished {
+            unfinished: 1,
+            total: 2
+        }
+    );
+    // The unfinished task runs on; its handle still gives its result.
+    gates[1].set();
+    assert_eq!(handles[1].get_timeout(GENEROUS).unwrap(), 1);
+}
+
+#[test]
+fn wait_returns_as_return_when_says() {
+    // WaitTests.test_first_completed / test_first_exception / test_all_completed.
+    let pool = Pool::new(3).unwrap();
+    let gates = events(3);
+    let handles: Vec<_> = [0, -1, 2]
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| pool.apply_async(gated, (gates[i].clone(), n)).unwrap())
+        .collect();
+    let nothing = wait_timeout(
+        &handles,
+        ReturnWhen::FirstCompleted,
+        Duration::from_millis(50),
+    );
+    assert_eq!((nothing.done.len(), nothing.not_done.len()), (0, 3));
+
+    gates[0].set();
+    let first = wait(&handles, ReturnWhen::FirstCompleted);
+    assert_eq!(first.done.len(), 1);
+    assert_eq!(first.done[0].get().unwrap(), 0);
+
+    // The success so far does not end a FIRST_EXCEPTION wait; the failure does.
+    gates[1].set();
+    let failed = wait(&handles, ReturnWhen::FirstException);
+    assert!(failed.done.iter().any(|h| h.has_failed()));
+    assert_eq!(failed.not_done.len(), 1);
+
+    gates[2].set();
+    let all = wait(&handles, ReturnWhen::AllCompleted);
+    assert_eq!((all.done.len(), all.not_done.len()), (3, 0));
+    assert!(all.done.iter().all(|h| h.is_done()));
+}
+
+#[test]
+fn handles_of_different_types_are_waited_for_together() {
+    let pool = Pool::new(2).unwrap();
+    let one = pool
+        .apply_async(|s: String| s.len(), "four".to_string())
+        .unwrap();
+    let many = pool.map_async(|x: u32| x + 1, 0..10, None).unwrap();
+    let mixed: [&dyn Completion; 2] = [&one, &many];
+    assert_eq!(as_completed(mixed).filter_map(Result::ok).count(), 2);
+    assert_eq!(one.get().unwrap(), 4);
+    assert_eq!(many.get().unwrap().len(), 10);
+}
+
+/// A minimal executor: polls on this thread, parks until woken; counts its wake-ups.
+struct Parker {
+    thread: std::thread::Thread,
+    wakes: AtomicUsize,
+}
+
+impl Wake for Parker {
+    fn wake(self: Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+fn block_on<F: Future>(future: F, parker: &Arc<Parker>) -> F::Output {
+    let waker = Waker::from(Arc::clone(parker));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(GENEROUS);
+    }
+}
+
+fn parker() -> Arc<Parker> {
+    Arc::new(Parker {
+        thread: std::thread::current(),
+        wakes: AtomicUsize::new(0),
+    })
+}
+
+#[test]
+fn result_handles_are_futures_woken_by_the_pool() {
+    let pool = Pool::new(2).unwrap();
+    let gate = Event::new().unwrap();
+    let mut pending = pool.apply_async(gated, (gate.clone(), 7)).unwrap();
+    // Polled before the task can finish: pending, and nothing blocks.
+    let p = parker();
+    let waker = Waker::from(Arc::clone(&p));
+    assert!(
+        Pin::new(&mut pending)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    gate.set();
+    // The pool's thread wakes the task; the executor then finds it ready.
+    assert_eq!(block_on(pending, &p).unwrap(), 7);
+    assert!(
+        p.wakes.load(Ordering::SeqCst) >= 1,
+        "the pool woke the task"
+    );
+
+    let p = parker();
+    let squares = pool.map_async(|x: u64| x * x, 1..=4, None).unwrap();
+    let sum = block_on(
+        async {
+            let one = pool.apply_async(|x: u64| x + 1, 1).unwrap().await?;
+            Ok::<u64, Error>(one + squares.await?.iter().sum::<u64>())
+        },
+        &p,
+    );
+    assert_eq!(sum.unwrap(), 2 + 30);
+    let failed = pool.apply_async(gated, (gate, -1)).unwrap();
+    assert!(matches!(
+        block_on(failed, &parker()),
+        Err(Error::Panicked { .. })
+    ));
+}
+
+#[test]
+fn thread_pool_handles_are_completions_and_futures_too() {
+    let pool = ThreadPool::new(2).unwrap();
+    let handles: Vec<_> = (0..4u64)
+        .map(|x| pool.apply_async(move |x: u64| x * 10, x).unwrap())
+        .collect();
+    let all = wait(&handles, ReturnWhen::AllCompleted);
+    assert_eq!(all.done.len(), 4);
+    let many = pool.map_async(|x: u64| x + 1, 0..5, None).unwrap();
+    assert_eq!(block_on(many, &parker()).unwrap(), vec![1, 2, 3, 4, 5]);
+    let one = pool.apply_async(|x: u64| x, 3).unwrap();
+    assert_eq!(as_completed([&one]).count(), 1);
+    assert_eq!(block_on(one, &parker()).unwrap(), 3);
+}
