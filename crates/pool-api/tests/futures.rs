@@ -216,3 +216,94 @@ fn thread_pool_handles_are_completions_and_futures_too() {
     assert_eq!(as_completed([&one]).count(), 1);
     assert_eq!(block_on(one, &parker()).unwrap(), 3);
 }
+
+#[test]
+fn an_imap_with_a_timeout_yields_what_finished_in_time_then_a_timeout_error() {
+    // Executor.map(..., timeout=): the results in time, in order, then TimeoutError.
+    let gate = Event::new().unwrap();
+    let inputs = [(gate.clone(), 0), (gate.clone(), 1)];
+    {
+        let pool = Pool::new(2).unwrap();
+        let open = Event::new().unwrap();
+        open.set();
+        let items = [(open.clone(), 0), (open, 1), inputs[0].clone()];
+        let got: Vec<_> = pool
+            .imap(gated, items, 1)
+            .unwrap()
+            .with_timeout(Duration::from_millis(300))
+            .collect();
+        assert!(
+            matches!(got[..], [Ok(0), Ok(1), Err(Error::Timeout(_))]),
+            "{got:?}"
+        );
+        gate.set();
+        pool.close();
+        pool.join().unwrap();
+    }
+    let pool = ThreadPool::new(2).unwrap();
+    let later = Event::new().unwrap();
+    let got: Vec<_> = pool
+        .imap(gated, [inputs[0].clone(), (later.clone(), 5)], 1)
+        .unwrap()
+        .with_timeout(Duration::from_millis(300))
+        .collect();
+    assert!(
+        matches!(got[..], [Ok(0), Err(Error::Timeout(_))]),
+        "{got:?}"
+    );
+    later.set();
+}
+
+/// 0, 1, 2, 3, 4, then a panic: an input that fails part-way.
+fn failing_input() -> impl Iterator<Item = u64> {
+    (0..).inspect(|i| assert!(*i < 5, "the input failed after 5 items"))
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+/// Runs `consume` and returns what it collected before the input's panic reached it.
+fn collect_until_panic(consume: impl FnOnce(&mut Vec<u64>)) -> Vec<u64> {
+    let mut got = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| consume(&mut got)));
+    let panic = outcome.expect_err("the input's panic reaches the caller");
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(
+        message.contains("the input failed after 5 items"),
+        "{message}"
+    );
+    got.sort_unstable();
+    got
+}
+
+#[test]
+fn an_imap_whose_input_panics_hands_over_the_earlier_results_first() {
+    let pool = Pool::new(2).unwrap();
+    for ordered in [true, false] {
+        let got = collect_until_panic(|got| {
+            let results: Box<dyn Iterator<Item = Result<u64, Error>>> = if ordered {
+                Box::new(pool.imap(double, failing_input(), 1).unwrap())
+            } else {
+                Box::new(pool.imap_unordered(double, failing_input(), 1).unwrap())
+            };
+            for r in results {
+                got.push(r.unwrap());
+            }
+        });
+        assert_eq!(got, [0, 2, 4, 6, 8], "ordered={ordered}");
+    }
+    // The pool is fine afterwards.
+    assert_eq!(pool.apply(double, 21).unwrap(), 42);
+    let threads = ThreadPool::new(2).unwrap();
+    let got = collect_until_panic(|got| {
+        for r in threads.imap(double, failing_input(), 1).unwrap() {
+            got.push(r.unwrap());
+        }
+    });
+    assert_eq!(got, [0, 2, 4, 6, 8]);
+}

@@ -77,6 +77,7 @@ macro_rules! every_shared_method {
 
         assert_eq!(
             pool.imap(|x: u64| x * 2, 0..10, 2)?
+                .with_timeout(GENEROUS)
                 .collect::<Result<Vec<_>, _>>()?,
             expected
         );

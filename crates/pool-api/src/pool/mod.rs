@@ -533,8 +533,37 @@ impl Pool {
             items: Box::new(items.into_iter()),
             ready: VecDeque::new(),
             done: false,
+            input_failed: None,
+            deadline: None,
             _r: PhantomData,
         })
+    }
+
+    /// Reads up to `max_items` items and hands them to the pool as `chunk`, catching a panic
+    /// of the input: the items read before it still go, and the panic is returned for the
+    /// caller to resume once their results were handed over.
+    fn feed_catching<A: Serialize>(
+        &self,
+        chunk: ChunkId,
+        max_items: u32,
+        items: &mut (impl Iterator<Item = A> + ?Sized),
+    ) -> Result<Option<Box<dyn std::any::Any + Send>>, Error> {
+        let mut batch = Vec::new();
+        let mut panicked = None;
+        while batch.len() < max_items as usize {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| items.next())) {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) => break,
+                Err(panic) => {
+                    panicked = Some(panic);
+                    break;
+                }
+            }
+        }
+        let n = batch.len() as u32;
+        let payload = self.payload(&batch)?;
+        self.shared.pulled(chunk, n, payload);
+        Ok(panicked)
     }
 
     /// Reads up to `max_items` items and hands them to the pool as `chunk`.
@@ -1007,7 +1036,48 @@ pub struct IMap<'p, A, R> {
     items: Box<dyn Iterator<Item = A> + 'p>,
     ready: VecDeque<Result<R, Error>>,
     done: bool,
+    /// The input failed (it panicked, or an item did not encode): reported once the results
+    /// of the items before it were handed over, as Python raises it at that point.
+    input_failed: Option<InputFailure>,
+    /// Set by [`IMap::with_timeout`]: when the results stop being handed over.
+    deadline: Option<(Instant, Duration)>,
     _r: PhantomData<fn() -> R>,
+}
+
+/// Why an `imap`'s input stopped early.
+enum InputFailure {
+    /// The input iterator panicked: the panic resumes in the caller, in its place.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// An item could not be encoded.
+    Failed(Error),
+}
+
+impl<A, R> IMap<'_, A, R> {
+    /// Hands results over only until `timeout` from now (Python's `Executor.map(...,
+    /// timeout=)`): the results finished in time, in order, then one [`Error::Timeout`], after
+    /// which the iterator ends (and its unfinished work is cancelled when it is dropped).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = pool_api::Pool::new(1)?;
+    /// let got: Vec<_> = pool
+    ///     .imap(nap, [0, 0, 60_000], 1)?
+    ///     .with_timeout(Duration::from_secs(5))
+    ///     .collect();
+    /// assert!(matches!(got[..], [Ok(0), Ok(0), Err(pool_api::Error::Timeout(_))]));
+    /// pool.terminate();
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some((Instant::now() + timeout, timeout));
+        self
+    }
 }
 
 impl<A, R> std::fmt::Debug for IMap<'_, A, R> {
@@ -1028,13 +1098,24 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
                 return Some(item);
             }
             if self.done {
-                return None;
+                return match self.input_failed.take()? {
+                    InputFailure::Panicked(panic) => std::panic::resume_unwind(panic),
+                    InputFailure::Failed(e) => Some(Err(e)),
+                };
             }
-            match self.job.next_wake(None) {
+            match self.job.next_wake(self.deadline.map(|(at, _)| at)) {
+                Wake::Pull { chunk, .. } if self.input_failed.is_some() => {
+                    // The input ended where it failed.
+                    self.pool.shared.pulled(chunk, 0, Payload::default());
+                }
                 Wake::Pull { chunk, max_items } => {
-                    if let Err(e) = self.pool.feed(chunk, max_items, &mut self.items) {
-                        self.pool.shared.pulled(chunk, 0, Payload::default());
-                        return Some(Err(e));
+                    match self.pool.feed_catching(chunk, max_items, &mut self.items) {
+                        Ok(None) => {}
+                        Ok(Some(panic)) => self.input_failed = Some(InputFailure::Panicked(panic)),
+                        Err(e) => {
+                            self.pool.shared.pulled(chunk, 0, Payload::default());
+                            self.input_failed = Some(InputFailure::Failed(e));
+                        }
                     }
                 }
                 Wake::Delivered(chunks) => {
@@ -1048,7 +1129,14 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
                         .with_scheduler(|s, now| s.handle_consumed(id, n, now));
                 }
                 Wake::Finished => self.done = true,
-                Wake::TimedOut => {}
+                Wake::TimedOut => {
+                    if let Some((_, timeout)) = self.deadline {
+                        // The rest is cancelled when the iterator is dropped.
+                        self.done = true;
+                        self.input_failed = None;
+                        return Some(Err(Error::Timeout(timeout)));
+                    }
+                }
             }
         }
     }
@@ -1056,7 +1144,7 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
 
 impl<A, R> Drop for IMap<'_, A, R> {
     fn drop(&mut self) {
-        if !self.done && !self.job.is_finished() {
+        if !self.job.is_finished() {
             Pool::cancel(&self.pool.shared, &self.job);
         }
     }

@@ -495,6 +495,8 @@ impl ThreadPool {
             early: BTreeMap::new(),
             ready: VecDeque::new(),
             done: false,
+            input_panic: None,
+            deadline: None,
         })
     }
 }
@@ -690,6 +692,21 @@ pub struct ThreadIMap<'p, A, R> {
     early: BTreeMap<usize, Vec<Outcome<R>>>,
     ready: VecDeque<Outcome<R>>,
     done: bool,
+    /// The input panicked: the panic resumes in the caller once the results of the items
+    /// before it were handed over, as Python raises it at that point.
+    input_panic: Option<Box<dyn std::any::Any + Send>>,
+    /// Set by [`ThreadIMap::with_timeout`]: when the results stop being handed over.
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl<A, R> ThreadIMap<'_, A, R> {
+    /// Hands results over only until `timeout` from now: the results finished in time, in
+    /// order, then one [`Error::Timeout`], after which the iterator ends (see
+    /// [`IMap::with_timeout`](crate::IMap::with_timeout)).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some((Instant::now() + timeout, timeout));
+        self
+    }
 }
 
 impl<A, R> std::fmt::Debug for ThreadIMap<'_, A, R> {
@@ -712,7 +729,18 @@ impl<A: Send + 'static, R: Send + 'static> ThreadIMap<'_, A, R> {
                 self.exhausted = true;
                 break;
             }
-            let batch: Vec<A> = self.items.by_ref().take(self.chunksize).collect();
+            let mut batch: Vec<A> = Vec::with_capacity(self.chunksize);
+            while batch.len() < self.chunksize {
+                let items = &mut self.items;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| items.next())) {
+                    Ok(Some(item)) => batch.push(item),
+                    Ok(None) => break,
+                    Err(panic) => {
+                        self.input_panic = Some(panic);
+                        break;
+                    }
+                }
+            }
             if batch.len() < self.chunksize {
                 self.exhausted = true;
             }
@@ -742,12 +770,25 @@ impl<A: Send + 'static, R: Send + 'static> Iterator for ThreadIMap<'_, A, R> {
                 return Some(item);
             }
             if self.done {
-                return None;
+                return self
+                    .input_panic
+                    .take()
+                    .map(|p| std::panic::resume_unwind(p));
             }
             self.fill();
-            let Some(chunks) = self.job.next_ended() else {
-                self.done = true;
-                continue;
+            let chunks = match self.job.next_ended_until(self.deadline.map(|(at, _)| at)) {
+                Some(Some(chunks)) => chunks,
+                Some(None) => {
+                    self.done = true;
+                    continue;
+                }
+                None => {
+                    self.done = true;
+                    self.input_panic = None;
+                    return self
+                        .deadline
+                        .map(|(_, timeout)| Err(Error::Timeout(timeout)));
+                }
             };
             for (index, outcomes) in chunks {
                 if self.ordered {
@@ -768,7 +809,7 @@ impl<A: Send + 'static, R: Send + 'static> Iterator for ThreadIMap<'_, A, R> {
 
 impl<A, R> Drop for ThreadIMap<'_, A, R> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.job.is_finished() {
             self.job.abandon();
         }
     }

@@ -362,10 +362,14 @@ impl<R> Job<R> {
             .is_some()
     }
 
-    /// Waits for ended chunks and takes them; `None` once the job is finished and every
-    /// ended chunk was taken.
-    pub(super) fn next_ended(&self) -> Option<Vec<(usize, Vec<Outcome<R>>)>> {
-        self.wait_until(None, |st| {
+    /// Waits until `deadline` for ended chunks and takes them: `Some(None)` once the job is
+    /// finished and every ended chunk was taken, `None` when the deadline passed first.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn next_ended_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Option<Option<Vec<(usize, Vec<Outcome<R>>)>>> {
+        self.wait_until(deadline, |st| {
             if !st.ended.is_empty() {
                 Some(Some(st.ended.drain(..).collect()))
             } else if st.finished {
@@ -374,7 +378,6 @@ impl<R> Job<R> {
                 None
             }
         })
-        .flatten()
     }
 
     pub(super) fn is_finished(&self) -> bool {
@@ -807,10 +810,13 @@ mod tests {
         let job = job::<u32>(false);
         let a = job.add_chunk(1).unwrap();
         job.end_chunk(a, vec![Ok(1)]);
-        assert_eq!(job.next_ended(), Some(vec![(a, vec![Ok(1)])]));
+        assert_eq!(
+            job.next_ended_until(None),
+            Some(Some(vec![(a, vec![Ok(1)])]))
+        );
         assert!(!job.is_finished(), "more may come until sealed");
         job.seal();
-        assert_eq!(job.next_ended(), None);
+        assert_eq!(job.next_ended_until(None), Some(None));
     }
 
     #[test]
