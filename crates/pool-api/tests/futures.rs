@@ -307,3 +307,69 @@ fn an_imap_whose_input_panics_hands_over_the_earlier_results_first() {
     });
     assert_eq!(got, [0, 2, 4, 6, 8]);
 }
+
+/// Says it started, then waits for its gate.
+fn started_then_gated((started, gate, n): (Event, Event, i64)) -> i64 {
+    started.set();
+    gated((gate, n))
+}
+
+#[test]
+fn shutdown_cancels_what_is_queued_and_lets_running_work_finish() {
+    // Executor.shutdown(wait=False, cancel_futures=True): queued futures are cancelled, the
+    // running one finishes; every handle ends in exactly one outcome.
+    let (started, gate) = (Event::new().unwrap(), Event::new().unwrap());
+    let pool = Pool::new(1).unwrap();
+    let running = pool
+        .apply_async(started_then_gated, (started.clone(), gate.clone(), 1))
+        .unwrap();
+    started.wait().unwrap();
+    let queued: Vec<_> = (0..20)
+        .map(|i| pool.apply_async(gated, (gate.clone(), i)).unwrap())
+        .collect();
+    pool.shutdown(false, true).unwrap();
+    assert!(
+        pool.apply(double, 1).is_err(),
+        "a shut-down pool takes no work"
+    );
+    gate.set();
+    assert_eq!(running.get_timeout(GENEROUS).unwrap(), 1);
+    let cancelled = queued
+        .iter()
+        .filter(|h| h.get_timeout(GENEROUS) == Err(Error::Cancelled))
+        .count();
+    // The worker's window may hold a prefetched task or two, which run.
+    assert!(cancelled >= 18, "{cancelled} of 20 cancelled");
+    pool.join().unwrap();
+
+    let threads = ThreadPool::new(1).unwrap();
+    let (started, gate) = (Event::new().unwrap(), Event::new().unwrap());
+    let running = threads
+        .apply_async(started_then_gated, (started.clone(), gate.clone(), 1))
+        .unwrap();
+    started.wait().unwrap();
+    let queued: Vec<_> = (0..5)
+        .map(|i| threads.apply_async(gated, (gate.clone(), i)).unwrap())
+        .collect();
+    threads.shutdown(false, true).unwrap();
+    gate.set();
+    assert_eq!(running.get_timeout(GENEROUS).unwrap(), 1);
+    assert!(
+        queued
+            .iter()
+            .all(|h| h.get_timeout(GENEROUS) == Err(Error::Cancelled))
+    );
+    threads.join().unwrap();
+}
+
+#[test]
+fn shutdown_with_wait_runs_everything_queued() {
+    let pool = Pool::new(2).unwrap();
+    let handles: Vec<_> = (0..20)
+        .map(|x| pool.apply_async(double, x).unwrap())
+        .collect();
+    pool.shutdown(true, false).unwrap();
+    assert!(handles.iter().all(|h| h.ready()), "waited for all");
+    let sum: u64 = handles.iter().map(|h| h.get().unwrap()).sum();
+    assert_eq!(sum, (0..20).map(|x| x * 2).sum::<u64>());
+}

@@ -285,6 +285,14 @@ impl Shared {
             .map_err(Error::from)
     }
 
+    /// Cancels every chunk not dispatched yet, in every job; whether any was.
+    pub(crate) fn cancel_queued(&self) -> bool {
+        let ids: Vec<pool_core::JobId> = self.lock().jobs.keys().copied().collect();
+        ids.into_iter().fold(false, |any, id| {
+            self.with_scheduler(|s, now| s.cancel(id, now)) | any
+        })
+    }
+
     pub(crate) fn stats(&self) -> pool_core::Stats {
         self.lock().sched.stats()
     }

@@ -624,6 +624,29 @@ impl Pool {
         self.shared.with_scheduler(|s, now| s.close(now));
     }
 
+    /// `concurrent.futures`' `shutdown(wait, cancel_futures)`: closes the pool; with
+    /// `cancel_queued`, every chunk not yet dispatched to a worker fails with
+    /// [`Error::Cancelled`] (running ones finish); with `wait`, waits as [`Pool::join`] does.
+    /// Every handle ends in exactly one outcome.
+    ///
+    /// ```
+    /// # fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    /// let pool = pool_api::Pool::new(1)?;
+    /// let running = pool.apply_async(nap, 200)?;
+    /// let queued: Vec<_> = (0..10).map(|_| pool.apply_async(nap, 200)).collect::<Result<_, _>>()?;
+    /// pool.shutdown(true, true)?;
+    /// assert_eq!(running.get()?, 200);
+    /// assert!(queued.iter().any(|h| h.get() == Err(pool_api::Error::Cancelled)));
+    /// # Ok::<(), pool_api::Error>(())
+    /// ```
+    pub fn shutdown(&self, wait: bool, cancel_queued: bool) -> Result<(), Error> {
+        self.close();
+        if cancel_queued {
+            self.shared.cancel_queued();
+        }
+        if wait { self.join() } else { Ok(()) }
+    }
+
     /// Python's `terminate`: stops the workers at once. Unfinished work fails with
     /// [`Error::Terminated`]; no callback runs for it, and none runs after this returns.
     /// As CPython's, it stops the workers first and then waits for a callback that is

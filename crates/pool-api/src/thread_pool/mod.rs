@@ -389,6 +389,18 @@ impl ThreadPool {
         self.shared.close();
     }
 
+    /// `concurrent.futures`' `shutdown(wait, cancel_futures)`: closes the pool; with
+    /// `cancel_queued`, every task no thread started yet fails with [`Error::Cancelled`]
+    /// (running ones finish); with `wait`, waits as [`ThreadPool::join`] does. Every handle
+    /// ends in exactly one outcome.
+    pub fn shutdown(&self, wait: bool, cancel_queued: bool) -> Result<(), Error> {
+        self.close();
+        if cancel_queued {
+            self.shared.cancel_queued();
+        }
+        if wait { self.join() } else { Ok(()) }
+    }
+
     /// Python's `terminate`, cooperatively: every unfinished task fails with
     /// [`Error::Terminated`] at once, queued ones never start, no callback runs for them and
     /// none runs after this returns. A task already running on a thread cannot be stopped: it

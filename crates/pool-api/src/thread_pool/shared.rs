@@ -164,11 +164,15 @@ pub(super) struct Job<R> {
 /// What `terminate` needs of a job, whatever its result type.
 trait Terminate: Send + Sync {
     fn terminate(&self);
+    fn cancel(&self) -> bool;
 }
 
 impl<R: Send + 'static> Terminate for Job<R> {
     fn terminate(&self) {
         Job::terminate(self);
+    }
+    fn cancel(&self) -> bool {
+        Job::cancel(self)
     }
 }
 
@@ -584,6 +588,12 @@ impl Shared {
         }
         drop(st);
         self.changed.notify_all();
+    }
+
+    /// Cancels what no thread started yet, in every job; whether anything was.
+    pub(super) fn cancel_queued(&self) -> bool {
+        let jobs: Vec<Arc<dyn Terminate>> = lock(&self.state).jobs.values().cloned().collect();
+        jobs.iter().fold(false, |any, job| job.cancel() | any)
     }
 
     pub(super) fn terminate(&self) {
