@@ -630,14 +630,25 @@ impl Pool {
     /// Every handle ends in exactly one outcome.
     ///
     /// ```
-    /// # fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
-    /// let pool = pool_api::Pool::new(1)?;
-    /// let running = pool.apply_async(nap, 200)?;
-    /// let queued: Vec<_> = (0..10).map(|_| pool.apply_async(nap, 200)).collect::<Result<_, _>>()?;
-    /// pool.shutdown(true, true)?;
-    /// assert_eq!(running.get()?, 200);
-    /// assert!(queued.iter().any(|h| h.get() == Err(pool_api::Error::Cancelled)));
-    /// # Ok::<(), pool_api::Error>(())
+    /// use pool_api::{Error, Event, Pool};
+    ///
+    /// fn wait_for(event: Event) -> bool {
+    ///     event.wait().is_ok()
+    /// }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let go = Event::new()?;
+    /// let handles: Vec<_> = (0..20)
+    ///     .map(|_| pool.apply_async(wait_for, go.clone()))
+    ///     .collect::<Result<_, _>>()?;
+    /// pool.shutdown(false, true)?; // what the worker has not received is cancelled
+    /// go.set();
+    /// pool.join()?;
+    /// let cancelled = handles.iter().filter(|h| h.get() == Err(Error::Cancelled)).count();
+    /// let ran = handles.iter().filter(|h| h.get() == Ok(true)).count();
+    /// assert_eq!(cancelled + ran, 20); // one outcome each
+    /// assert!(cancelled > 0);
+    /// # Ok::<(), Error>(())
     /// ```
     pub fn shutdown(&self, wait: bool, cancel_queued: bool) -> Result<(), Error> {
         self.close();
