@@ -33,6 +33,7 @@
 mod broker;
 mod conn;
 mod consumer;
+mod host;
 mod keys;
 mod wire;
 
@@ -41,5 +42,6 @@ pub use broker::{
 };
 pub use conn::Timeouts;
 pub use consumer::{ClaimError, Consumer, ConsumerError, ConsumerOptions, JoinError, LostReport};
+pub use host::{Host, HostOptions, HostStats, RunFn, ServeError, Stopper, serve};
 pub use keys::{Fingerprint, MAX_CONSUMER_LEN, MAX_NAME_LEN, NameError};
 pub use wire::{Completion, Entry, EntryError, EntryId, Outcome, Pending};

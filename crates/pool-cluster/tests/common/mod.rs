@@ -73,3 +73,46 @@ pub fn keys_of(con: &mut redis::Connection, name: &str) -> Vec<String> {
         .query(con)
         .unwrap()
 }
+
+/// The run step of the tests' hosts: `echo` returns its payload, `sleep` sleeps the payload's
+/// milliseconds and returns its pid, `fail` and `panic` fail, `die` SIGKILLs its own worker.
+pub fn run(call: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    match call {
+        b"echo" => out.extend_from_slice(payload),
+        b"sleep" => {
+            let ms: u64 = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("bad sleep payload")?;
+            std::thread::sleep(Duration::from_millis(ms));
+            out.extend_from_slice(std::process::id().to_string().as_bytes());
+        }
+        b"fail" => return Err("asked to fail".into()),
+        b"panic" => panic!("asked to panic"),
+        b"die" => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(10));
+            return Err("SIGKILL did not kill".into());
+        }
+        _ => return Err("unknown call".into()),
+    }
+    Ok(())
+}
+
+/// Host options for the tests: `processes` workers, a short lease, short blocks.
+pub fn host_options(
+    pool: &str,
+    host: &str,
+    processes: usize,
+    lease: Duration,
+) -> pool_cluster::HostOptions {
+    pool_cluster::HostOptions::new(pool, FP, run)
+        .host_id(host)
+        .processes(processes)
+        .lease(lease)
+        .claim_block(Duration::from_millis(100))
+        .timeouts(timeouts())
+        .grace(Duration::from_secs(2))
+}
