@@ -277,3 +277,28 @@ fn garbage_in_the_stream_does_not_hurt_a_host() {
     assert_eq!(len, 0, "the garbage was dropped");
     assert_eq!(host.stats().died, 0);
 }
+
+#[test]
+fn a_gone_clients_keys_expire_while_hosts_idle() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _host = Host::start(&url, host_options("gone", "h1", 2, SHORT_LEASE)).unwrap();
+    let ttl = Duration::from_millis(400);
+    let options = BrokerOptions::new("gone", FP).ttl(ttl).timeouts(timeouts());
+    let mut client = Broker::connect(&url, options).unwrap();
+    client.submit(1, 0, b"echo", b"").unwrap();
+    recv_n(&mut client, 1, Duration::from_secs(10));
+    client.submit(1, 1, b"sleep", b"100").unwrap();
+    let mut con = plain(&url);
+    // The client dies (it does not close): only the TTL removes its keys.
+    drop(client);
+    wait_until(ttl * 5, "the keys expire", || {
+        common::keys_of(&mut con, "gone").is_empty()
+    });
+    // The hosts, claiming and renewing all along, do not bring any key back.
+    let quiet = Instant::now() + SHORT_LEASE * 2;
+    while Instant::now() < quiet {
+        assert!(common::keys_of(&mut con, "gone").is_empty());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
