@@ -517,8 +517,16 @@ impl Supervisor {
         }
     }
 
+    /// Renews the leases of live workers' entries. Not those of a slot whose worker could
+    /// not be started: entries handed to it expire and other hosts take them over, rather
+    /// than wait on a host that cannot start workers.
     fn renew(&mut self) {
-        let names: Vec<String> = self.slots.iter().map(Slot::name).collect();
+        let names: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|slot| slot.worker.is_some())
+            .map(Slot::name)
+            .collect();
         let owners: Vec<&str> = names.iter().map(String::as_str).collect();
         match self.consumer.renew_all(&owners) {
             Ok(n) => {

@@ -206,8 +206,9 @@ fn a_killed_hosts_chunks_are_reclaimed_by_another_host_with_one_outcome_each() {
             .filter(|c| c.outcome != Outcome::WorkerLost)
             .all(|c| c.consumer.starts_with("hB/") && matches!(c.outcome, Outcome::Ok(_)))
     );
-    // Four chunks of 300 ms on two workers, and the lease: well within 3 s.
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    // The lease (500 ms), then four chunks of 300 ms on two workers: about 1.2 s; the bound
+    // is a watchdog for a machine under load.
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert_eq!(client.recv(Duration::from_millis(300)).unwrap(), None);
     assert_eq!(client.stats().stale, 0, "no chunk ended twice");
     assert_eq!(host_b.stats().died, 0);
