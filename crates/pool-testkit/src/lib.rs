@@ -7,12 +7,18 @@
 //! `cargo xtask chaos` collects into its summary, so a figure is never a claim without a run
 //! behind it.
 //!
+//! It also starts a real `redis-server` for the cluster backend's tests ([`RedisServer`]).
+//!
 //! This crate is a dev-dependency only and is never published.
 
 #![allow(clippy::print_stderr)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
+
+mod redis_server;
+
+pub use redis_server::RedisServer;
 
 /// The environment variable that selects the long run.
 pub const FULL_ENV: &str = "POOL_CHAOS";

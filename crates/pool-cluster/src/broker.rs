@@ -1,0 +1,553 @@
+//! The client's side: submit chunks, read their outcomes, keep the pool's keys alive.
+//!
+//! A [`Broker`] owns one pool name while it lives: connecting claims the name in the meta
+//! hash (a second client of the same name is refused), clears what a dead predecessor left,
+//! creates the chunk stream with its consumer group and the results stream, and gives every
+//! key a TTL. The TTL is refreshed by the broker's heartbeat, which rides along with the
+//! broker's own commands when it is due, so a broker that is used never expires and a client
+//! that dies leaves nothing behind after the TTL.
+//!
+//! The broker does not decide which chunks to submit or when: the caller (pool-core's
+//! scheduler, through pool-api) does. The broker enforces the window the caller chose,
+//! remembers which chunks are outstanding, and hands out exactly one outcome per
+//! `(job, index)`: a chunk that ran twice (a host that seemed dead came back) has its second
+//! outcome dropped here.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{RedisError, Value};
+
+use crate::conn::{Conn, OpenError, Timeouts, millis};
+use crate::keys::{Fingerprint, GROUP, Keys, NameError};
+use crate::wire::{self, Completion, EntryError, EntryId};
+
+/// How many result entries one read takes at most.
+const READ_BATCH: usize = 128;
+
+/// What a [`Broker`] is connected with.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    name: String,
+    fingerprint: Fingerprint,
+    window: usize,
+    tries: u32,
+    ttl: Duration,
+    timeouts: Timeouts,
+}
+
+impl BrokerOptions {
+    /// Options for the pool `name` (ASCII letters, digits, `_`, `-`, `.`; at most 64 bytes),
+    /// whose chunks carry `fingerprint`.
+    pub fn new(name: impl Into<String>, fingerprint: Fingerprint) -> BrokerOptions {
+        BrokerOptions {
+            name: name.into(),
+            fingerprint,
+            window: 64,
+            tries: 1,
+            ttl: Duration::from_secs(60),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// At most this many chunks outstanding (submitted, no outcome read yet). Default 64.
+    pub fn window(mut self, window: usize) -> BrokerOptions {
+        self.window = window.max(1);
+        self
+    }
+
+    /// How many deliveries each chunk may have (default 1: a chunk whose worker dies fails
+    /// with [`Outcome::WorkerLost`](crate::Outcome::WorkerLost) rather than run twice; more
+    /// for idempotent work, which then fails with
+    /// [`Outcome::Poisoned`](crate::Outcome::Poisoned) when every try killed its worker).
+    pub fn tries(mut self, tries: u32) -> BrokerOptions {
+        self.tries = tries.max(1);
+        self
+    }
+
+    /// How long the pool's keys outlive the last heartbeat (default 60 s, at least 100 ms).
+    /// The heartbeat is due every third of it.
+    pub fn ttl(mut self, ttl: Duration) -> BrokerOptions {
+        self.ttl = ttl.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Connect and command timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> BrokerOptions {
+        self.timeouts = timeouts;
+        self
+    }
+}
+
+/// Why [`Broker::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The pool name cannot be used.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The URL is `rediss://` and this build has no `tls` feature.
+    #[error("rediss:// needs pool-cluster's `tls` feature")]
+    TlsDisabled,
+    /// Another live client holds this pool name.
+    #[error("pool name {name:?} is held by another live client ({holder})")]
+    InUse {
+        /// The pool name.
+        name: String,
+        /// The other client's id.
+        holder: String,
+    },
+    /// Connecting or setting up the keys failed.
+    #[error("Redis: {0}")]
+    Redis(#[source] RedisError),
+}
+
+impl From<OpenError> for ConnectError {
+    fn from(e: OpenError) -> ConnectError {
+        match e {
+            OpenError::TlsDisabled => ConnectError::TlsDisabled,
+            OpenError::Redis(e) => ConnectError::Redis(e),
+        }
+    }
+}
+
+/// Why [`Broker::submit`] refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The window is full: read outcomes first.
+    #[error("{window} chunks are outstanding, the window")]
+    WindowFull {
+        /// The window.
+        window: usize,
+    },
+    /// This `(job, index)` is outstanding already.
+    #[error("chunk {index} of job {job} is outstanding already")]
+    Duplicate {
+        /// The job.
+        job: u64,
+        /// The index.
+        index: u32,
+    },
+    /// The pool's keys are gone (Redis restarted, or the TTL passed): its outstanding chunks
+    /// will never end. Connect a new broker.
+    #[error("the pool's keys are gone from Redis (restarted, or expired)")]
+    Lost,
+    /// The command failed.
+    #[error("Redis: {0}")]
+    Redis(#[source] RedisError),
+}
+
+/// Why [`Broker::recv`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// A result entry could not be decoded (something else wrote into the results stream).
+    /// It has been deleted; the broker can go on receiving.
+    #[error("result entry {id} is malformed: {error}")]
+    Malformed {
+        /// The entry.
+        id: EntryId,
+        /// What is wrong with it.
+        error: EntryError,
+    },
+    /// The pool's keys are gone (Redis restarted, or the TTL passed).
+    #[error("the pool's keys are gone from Redis (restarted, or expired)")]
+    Lost,
+    /// The read failed.
+    #[error("Redis: {0}")]
+    Redis(#[source] RedisError),
+}
+
+/// Why [`Broker::abandon`], [`Broker::heartbeat`] or [`Broker::close`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The pool's keys are gone (Redis restarted, or the TTL passed).
+    #[error("the pool's keys are gone from Redis (restarted, or expired)")]
+    Lost,
+    /// The command failed.
+    #[error("Redis: {0}")]
+    Redis(#[source] RedisError),
+}
+
+/// What a broker has counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Chunks submitted.
+    pub submitted: u64,
+    /// Outcomes handed out by [`Broker::recv`].
+    pub completed: u64,
+    /// Outcomes dropped because their chunk was not outstanding: a second outcome of a chunk
+    /// that ran twice, or an outcome of an abandoned job.
+    pub stale: u64,
+    /// Result entries that could not be decoded.
+    pub malformed: u64,
+}
+
+/// A client of one pool: submits chunks and reads their outcomes.
+pub struct Broker {
+    conn: Conn,
+    keys: Keys,
+    options: BrokerOptions,
+    client_id: String,
+    /// Submitted chunks without an outcome yet, with their entries' ids.
+    outstanding: HashMap<(u64, u32), EntryId>,
+    /// The last result entry read.
+    last_result: EntryId,
+    /// Result entries read and not yet deleted (deleted with the next read).
+    read_ids: Vec<EntryId>,
+    /// Decoded outcomes (or errors) not yet handed out.
+    ready: VecDeque<Result<Completion, RecvError>>,
+    next_heartbeat: Instant,
+    stats: BrokerStats,
+}
+
+impl Broker {
+    /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://` with the
+    /// `tls` feature) and sets up the pool's keys.
+    pub fn connect(url: &str, options: BrokerOptions) -> Result<Broker, ConnectError> {
+        let keys = Keys::new(&options.name)?;
+        let mut conn = Conn::open(url, options.timeouts)?;
+        let client_id = client_id();
+        let ttl = millis(options.ttl);
+        let mut claim = redis::pipe();
+        claim
+            .cmd("HSETNX")
+            .arg(&keys.meta)
+            .arg("client")
+            .arg(&client_id)
+            .cmd("HGET")
+            .arg(&keys.meta)
+            .arg("client")
+            // NX: only a key without expiry (ours, just created) gets one here; another
+            // client's keys keep their own TTL.
+            .cmd("PEXPIRE")
+            .arg(&keys.meta)
+            .arg(ttl)
+            .arg("NX")
+            .ignore();
+        let replies = conn.pipe(&claim).map_err(ConnectError::Redis)?;
+        let holder = match replies.get(1) {
+            Some(v) => wire::bytes(v.clone()).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if holder != client_id.as_bytes() {
+            return Err(ConnectError::InUse {
+                name: options.name.clone(),
+                holder: String::from_utf8_lossy(&holder).into_owned(),
+            });
+        }
+        // The name is ours: what a dead predecessor left goes, then the streams are created
+        // empty (XADD with MAXLEN 0 creates a stream and leaves it empty), all with the TTL.
+        let mut setup = redis::pipe();
+        setup.atomic();
+        setup
+            .cmd("DEL")
+            .arg(&keys.chunks)
+            .arg(&keys.results)
+            .ignore();
+        setup
+            .cmd("HSET")
+            .arg(&keys.meta)
+            .arg("fingerprint")
+            .arg(options.fingerprint.to_string())
+            .arg("ttl_ms")
+            .arg(ttl)
+            .arg("heartbeat_ms")
+            .arg(unix_ms())
+            .ignore();
+        setup
+            .cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&keys.chunks)
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .ignore();
+        setup
+            .cmd("XADD")
+            .arg(&keys.results)
+            .arg("MAXLEN")
+            .arg(0)
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .ignore();
+        for key in keys.all() {
+            setup.cmd("PEXPIRE").arg(key).arg(ttl).ignore();
+        }
+        conn.pipe(&setup).map_err(ConnectError::Redis)?;
+        let span = tracing::info_span!("pool_cluster::connect", pool = %options.name);
+        let _enter = span.enter();
+        tracing::info!(client = %client_id, fingerprint = %options.fingerprint, "pool keys set up");
+        Ok(Broker {
+            conn,
+            keys,
+            next_heartbeat: Instant::now() + options.ttl / 3,
+            options,
+            client_id,
+            outstanding: HashMap::new(),
+            last_result: EntryId { ms: 0, seq: 0 },
+            read_ids: Vec::new(),
+            ready: VecDeque::new(),
+            stats: BrokerStats::default(),
+        })
+    }
+
+    /// This client's id, as held in the meta hash.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// How many chunks are outstanding (submitted, outcome not yet handed out).
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The window: how many chunks may be outstanding.
+    pub fn window(&self) -> usize {
+        self.options.window
+    }
+
+    /// What this broker has counted.
+    pub fn stats(&self) -> BrokerStats {
+        self.stats
+    }
+
+    /// Submits chunk `index` of `job`: `call` says what to run, `payload` its arguments (both
+    /// opaque here). Refused when the window is full or the chunk is outstanding already.
+    pub fn submit(
+        &mut self,
+        job: u64,
+        index: u32,
+        call: &[u8],
+        payload: &[u8],
+    ) -> Result<EntryId, SubmitError> {
+        if self.outstanding.len() >= self.options.window {
+            return Err(SubmitError::WindowFull {
+                window: self.options.window,
+            });
+        }
+        if self.outstanding.contains_key(&(job, index)) {
+            return Err(SubmitError::Duplicate { job, index });
+        }
+        let (job_text, index_text, tries_text) = (
+            job.to_string(),
+            index.to_string(),
+            self.options.tries.to_string(),
+        );
+        let fields = wire::chunk_fields(
+            &self.options.fingerprint,
+            &job_text,
+            &index_text,
+            &tries_text,
+            call,
+            payload,
+        );
+        let mut pipe = redis::pipe();
+        // NOMKSTREAM: a pool whose keys are gone is not silently recreated without its
+        // group and TTL.
+        let xadd = pipe
+            .cmd("XADD")
+            .arg(&self.keys.chunks)
+            .arg("NOMKSTREAM")
+            .arg("*");
+        for (name, value) in fields {
+            xadd.arg(name).arg(value);
+        }
+        let beat = self.add_heartbeat_if_due(&mut pipe);
+        let replies = self.conn.pipe(&pipe).map_err(SubmitError::Redis)?;
+        if beat && !self.heartbeat_held(&replies[1..]) {
+            return Err(SubmitError::Lost);
+        }
+        let id = match replies.first() {
+            Some(Value::Nil) | None => return Err(SubmitError::Lost),
+            Some(v) => wire::entry_id(v).map_err(|_| SubmitError::Lost)?,
+        };
+        self.outstanding.insert((job, index), id);
+        self.stats.submitted += 1;
+        tracing::debug!(job, index, %id, "chunk submitted");
+        Ok(id)
+    }
+
+    /// The next outcome of an outstanding chunk, waiting up to `timeout` for one (`None`: none
+    /// came). Each `(job, index)` is handed out once; outcomes of chunks not outstanding
+    /// (repeats, abandoned jobs) are dropped and counted in [`BrokerStats::stale`].
+    ///
+    /// [`RecvError::Malformed`] is about one entry and the broker can go on; the other errors
+    /// are about the connection or the pool.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Completion>, RecvError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(next) = self.ready.pop_front() {
+                return next.map(Some);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Block no longer than the heartbeat allows, so the keys stay alive.
+            let block = left.min(self.options.ttl / 3);
+            self.read_results(block)?;
+            if self.ready.is_empty() && Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// One XREAD of the results stream, deleting what the previous read took.
+    fn read_results(&mut self, block: Duration) -> Result<(), RecvError> {
+        let mut pipe = redis::pipe();
+        let deletes = !self.read_ids.is_empty();
+        if deletes {
+            pipe.cmd("XDEL")
+                .arg(&self.keys.results)
+                .arg(&self.read_ids[..])
+                .ignore();
+        }
+        let beat = self.add_heartbeat_if_due(&mut pipe);
+        let read = pipe.cmd("XREAD").arg("COUNT").arg(READ_BATCH);
+        if !block.is_zero() {
+            read.arg("BLOCK").arg(millis(block));
+        }
+        read.arg("STREAMS")
+            .arg(&self.keys.results)
+            .arg(self.last_result);
+        let replies = self
+            .conn
+            .pipe_blocking(&pipe, block)
+            .map_err(RecvError::Redis)?;
+        self.read_ids.clear();
+        if beat && !self.heartbeat_held(&replies) {
+            return Err(RecvError::Lost);
+        }
+        let Some(reply) = replies.last() else {
+            return Err(RecvError::Lost);
+        };
+        let items = wire::read_reply(reply.clone()).map_err(|error| RecvError::Malformed {
+            id: self.last_result,
+            error,
+        })?;
+        for (id, fields) in items {
+            self.last_result = self.last_result.max(id);
+            self.read_ids.push(id);
+            let decoded = fields
+                .ok_or(EntryError::Missing("v"))
+                .and_then(|f| wire::decode_result(&f));
+            match decoded {
+                Ok(completion) => {
+                    if self
+                        .outstanding
+                        .remove(&(completion.job, completion.index))
+                        .is_some()
+                    {
+                        self.stats.completed += 1;
+                        self.ready.push_back(Ok(completion));
+                    } else {
+                        self.stats.stale += 1;
+                        tracing::debug!(
+                            job = completion.job,
+                            index = completion.index,
+                            "outcome of a chunk not outstanding dropped"
+                        );
+                    }
+                }
+                Err(error) => {
+                    self.stats.malformed += 1;
+                    tracing::warn!(%id, %error, "malformed result entry deleted");
+                    self.ready
+                        .push_back(Err(RecvError::Malformed { id, error }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Abandons `job`: its chunks not yet taken by a worker are deleted from the stream (no
+    /// host will start them), and outcomes that still come for it are dropped. Returns how
+    /// many of its chunks were outstanding.
+    pub fn abandon(&mut self, job: u64) -> Result<usize, BrokerError> {
+        let ids: Vec<EntryId> = self
+            .outstanding
+            .iter()
+            .filter(|((j, _), _)| *j == job)
+            .map(|(_, id)| *id)
+            .collect();
+        if !ids.is_empty() {
+            self.conn
+                .query(redis::cmd("XDEL").arg(&self.keys.chunks).arg(&ids[..]))
+                .map_err(BrokerError::Redis)?;
+        }
+        self.outstanding.retain(|(j, _), _| *j != job);
+        tracing::info!(job, chunks = ids.len(), "job abandoned");
+        Ok(ids.len())
+    }
+
+    /// Refreshes the keys' TTL now (it is also done along with other commands when due).
+    pub fn heartbeat(&mut self) -> Result<(), BrokerError> {
+        self.next_heartbeat = Instant::now();
+        let mut pipe = redis::pipe();
+        self.add_heartbeat_if_due(&mut pipe);
+        let replies = self.conn.pipe(&pipe).map_err(BrokerError::Redis)?;
+        if self.heartbeat_held(&replies) {
+            Ok(())
+        } else {
+            Err(BrokerError::Lost)
+        }
+    }
+
+    /// Deletes the pool's keys: hosts stop at once, outstanding chunks never end.
+    pub fn close(mut self) -> Result<(), BrokerError> {
+        let keys = self.keys.all();
+        self.conn
+            .query(redis::cmd("DEL").arg(&keys[..]))
+            .map(drop)
+            .map_err(BrokerError::Redis)
+    }
+
+    /// Adds the heartbeat to `pipe` when due: four replies, the PEXPIREs of the three keys
+    /// and the HSET of the heartbeat time. Returns whether it did.
+    fn add_heartbeat_if_due(&mut self, pipe: &mut redis::Pipeline) -> bool {
+        let now = Instant::now();
+        if now < self.next_heartbeat {
+            return false;
+        }
+        self.next_heartbeat = now + self.options.ttl / 3;
+        let ttl = millis(self.options.ttl);
+        for key in self.keys.all() {
+            pipe.cmd("PEXPIRE").arg(key).arg(ttl);
+        }
+        pipe.cmd("HSET")
+            .arg(&self.keys.meta)
+            .arg("heartbeat_ms")
+            .arg(unix_ms())
+            .ignore();
+        true
+    }
+
+    /// Whether the heartbeat's PEXPIREs (the first three of `replies` from where it was
+    /// added) found every key: if one is gone, the pool is lost.
+    fn heartbeat_held(&self, replies: &[Value]) -> bool {
+        replies.len() >= 3 && replies[..3].iter().all(|r| matches!(r, Value::Int(1)))
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("pool", &self.options.name)
+            .field("client", &self.client_id)
+            .field("outstanding", &self.outstanding.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client id unique enough across hosts and restarts: host name, pid, start time.
+fn client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{}-{nanos:x}", host.trim(), std::process::id())
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,87 @@
+//! A chunk of another build reaches a host: it is not run, the host logs why through
+//! `tracing` naming both fingerprints, and a host of the chunk's build runs it. In a test
+//! binary of its own because it installs a global `tracing` subscriber to read the log.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{FP, OTHER_FP, host_options, recv_n, run, timeouts, wait_until};
+use pool_cluster::{Broker, BrokerOptions, Host, HostOptions, Outcome};
+use pool_testkit::RedisServer;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Keeps every event's fields as one line.
+struct Capture;
+
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={value:?} ", field.name());
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        LINES.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+#[test]
+fn a_foreign_chunk_is_not_run_is_logged_with_both_fingerprints_and_runs_on_its_build() {
+    tracing::subscriber::set_global_default(Capture).unwrap();
+    let server = RedisServer::start();
+    let url = server.url();
+    let lease = Duration::from_millis(300);
+    let ours = Host::start(&url, host_options("foreign", "h1", 1, lease)).unwrap();
+    let options = BrokerOptions::new("foreign", OTHER_FP).timeouts(timeouts());
+    let mut client = Broker::connect(&url, options).unwrap();
+    client.submit(1, 0, b"echo", b"x").unwrap();
+    let (theirs, mine) = (OTHER_FP.to_string(), FP.to_string());
+    wait_until(Duration::from_secs(5), "the refusal is logged", || {
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&theirs) && l.contains(&mine) && l.contains("worker=h1/w0"))
+    });
+    // Several leases pass: our host takes it over again and parks it again, never runs it.
+    assert_eq!(
+        client.recv(lease * 4).unwrap(),
+        None,
+        "a foreign build ran the chunk"
+    );
+    assert_eq!(ours.stats().died, 0);
+    let their_host = HostOptions::new("foreign", OTHER_FP, run)
+        .host_id("h2")
+        .processes(1)
+        .lease(lease)
+        .claim_block(Duration::from_millis(100))
+        .timeouts(timeouts());
+    let _theirs = Host::start(&url, their_host).unwrap();
+    let got = recv_n(&mut client, 1, Duration::from_secs(10));
+    assert_eq!(
+        (got[0].outcome.clone(), got[0].consumer.as_str()),
+        (Outcome::Ok(b"x".to_vec()), "h2/w0")
+    );
+    assert_eq!(got[0].deliveries, 1, "refusals do not count as deliveries");
+}

@@ -1,0 +1,499 @@
+//! The protocol against a real redis-server, in one process: a broker and consumers playing
+//! workers and supervisors, with short leases and TTLs. The host's processes are tested in
+//! `hosts.rs`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{FP, OTHER_FP, broker, keys_of, plain, recv_n, timeouts, wait_until};
+use pool_cluster::{
+    Broker, BrokerError, BrokerOptions, ClaimError, ConnectError, Consumer, ConsumerOptions,
+    Outcome, RecvError, SubmitError,
+};
+use pool_testkit::RedisServer;
+
+fn consumer(url: &str, pool: &str, name: &str, lease: Duration) -> Consumer {
+    let options = ConsumerOptions::new(pool, name, FP)
+        .lease(lease)
+        .timeouts(timeouts());
+    Consumer::join(url, options).unwrap()
+}
+
+const LONG: Duration = Duration::from_secs(30);
+const BLOCK: Duration = Duration::from_millis(50);
+
+#[test]
+fn a_chunk_is_claimed_completed_and_received_exactly_once() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut client = broker(&url, "once");
+    let mut worker = consumer(&url, "once", "h1/w0", LONG);
+    let id = client.submit(7, 3, b"double", b"21").unwrap();
+    assert_eq!(client.outstanding(), 1);
+    let entry = worker.claim(BLOCK).unwrap().expect("the chunk");
+    assert_eq!(
+        (
+            entry.id,
+            entry.job,
+            entry.index,
+            entry.deliveries,
+            entry.tries
+        ),
+        (id, 7, 3, 1, 1)
+    );
+    assert_eq!(
+        (&entry.call[..], &entry.payload[..], entry.fingerprint),
+        (&b"double"[..], &b"21"[..], FP)
+    );
+    worker.complete(&entry, Ok(b"42")).unwrap();
+    let got = client
+        .recv(Duration::from_secs(5))
+        .unwrap()
+        .expect("its outcome");
+    assert_eq!(
+        (got.job, got.index, got.outcome, got.consumer.as_str()),
+        (7, 3, Outcome::Ok(b"42".to_vec()), "h1/w0")
+    );
+    assert_eq!(client.outstanding(), 0);
+    assert_eq!(client.recv(Duration::from_millis(50)).unwrap(), None);
+    assert_eq!(
+        worker.claim(BLOCK).unwrap(),
+        None,
+        "acknowledged: not delivered again"
+    );
+    let mut con = plain(&url);
+    let len: u64 = redis::cmd("XLEN")
+        .arg("pool:{once}:chunks")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(len, 0, "the finished chunk was deleted");
+    // The results the broker read are deleted with its next read.
+    assert_eq!(client.recv(Duration::ZERO).unwrap(), None);
+    let len: u64 = redis::cmd("XLEN")
+        .arg("pool:{once}:results")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(len, 0, "the read outcome was deleted");
+}
+
+#[test]
+fn the_window_bounds_outstanding_chunks_and_repeated_outcomes_are_dropped() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let options = BrokerOptions::new("window", FP)
+        .window(2)
+        .timeouts(timeouts());
+    let mut client = Broker::connect(&url, options).unwrap();
+    client.submit(1, 0, b"f", b"").unwrap();
+    assert!(matches!(
+        client.submit(1, 0, b"f", b""),
+        Err(SubmitError::Duplicate { job: 1, index: 0 })
+    ));
+    client.submit(1, 1, b"f", b"").unwrap();
+    assert!(matches!(
+        client.submit(1, 2, b"f", b""),
+        Err(SubmitError::WindowFull { window: 2 })
+    ));
+    let mut a = consumer(&url, "window", "h1/w0", LONG);
+    let first = a.claim(BLOCK).unwrap().unwrap();
+    // The same chunk ends twice (a host thought dead came back): one outcome is handed out.
+    a.complete(&first, Ok(b"first")).unwrap();
+    a.complete(&first, Ok(b"second")).unwrap();
+    let got = recv_n(&mut client, 1, Duration::from_secs(5));
+    assert_eq!(got[0].outcome, Outcome::Ok(b"first".to_vec()));
+    assert_eq!(client.recv(Duration::from_millis(100)).unwrap(), None);
+    assert_eq!(client.stats().stale, 1);
+    client.submit(1, 2, b"f", b"").unwrap();
+}
+
+#[test]
+fn garbage_entries_are_typed_errors_and_everyone_goes_on() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut client = broker(&url, "garbage");
+    let mut worker = consumer(&url, "garbage", "h1/w0", LONG);
+    let mut con = plain(&url);
+    let fp = FP.0.to_vec();
+    let garbage: Vec<Vec<(&str, Vec<u8>)>> = vec![
+        vec![("hello", b"world".to_vec())],
+        vec![
+            ("v", b"1".to_vec()),
+            ("job", b"-1".to_vec()),
+            ("idx", b"0".to_vec()),
+        ],
+        vec![
+            ("v", b"1".to_vec()),
+            ("job", b"99999999999999999999999".to_vec()),
+            ("idx", b"1".to_vec()),
+        ],
+        // Job and index readable, the fingerprint too short: a Malformed outcome for (5, 5).
+        vec![
+            ("v", b"1".to_vec()),
+            ("fp", vec![1; 31]),
+            ("job", b"5".to_vec()),
+            ("idx", b"5".to_vec()),
+            ("tries", b"1".to_vec()),
+            ("call", vec![]),
+            ("data", vec![]),
+        ],
+        vec![
+            ("v", b"2".to_vec()),
+            ("fp", fp.clone()),
+            ("job", b"5".to_vec()),
+            ("idx", b"6".to_vec()),
+            ("tries", b"1".to_vec()),
+            ("call", vec![]),
+            ("data", vec![]),
+        ],
+        vec![
+            ("v", b"1".to_vec()),
+            ("fp", fp.clone()),
+            ("job", b"5".to_vec()),
+            ("idx", b"7".to_vec()),
+            ("tries", b"0".to_vec()),
+            ("call", vec![]),
+            ("data", vec![]),
+        ],
+        vec![("v", b"1".to_vec()), ("v", b"1".to_vec())],
+    ];
+    for fields in &garbage {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("pool:{garbage}:chunks").arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(&v[..]);
+        }
+        let _: String = cmd.query(&mut con).unwrap();
+    }
+    client.submit(1, 0, b"good", b"").unwrap();
+    let mut errors = Vec::new();
+    let entry = loop {
+        match worker.claim(BLOCK) {
+            Ok(Some(entry)) => break entry,
+            Ok(None) => panic!("the good chunk never came; errors: {errors:?}"),
+            Err(ClaimError::Malformed { error, .. }) => errors.push(error.to_string()),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    };
+    assert_eq!(errors.len(), garbage.len(), "{errors:?}");
+    assert_eq!((entry.job, entry.index), (1, 0));
+    worker.complete(&entry, Ok(b"")).unwrap();
+    // Garbage in the results stream is an error about one entry; the broker goes on.
+    let _: String = redis::cmd("XADD")
+        .arg("pool:{garbage}:results")
+        .arg("*")
+        .arg("kind")
+        .arg("ok")
+        .query(&mut con)
+        .unwrap();
+    let mut outcomes = Vec::new();
+    let mut malformed = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while outcomes.is_empty() || malformed == 0 {
+        assert!(Instant::now() < deadline, "{outcomes:?} {malformed}");
+        match client.recv(Duration::from_millis(100)) {
+            Ok(Some(c)) => outcomes.push(c),
+            Ok(None) => {}
+            Err(RecvError::Malformed { .. }) => malformed += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(outcomes.len(), 1);
+    // The chunks with a readable place got a Malformed outcome each; the broker had not
+    // submitted them, so it drops them.
+    assert_eq!(client.stats().stale, 3);
+}
+
+#[test]
+fn a_chunk_of_another_build_is_parked_never_run_and_found_by_its_build() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let options = BrokerOptions::new("foreign", OTHER_FP).timeouts(timeouts());
+    let mut client = Broker::connect(&url, options).unwrap();
+    let lease = Duration::from_millis(200);
+    let mut ours = consumer(&url, "foreign", "h1/w0", lease);
+    client.submit(1, 0, b"f", b"").unwrap();
+    let parked = Instant::now();
+    match ours.claim(BLOCK) {
+        Err(e @ ClaimError::Foreign { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&OTHER_FP.to_string()) && text.contains(&FP.to_string()),
+                "{text}"
+            );
+        }
+        other => panic!("expected Foreign, got {other:?}"),
+    }
+    assert_eq!(
+        ours.claim(BLOCK).unwrap(),
+        None,
+        "parked, not delivered again at once"
+    );
+    let mut con = plain(&url);
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg("pool:{foreign}:chunks")
+        .arg("hosts")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].1.as_str(), pending[0].3),
+        ("parked", 0),
+        "delivery undone"
+    );
+    let theirs_options = ConsumerOptions::new("foreign", "h2/w0", OTHER_FP)
+        .lease(lease)
+        .timeouts(timeouts());
+    let mut theirs = Consumer::join(&url, theirs_options).unwrap();
+    let start = Instant::now();
+    let entry = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "its build never got it"
+        );
+        if let Some(entry) = theirs.claim(BLOCK).unwrap() {
+            break entry;
+        }
+    };
+    assert!(parked.elapsed() >= lease, "taken over only after the lease");
+    assert_eq!(entry.deliveries, 1, "the foreign delivery did not count");
+    theirs.complete(&entry, Ok(b"ran")).unwrap();
+    assert_eq!(
+        recv_n(&mut client, 1, Duration::from_secs(5))[0].consumer,
+        "h2/w0"
+    );
+}
+
+#[test]
+fn a_dead_workers_chunk_fails_at_once_or_goes_to_its_heir() {
+    let server = RedisServer::start();
+    let url = server.url();
+    for tries in [1, 2] {
+        let pool = format!("heir{tries}");
+        let options = BrokerOptions::new(&pool, FP)
+            .tries(tries)
+            .timeouts(timeouts());
+        let mut client = Broker::connect(&url, options).unwrap();
+        let mut dead = consumer(&url, &pool, "h1/w0", LONG);
+        let mut supervisor = consumer(&url, &pool, "h1/supervisor", LONG);
+        client.submit(1, 0, b"f", b"").unwrap();
+        assert!(dead.claim(BLOCK).unwrap().is_some());
+        drop(dead);
+        let report = supervisor.fail_lost("h1/w0", Some("h1/w0.1")).unwrap();
+        if tries == 1 {
+            assert_eq!(report.failed, vec![(1, 0)]);
+            let got = recv_n(&mut client, 1, Duration::from_secs(5));
+            assert_eq!(
+                (got[0].outcome.clone(), got[0].deliveries),
+                (Outcome::WorkerLost, 1)
+            );
+        } else {
+            assert_eq!(report.handed, vec![(1, 0)]);
+            let mut heir = consumer(&url, &pool, "h1/w0.1", LONG);
+            let entry = heir.claim(BLOCK).unwrap().expect("handed to the heir");
+            assert_eq!(entry.deliveries, 2);
+            heir.complete(&entry, Ok(b"")).unwrap();
+            assert_eq!(
+                recv_n(&mut client, 1, Duration::from_secs(5))[0].deliveries,
+                2
+            );
+        }
+        assert!(supervisor.pending("h1/w0").unwrap().is_empty());
+    }
+}
+
+#[test]
+fn expired_leases_are_taken_over_and_used_up_tries_fail() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let lease = Duration::from_millis(200);
+    for tries in [1, 2] {
+        let pool = format!("lease{tries}");
+        let options = BrokerOptions::new(&pool, FP)
+            .tries(tries)
+            .timeouts(timeouts());
+        let mut client = Broker::connect(&url, options).unwrap();
+        let mut vanished = consumer(&url, &pool, "h1/w0", lease);
+        client.submit(1, 0, b"f", b"").unwrap();
+        assert!(vanished.claim(BLOCK).unwrap().is_some());
+        let mut other = consumer(&url, &pool, "h2/w0", lease);
+        let start = Instant::now();
+        let mut ran = None;
+        while client.outstanding() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "never taken over");
+            if let Some(entry) = other.claim(BLOCK).unwrap() {
+                assert!(start.elapsed() >= lease - Duration::from_millis(60));
+                other.complete(&entry, Ok(b"")).unwrap();
+                ran = Some(entry.deliveries);
+            }
+            if let Some(c) = client.recv(Duration::ZERO).unwrap() {
+                let expected = if tries == 1 {
+                    Outcome::WorkerLost
+                } else {
+                    Outcome::Ok(vec![])
+                };
+                assert_eq!(c.outcome, expected);
+            }
+        }
+        assert_eq!(ran, (tries == 2).then_some(2));
+    }
+}
+
+#[test]
+fn renewed_leases_are_not_taken_over() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let lease = Duration::from_millis(150);
+    let mut client = broker(&url, "renew");
+    let mut busy = consumer(&url, "renew", "h1/w0", lease);
+    let mut supervisor = consumer(&url, "renew", "h1/supervisor", lease);
+    let mut thief = consumer(&url, "renew", "h2/w0", lease);
+    client.submit(1, 0, b"f", b"").unwrap();
+    let entry = busy.claim(BLOCK).unwrap().unwrap();
+    let until = Instant::now() + lease * 5;
+    while Instant::now() < until {
+        assert_eq!(supervisor.renew_all(&["h1/w0"]).unwrap(), 1);
+        assert_eq!(
+            thief.claim(lease / 3).unwrap(),
+            None,
+            "a renewed lease was taken over"
+        );
+    }
+    assert_eq!(busy.renew(&[entry.id]).unwrap(), 1);
+    busy.complete(&entry, Ok(b"")).unwrap();
+    assert_eq!(busy.renew(&[entry.id]).unwrap(), 0, "no longer pending");
+}
+
+#[test]
+fn an_abandoned_jobs_chunks_are_not_started() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut client = broker(&url, "abandon");
+    for index in 0..3 {
+        client.submit(1, index, b"f", b"").unwrap();
+    }
+    client.submit(2, 0, b"f", b"").unwrap();
+    assert_eq!(client.abandon(1).unwrap(), 3);
+    assert_eq!(client.outstanding(), 1);
+    let mut worker = consumer(&url, "abandon", "h1/w0", LONG);
+    let entry = worker.claim(BLOCK).unwrap().unwrap();
+    assert_eq!(entry.job, 2);
+    assert_eq!(worker.claim(BLOCK).unwrap(), None);
+}
+
+#[test]
+fn a_gone_clients_keys_expire_and_hosts_do_not_bring_them_back() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let ttl = Duration::from_millis(300);
+    let options = BrokerOptions::new("ttl", FP).ttl(ttl).timeouts(timeouts());
+    let mut client = Broker::connect(&url, options).unwrap();
+    client.submit(1, 0, b"f", b"").unwrap();
+    let mut worker = consumer(&url, "ttl", "h1/w0", Duration::from_millis(100));
+    let entry = worker.claim(BLOCK).unwrap().unwrap();
+    let mut con = plain(&url);
+    assert_eq!(keys_of(&mut con, "ttl").len(), 3);
+    let gone = Instant::now();
+    drop(client);
+    wait_until(ttl * 4, "the keys expire", || {
+        keys_of(&mut con, "ttl").is_empty()
+    });
+    assert!(gone.elapsed() >= ttl - Duration::from_millis(50));
+    // A worker finishing late, renewing, claiming: nothing comes back.
+    worker.complete(&entry, Ok(b"late")).unwrap();
+    assert_eq!(worker.renew(&[entry.id]).unwrap(), 0);
+    assert!(matches!(worker.claim(BLOCK), Err(ClaimError::NoPool)));
+    assert!(keys_of(&mut con, "ttl").is_empty());
+}
+
+#[test]
+fn a_second_client_of_a_live_pool_is_refused() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let client = broker(&url, "mine");
+    match Broker::connect(&url, BrokerOptions::new("mine", FP).timeouts(timeouts())) {
+        Err(ConnectError::InUse { holder, .. }) => assert_eq!(holder, client.client_id()),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    client.close().unwrap();
+    broker(&url, "mine");
+    assert!(matches!(
+        Broker::connect(&url, BrokerOptions::new("bad name", FP)),
+        Err(ConnectError::Name(_))
+    ));
+}
+
+#[test]
+fn passwords_and_acl_users_come_from_the_url() {
+    let server = RedisServer::start_with(&[
+        "--requirepass",
+        "s3cret",
+        "--user",
+        "alice",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let port = server.port();
+    let refused = Broker::connect(
+        &server.url(),
+        BrokerOptions::new("auth", FP).timeouts(timeouts()),
+    );
+    assert!(
+        matches!(refused, Err(ConnectError::Redis(_))),
+        "{refused:?}"
+    );
+    broker(&format!("redis://:s3cret@127.0.0.1:{port}/0"), "auth");
+    broker(&format!("redis://alice:pw@127.0.0.1:{port}/0"), "auth2");
+    let wrong = Broker::connect(
+        &format!("redis://alice:nope@127.0.0.1:{port}/0"),
+        BrokerOptions::new("auth3", FP),
+    );
+    assert!(matches!(wrong, Err(ConnectError::Redis(_))), "{wrong:?}");
+}
+
+#[test]
+fn a_dead_redis_is_a_typed_error_in_bounded_time() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let mut client = broker(&url, "dies");
+    let mut worker = consumer(&url, "dies", "h1/w0", LONG);
+    client.submit(1, 0, b"f", b"").unwrap();
+    server.kill();
+    let start = Instant::now();
+    let error = client.recv(Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(error, RecvError::Redis(_)), "{error:?}");
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the redis error is the source"
+    );
+    assert!(matches!(
+        client.submit(1, 1, b"f", b""),
+        Err(SubmitError::Redis(_))
+    ));
+    assert!(matches!(
+        worker.claim(Duration::from_secs(10)),
+        Err(ClaimError::Redis(_))
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    // Back, empty: the old broker learns its pool is lost; a new one works.
+    server.restart();
+    assert!(matches!(client.heartbeat(), Err(BrokerError::Lost)));
+    let mut client = broker(&url, "dies");
+    client.submit(1, 0, b"f", b"").unwrap();
+    let entry = worker
+        .claim(Duration::from_secs(1))
+        .unwrap()
+        .expect("the worker reconnected");
+    worker.complete(&entry, Ok(b"")).unwrap();
+    recv_n(&mut client, 1, Duration::from_secs(5));
+}
