@@ -31,6 +31,7 @@ mod bytes;
 mod connection;
 mod error;
 mod handles;
+mod listener;
 mod pool;
 mod process;
 mod queue;
@@ -46,6 +47,7 @@ pub use connection::{
     wait, wait_timeout,
 };
 pub use error::{CodecError, Error};
+pub use listener::{Address, AuthError, Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener, connect};
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_core::Stats;
 pub use pool_ipc::SpawnError;
