@@ -383,10 +383,8 @@ impl Listener {
             };
             match accepted {
                 Ok(fd) => {
-                    return open(fd, self.authkey.as_deref(), auth::Side::Listener, {
-                        self.handshake_timeout
-                    })
-                    .map(Some);
+                    let (key, timeout) = (self.authkey.as_deref(), self.handshake_timeout);
+                    return open(fd, key, auth::Side::Listener, timeout).map(Some);
                 }
                 // Nothing pending, or a connection reset before we took it: wait for the next.
                 Err(e)
