@@ -239,7 +239,12 @@ struct ShmEnd {
 const SHM_POLL_SLICE: Duration = Duration::from_millis(1);
 
 impl Connection {
-    fn over_socket(chan: Channel) -> Connection {
+    /// An end over a connected stream socket's channel (a pipe's, or a [`Listener`]'s or
+    /// [`Client`]'s socket).
+    ///
+    /// [`Listener`]: crate::Listener
+    /// [`Client`]: crate::Client
+    pub(crate) fn over_socket(chan: Channel) -> Connection {
         Connection {
             chan,
             scratch: Vec::new(),

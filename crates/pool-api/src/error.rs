@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::connection::{RecvError, SendError};
+use crate::listener::AuthError;
 use crate::queue::QueueError;
 use crate::sync::SyncError;
 use crate::values::ShmError;
@@ -129,6 +130,10 @@ pub enum Error {
     /// Receiving on a pipe's connection failed.
     #[error(transparent)]
     Recv(#[from] RecvError),
+    /// A [`Listener`](crate::Listener) or [`Client`](crate::Client) connection failed its
+    /// authentication handshake (Python's `AuthenticationError`).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl PartialEq for Error {
@@ -186,6 +191,7 @@ impl PartialEq for Error {
             (SharedMemory(a), SharedMemory(b)) => a == b,
             (Send(a), Send(b)) => a == b,
             (Recv(a), Recv(b)) => a == b,
+            (Auth(a), Auth(b)) => a == b,
             _ => false,
         }
     }

@@ -32,6 +32,7 @@ mod connection;
 mod error;
 pub mod futures;
 mod handles;
+mod listener;
 mod pool;
 mod process;
 mod queue;
@@ -47,6 +48,7 @@ pub use connection::{
     wait, wait_timeout,
 };
 pub use error::{CodecError, Error};
+pub use listener::{Address, AuthError, Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener, connect};
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_core::Stats;
 pub use pool_ipc::SpawnError;
