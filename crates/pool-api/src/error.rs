@@ -43,7 +43,12 @@ use crate::values::ShmError;
 #[non_exhaustive]
 pub enum Error {
     /// The task panicked in its worker (the worker survives and takes the next task).
-    #[error("task panicked in worker {pid}: {message}{}", location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    #[error(
+        "task panicked in worker {pid}: {message}{}{}",
+        location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default(),
+        backtrace.as_ref().map(|b| format!("\n\nworker backtrace:\n{b}")).unwrap_or_default()
+    )]
+    #[non_exhaustive]
     Panicked {
         /// The panic message.
         message: String,
@@ -51,6 +56,10 @@ pub enum Error {
         location: Option<String>,
         /// The worker's pid (for a [`ThreadPool`](crate::ThreadPool), this process's).
         pid: u32,
+        /// The worker's backtrace at the panic, when the worker captured one: with
+        /// `RUST_BACKTRACE=1` (or `RUST_LIB_BACKTRACE=1`) in the environment the pool's workers
+        /// start with, as CPython carries the remote traceback as the exception's cause.
+        backtrace: Option<String>,
     },
     /// The worker running the task exited (crash, SIGKILL, `abort`, `exit`) before finishing
     /// it. The worker was replaced; other tasks go on. For a
@@ -145,13 +154,15 @@ impl PartialEq for Error {
                     message: m1,
                     location: l1,
                     pid: p1,
+                    backtrace: b1,
                 },
                 Panicked {
                     message: m2,
                     location: l2,
                     pid: p2,
+                    backtrace: b2,
                 },
-            ) => (m1, l1, p1) == (m2, l2, p2),
+            ) => (m1, l1, p1, b1) == (m2, l2, p2, b2),
             (
                 WorkerLost {
                     pid: p1,

@@ -535,6 +535,7 @@ impl<R: DeserializeOwned> ProcessHandle<R> {
                 message: panic.message,
                 location: panic.location,
                 pid: self.pid,
+                backtrace: panic.backtrace,
             }),
             None => Err(lost),
         }

@@ -51,6 +51,8 @@ pub(crate) struct Call {
 pub(crate) struct Panic {
     pub(crate) message: String,
     pub(crate) location: Option<String>,
+    /// The backtrace at the panic, if one was captured (`RUST_BACKTRACE`).
+    pub(crate) backtrace: Option<String>,
 }
 
 /// Functions of several arguments, for [`Pool::starmap`](crate::Pool::starmap): each item is
@@ -106,12 +108,23 @@ pub(crate) fn install_panic_hook() {
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        let panic = Panic { message, location };
+        let panic = Panic {
+            message,
+            location,
+            backtrace: captured_backtrace(),
+        };
         if let Some(report) = REPORT_PANIC.get() {
             report(&panic);
         }
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(panic));
     }));
+}
+
+/// The backtrace here, as text, when the environment asks for one (`RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE`), as std's own hook prints one only then.
+pub(crate) fn captured_backtrace() -> Option<String> {
+    let backtrace = std::backtrace::Backtrace::capture();
+    (backtrace.status() == std::backtrace::BacktraceStatus::Captured).then(|| backtrace.to_string())
 }
 
 /// Called by the panic hook with every panic, before unwinding (or aborting) starts.
@@ -143,6 +156,7 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
             .unwrap_or_else(|| Panic {
                 message: panic_message(&*payload),
                 location: None,
+                backtrace: None,
             })
     })
 }

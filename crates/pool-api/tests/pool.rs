@@ -131,6 +131,7 @@ fn a_panic_that_aborts_the_worker_is_still_reported_as_a_panic(cell: Cell) {
             message,
             location,
             pid,
+            ..
         } => {
             assert_eq!(message, "deliberate panic 7 with nowhere to unwind");
             assert!(
@@ -283,6 +284,7 @@ fn a_panic_comes_back_from_get_and_the_worker_survives(cell: Cell) {
             message,
             location,
             pid,
+            ..
         }) => {
             assert_eq!(message, "odd input 3");
             assert!(location.unwrap().contains("pool.rs"));

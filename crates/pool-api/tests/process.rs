@@ -318,3 +318,35 @@ fn forkserver_processes_behave_as_spawned_ones() {
     let forked = Process::fork(|| {}).start_method(StartMethod::Spawn);
     assert!(matches!(forked.start(), Err(Error::InvalidArgument(_))));
 }
+
+fn panics_with_a_backtrace(_: ()) -> u32 {
+    panic!("deliberate panic to carry a backtrace")
+}
+
+/// In a child of its own (so that the environment can be changed before any other thread
+/// starts): a pool whose workers run with `RUST_BACKTRACE=1` carries the worker's backtrace
+/// to the caller's error.
+fn pool_error_carries_the_workers_backtrace(_: ()) -> Option<String> {
+    // SAFETY: this child process runs only this function, and has started no thread of its
+    // own that reads the environment yet.
+    unsafe { std::env::set_var("RUST_BACKTRACE", "1") };
+    let pool = pool_api::Pool::new(1).unwrap();
+    match pool.apply(panics_with_a_backtrace, ()) {
+        Err(e @ Error::Panicked { .. }) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_workers_panic_carries_its_backtrace_when_rust_backtrace_is_set() {
+    // CPython carries the remote traceback as the exception's cause.
+    let shown = Process::new(pool_error_carries_the_workers_backtrace, ())
+        .unwrap()
+        .start()
+        .unwrap()
+        .join()
+        .unwrap()
+        .expect("a Panicked error");
+    assert!(shown.contains("worker backtrace:"), "{shown}");
+    assert!(shown.contains("panics_with_a_backtrace"), "{shown}");
+}

@@ -157,6 +157,7 @@ fn a_panic_is_reported_with_its_location_and_the_thread_survives() {
             message,
             location,
             pid,
+            ..
         } => {
             assert_eq!(message, "odd input 3");
             let location = location.expect("a location");

@@ -469,6 +469,7 @@ impl Shared {
                     message: message.clone(),
                     location: location.clone(),
                     pid: pid(worker),
+                    backtrace: None,
                 },
                 None => Error::WorkerLost {
                     pid: pid(worker),

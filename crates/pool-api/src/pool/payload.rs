@@ -245,6 +245,7 @@ fn decode_each<R: DeserializeOwned>(
                     message: p.message,
                     location: p.location,
                     pid,
+                    backtrace: p.backtrace,
                 }));
             }
             _ => {
@@ -426,6 +427,7 @@ mod tests {
         Panic {
             message: message.into(),
             location: None,
+            backtrace: None,
         }
     }
 

@@ -67,6 +67,7 @@ fn install_hook() {
                     location: info
                         .location()
                         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+                    backtrace: crate::task::captured_backtrace(),
                 };
                 let _ = CAUGHT.try_with(|c| *c.borrow_mut() = Some(caught));
             } else {
@@ -89,6 +90,7 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
             .unwrap_or_else(|| Panic {
                 message: panic_message(&*payload),
                 location: None,
+                backtrace: None,
             })
     })
 }
@@ -99,6 +101,7 @@ fn run_item<A, R>(f: &(dyn Fn(A) -> R + Send + Sync), item: A) -> Outcome<R> {
         message: p.message,
         location: p.location,
         pid: std::process::id(),
+        backtrace: p.backtrace,
     })
 }
 
