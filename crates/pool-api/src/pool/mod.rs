@@ -667,8 +667,31 @@ impl PoolBuilder {
     }
 
     /// Python's `initializer` and `initargs`: `f(args)` runs once in every worker before its
-    /// first task, replacements included. If it panics in three workers in a row, the pool
-    /// stops starting workers and fails its work with [`Error::InitializerFailed`].
+    /// first task, replacements included.
+    ///
+    /// # When the pool gives up
+    ///
+    /// - **The initializer panics** (or its arguments cannot be decoded) in three workers in
+    ///   a row (no worker became ready in between): the pool is broken for good. It stops
+    ///   starting workers, the work not yet sent to a worker fails with
+    ///   [`Error::InitializerFailed`] carrying the panic's message, and so does every later
+    ///   call. Workers that were already serving finish what they hold and are retired.
+    /// - **A worker fails to start for another reason**: the spawn fails (out of descriptors,
+    ///   memory or processes, the executable cannot run), or the worker dies or is killed
+    ///   before its initializer returned (the OOM killer, a signal, an initializer that
+    ///   aborts the process). The pool never gives up for this: it starts the worker again
+    ///   after a backoff (10 ms, doubling, at most 1 s; each retry is logged through
+    ///   `tracing` at `warn`), keeps serving with the workers it has, and keeps queued tasks
+    ///   in their place; the count of initializer failures is not touched. Only while the
+    ///   pool has no serving worker at all, for longer than 10 s (pool-core's
+    ///   `Config::unavailable_after`) with starts still failing, do the queued tasks and the
+    ///   tasks submitted while that lasts fail with [`Error::Start`], whose source is the
+    ///   last start failure (the OS error, or `SpawnError::ChildExited` with the exit
+    ///   status). The retries go on, and as soon as a worker is ready, new work runs
+    ///   normally. [`Pool::stats`] counts the failed starts (`start_failures`).
+    ///
+    /// `build` waits for the initial workers' spawns, not for their initializers: a failing
+    /// initializer shows on the first task, not in `build`.
     pub fn initializer<A>(mut self, f: fn(A), args: A) -> PoolBuilder
     where
         A: Serialize + DeserializeOwned,
@@ -736,7 +759,19 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// Starts the workers, and waits until each has been spawned (its process runs and
+    /// answered the start-up handshake; its initializer may still be running). The spawns run
+    /// in parallel, so this takes about one spawn.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Start`] if an initial worker cannot be spawned (the descriptor or process
+    /// limit is reached, the executable cannot run, the child dies during the handshake): the
+    /// source is pool-ipc's [`SpawnError`](pool_ipc::SpawnError), with the OS error below it
+    /// where there is one. The workers already started are killed and reaped before `build`
+    /// returns. An initializer that fails does not fail `build`: see
+    /// [`PoolBuilder::initializer`]. [`Error::InvalidArgument`] for settings that make no
+    /// sense.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
             Some(n) => n,
@@ -764,11 +799,23 @@ impl PoolBuilder {
             start_method: self.start_method,
         };
         let transport = self.transport;
-        Ok(Pool {
+        let handshake_timeout = self.handshake_timeout;
+        let pool = Pool {
             shared: Shared::start(sched, setup),
             processes,
             transport,
-        })
+        };
+        // Each spawn is bounded by the handshake timeout, and they run in parallel.
+        if let Err(e) = pool
+            .shared
+            .wait_booted(handshake_timeout.saturating_add(Duration::from_secs(5)))
+        {
+            // Kill the workers already started and wait for their exits: nothing is left.
+            pool.shared.terminate();
+            let _ = pool.shared.join();
+            return Err(Error::Start(e));
+        }
+        Ok(pool)
     }
 }
 
