@@ -104,7 +104,9 @@ pub enum Error {
     /// From a [`Pool`](crate::Pool) it comes in two places only: from
     /// [`PoolBuilder::build`](crate::PoolBuilder::build) when an initial worker cannot be
     /// spawned (the workers already started are killed first), and for tasks while the pool
-    /// has had no serving worker for longer than 10 s and worker starts keep failing (see
+    /// has had no serving worker for longer than
+    /// [`PoolBuilder::unavailable_after`](crate::PoolBuilder::unavailable_after) (10 s by
+    /// default) and worker starts keep failing (see
     /// [`PoolBuilder::initializer`](crate::PoolBuilder::initializer) for when exactly); the
     /// source is then the last start failure. That pool keeps retrying and serves new work
     /// again once a worker starts: the error is not permanent, unlike

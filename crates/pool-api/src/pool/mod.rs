@@ -87,6 +87,7 @@ pub struct PoolBuilder {
     chunks_per_worker: u32,
     handshake_timeout: Duration,
     start_method: StartMethod,
+    unavailable_after: Option<Duration>,
 }
 
 impl Pool {
@@ -106,6 +107,7 @@ impl Pool {
             chunks_per_worker: 16,
             handshake_timeout: Duration::from_secs(30),
             start_method: StartMethod::Spawn,
+            unavailable_after: None,
         }
     }
 
@@ -683,8 +685,8 @@ impl PoolBuilder {
     ///   after a backoff (10 ms, doubling, at most 1 s; each retry is logged through
     ///   `tracing` at `warn`), keeps serving with the workers it has, and keeps queued tasks
     ///   in their place; the count of initializer failures is not touched. Only while the
-    ///   pool has no serving worker at all, for longer than 10 s (pool-core's
-    ///   `Config::unavailable_after`) with starts still failing, do the queued tasks and the
+    ///   pool has no serving worker at all, for longer than 10 s
+    ///   ([`PoolBuilder::unavailable_after`]) with starts still failing, do the queued tasks and the
     ///   tasks submitted while that lasts fail with [`Error::Start`], whose source is the
     ///   last start failure (the OS error, or `SpawnError::ChildExited` with the exit
     ///   status). The retries go on, and as soon as a worker is ready, new work runs
@@ -759,6 +761,23 @@ impl PoolBuilder {
         self
     }
 
+    /// How long the pool may go without a serving worker, while worker starts keep failing
+    /// for reasons other than the initializer, before tasks fail with [`Error::Start`]
+    /// (default 10 s).
+    ///
+    /// A worker that cannot start (out of descriptors, memory or processes; killed before its
+    /// initializer returned) is started again after a backoff (10 ms, doubling, at most 1 s),
+    /// for as long as the pool lives; meanwhile the workers that serve take the work. Once no
+    /// worker has served (ready, or finishing its last chunks) for `after`, and starts are
+    /// still failing, the tasks waiting in the queue, the items of a `map` not yet sent, and
+    /// every task submitted while that lasts fail with [`Error::Start`] (its source: the last
+    /// start failure). The first worker that starts ends it; later tasks run normally. See
+    /// [`PoolBuilder::initializer`] for the failures that do break a pool.
+    pub fn unavailable_after(mut self, after: Duration) -> PoolBuilder {
+        self.unavailable_after = Some(after);
+        self
+    }
+
     /// Starts the workers, and waits until each has been spawned (its process runs and
     /// answered the start-up handshake; its initializer may still be running). The spawns run
     /// in parallel, so this takes about one spawn.
@@ -785,6 +804,9 @@ impl PoolBuilder {
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         config.chunks_per_worker = self.chunks_per_worker;
         config.task_time_limit = self.time_limit;
+        if let Some(after) = self.unavailable_after {
+            config.unavailable_after = after;
+        }
         let sched = Scheduler::new(config, Time::ZERO)?;
         let (initializer, initializer_fds) = match self.initializer.transpose()? {
             Some((call, bytes, fds)) => (Some((call, bytes)), fds),
