@@ -117,7 +117,19 @@ pub enum Error {
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// A process (a worker, a [`Process`](crate::Process)) could not be started; the
-    /// source says why (an OS error, a function that cannot travel, ...).
+    /// source says why (an OS error, a function that cannot travel, a child that died during
+    /// start-up: `SpawnError::ChildExited` with its exit status, ...).
+    ///
+    /// From a [`Pool`](crate::Pool) it comes in two places only: from
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) when an initial worker cannot be
+    /// spawned (the workers already started are killed first), and for tasks while the pool
+    /// has had no serving worker for longer than
+    /// [`PoolBuilder::unavailable_after`](crate::PoolBuilder::unavailable_after) (10 s by
+    /// default) and worker starts keep failing (see
+    /// [`PoolBuilder::initializer`](crate::PoolBuilder::initializer) for when exactly); the
+    /// source is then the last start failure. That pool keeps retrying and serves new work
+    /// again once a worker starts: the error is not permanent, unlike
+    /// [`Error::InitializerFailed`].
     #[error("cannot start a process: {0}")]
     Start(#[source] Arc<pool_ipc::SpawnError>),
     /// The OS refused something (a channel, a wait); the `io::Error` is the source.

@@ -17,8 +17,10 @@ pub enum Command {
     /// [`handle_worker_started`](crate::Scheduler::handle_worker_started) once it is ready
     /// (its initializer ran), or with
     /// [`handle_worker_init_failed`](crate::Scheduler::handle_worker_init_failed); in every
-    /// case report its exit with [`handle_worker_exited`](crate::Scheduler::handle_worker_exited)
-    /// (a spawn that fails is reported as an exit).
+    /// case report its exit with [`handle_worker_exited`](crate::Scheduler::handle_worker_exited).
+    /// A spawn that fails (no process, or one that died before the driver got hold of it) is
+    /// reported with [`handle_worker_start_failed`](crate::Scheduler::handle_worker_start_failed)
+    /// instead of an exit.
     Spawn {
         /// The new worker's id.
         worker: WorkerId,
@@ -111,6 +113,12 @@ pub enum ChunkFailure {
     Cancelled,
     /// Workers could not be started; the message is the last initializer failure.
     InitializerFailed(Arc<str>),
+    /// The pool had no serving worker for longer than
+    /// [`Config::unavailable_after`](crate::Config::unavailable_after) while worker starts kept
+    /// failing for a reason other than the initializer (the spawn failed, the worker died
+    /// during start-up); the text is the last start failure's reason. The pool keeps retrying
+    /// and recovers by itself.
+    StartFailed(Arc<str>),
 }
 
 impl fmt::Display for ChunkFailure {
@@ -126,6 +134,9 @@ impl fmt::Display for ChunkFailure {
             ChunkFailure::Cancelled => f.write_str("the task was cancelled"),
             ChunkFailure::InitializerFailed(msg) => {
                 write!(f, "the pool's worker initializer failed: {msg}")
+            }
+            ChunkFailure::StartFailed(reason) => {
+                write!(f, "no worker of the pool could be started: {reason}")
             }
         }
     }

@@ -35,9 +35,25 @@ pub struct Config {
     /// catches a stopped worker that would otherwise sit on queued chunks. `None`: the task
     /// time limit of the chunk at the head of the worker's queue is used, if any.
     pub start_timeout: Option<Duration>,
-    /// Consecutive failed worker starts (initializer failed, or the worker died before it was
-    /// ready) after which the pool stops respawning and fails its work. Must be at least 1.
+    /// Consecutive initializer failures (a worker reported
+    /// [`handle_worker_init_failed`](crate::Scheduler::handle_worker_init_failed)) after which
+    /// the pool is *broken*: it stops respawning, fails the work it has not dispatched with
+    /// [`ChunkFailure::InitializerFailed`](crate::ChunkFailure::InitializerFailed) and refuses
+    /// new work. A start that fails for another reason (the spawn failed, the worker died or
+    /// was killed before it was ready) does not count: it is retried with backoff (see
+    /// [`Config::unavailable_after`]). A worker that becomes ready resets the count. Must be
+    /// at least 1.
     pub max_failed_starts: u32,
+    /// How long the pool may have no serving worker (none ready or finishing its chunks) while
+    /// worker starts keep failing for reasons other than the initializer, before the work it
+    /// holds fails. Past it, the chunks waiting in the queue, the items of its jobs not yet
+    /// read, and the work submitted while the outage lasts fail with
+    /// [`ChunkFailure::StartFailed`](crate::ChunkFailure::StartFailed) (the last start
+    /// failure's reason). The pool never gives up: it keeps retrying with backoff (10 ms,
+    /// doubling, at most 1 s, less a deterministic jitter of up to a quarter), and once a
+    /// worker is ready again new work runs normally. A pool with a serving worker never fails
+    /// work because replacements fail to start. Default 10 s.
+    pub unavailable_after: Duration,
 }
 
 impl Config {
@@ -51,6 +67,7 @@ impl Config {
             task_time_limit: None,
             start_timeout: None,
             max_failed_starts: 3,
+            unavailable_after: Duration::from_secs(10),
         }
     }
 

@@ -21,6 +21,17 @@
 //! - A worker never holds more chunks than its window, nor gets more than
 //!   `max_tasks_per_child` chunks in its life; nothing is dispatched after `terminate`.
 //!
+//! # When starts fail
+//!
+//! An initializer that fails ([`Scheduler::handle_worker_init_failed`]) counts toward
+//! [`Config::max_failed_starts`] in a row; then the pool is broken
+//! ([`ChunkFailure::InitializerFailed`], [`SubmitError::InitializerFailed`]). A start that
+//! fails otherwise ([`Scheduler::handle_worker_start_failed`], or an exit before the worker
+//! was ready) is retried after a backoff that [`Scheduler::poll_timeout`] includes; it never
+//! breaks the pool and never retires a worker. While no worker serves for longer than
+//! [`Config::unavailable_after`] and starts keep failing, queued and newly submitted work fails
+//! with [`ChunkFailure::StartFailed`]; the first worker ready ends that.
+//!
 //! # Why chunks carry no payload
 //!
 //! The scheduler moves ids only: the driver keeps the encoded arguments of a chunk (keyed by
@@ -77,6 +88,27 @@ pub struct Stats {
     pub timed_out: u64,
     /// Chunks given back to the queue (worker lost before starting them, or recalled).
     pub requeued: u64,
+    /// Worker starts that failed for a reason other than the initializer (the spawn failed,
+    /// the worker died before it was ready); each is retried after a backoff.
+    pub start_failures: u64,
+}
+
+/// The first retry of a failed start waits this long; each further failure in a row doubles
+/// it, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest wait between retries of failed starts.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before the next start after `streak` failed starts in a row (`streak` ≥ 1), the
+/// last one of `worker`: 10 ms doubling up to 1 s, less up to a quarter of it, derived from
+/// the worker's id (pool-core has no randomness: any spread that differs from one failure to
+/// the next keeps pools that failed together from retrying in lockstep).
+fn retry_delay(streak: u32, worker: WorkerId) -> Duration {
+    let doublings = streak.saturating_sub(1).min(16);
+    let base = RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX);
+    // Fibonacci hashing of the id: 10 well-mixed bits, 0..1024.
+    let mixed = (u64::from(worker.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32;
+    base - base * mixed / 4096
 }
 
 #[derive(Debug)]
@@ -168,9 +200,20 @@ impl Job {
 pub struct Scheduler {
     config: Config,
     lifecycle: Lifecycle,
-    /// Set once worker starts failed `max_failed_starts` times in a row: the last message.
+    /// Set once initializers failed `max_failed_starts` times in a row: the last message.
     broken: Option<Arc<str>>,
+    /// Initializer failures since a worker was last ready.
     failed_starts: u32,
+    /// Starts failed for other reasons since a worker was last ready, and the last reason.
+    start_streak: u32,
+    last_start_failure: Option<Arc<str>>,
+    /// No worker is spawned before this time (the backoff after a failed start).
+    retry_at: Option<Time>,
+    /// Since when no worker has been serving (ready or retiring), if none is.
+    idle_since: Option<Time>,
+    /// Set while the pool is unavailable: no serving worker for longer than
+    /// `unavailable_after` while starts kept failing. The last start failure's reason.
+    outage: Option<Arc<str>>,
     next_worker: u32,
     next_job: u64,
     workers: BTreeMap<WorkerId, Worker>,
@@ -204,6 +247,11 @@ impl Scheduler {
             lifecycle: Lifecycle::Running,
             broken: None,
             failed_starts: 0,
+            start_streak: 0,
+            last_start_failure: None,
+            retry_at: None,
+            idle_since: None,
+            outage: None,
             next_worker: 1,
             next_job: 0,
             workers: BTreeMap::new(),
@@ -229,7 +277,15 @@ impl Scheduler {
 
     /// When [`Scheduler::handle_timeout`] must be called next, if a deadline is pending.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.workers.values().filter_map(|w| self.deadline(w)).min()
+        let retry = self
+            .retry_at
+            .filter(|_| self.workers.len() < self.wanted_workers() as usize);
+        self.workers
+            .values()
+            .filter_map(|w| self.deadline(w))
+            .chain(retry)
+            .chain(self.outage_deadline())
+            .min()
     }
 
     /// The pool's settings.
@@ -260,6 +316,18 @@ impl Scheduler {
     /// The initializer failure that stopped the pool from respawning, if it happened.
     pub fn broken(&self) -> Option<&Arc<str>> {
         self.broken.as_ref()
+    }
+
+    /// While the pool is unavailable (no serving worker for longer than
+    /// [`Config::unavailable_after`] while starts keep failing), the last start failure's
+    /// reason: work fails with [`ChunkFailure::StartFailed`] until a worker is ready again.
+    pub fn unavailable(&self) -> Option<&Arc<str>> {
+        self.outage.as_ref()
+    }
+
+    /// The worker's state, if it is live.
+    pub fn worker_state(&self, worker: WorkerId) -> Option<WorkerState> {
+        self.workers.get(&worker).map(|w| w.state)
     }
 
     /// Live workers (from spawn to reported exit) and their states, by id.
@@ -480,6 +548,10 @@ impl Scheduler {
                 w.state = WorkerState::Ready;
                 w.progress_at = now;
                 self.failed_starts = 0;
+                self.start_streak = 0;
+                self.last_start_failure = None;
+                self.retry_at = None;
+                self.outage = None;
             }
             WorkerState::Stopping => return Ok(()),
             WorkerState::Ready | WorkerState::Retiring => {
@@ -492,7 +564,8 @@ impl Scheduler {
 
     /// The worker's initializer failed with `message`. The worker is killed (if it did not
     /// exit by itself) and counts as a failed start; after
-    /// [`Config::max_failed_starts`] in a row, the pool stops respawning and fails its work.
+    /// [`Config::max_failed_starts`] in a row, the pool stops respawning and fails its work
+    /// with [`ChunkFailure::InitializerFailed`]. The worker is replaced at once.
     pub fn handle_worker_init_failed(
         &mut self,
         worker: WorkerId,
@@ -594,9 +667,45 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The worker's process exited (or could not be spawned). Chunks it had started fail
-    /// with [`ChunkFailure::WorkerLost`]; chunks it only held go back to the queue; a
-    /// replacement is spawned if the pool still needs one.
+    /// The worker could not be started: no process, or one that died before the driver got
+    /// hold of it (`reason` says why). For the scheduler this is the worker's exit; unless the
+    /// scheduler had asked for the worker to be killed, it is a failed start, retried after a
+    /// backoff (see [`Config::unavailable_after`]). It never breaks the pool.
+    ///
+    /// A report for a worker that already reported ready is a violation (report its exit).
+    pub fn handle_worker_start_failed(
+        &mut self,
+        worker: WorkerId,
+        reason: &str,
+        now: Time,
+    ) -> Result<(), ProtocolViolation> {
+        let Some(w) = self.workers.get(&worker) else {
+            return Ok(());
+        };
+        match w.state {
+            WorkerState::Starting => {
+                self.workers.remove(&worker);
+                self.stats.exited += 1;
+                self.start_failed(worker, Arc::from(reason), now);
+                self.settle(now);
+                Ok(())
+            }
+            // Killed before it could start (terminate, a failed initializer): an exit.
+            WorkerState::Stopping if w.window.is_empty() => {
+                self.workers.remove(&worker);
+                self.stats.exited += 1;
+                self.settle(now);
+                Ok(())
+            }
+            _ => Err(ProtocolViolation::AlreadyStarted(worker)),
+        }
+    }
+
+    /// The worker's process exited. Chunks it had started fail with
+    /// [`ChunkFailure::WorkerLost`]; chunks it only held go back to the queue; a replacement
+    /// is spawned if the pool still needs one. A worker that exits before it was ready (killed
+    /// during start-up, say) is a failed start, retried after a backoff, as
+    /// [`Scheduler::handle_worker_start_failed`] says.
     pub fn handle_worker_exited(&mut self, worker: WorkerId, status: ExitStatus, now: Time) {
         let Some(w) = self.workers.remove(&worker) else {
             return;
@@ -605,9 +714,8 @@ impl Scheduler {
         match w.state {
             WorkerState::Starting => {
                 self.stats.lost += 1;
-                self.record_failed_start(Arc::from(format!(
-                    "{worker} exited during start-up ({status})"
-                )));
+                let reason = format!("{worker} exited during start-up ({status})");
+                self.start_failed(worker, Arc::from(reason), now);
             }
             WorkerState::Ready => self.stats.lost += 1,
             WorkerState::Retiring if !w.window.is_empty() => self.stats.lost += 1,
@@ -703,6 +811,62 @@ impl Scheduler {
             // An exponential moving average: recent chunks count most, one outlier little.
             Some(mean) => (mean * 7 + sample) / 8,
         });
+    }
+
+    /// A start failed for a reason other than the initializer: spawn again after a backoff.
+    fn start_failed(&mut self, worker: WorkerId, reason: Arc<str>, now: Time) {
+        self.stats.start_failures += 1;
+        self.start_streak = self.start_streak.saturating_add(1);
+        let at = now + retry_delay(self.start_streak, worker);
+        self.retry_at = Some(self.retry_at.map_or(at, |t| t.max(at)));
+        if self.outage.is_some() {
+            self.outage = Some(reason.clone());
+        }
+        self.last_start_failure = Some(reason);
+    }
+
+    /// When the pool becomes unavailable if no worker is ready by then: starts keep failing
+    /// and none has served since `idle_since`.
+    fn outage_deadline(&self) -> Option<Time> {
+        if self.outage.is_some()
+            || self.start_streak == 0
+            || self.lifecycle == Lifecycle::Terminated
+            || self.broken.is_some()
+        {
+            return None;
+        }
+        Some(self.idle_since? + self.config.unavailable_after)
+    }
+
+    /// Tracks whether a worker serves, declares the outage when its deadline passed, and
+    /// while it lasts fails the queued work and the input not yet read.
+    fn watch_outage(&mut self, now: Time) {
+        let serving = self
+            .workers
+            .values()
+            .any(|w| matches!(w.state, WorkerState::Ready | WorkerState::Retiring));
+        if serving {
+            self.idle_since = None;
+            return;
+        }
+        if self.idle_since.is_none() {
+            self.idle_since = Some(now);
+        }
+        if self.outage_deadline().is_some_and(|d| d <= now) {
+            self.outage = self.last_start_failure.clone();
+        }
+        let Some(reason) = self.outage.clone() else {
+            return;
+        };
+        let failure = ChunkFailure::StartFailed(reason);
+        for chunk in core::mem::take(&mut self.ready) {
+            self.end_chunk(chunk, ChunkOutcome::Failed(failure.clone()));
+        }
+        let jobs: alloc::vec::Vec<JobId> = self.jobs.keys().copied().collect();
+        for job in jobs {
+            self.fail_unpulled(job, &failure);
+            self.finish_job_if_done(job);
+        }
     }
 
     fn record_failed_start(&mut self, message: Arc<str>) {
@@ -822,7 +986,8 @@ impl Scheduler {
     /// Brings the pool to rest after any event: workers replaced, chunks dispatched, input
     /// pulled, idle workers recalled to or retired.
     fn settle(&mut self, now: Time) {
-        self.spawn_missing();
+        self.spawn_missing(now);
+        self.watch_outage(now);
         self.dispatch_ready(now);
         self.request_pulls();
         self.request_recalls();
@@ -840,7 +1005,13 @@ impl Scheduler {
         }
     }
 
-    fn spawn_missing(&mut self) {
+    fn spawn_missing(&mut self, now: Time) {
+        if let Some(at) = self.retry_at {
+            if now < at {
+                return;
+            }
+            self.retry_at = None;
+        }
         while self.workers.len() < self.wanted_workers() as usize {
             let id = WorkerId(self.next_worker);
             self.next_worker += 1;
@@ -1285,6 +1456,169 @@ mod tests {
             Err(SubmitError::InitializerFailed(Arc::from("no config file")))
         );
         let _ = job;
+    }
+
+    fn spawns(cmds: &[Command]) -> Vec<WorkerId> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Spawn { worker } => Some(*worker),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A replacement that cannot start (EMFILE) is retried after a backoff that grows and is
+    /// bounded, expressed as a deadline; the pool never breaks, its healthy worker keeps
+    /// serving and is never retired, and the pool is back to full strength once a start
+    /// succeeds.
+    #[test]
+    fn failed_spawns_are_retried_with_bounded_backoff_while_the_healthy_worker_serves() {
+        let (mut s, workers) = ready_pool(Config::new(2));
+        s.handle_worker_exited(workers[0], ExitStatus::Signal(9), ms(0));
+        let mut starting = spawns(&drain(&mut s));
+        assert_eq!(starting.len(), 1);
+        let mut now = ms(0);
+        let mut delays = Vec::new();
+        for round in 0..30u64 {
+            s.handle_worker_start_failed(starting[0], "Too many open files (os error 24)", now)
+                .unwrap();
+            assert!(
+                spawns(&drain(&mut s)).is_empty(),
+                "retried before the backoff"
+            );
+            let at = s.poll_timeout().expect("the retry is a deadline");
+            delays.push(at - now);
+            // Work submitted meanwhile runs on the healthy worker.
+            s.submit(JobSpec::single(), now).unwrap();
+            let cmds = drain(&mut s);
+            let sent = dispatched(&cmds);
+            assert_eq!(sent.len(), 1, "round {round}: {cmds:?}");
+            assert_eq!(sent[0].0, workers[1]);
+            s.handle_chunk_started(workers[1], sent[0].1.id, now)
+                .unwrap();
+            s.handle_chunk_finished(workers[1], sent[0].1.id, now)
+                .unwrap();
+            let cmds = drain(&mut s);
+            assert!(cmds.contains(&Command::ChunkEnded {
+                chunk: sent[0].1,
+                outcome: ChunkOutcome::Finished
+            }));
+            assert!(!cmds.iter().any(|c| matches!(c, Command::Retire { .. })));
+            s.handle_timeout(Time::from_duration(
+                at.since_epoch() - Duration::from_nanos(1),
+            ));
+            assert!(
+                spawns(&drain(&mut s)).is_empty(),
+                "retried before the backoff"
+            );
+            now = at;
+            s.handle_timeout(now);
+            starting = spawns(&drain(&mut s));
+            assert_eq!(starting.len(), 1, "one retry at the deadline");
+        }
+        assert!(delays[0] >= Duration::from_micros(7_500) && delays[0] <= ms(10).since_epoch());
+        assert!(delays[3] > delays[0] * 4, "the backoff grows: {delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert!(delays[29] >= Duration::from_millis(750), "{delays:?}");
+        assert_eq!(s.broken(), None);
+        assert_eq!(s.unavailable(), None);
+        assert_eq!(s.stats().start_failures, 30);
+        assert_eq!(s.stats().failed, 0);
+        s.handle_worker_started(starting[0], now).unwrap();
+        assert_eq!(
+            s.workers()
+                .filter(|(_, st)| *st == WorkerState::Ready)
+                .count(),
+            2
+        );
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    /// With no serving worker for longer than `unavailable_after` while starts keep failing,
+    /// the queued work and later submissions fail with the start failure's reason; the
+    /// scheduler keeps retrying and new work runs normally once a worker is ready again.
+    #[test]
+    fn an_outage_fails_queued_work_with_the_start_error_and_the_pool_recovers() {
+        let mut c = Config::new(1);
+        c.unavailable_after = Duration::from_millis(100);
+        let (mut s, workers) = ready_pool(c);
+        s.handle_worker_exited(workers[0], ExitStatus::Signal(9), ms(0));
+        let mut starting = spawns(&drain(&mut s));
+        let queued = s.submit(JobSpec::single(), ms(0)).unwrap();
+        assert!(drain(&mut s).is_empty(), "nothing to dispatch to");
+        let mut now = ms(0);
+        let mut failed_at = None;
+        for _ in 0..20 {
+            s.handle_worker_start_failed(starting[0], "Cannot allocate memory", now)
+                .unwrap();
+            let cmds = drain(&mut s);
+            let next = s.poll_timeout().expect("a deadline");
+            now = next;
+            s.handle_timeout(now);
+            let cmds: Vec<Command> = cmds.into_iter().chain(drain(&mut s)).collect();
+            if cmds.contains(&Command::JobFinished { job: queued }) {
+                failed_at = Some(now);
+                let failure = ChunkFailure::StartFailed(Arc::from("Cannot allocate memory"));
+                assert!(
+                    cmds.iter().any(|c| matches!(c,
+                    Command::ChunkEnded { outcome: ChunkOutcome::Failed(f), .. } if *f == failure))
+                );
+            }
+            starting = spawns(&cmds);
+            if starting.is_empty() {
+                now = s.poll_timeout().expect("the retry");
+                s.handle_timeout(now);
+                starting = spawns(&drain(&mut s));
+            }
+            assert_eq!(starting.len(), 1, "the scheduler keeps retrying");
+        }
+        let failed_at = failed_at.expect("the queued work failed");
+        assert!(
+            failed_at >= ms(100),
+            "failed before the timeout: {failed_at:?}"
+        );
+        assert!(s.unavailable().is_some());
+        assert_eq!(s.broken(), None);
+        // Work submitted during the outage fails at once, with the same cause.
+        let late = s.submit(JobSpec::single(), now).unwrap();
+        assert!(drain(&mut s).contains(&Command::JobFinished { job: late }));
+        // Resources are back: the next start succeeds and new work runs.
+        s.handle_worker_started(starting[0], now).unwrap();
+        assert_eq!(s.unavailable(), None);
+        s.submit(JobSpec::single(), now).unwrap();
+        assert_eq!(dispatched(&drain(&mut s)).len(), 1);
+    }
+
+    /// Only initializer failures count toward `max_failed_starts`; failed spawns in between
+    /// neither count nor reset the count.
+    #[test]
+    fn initializer_failures_break_the_pool_failed_spawns_do_not() {
+        let mut s = Scheduler::new(Config::new(1), T0).unwrap();
+        let mut w = spawns(&drain(&mut s))[0];
+        let mut now = T0;
+        for n in 1..=3 {
+            s.handle_worker_start_failed(w, "Resource temporarily unavailable", now)
+                .unwrap();
+            drain(&mut s);
+            now = s.poll_timeout().unwrap();
+            s.handle_timeout(now);
+            w = spawns(&drain(&mut s))[0];
+            assert_eq!(s.broken(), None);
+            s.handle_worker_init_failed(w, "no config file", now)
+                .unwrap();
+            s.handle_worker_exited(w, ExitStatus::Code(1), now);
+            let next = spawns(&drain(&mut s));
+            if n < 3 {
+                w = next[0];
+            } else {
+                assert!(next.is_empty());
+            }
+        }
+        assert_eq!(s.broken().map(|m| &**m), Some("no config file"));
+        assert_eq!(
+            s.submit(JobSpec::single(), now),
+            Err(SubmitError::InitializerFailed(Arc::from("no config file")))
+        );
     }
 
     #[test]

@@ -46,9 +46,10 @@ fn config() -> impl Strategy<Value = Config> {
         prop::option::weighted(0.3, 5u64..=60),
         1u32..=4,
         prop::bool::ANY,
+        prop::option::weighted(0.6, 0u64..=200),
     )
         .prop_map(
-            |(processes, max_tasks, window, limit, start, failed, prefetch)| {
+            |(processes, max_tasks, window, limit, start, failed, prefetch, unavailable)| {
                 let mut c = Config::new(processes);
                 c.max_tasks_per_child = max_tasks;
                 c.chunks_per_worker = window;
@@ -60,6 +61,9 @@ fn config() -> impl Strategy<Value = Config> {
                 } else {
                     Duration::ZERO
                 };
+                if let Some(ms) = unavailable {
+                    c.unavailable_after = Duration::from_millis(ms);
+                }
                 c
             },
         )
@@ -75,6 +79,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(len, chunksize, window, ordered)| Op::SubmitStream { len, chunksize, window, ordered }),
         6 => w.clone().prop_map(Op::Ready),
         1 => w.clone().prop_map(Op::InitFail),
+        1 => w.clone().prop_map(Op::SpawnFail),
+        1 => w.clone().prop_map(Op::CrashStarting),
         10 => w.clone().prop_map(Op::Start),
         10 => w.clone().prop_map(Op::Finish),
         1 => w.clone().prop_map(Op::Crash),
@@ -106,6 +112,49 @@ proptest! {
         }
         sim.run_to_completion();
     }
+
+    /// Starts that fail for OS reasons (the spawn failed, the worker was killed during
+    /// start-up), however many, never break the pool, and with nothing else going wrong every
+    /// task finishes once starts succeed again: none fails, none is lost.
+    #[test]
+    fn transient_start_failures_never_break_the_pool(
+        processes in 1u32..=4,
+        window in 1u32..=3,
+        defer_pulls in prop::bool::ANY,
+        ops in prop::collection::vec(healthy_op_or_failed_start(), 1..150),
+    ) {
+        let mut c = Config::new(processes);
+        c.chunks_per_worker = window;
+        c.max_failed_starts = 1;
+        let mut sim = Sim::new(c, defer_pulls);
+        for op in &ops {
+            sim.step(op);
+        }
+        sim.run_to_completion();
+        prop_assert!(sim.sched.broken().is_none());
+        prop_assert_eq!(&sim.failures, &Default::default());
+    }
+}
+
+/// What a pool meets when nothing goes wrong but starts failing for OS reasons.
+fn healthy_op_or_failed_start() -> impl Strategy<Value = Op> {
+    let w = 0usize..8;
+    prop_oneof![
+        4 => Just(Op::SubmitApply),
+        3 => (0u16..40, prop::option::weighted(0.7, 1u8..6), prop::bool::ANY)
+            .prop_map(|(items, chunksize, ordered)| Op::SubmitMap { items, chunksize, ordered }),
+        2 => (0u16..30, 1u8..4, prop::option::of(1u8..4), prop::bool::ANY)
+            .prop_map(|(len, chunksize, window, ordered)| Op::SubmitStream { len: Some(len), chunksize, window, ordered }),
+        4 => w.clone().prop_map(Op::Ready),
+        3 => w.clone().prop_map(Op::SpawnFail),
+        3 => w.clone().prop_map(Op::CrashStarting),
+        10 => w.clone().prop_map(Op::Start),
+        10 => w.clone().prop_map(Op::Finish),
+        2 => w.clone().prop_map(Op::AnswerRecall),
+        2 => Just(Op::AnswerPulls),
+        2 => w.prop_map(Op::Consume),
+        3 => (0u16..400).prop_map(Op::Advance),
+    ]
 }
 
 /// Sequences that once failed, kept as plain tests (found while the simulator was written).

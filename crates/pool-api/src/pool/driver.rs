@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     timer: Condvar,
     /// `join` waits here for the last worker's exit.
     joined: Condvar,
+    /// `PoolBuilder::build` waits here for the initial workers' spawns.
+    booted: Condvar,
     setup: WorkerSetup,
     callbacks: CallbackRunner,
     /// Buffers of ended chunks, for encoding the next ones.
@@ -119,6 +121,13 @@ struct State {
     spawner: Option<mpsc::Sender<WorkerId>>,
     timer_at: Option<Time>,
     shutdown: bool,
+    /// The last failed start's cause (a spawn error, or a child that died during start-up),
+    /// for work that fails with `ChunkFailure::StartFailed`.
+    last_start_error: Option<Arc<SpawnError>>,
+    /// The initial workers whose spawn has not succeeded or failed yet, and the first
+    /// failure among them (see `Shared::wait_booted`).
+    boot_pending: HashSet<WorkerId>,
+    boot_error: Option<Arc<SpawnError>>,
 }
 
 /// What draining commands asks to be done once the state lock is released.
@@ -149,10 +158,14 @@ impl Shared {
                 spawner: None,
                 timer_at: None,
                 shutdown: false,
+                last_start_error: None,
+                boot_pending: HashSet::new(),
+                boot_error: None,
             }),
             epoch: Instant::now(),
             timer: Condvar::new(),
             joined: Condvar::new(),
+            booted: Condvar::new(),
             setup,
             callbacks: CallbackRunner::start(),
             spare: SpareBuffers::default(),
@@ -175,9 +188,71 @@ impl Shared {
         let mut state = shared.lock();
         state.spawner = Some(tx);
         let effects = shared.drain(&mut state);
+        state.boot_pending = effects.spawn.iter().copied().collect();
         drop(state);
         shared.apply(effects);
         shared
+    }
+
+    /// Waits (at most `timeout`) until the spawn of every initial worker has succeeded (the
+    /// pool_ipc handshake, not the initializer) or one has failed; the first failure, if any.
+    /// The spawns run in parallel, so this costs about one spawn.
+    pub(crate) fn wait_booted(&self, timeout: Duration) -> Result<(), Arc<SpawnError>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if let Some(e) = &state.boot_error {
+                return Err(Arc::clone(e));
+            }
+            let now = Instant::now();
+            if state.boot_pending.is_empty() || now >= deadline {
+                return Ok(());
+            }
+            state = self
+                .booted
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// An initial worker's spawn succeeded or failed.
+    fn boot_done(&self, state: &mut State, worker: WorkerId, error: Option<&Arc<SpawnError>>) {
+        if state.boot_pending.remove(&worker) {
+            if let Some(e) = error {
+                state.boot_error.get_or_insert_with(|| Arc::clone(e));
+            }
+            if state.boot_pending.is_empty() || error.is_some() {
+                self.booted.notify_all();
+            }
+        }
+    }
+
+    /// A worker could not be started: the scheduler retries after a backoff (see
+    /// `pool_core::Config::unavailable_after`); `error` is kept for the work that fails if no
+    /// worker serves for too long, and logged with the delay before the retry.
+    fn on_start_failed(&self, worker: WorkerId, error: SpawnError) {
+        let error = Arc::new(error);
+        let mut state = self.lock();
+        if let Some(link) = state.workers.remove(&worker) {
+            link.close();
+        }
+        state.doomed.remove(&worker);
+        state.last_start_error = Some(Arc::clone(&error));
+        self.boot_done(&mut state, worker, Some(&error));
+        let now = self.now();
+        if let Err(violation) =
+            state
+                .sched
+                .handle_worker_start_failed(worker, &error.to_string(), now)
+        {
+            tracing::error!(%violation, "a failed start the scheduler does not expect");
+        }
+        let retry_in = state.sched.poll_timeout().map(|at| at - now);
+        tracing::warn!(%worker, error = %error, ?retry_in, "worker failed to start; retrying");
+        let effects = self.drain(&mut state);
+        drop(state);
+        self.apply(effects);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -490,6 +565,12 @@ impl Shared {
             ChunkFailure::Terminated => Error::Terminated,
             ChunkFailure::Cancelled => Error::Cancelled,
             ChunkFailure::InitializerFailed(m) => Error::InitializerFailed(m.to_string()),
+            ChunkFailure::StartFailed(reason) => Error::Start(
+                state
+                    .last_start_error
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(SpawnError::Io(std::io::Error::other(&**reason)))),
+            ),
             other => Error::from(std::io::Error::other(other.to_string())),
         }
     }
@@ -785,6 +866,14 @@ impl Shared {
             link.close();
         }
         let now = self.now();
+        if state.sched.worker_state(worker) == Some(pool_core::WorkerState::Starting) {
+            // Died before it was ready (killed during its initializer, say): a failed start,
+            // which the scheduler retries after a backoff.
+            let pid = state.pids.get(&worker).copied().unwrap_or(0);
+            let error = SpawnError::ChildExited { pid, status };
+            tracing::warn!(%worker, error = %error, "worker died during start-up; retrying");
+            state.last_start_error = Some(Arc::new(error));
+        }
         state
             .sched
             .handle_worker_exited(worker, core_status(status), now);
@@ -855,12 +944,9 @@ fn spawner(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<WorkerId>) 
 
 /// Starts one worker and its reader and writer threads, or reports that it could not start.
 fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
-    // What the scheduler hears of a worker that failed on our side, not its own.
-    let could_not_start = || {
-        shared.on_exit(
-            worker,
-            pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
-        );
+    // What the scheduler hears of a worker that could not be started.
+    let could_not_start = |error: std::io::Error| {
+        shared.on_start_failed(worker, SpawnError::Io(error));
     };
     let boot = WorkerBoot {
         name: worker.to_string(),
@@ -873,10 +959,13 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
         .iter()
         .map(|fd| fd.try_clone())
         .collect();
-    let Ok(inherit) = inherit else {
-        tracing::error!("cannot duplicate the initializer's handles for a new worker");
-        could_not_start();
-        return;
+    let inherit = match inherit {
+        Ok(inherit) => inherit,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot duplicate the initializer's handles for a new worker");
+            could_not_start(e);
+            return;
+        }
     };
     let options = SpawnOptions::new()
         .transport(shared.setup.transport)
@@ -891,7 +980,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot watch a new worker");
                     drop(spawned);
-                    could_not_start();
+                    could_not_start(std::io::Error::other(e));
                     return;
                 }
             };
@@ -914,7 +1003,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 tracing::error!(error = %e, "cannot start a worker's writer thread");
                 // Dropping the `Child` kills and reaps it.
                 drop(spawned.child);
-                could_not_start();
+                could_not_start(e);
                 return;
             }
             {
@@ -924,6 +1013,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                     let _ = link.killer.kill();
                 }
                 state.workers.insert(worker, Arc::clone(&link));
+                shared.boot_done(&mut state, worker, None);
             }
             let reader_shared = Arc::clone(shared);
             let reader_link = link;
@@ -939,17 +1029,10 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 if let Ok(k) = killer {
                     let _ = k.kill();
                 }
-                could_not_start();
+                could_not_start(e);
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, %worker, "worker failed to start");
-            let status = match e {
-                SpawnError::ChildExited { status, .. } => status,
-                _ => pool_ipc::ExitStatus::Code(pool_ipc::EXIT_BOOTSTRAP_FAILED),
-            };
-            shared.on_exit(worker, status);
-        }
+        Err(e) => shared.on_start_failed(worker, e),
     }
 }
 

@@ -88,6 +88,7 @@ pub struct PoolBuilder {
     chunks_per_worker: u32,
     handshake_timeout: Duration,
     start_method: StartMethod,
+    unavailable_after: Option<Duration>,
 }
 
 impl Pool {
@@ -107,6 +108,7 @@ impl Pool {
             chunks_per_worker: 16,
             handshake_timeout: Duration::from_secs(30),
             start_method: StartMethod::Spawn,
+            unavailable_after: None,
         }
     }
 
@@ -731,8 +733,31 @@ impl PoolBuilder {
     }
 
     /// Python's `initializer` and `initargs`: `f(args)` runs once in every worker before its
-    /// first task, replacements included. If it panics in three workers in a row, the pool
-    /// stops starting workers and fails its work with [`Error::InitializerFailed`].
+    /// first task, replacements included.
+    ///
+    /// # When the pool gives up
+    ///
+    /// - **The initializer panics** (or its arguments cannot be decoded) in three workers in
+    ///   a row (no worker became ready in between): the pool is broken for good. It stops
+    ///   starting workers, the work not yet sent to a worker fails with
+    ///   [`Error::InitializerFailed`] carrying the panic's message, and so does every later
+    ///   call. Workers that were already serving finish what they hold and are retired.
+    /// - **A worker fails to start for another reason**: the spawn fails (out of descriptors,
+    ///   memory or processes, the executable cannot run), or the worker dies or is killed
+    ///   before its initializer returned (the OOM killer, a signal, an initializer that
+    ///   aborts the process). The pool never gives up for this: it starts the worker again
+    ///   after a backoff (10 ms, doubling, at most 1 s; each retry is logged through
+    ///   `tracing` at `warn`), keeps serving with the workers it has, and keeps queued tasks
+    ///   in their place; the count of initializer failures is not touched. Only while the
+    ///   pool has no serving worker at all, for longer than 10 s
+    ///   ([`PoolBuilder::unavailable_after`]) with starts still failing, do the queued tasks and the
+    ///   tasks submitted while that lasts fail with [`Error::Start`], whose source is the
+    ///   last start failure (the OS error, or `SpawnError::ChildExited` with the exit
+    ///   status). The retries go on, and as soon as a worker is ready, new work runs
+    ///   normally. [`Pool::stats`] counts the failed starts (`start_failures`).
+    ///
+    /// `build` waits for the initial workers' spawns, not for their initializers: a failing
+    /// initializer shows on the first task, not in `build`.
     pub fn initializer<A>(mut self, f: fn(A), args: A) -> PoolBuilder
     where
         A: Serialize + DeserializeOwned,
@@ -800,7 +825,36 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// How long the pool may go without a serving worker, while worker starts keep failing
+    /// for reasons other than the initializer, before tasks fail with [`Error::Start`]
+    /// (default 10 s).
+    ///
+    /// A worker that cannot start (out of descriptors, memory or processes; killed before its
+    /// initializer returned) is started again after a backoff (10 ms, doubling, at most 1 s),
+    /// for as long as the pool lives; meanwhile the workers that serve take the work. Once no
+    /// worker has served (ready, or finishing its last chunks) for `after`, and starts are
+    /// still failing, the tasks waiting in the queue, the items of a `map` not yet sent, and
+    /// every task submitted while that lasts fail with [`Error::Start`] (its source: the last
+    /// start failure). The first worker that starts ends it; later tasks run normally. See
+    /// [`PoolBuilder::initializer`] for the failures that do break a pool.
+    pub fn unavailable_after(mut self, after: Duration) -> PoolBuilder {
+        self.unavailable_after = Some(after);
+        self
+    }
+
+    /// Starts the workers, and waits until each has been spawned (its process runs and
+    /// answered the start-up handshake; its initializer may still be running). The spawns run
+    /// in parallel, so this takes about one spawn.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Start`] if an initial worker cannot be spawned (the descriptor or process
+    /// limit is reached, the executable cannot run, the child dies during the handshake): the
+    /// source is pool-ipc's [`SpawnError`](pool_ipc::SpawnError), with the OS error below it
+    /// where there is one. The workers already started are killed and reaped before `build`
+    /// returns. An initializer that fails does not fail `build`: see
+    /// [`PoolBuilder::initializer`]. [`Error::InvalidArgument`] for settings that make no
+    /// sense.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = match self.processes {
             Some(n) => n,
@@ -814,6 +868,9 @@ impl PoolBuilder {
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         config.chunks_per_worker = self.chunks_per_worker;
         config.task_time_limit = self.time_limit;
+        if let Some(after) = self.unavailable_after {
+            config.unavailable_after = after;
+        }
         let sched = Scheduler::new(config, Time::ZERO)?;
         let (initializer, initializer_fds) = match self.initializer.transpose()? {
             Some((call, bytes, fds)) => (Some((call, bytes)), fds),
@@ -828,11 +885,23 @@ impl PoolBuilder {
             start_method: self.start_method,
         };
         let transport = self.transport;
-        Ok(Pool {
+        let handshake_timeout = self.handshake_timeout;
+        let pool = Pool {
             shared: Shared::start(sched, setup),
             processes,
             transport,
-        })
+        };
+        // Each spawn is bounded by the handshake timeout, and they run in parallel.
+        if let Err(e) = pool
+            .shared
+            .wait_booted(handshake_timeout.saturating_add(Duration::from_secs(5)))
+        {
+            // Kill the workers already started and wait for their exits: nothing is left.
+            pool.shared.terminate();
+            let _ = pool.shared.join();
+            return Err(Error::Start(e));
+        }
+        Ok(pool)
     }
 }
 

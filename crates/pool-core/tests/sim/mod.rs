@@ -41,6 +41,10 @@ pub(crate) enum Op {
     Ready(usize),
     /// A starting worker's initializer fails; the worker then exits with code 1.
     InitFail(usize),
+    /// A starting worker's spawn fails (EMFILE, the exec failed, ...): no process.
+    SpawnFail(usize),
+    /// A starting worker dies before it is ready (killed during its initializer).
+    CrashStarting(usize),
     /// A worker starts its next chunk.
     Start(usize),
     /// A worker finishes its running chunk.
@@ -112,6 +116,12 @@ pub(crate) struct Sim {
     started: BTreeSet<ChunkId>,
     closed: bool,
     terminated: bool,
+    /// Initializer failures since a worker was last ready, and whether they ever reached
+    /// `max_failed_starts`: the only way the pool may break.
+    init_streak: u32,
+    may_break: bool,
+    /// Chunks that ended with each kind of failure.
+    pub(crate) failures: BTreeMap<&'static str, u64>,
     pub(crate) log: Vec<String>,
 }
 
@@ -132,6 +142,9 @@ impl Sim {
             started: BTreeSet::new(),
             closed: false,
             terminated: false,
+            init_streak: 0,
+            may_break: false,
+            failures: BTreeMap::new(),
             log: Vec::new(),
         };
         sim.drain();
@@ -207,13 +220,29 @@ impl Sim {
             Op::Ready(i) => {
                 if let Some(id) = self.worker_at(i, |w| !w.ready && !w.killed) {
                     self.workers.get_mut(&id).unwrap().ready = true;
+                    self.init_streak = 0;
                     self.sched
                         .handle_worker_started(id, self.now)
                         .expect("honest start");
                 }
             }
+            Op::SpawnFail(i) => {
+                if let Some(id) = self.worker_at(i, |w| !w.ready) {
+                    self.workers.remove(&id);
+                    self.sched
+                        .handle_worker_start_failed(id, "Too many open files", self.now)
+                        .expect("honest failure");
+                }
+            }
+            Op::CrashStarting(i) => {
+                if let Some(id) = self.worker_at(i, |w| !w.ready) {
+                    self.exit(id, ExitStatus::Signal(9));
+                }
+            }
             Op::InitFail(i) => {
                 if let Some(id) = self.worker_at(i, |w| !w.ready && !w.killed) {
+                    self.init_streak += 1;
+                    self.may_break |= self.init_streak >= self.config.max_failed_starts;
                     self.sched
                         .handle_worker_init_failed(id, "boom", self.now)
                         .expect("honest failure");
@@ -471,7 +500,14 @@ impl Sim {
                     w.recalls.push(chunk);
                 }
                 Command::Retire { worker } => {
+                    let broken = self.sched.broken().is_some();
                     let w = self.workers.get_mut(&worker).expect("retire a live worker");
+                    assert!(
+                        self.closed
+                            || broken
+                            || self.config.max_tasks_per_child == Some(w.dispatched),
+                        "{worker} retired while the pool runs, unbroken, below maxtasksperchild"
+                    );
                     w.retiring = true;
                     if w.ready {
                         self.exit_if_retired(worker);
@@ -541,13 +577,43 @@ impl Sim {
             ChunkOutcome::Failed(ChunkFailure::InitializerFailed(_)) => {
                 assert!(self.sched.broken().is_some())
             }
+            ChunkOutcome::Failed(ChunkFailure::StartFailed(_)) => {
+                assert!(
+                    self.sched.unavailable().is_some(),
+                    "StartFailed outside an outage"
+                );
+                assert!(
+                    self.sched
+                        .workers()
+                        .all(|(_, s)| matches!(s, WorkerState::Starting | WorkerState::Stopping)),
+                    "work failed for want of workers while one serves"
+                );
+            }
             ChunkOutcome::Failed(_) => {}
+        }
+        if let ChunkOutcome::Failed(failure) = outcome {
+            let kind = match failure {
+                ChunkFailure::WorkerLost { .. } => "worker_lost",
+                ChunkFailure::TimedOut { .. } => "timed_out",
+                ChunkFailure::Terminated => "terminated",
+                ChunkFailure::Cancelled => "cancelled",
+                ChunkFailure::InitializerFailed(_) => "initializer_failed",
+                ChunkFailure::StartFailed(_) => "start_failed",
+                _ => "other",
+            };
+            *self.failures.entry(kind).or_default() += 1;
         }
         self.holder.remove(&chunk.id);
     }
 
     /// The promises that hold between any two steps.
     fn check(&self) {
+        assert_eq!(
+            self.sched.broken().is_some(),
+            self.may_break,
+            "the pool broke without max_failed_starts initializer failures in a row, or did not \
+             break after them"
+        );
         assert_eq!(
             self.sched.live_workers(),
             self.workers.len(),
@@ -627,7 +693,15 @@ impl Sim {
             for i in 0..self.job_order.len() {
                 self.step(&Op::Consume(i));
             }
-            self.step(&Op::Advance(1));
+            // With no worker at all, nothing happens before the next deadline (a start's
+            // backoff): jump to it.
+            let jump = match self.sched.poll_timeout() {
+                Some(at) if self.workers.is_empty() && at > self.now => {
+                    (at - self.now).as_millis().min(u128::from(u16::MAX)) as u16
+                }
+                _ => 1,
+            };
+            self.step(&Op::Advance(jump.max(1)));
             let retired: Vec<WorkerId> = self.workers.keys().copied().collect();
             for id in retired {
                 if self.workers.get(&id).is_some_and(|w| w.ready) {
