@@ -516,7 +516,7 @@ pub fn wait_timeout(objects: &[&dyn Waitable], timeout: Duration) -> Result<Vec<
 }
 
 fn wait_within(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>, Error> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(crate::deadline_in);
     let mut fds = Vec::new();
     let mut index = Vec::new();
     for (i, o) in objects.iter().enumerate() {

@@ -187,7 +187,7 @@ pub fn as_completed_timeout<'a, H>(
 where
     H: Completion + ?Sized + 'a,
 {
-    AsCompleted::new(distinct(handles), Some(Instant::now() + timeout))
+    AsCompleted::new(distinct(handles), crate::deadline_in(timeout))
 }
 
 /// The iterator of [`as_completed`].
@@ -282,11 +282,7 @@ pub fn wait_timeout<'a, H>(
 where
     H: Completion + ?Sized + 'a,
 {
-    wait_until(
-        distinct(handles),
-        return_when,
-        Some(Instant::now() + timeout),
-    )
+    wait_until(distinct(handles), return_when, crate::deadline_in(timeout))
 }
 
 fn wait_until<'a, H: Completion + ?Sized>(

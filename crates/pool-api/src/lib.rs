@@ -33,6 +33,7 @@ mod error;
 pub mod futures;
 mod handles;
 mod listener;
+mod log;
 mod pool;
 mod process;
 mod queue;
@@ -69,6 +70,12 @@ pub use thread_pool::{
     ThreadAsyncResult, ThreadIMap, ThreadMapResult, ThreadPool, ThreadPoolBuilder,
 };
 pub use values::{Array, Plain, SharedMemory, ShmError, Value, ValueGuard};
+
+/// The moment `timeout` from now, or `None` (no deadline: wait for ever) for a timeout too
+/// long to add to the clock, such as `Duration::MAX`.
+pub(crate) fn deadline_in(timeout: std::time::Duration) -> Option<std::time::Instant> {
+    std::time::Instant::now().checked_add(timeout)
+}
 
 /// The crate's README (its crates.io page), compiled and run as a doc test so that it stays
 /// true.

@@ -369,7 +369,7 @@ impl Listener {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<Connection>, Error> {
-        self.accept_until(Some(Instant::now() + timeout))
+        self.accept_until(crate::deadline_in(timeout))
     }
 
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Option<Connection>, Error> {

@@ -478,7 +478,7 @@ impl<R> ProcessHandle<R> {
     /// Python's `join(timeout)`: waits at most `timeout`; the exit code, or `None` if the
     /// process is still running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, Error> {
-        self.wait_deadline(Some(Instant::now() + timeout))
+        self.wait_deadline(crate::deadline_in(timeout))
     }
 
     /// Python's `exitcode`: `None` while running, else the exit code, or minus the signal

@@ -368,7 +368,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Puts an item, waiting at most `timeout` while the queue is full
     /// ([`QueueError::Full`] hands the item back).
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), QueueError<T>> {
-        self.put_inner(item, Some(Instant::now() + timeout), true)
+        self.put_inner(item, crate::deadline_in(timeout), true)
     }
 
     /// Puts an item if there is room now ([`QueueError::Full`] hands it back).
@@ -467,7 +467,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the oldest item, waiting at most `timeout` ([`QueueError::Empty`]).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError<T>> {
-        self.get_inner(Some(Instant::now() + timeout), true)
+        self.get_inner(crate::deadline_in(timeout), true)
     }
 
     /// Takes the oldest item if there is one ([`QueueError::Empty`] otherwise).
@@ -722,7 +722,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     fn join_within(&self, timeout: Option<Duration>) -> Result<bool, QueueError<T>> {
         let h = self.0.ring.header();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_in);
         loop {
             let seq = h.done_seq.load(Ordering::Acquire);
             if h.unfinished.load(Ordering::Acquire) == 0 {

@@ -235,3 +235,14 @@ fn joinable_queue_join_waits_for_task_done() {
     assert!(!simple.is_empty());
     assert_eq!(simple.get().unwrap(), "x");
 }
+
+#[test]
+fn a_timeout_too_long_for_the_clock_waits_as_long_as_needed() {
+    // `Instant::now() + Duration::MAX` overflows: such a timeout means no deadline.
+    let q: Queue<u32> = Queue::new().unwrap();
+    q.put(7).unwrap();
+    assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 7);
+    let e = pool_api::Event::new().unwrap();
+    e.set();
+    assert!(e.wait_timeout(Duration::MAX).unwrap());
+}

@@ -246,10 +246,10 @@ impl Shared {
                 .sched
                 .handle_worker_start_failed(worker, &error.to_string(), now)
         {
-            tracing::error!(%violation, "a failed start the scheduler does not expect");
+            crate::log::error!(%violation, "a failed start the scheduler does not expect");
         }
         let retry_in = state.sched.poll_timeout().map(|at| at - now);
-        tracing::warn!(%worker, error = %error, ?retry_in, "worker failed to start; retrying");
+        crate::log::warning!(%worker, error = %error, ?retry_in, "worker failed to start; retrying");
         let effects = self.drain(&mut state);
         drop(state);
         self.apply(effects);
@@ -657,7 +657,7 @@ impl Shared {
         self.apply(effects);
         verdict.map(|()| busy).map_err(|violation| {
             if let Some(violation) = violation {
-                tracing::warn!(%violation, "worker broke the protocol; killing it");
+                crate::log::warning!(%violation, "worker broke the protocol; killing it");
             }
         })
     }
@@ -779,7 +779,7 @@ impl Shared {
                 }
                 Err(e) => {
                     // An oversized or broken frame: the worker is not trusted further.
-                    tracing::warn!(error = %e, "unreadable message from a worker; killing it");
+                    crate::log::warning!(error = %e, "unreadable message from a worker; killing it");
                     end = Some(RxEnd::Untrusted);
                     break;
                 }
@@ -871,7 +871,7 @@ impl Shared {
             // which the scheduler retries after a backoff.
             let pid = state.pids.get(&worker).copied().unwrap_or(0);
             let error = SpawnError::ChildExited { pid, status };
-            tracing::warn!(%worker, error = %error, "worker died during start-up; retrying");
+            crate::log::warning!(%worker, error = %error, "worker died during start-up; retrying");
             state.last_start_error = Some(Arc::new(error));
         }
         state
@@ -962,7 +962,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
     let inherit = match inherit {
         Ok(inherit) => inherit,
         Err(e) => {
-            tracing::error!(error = %e, "cannot duplicate the initializer's handles for a new worker");
+            crate::log::error!(error = %e, "cannot duplicate the initializer's handles for a new worker");
             could_not_start(e);
             return;
         }
@@ -978,7 +978,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
             let killer = match spawned.child.killer() {
                 Ok(k) => k,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot watch a new worker");
+                    crate::log::error!(error = %e, "cannot watch a new worker");
                     drop(spawned);
                     could_not_start(std::io::Error::other(e));
                     return;
@@ -1000,7 +1000,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
                 .name(format!("pool-writer-{}", worker.0))
                 .spawn(move || writer(writer_link));
             if let Err(e) = started {
-                tracing::error!(error = %e, "cannot start a worker's writer thread");
+                crate::log::error!(error = %e, "cannot start a worker's writer thread");
                 // Dropping the `Child` kills and reaps it.
                 drop(spawned.child);
                 could_not_start(e);
@@ -1025,7 +1025,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
             if let Err(e) = started {
                 // Without a reader nobody would see this worker's exit: kill it, and the
                 // failed spawn closure dropped the `Child`, which reaps it.
-                tracing::error!(error = %e, "cannot start a worker's reader thread");
+                crate::log::error!(error = %e, "cannot start a worker's reader thread");
                 if let Ok(k) = killer {
                     let _ = k.kill();
                 }

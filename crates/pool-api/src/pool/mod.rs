@@ -1035,7 +1035,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits at most `timeout`; [`Error::Timeout`] if the result is not ready (the task runs
     /// on, and a later `get` returns its result).
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
-        if !self.job.wait_finished(Some(Instant::now() + timeout)) {
+        if !self.job.wait_finished(crate::deadline_in(timeout)) {
             return Err(Error::Timeout(timeout));
         }
         single(&self.job)
@@ -1048,7 +1048,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
     /// Waits at most `timeout`; whether the result is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_finished(Some(Instant::now() + timeout))
+        self.job.wait_finished(crate::deadline_in(timeout))
     }
 
     /// Whether the result is ready.
@@ -1088,7 +1088,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 
     /// Waits at most `timeout`; [`Error::Timeout`] if not ready.
     pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, Error> {
-        if !self.job.wait_finished(Some(Instant::now() + timeout)) {
+        if !self.job.wait_finished(crate::deadline_in(timeout)) {
             return Err(Error::Timeout(timeout));
         }
         self.job.first_error()
@@ -1107,7 +1107,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 
     /// Waits at most `timeout`; whether every result is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_finished(Some(Instant::now() + timeout))
+        self.job.wait_finished(crate::deadline_in(timeout))
     }
 
     /// Whether every result is ready.
@@ -1178,7 +1178,7 @@ impl<A, R> IMap<'_, A, R> {
     /// # Ok::<(), pool_api::Error>(())
     /// ```
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.deadline = Some((Instant::now() + timeout, timeout));
+        self.deadline = crate::deadline_in(timeout).map(|at| (at, timeout));
         self
     }
 }

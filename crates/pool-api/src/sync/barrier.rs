@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pool_ipc::shared::{futex_wait, futex_wake};
 
@@ -107,7 +107,7 @@ impl Barrier {
 
     fn wait_within(&self, timeout: Option<Duration>) -> Result<u32, SyncError> {
         let s = self.0.state();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_in);
         let lock = self.lock();
         let _held = lock.acquire(None)?;
         if s.broken.load(Ordering::Relaxed) != 0 {

@@ -121,7 +121,7 @@ impl Condition {
     fn wait_within(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
         self.check_held()?;
         let s = self.state.0.state();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_in);
         // Counted under the lock: a notify (which needs the lock) sees this waiter exactly
         // when it comes after this wait began; and only a notify after that (one that moved
         // `seq` past `arrived`) was meant for it.
@@ -165,7 +165,7 @@ impl Condition {
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<bool, SyncError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_in);
         loop {
             if predicate() {
                 return Ok(true);

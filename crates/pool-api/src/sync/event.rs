@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pool_ipc::shared::{futex_wait, futex_wake};
 
@@ -53,7 +53,7 @@ impl Event {
 
     fn wait_within(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
         let s = self.0.state();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline_in);
         while !self.is_set() {
             s.sleepers.fetch_add(1, Ordering::SeqCst);
             // A word other than 0 means set (a scribbling process cannot make us spin).

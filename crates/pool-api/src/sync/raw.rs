@@ -351,7 +351,7 @@ fn give_raw(word: &AtomicU32) -> Result<(), SyncError> {
 }
 
 pub(super) fn deadline_of(timeout: Duration) -> Option<Instant> {
-    Some(Instant::now() + timeout)
+    crate::deadline_in(timeout)
 }
 
 #[cfg(test)]

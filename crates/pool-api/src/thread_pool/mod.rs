@@ -583,7 +583,7 @@ impl<R: Send + 'static> ThreadAsyncResult<R> {
     /// Waits at most `timeout`; [`Error::Timeout`] if the result is not ready (the task runs
     /// on, and a later `get` returns its result).
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
-        if !self.job.wait_finished(Some(Instant::now() + timeout)) {
+        if !self.job.wait_finished(crate::deadline_in(timeout)) {
             return Err(Error::Timeout(timeout));
         }
         self.take()
@@ -604,7 +604,7 @@ impl<R: Send + 'static> ThreadAsyncResult<R> {
 
     /// Waits at most `timeout`; whether the result is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_finished(Some(Instant::now() + timeout))
+        self.job.wait_finished(crate::deadline_in(timeout))
     }
 
     /// Whether the result is ready.
@@ -643,7 +643,7 @@ impl<R: Send + 'static> ThreadMapResult<R> {
 
     /// Waits at most `timeout`; [`Error::Timeout`] if not ready.
     pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, Error> {
-        if !self.job.wait_finished(Some(Instant::now() + timeout)) {
+        if !self.job.wait_finished(crate::deadline_in(timeout)) {
             return Err(Error::Timeout(timeout));
         }
         first_error(self.job.take_outcomes()?)
@@ -663,7 +663,7 @@ impl<R: Send + 'static> ThreadMapResult<R> {
 
     /// Waits at most `timeout`; whether every result is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job.wait_finished(Some(Instant::now() + timeout))
+        self.job.wait_finished(crate::deadline_in(timeout))
     }
 
     /// Whether every result is ready.
@@ -716,7 +716,7 @@ impl<A, R> ThreadIMap<'_, A, R> {
     /// order, then one [`Error::Timeout`], after which the iterator ends (see
     /// [`IMap::with_timeout`](crate::IMap::with_timeout)).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.deadline = Some((Instant::now() + timeout, timeout));
+        self.deadline = crate::deadline_in(timeout).map(|at| (at, timeout));
         self
     }
 }

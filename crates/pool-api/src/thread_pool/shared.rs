@@ -471,7 +471,7 @@ impl Shared {
             .thread_name(|i| format!("pool-thread-{i}"))
             // Task panics are caught per item; this is for a destructor that panics.
             .panic_handler(|payload| {
-                tracing::error!(
+                crate::log::error!(
                     "a thread pool's job panicked outside its task: {}",
                     panic_message(&*payload)
                 );
@@ -699,7 +699,7 @@ impl CallbackThread {
                                 continue;
                             }
                             if panic::catch_unwind(AssertUnwindSafe(callback)).is_err() {
-                                tracing::error!(
+                                crate::log::error!(
                                     "a result callback panicked; later callbacks still run"
                                 );
                             }
