@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver, IpcSender, IpcSharedMemory};
 use pool_api::interop::IpcArg;
-use pool_api::{Error, Pool, Process, TransportKind};
+use pool_api::{Error, Pool, Process, StartMethod, TransportKind};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -35,6 +35,40 @@ fn an_ipc_sender_reaches_a_process_child() {
         Err(ipc_channel::TryRecvError::IpcError(ipc_channel::IpcError::Disconnected)) => {}
         other => panic!("expected the channel closed, got {other:?}"),
     }
+}
+
+#[test]
+fn an_ipc_sender_reaches_a_forkserver_child() {
+    let (tx, rx) = ipc::channel::<String>().unwrap();
+    let child = Process::new(greet, IpcArg::new(tx))
+        .unwrap()
+        .with_name("forkserved")
+        .start_method(StartMethod::Forkserver)
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    let greeting = rx.try_recv_timeout(GENEROUS).unwrap();
+    assert_eq!(greeting, format!("hello from forkserved (pid {pid})"));
+    child.join().unwrap();
+    // The forkserver kept no copy of the token: the parent's copy of the sender is gone too.
+    assert!(matches!(
+        rx.try_recv_timeout(GENEROUS),
+        Err(ipc_channel::TryRecvError::IpcError(
+            ipc_channel::IpcError::Disconnected
+        ))
+    ));
+}
+
+#[test]
+fn a_forked_child_keeps_the_endpoints_it_captures() {
+    // No IpcArg needed: a forked child is a copy of this process, descriptors included.
+    let (tx, rx) = ipc::channel::<u32>().unwrap();
+    let child = Process::fork(move || tx.send(std::process::id()).unwrap())
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    assert_eq!(rx.try_recv_timeout(GENEROUS).unwrap(), pid);
+    child.join().unwrap();
 }
 
 /// A pool task that receives its input through an ipc-channel receiver it was given.

@@ -264,3 +264,57 @@ fn receive<E: IpcEndpoint>(mut token: UnixStream) -> Result<E, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use ipc_channel::ipc;
+
+    use super::*;
+
+    fn copies(fds: &[OwnedFd]) -> Vec<OwnedFd> {
+        fds.iter().map(|fd| fd.try_clone().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_sender_is_copied_to_every_decoder() {
+        let (tx, rx) = ipc::channel::<u32>().unwrap();
+        let (bytes, fds) = handles::encode(&IpcArg::new(tx)).unwrap();
+        for n in 0..3 {
+            let arg: IpcArg<IpcSender<u32>> = handles::decode(&bytes, copies(&fds)).unwrap();
+            arg.into_inner().send(n).unwrap();
+            assert_eq!(rx.recv().unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn a_receiver_goes_to_the_first_decoder_only() {
+        let (tx, rx) = ipc::channel::<u32>().unwrap();
+        let arg = IpcArg::new(rx);
+        let (bytes, fds) = handles::encode(&arg).unwrap();
+        // Encoding moved it out of the argument, as sending it over ipc-channel would.
+        // (postcard keeps no message of a custom error: serde_json shows the one written.)
+        assert!(handles::encode(&arg).is_err());
+        let again = serde_json::to_string(&arg).unwrap_err().to_string();
+        assert!(again.contains("already handed"), "{again}");
+        let first: IpcArg<IpcReceiver<u32>> = handles::decode(&bytes, copies(&fds)).unwrap();
+        assert!(handles::decode::<IpcArg<IpcReceiver<u32>>>(&bytes, fds).is_err());
+        tx.send(7).unwrap();
+        assert_eq!(first.into_inner().recv().unwrap(), 7);
+    }
+
+    #[test]
+    fn an_endpoint_nobody_decodes_is_released_with_its_encoding() {
+        let (tx, rx) = ipc::channel::<u32>().unwrap();
+        let encoded = handles::encode(&IpcArg::new(rx)).unwrap();
+        tx.send(1).unwrap();
+        drop(encoded);
+        // The parent's thread saw the token's last copy close and dropped the receiver.
+        let released = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            tx.send(2).is_err()
+        });
+        assert!(released, "the receiver is still held");
+    }
+}

@@ -54,7 +54,9 @@
 //! own `send` of a clone. A receiver (`IpcReceiver`, `IpcBytesReceiver`,
 //! `OpaqueIpcReceiver`) is moved: encoding the argument takes it out of the [`IpcArg`] (so it
 //! is gone from the parent even if the rest of the encoding fails), and only the first
-//! process that decodes it gets it; a later one fails to decode with an error saying so.
+//! process that decodes it gets it; a later one fails to decode the argument (a codec error:
+//! postcard keeps no message of a custom serde error, so it does not say why, as for the
+//! other handles).
 //!
 //! **What does not work.**
 //!
