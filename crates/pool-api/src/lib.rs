@@ -32,6 +32,8 @@ mod connection;
 mod error;
 pub mod futures;
 mod handles;
+#[cfg(feature = "ipc-channel")]
+pub mod interop;
 mod listener;
 mod log;
 mod pool;
