@@ -43,6 +43,7 @@ mod sync;
 mod task;
 #[cfg(feature = "thread-pool")]
 mod thread_pool;
+mod tracker;
 mod values;
 
 pub use bytes::Bytes;

@@ -427,8 +427,42 @@ fn shm_error(e: std::io::Error, name: &str) -> ShmError {
 /// freed when the last process holding it exits, crash or not. Pass it to a child in its
 /// arguments. A *named* segment ([`SharedMemory::create_named`]) can be attached by name from
 /// any process, and lives in `/dev/shm` until unlinked: its creator unlinks it when dropped,
-/// but a creator that is SIGKILLed leaves it behind; remove it then with
-/// [`SharedMemory::unlink`].
+/// or explicitly with [`SharedMemory::unlink`].
+///
+/// # Tracking
+///
+/// A named segment that its program created and did not hand over never
+/// outlives the program by accident: if the creating handle is never dropped (a process
+/// killed by SIGKILL, SIGTERM or SIGINT, a panic that aborts, `std::process::exit`, a leaked
+/// handle), the program's shared-memory *tracker*, a small helper process, unlinks it once
+/// every process of the program has ended (its main process and the children pool started
+/// from it: a segment that a live process of the program still uses is never unlinked under
+/// it). The tracker is started by the first tracked creation, one per program, and exits
+/// when the program has ended. See the `tracker` module of the source for the protocol.
+///
+/// # Handing a segment over
+///
+/// A segment is *handed over*, meant to outlive its program, when it is created with
+/// [`SharedMemory::create_untracked`] (Python 3.13's `track=False`) or when its creator calls
+/// [`SharedMemory::keep`]: then neither the handle nor the tracker unlinks it, and someone
+/// (another program, or a later run) must call [`SharedMemory::unlink`]. Attaching
+/// ([`SharedMemory::attach`]) never takes ownership: only the creating program unlinks.
+///
+/// # Example
+///
+/// ```
+/// use pool_api::SharedMemory;
+///
+/// let name = format!("pool-doc-{}", std::process::id());
+/// let mut shm = SharedMemory::create_named(&name, 4096)?; // tracked
+/// shm.write(0, b"for the next run")?;
+/// shm.keep(); // handed over: survives this handle and this program
+/// drop(shm);
+/// let again = SharedMemory::attach(&name)?;
+/// assert_eq!(&again.to_vec()[..16], b"for the next run");
+/// SharedMemory::unlink(&name)?;
+/// # Ok::<(), pool_api::ShmError>(())
+/// ```
 pub struct SharedMemory {
     region: SharedRegion,
     name: Option<String>,
@@ -461,19 +495,38 @@ impl SharedMemory {
         })
     }
 
-    /// A named segment (`/dev/shm/NAME`) of `size` bytes; unlinked when this handle drops.
+    /// A named segment (`/dev/shm/NAME`) of `size` bytes, unlinked when this handle drops,
+    /// and *tracked*: unlinked by the program's tracker once every process of the program has
+    /// ended, if it was not unlinked before (see [tracking](SharedMemory#tracking)). If no
+    /// tracker can be started (no `/proc`, no process left to start), the segment is created
+    /// untracked and a `tracing` warning says so.
     pub fn create_named(name: &str, size: usize) -> Result<SharedMemory, ShmError> {
-        let region = SharedRegion::create_named(name, size).map_err(|e| shm_error(e, name))?;
-        Ok(SharedMemory {
-            region,
-            name: Some(name.to_owned()),
-            owner: true,
-        })
+        let shm = SharedMemory::create_untracked(name, size)?;
+        let registered = crate::tracker::segment_id(shm.region.fd())
+            .and_then(|id| crate::tracker::register(name, id));
+        if let Err(e) = registered {
+            tracing::warn!(name, error = %e, "named shared memory is not tracked");
+        }
+        let mut shm = shm;
+        shm.owner = true;
+        Ok(shm)
     }
 
-    /// Attaches the named segment `name` ([`ShmError::NotFound`] if there is none).
-    pub fn attach(name: &str) -> Result<SharedMemory, ShmError> {
-        let region = SharedRegion::open_named(name).map_err(|e| shm_error(e, name))?;
+    /// A named segment (`/dev/shm/NAME`) of `size` bytes, handed over from the start (Python
+    /// 3.13's `SharedMemory(track=False)`): neither this handle nor the program's tracker
+    /// ever unlinks it; [`SharedMemory::unlink`] does, from this or any other program.
+    ///
+    /// ```
+    /// use pool_api::SharedMemory;
+    ///
+    /// let name = format!("pool-doc-untracked-{}", std::process::id());
+    /// drop(SharedMemory::create_untracked(&name, 64)?);
+    /// assert!(SharedMemory::attach(&name).is_ok()); // still there
+    /// SharedMemory::unlink(&name)?;
+    /// # Ok::<(), pool_api::ShmError>(())
+    /// ```
+    pub fn create_untracked(name: &str, size: usize) -> Result<SharedMemory, ShmError> {
+        let region = SharedRegion::create_named(name, size).map_err(|e| shm_error(e, name))?;
         Ok(SharedMemory {
             region,
             name: Some(name.to_owned()),
@@ -481,9 +534,35 @@ impl SharedMemory {
         })
     }
 
-    /// Removes the named segment `name` from `/dev/shm` (for instance after its creator was
-    /// killed). Processes that have it attached keep it until they drop it.
+    /// Hands the segment over: it outlives this handle and this program (this handle no
+    /// longer unlinks it, and the tracker forgets it). Does nothing on a handle that does
+    /// not own its segment (attached, cloned, received, or untracked).
+    pub fn keep(&mut self) {
+        if let (true, Some(name)) = (self.owner, &self.name) {
+            crate::tracker::unregister(name);
+        }
+        self.owner = false;
+    }
+
+    /// Attaches the named segment `name` ([`ShmError::NotFound`] if there is none).
+    pub fn attach(name: &str) -> Result<SharedMemory, ShmError> {
+        let region = SharedRegion::open_named(name).map_err(|e| shm_error(e, name))?;
+        // Not registered (an attaching process does not own the segment); but if this
+        // program's tracker runs, this process is counted among its live ones.
+        crate::tracker::note_user();
+        Ok(SharedMemory {
+            region,
+            name: Some(name.to_owned()),
+            owner: false,
+        })
+    }
+
+    /// Removes the named segment `name` from `/dev/shm` (for instance a handed-over one, or
+    /// one whose creator was killed). Processes that have it attached keep it until they drop
+    /// it. If this program's tracker had it registered, it forgets it.
     pub fn unlink(name: &str) -> Result<(), ShmError> {
+        // First: a tracker must never unlink a later segment of the same name.
+        crate::tracker::unregister(name);
         shared::unlink_named(name).map_err(|e| shm_error(e, name))
     }
 
@@ -565,6 +644,7 @@ impl SharedMemory {
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         if let (true, Some(name)) = (self.owner, &self.name) {
+            crate::tracker::unregister(name);
             let _ = shared::unlink_named(name);
         }
     }

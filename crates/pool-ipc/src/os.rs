@@ -8,7 +8,9 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::BorrowedFd;
 
+use crate::shared::ProcessIdentity;
 use crate::sys;
 
 /// Registers `f` to run when the process exits through `exit` (returning from `main`
@@ -77,6 +79,58 @@ pub unsafe fn after_fork_in_child(f: unsafe extern "C" fn()) -> io::Result<()> {
 /// ```
 pub fn thread_id() -> u32 {
     sys::thread_id()
+}
+
+/// The process that started this program: this process, unless it was started by this
+/// crate ([`spawn`](crate::spawn), the forkserver, [`fork`](crate::fork)), in which case its
+/// parent's root. A program started any other way (`std::process::Command`, a shell) is a
+/// program of its own, even a build of the same executable. Children started by this crate
+/// die with their parent unless told otherwise, so when the root has ended its whole tree is
+/// ending too; pool-api's shared-memory tracker uses this to know when a program is over.
+/// If the root's start time cannot be read now (`/proc` unreadable), it is 0 and asked again
+/// on the next call; a root that has already exited gets a start time no process has, so it
+/// is never [alive](ProcessIdentity::is_alive).
+///
+/// ```
+/// let root = pool_ipc::os::program_root();
+/// assert_eq!(root.pid, std::process::id()); // a doc test is started by rustdoc
+/// assert!(root.is_alive());
+/// ```
+pub fn program_root() -> ProcessIdentity {
+    crate::start::root::program_root()
+}
+
+/// Ignores `signal` from now on (its disposition becomes `SIG_IGN`, which children inherit
+/// across `exec`). For a helper process that must outlive a Ctrl-C or a `SIGTERM` sent to
+/// its whole process group. `SIGKILL` and `SIGSTOP` cannot be ignored (an error).
+///
+/// ```
+/// use pool_ipc::os::Signal;
+///
+/// assert!(pool_ipc::os::ignore_signal(Signal::Kill).is_err());
+/// ```
+pub fn ignore_signal(signal: Signal) -> io::Result<()> {
+    sys::ignore_signal(signal.as_raw())
+}
+
+/// This process's real user id.
+///
+/// ```
+/// let me = pool_ipc::os::user_id();
+/// let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+/// use std::os::fd::AsFd;
+/// assert_eq!(pool_ipc::os::peer_user_id(a.as_fd()).unwrap(), me);
+/// ```
+pub fn user_id() -> u32 {
+    sys::user_id()
+}
+
+/// The user id of the process at the other end of a connected Unix socket (`SO_PEERCRED`,
+/// taken when the peer connected or started listening): lets a server refuse other users'
+/// clients, and a client a listener of another user, on an abstract address anyone may
+/// bind or reach.
+pub fn peer_user_id(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    sys::peer_user_id(socket)
 }
 
 /// Whether `error` says that the process it was about does not exist (`ESRCH`). A signal

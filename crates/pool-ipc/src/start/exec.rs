@@ -53,7 +53,7 @@ use crate::{Child, sys};
 const CONTROL_ENV: &str = "POOL_IPC_CONTROL_FD";
 
 /// Bumped whenever the bootstrap's shape changes.
-const PROTOCOL: u32 = 1;
+const PROTOCOL: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Bootstrap {
@@ -61,6 +61,10 @@ struct Bootstrap {
     identity: [u64; 5],
     layout: i64,
     parent_pid: u32,
+    /// The program's root (pid, start time), which the child inherits (see `root.rs`).
+    root: (u32, u64),
+    /// `false`: the child disarms `PR_SET_PDEATHSIG` (`SpawnOptions::die_with_parent`).
+    die_with_parent: bool,
     main: FnId,
     transport: TransportKind,
     data_fd: i32,
@@ -153,6 +157,11 @@ pub(crate) fn spawn_exec(
         identity: identity()?,
         layout: code::layout(),
         parent_pid: std::process::id(),
+        root: {
+            let root = super::root::program_root();
+            (root.pid, root.start)
+        },
+        die_with_parent: options.die_with_parent,
         main,
         transport: options.transport,
         data_fd,
@@ -275,6 +284,8 @@ pub(super) mod child_side {
     #[ctor::ctor(unsafe)]
     fn pool_ipc_child_hook() {
         let Some(fd) = std::env::var_os(CONTROL_ENV) else {
+            // Not started by `spawn`: the root of its own program.
+            crate::start::root::this_process_is_root();
             return;
         };
         // SAFETY: before `main`, no other thread of this program exists yet.
@@ -352,6 +363,13 @@ pub(super) mod child_side {
             // The parent died before PR_SET_PDEATHSIG was armed: nobody wants us.
             return Err(());
         }
+        if !boot.die_with_parent && sys::disarm_parent_death_signal().is_err() {
+            return Err(());
+        }
+        crate::start::root::inherit(crate::shared::ProcessIdentity {
+            pid: boot.root.0,
+            start: boot.root.1,
+        });
         // Descriptors the parent had open without close-on-exec came along (posix_spawn
         // cannot leave them behind): only the control socket, the channel and the inherited
         // ones are ours. Nothing else in this process, which has not reached `main`, uses any.

@@ -134,6 +134,12 @@ where
             "SpawnOptions::program needs the spawn start method",
         )));
     }
+    if !options.die_with_parent {
+        return Err(SpawnError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "SpawnOptions::die_with_parent(false) needs the spawn start method",
+        )));
+    }
     let deadline = Instant::now() + options.handshake_timeout;
     // As Python does before forking: the child must not print our buffered output again.
     let _ = std::io::stdout().flush();

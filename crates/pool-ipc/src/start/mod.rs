@@ -19,6 +19,7 @@ mod exec;
 mod fork;
 mod forkserver;
 mod ready;
+pub(crate) mod root;
 mod spawner;
 mod types;
 
@@ -63,6 +64,12 @@ pub fn spawn(
                 return Err(SpawnError::Io(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "SpawnOptions::program needs the spawn start method",
+                )));
+            }
+            if !options.die_with_parent {
+                return Err(SpawnError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "SpawnOptions::die_with_parent(false) needs the spawn start method",
                 )));
             }
             forkserver::start(main, payload, options)

@@ -65,6 +65,7 @@ pub struct SpawnOptions {
     pub(crate) program: Option<(PathBuf, Vec<OsString>)>,
     pub(crate) inherit: Vec<OwnedFd>,
     pub(crate) start_method: StartMethod,
+    pub(crate) die_with_parent: bool,
 }
 
 impl Default for SpawnOptions {
@@ -76,6 +77,7 @@ impl Default for SpawnOptions {
             program: None,
             inherit: Vec::new(),
             start_method: StartMethod::Spawn,
+            die_with_parent: true,
         }
     }
 }
@@ -129,6 +131,32 @@ impl SpawnOptions {
     /// [`ChildStart::inherited`]. This is how handles such as a pipe end reach a child.
     pub fn inherit(mut self, fds: Vec<OwnedFd>) -> SpawnOptions {
         self.inherit = fds;
+        self
+    }
+
+    /// Whether the child dies with the thread that started it (default `true`:
+    /// `PR_SET_PDEATHSIG(SIGKILL)`, so no child outlives its parent). With `false` the child
+    /// keeps running after this process ends (it is then re-parented to the nearest
+    /// subreaper, or init), which is what a helper that must clean up *after* its parent
+    /// needs (pool-api's shared-memory tracker). It still ignores SIGINT, like every child.
+    /// Dropping its [`Child`] still kills it: call [`Child::disown`] to let it run on. Only
+    /// for [`StartMethod::Spawn`]: the forkserver and [`fork`](crate::fork) refuse `false`
+    /// (their children die with the forkserver, or cannot be told apart from a copy of this
+    /// process).
+    ///
+    /// ```
+    /// use pool_ipc::{ChildStart, ExitStatus, SpawnOptions, spawn};
+    ///
+    /// fn three(_: ChildStart) -> i32 {
+    ///     3
+    /// }
+    ///
+    /// let options = SpawnOptions::new().die_with_parent(false);
+    /// let mut spawned = spawn(three, b"", &options).unwrap();
+    /// assert_eq!(spawned.child.wait().unwrap(), ExitStatus::Code(3));
+    /// ```
+    pub fn die_with_parent(mut self, yes: bool) -> SpawnOptions {
+        self.die_with_parent = yes;
         self
     }
 

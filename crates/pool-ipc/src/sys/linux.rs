@@ -841,6 +841,56 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), n);
 }
 
+/// Undoes `PR_SET_PDEATHSIG`: this process keeps running when its parent thread exits.
+pub(crate) fn disarm_parent_death_signal() -> io::Result<()> {
+    // SAFETY: prctl with valid arguments (signal 0 clears the setting).
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets `signal`'s disposition to "ignore".
+pub(crate) fn ignore_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: setting a disposition to SIG_IGN is always sound; an invalid number is EINVAL.
+    if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The real user id of this process.
+pub(crate) fn user_id() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The user id of the peer of a connected Unix socket (`SO_PEERCRED`: the peer's
+/// credentials when it connected or listened).
+pub(crate) fn peer_user_id(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a `ucred` we own.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
