@@ -57,7 +57,7 @@ pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_core::Stats;
 pub use pool_ipc::SpawnError;
 pub use pool_ipc::os::Signal;
-pub use pool_ipc::{StartMethod, TransportKind};
+pub use pool_ipc::{ExitStatus, StartMethod, TransportKind};
 pub use process::{
     Process, ProcessHandle, ProcessInfo, active_children, current_process,
     set_exit_waits_for_children,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+use pool_ipc::ExitStatus;
 use pool_ipc::os::Signal;
 use pool_ipc::{Child, ChildStart, Killer, SpawnOptions, StartMethod};
 use serde::de::DeserializeOwned;
@@ -60,6 +61,10 @@ pub(crate) fn set_current(name: String) {
     // The previous name is leaked, not freed: another thread may be reading it.
     NAME.store(Box::into_raw(Box::new(name)), Ordering::Release);
 }
+
+/// The `exitcode` of [`Error::WorkerLost`] when the exit status cannot be read (this program
+/// ignores SIGCHLD, or another part of it reaped the child).
+pub(crate) const UNKNOWN_EXITCODE: i32 = -1;
 
 /// Numbers `Process-N` names, as Python does.
 static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
@@ -342,7 +347,7 @@ impl<R> Process<R> {
             child: Some(spawned.child),
             channel: Some(spawned.channel),
             outcome: None,
-            exitcode: None,
+            status: None,
             result: PhantomData,
         })
     }
@@ -357,14 +362,14 @@ impl<R> Process<R> {
 /// handle, for [`exitcode`](ProcessHandle::exitcode) and the value later.
 ///
 /// ```
-/// use pool_api::Process;
+/// use pool_api::{ExitStatus, Process};
 ///
 /// fn fail(_: ()) {
 ///     panic!("no luck");
 /// }
 ///
 /// let mut child = Process::new(fail, ())?.start()?;
-/// assert_eq!(child.wait()?, 1); // Python's exit code of a target that raised
+/// assert_eq!(child.wait()?, ExitStatus::Code(1)); // Python's exit code of a target that raised
 /// assert_eq!(child.exitcode(), Some(1));
 /// assert!(matches!(child.join(), Err(pool_api::Error::Panicked { message, .. }) if message == "no luck"));
 /// # Ok::<(), pool_api::Error>(())
@@ -381,7 +386,7 @@ pub struct ProcessHandle<R = ()> {
     channel: Option<pool_ipc::Channel>,
     /// The target's encoded outcome, once received.
     outcome: Option<Vec<u8>>,
-    exitcode: Option<i32>,
+    status: Option<ExitStatus>,
     result: PhantomData<fn() -> R>,
 }
 
@@ -401,7 +406,7 @@ impl<R> ProcessHandle<R> {
         if let Some(child) = self.child.take() {
             registry::remove(child.pid());
         }
-        self.exitcode = Some(status.python_exitcode());
+        self.status = Some(status);
     }
 
     /// Reads the child's outcome if it arrives by `deadline`; false if the deadline passed
@@ -447,54 +452,66 @@ impl<R> ProcessHandle<R> {
         }
     }
 
-    /// Waits until `deadline` for the outcome and the exit; the exit code if it came.
-    fn wait_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<i32>, Error> {
+    /// Waits until `deadline` for the outcome and the exit; how it exited, if it did.
+    fn wait_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>, Error> {
         if !self.receive_outcome(deadline)? {
             return Ok(None);
         }
-        if let Some(code) = self.exitcode {
-            return Ok(Some(code));
+        if let Some(status) = self.status {
+            return Ok(Some(status));
         }
         let Some(child) = self.child.as_mut() else {
-            return Ok(self.exitcode);
+            return Ok(self.status);
         };
         match child.wait_deadline(deadline).map_err(Error::from)? {
             Some(status) => {
                 self.reaped(status);
-                Ok(self.exitcode)
+                Ok(self.status)
             }
             None => Ok(None),
         }
     }
 
-    /// Python's `join()`: waits for the process to exit, and returns its exit code (minus
-    /// the signal that killed it). The handle stays, for the value ([`join`](Self::join)).
-    pub fn wait(&mut self) -> Result<i32, Error> {
+    /// Python's `join()`: waits for the process to exit, and returns how it exited (its
+    /// exit code, the signal that killed it, or [`ExitStatus::Unknown`] when this program
+    /// ignores SIGCHLD). The handle stays, for the value ([`join`](Self::join)).
+    pub fn wait(&mut self) -> Result<ExitStatus, Error> {
         Ok(self
             .wait_deadline(None)?
             .expect("a wait with no deadline ends with an exit"))
     }
 
-    /// Python's `join(timeout)`: waits at most `timeout`; the exit code, or `None` if the
+    /// Python's `join(timeout)`: waits at most `timeout`; how it exited, or `None` if the
     /// process is still running.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, Error> {
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
         self.wait_deadline(crate::deadline_in(timeout))
     }
 
-    /// Python's `exitcode`: `None` while running, else the exit code, or minus the signal
-    /// that killed it.
-    pub fn exitcode(&mut self) -> Option<i32> {
-        if self.exitcode.is_none() {
+    /// How the process exited, or `None` while it runs (without waiting).
+    ///
+    /// A program that sets SIGCHLD to `SIG_IGN` (some daemons and embedding programs do) has
+    /// its children reaped by the kernel the moment they exit: their status is gone before
+    /// anyone can read it. The exit is still seen (through the child's pidfd), so the process
+    /// is no longer alive and its handle's waits return, with [`ExitStatus::Unknown`].
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 self.reaped(status);
             }
         }
-        self.exitcode
+        self.status
+    }
+
+    /// Python's `exitcode`: `None` while running, else the exit code, or minus the signal
+    /// that killed it; also `None` when the status is unknown (see
+    /// [`exit_status`](Self::exit_status)).
+    pub fn exitcode(&mut self) -> Option<i32> {
+        self.exit_status().and_then(ExitStatus::python_exitcode)
     }
 
     /// Whether the process has not exited.
     pub fn is_alive(&mut self) -> bool {
-        self.exitcode().is_none()
+        self.exit_status().is_none()
     }
 
     /// Python's `terminate`: SIGTERM.
@@ -521,10 +538,10 @@ impl<R: DeserializeOwned> ProcessHandle<R> {
     /// its message); a child that died without a value (killed, `exit`, a crash) is
     /// [`Error::WorkerLost`] with its exit code.
     pub fn join(mut self) -> Result<R, Error> {
-        let exitcode = self.wait()?;
+        let status = self.wait()?;
         let lost = Error::WorkerLost {
             pid: self.pid,
-            exitcode,
+            exitcode: status.python_exitcode().unwrap_or(UNKNOWN_EXITCODE),
         };
         let Some(outcome) = self.outcome.take() else {
             return Err(lost);
@@ -554,7 +571,7 @@ impl<R> Drop for ProcessHandle<R> {
 
 impl<R> crate::Waitable for ProcessHandle<R> {
     fn ready_now(&self) -> bool {
-        self.exitcode.is_some()
+        self.status.is_some()
     }
     fn sentinel(&self) -> Option<BorrowedFd<'_>> {
         self.child.as_ref().map(Child::pidfd)

@@ -45,8 +45,8 @@ fn two_processes_start_and_join() {
     let mut p1 = p1.start().unwrap();
     let mut p2 = p2.start().unwrap();
     assert_ne!(p1.pid(), p2.pid());
-    assert_eq!(p1.wait().unwrap(), 0);
-    assert_eq!(p2.wait().unwrap(), 0);
+    assert_eq!(p1.wait().unwrap(), pool_api::ExitStatus::Code(0));
+    assert_eq!(p2.wait().unwrap(), pool_api::ExitStatus::Code(0));
     assert_eq!((p1.exitcode(), p2.exitcode()), (Some(0), Some(0)));
     assert!(!p1.is_alive());
     p1.join().unwrap();
@@ -76,7 +76,10 @@ fn join_returns_the_targets_value() {
     // Larger than a socket's buffer: read while the child runs, or it could not exit.
     let n = 16 << 20;
     let mut child = Process::new(big, n).unwrap().start().unwrap();
-    assert_eq!(child.wait_timeout(GENEROUS).unwrap(), Some(0));
+    assert_eq!(
+        child.wait_timeout(GENEROUS).unwrap(),
+        Some(pool_api::ExitStatus::Code(0))
+    );
     assert_eq!(child.join().unwrap(), vec![7; n]);
     let forked = Process::fork(|| String::from("from the fork"))
         .start()
@@ -121,8 +124,8 @@ fn lifecycle_after_exit_is_harmless() {
         .unwrap()
         .start()
         .unwrap();
-    assert_eq!(p.wait().unwrap(), 0);
-    assert_eq!(p.wait().unwrap(), 0);
+    assert_eq!(p.wait().unwrap(), pool_api::ExitStatus::Code(0));
+    assert_eq!(p.wait().unwrap(), pool_api::ExitStatus::Code(0));
     p.terminate().unwrap();
     p.kill().unwrap();
     assert_eq!(p.exitcode(), Some(0));
@@ -245,7 +248,10 @@ fn the_exit_time_wait_can_be_turned_off() {
         .unwrap()
         .start()
         .unwrap();
-    assert_eq!(middle.wait_timeout(GENEROUS).unwrap(), Some(0));
+    assert_eq!(
+        middle.wait_timeout(GENEROUS).unwrap(),
+        Some(pool_api::ExitStatus::Code(0))
+    );
     // The child would have written after 300 ms; terminated at the exit, it never does.
     std::thread::sleep(Duration::from_millis(600));
     assert!(!path.exists(), "the child outlived its parent's exit");
@@ -349,4 +355,43 @@ fn a_workers_panic_carries_its_backtrace_when_rust_backtrace_is_set() {
         .expect("a Panicked error");
     assert!(shown.contains("worker backtrace:"), "{shown}");
     assert!(shown.contains("panics_with_a_backtrace"), "{shown}");
+}
+
+fn segfaults(_: ()) {
+    // SAFETY: raising a signal is sound; the default action of SIGSEGV ends the process.
+    unsafe { libc::raise(libc::SIGSEGV) };
+}
+
+/// In a child of its own: this program ignores SIGCHLD (as some daemons do), so the kernel
+/// reaps its children at once. What a `Process` and a `Pool` report then, as
+/// `(wait, is_alive, exitcode, the pool's error for a segfaulted worker)`.
+fn with_sigchld_ignored(_: ()) -> (String, bool, Option<i32>, String) {
+    // SAFETY: setting a signal's disposition to SIG_IGN is sound.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let mut child = Process::new(exits, 3).unwrap().start().unwrap();
+    let status = child
+        .wait()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    let alive = child.is_alive();
+    let exitcode = child.exitcode();
+    let pool = pool_api::Pool::new(1).unwrap();
+    let crashed = pool.apply(segfaults, ()).unwrap_err().to_string();
+    (status, alive, exitcode, crashed)
+}
+
+#[test]
+fn exit_statuses_do_not_depend_on_sigchld_being_ignored() {
+    let (status, alive, exitcode, crashed) = Process::new(with_sigchld_ignored, ())
+        .unwrap()
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
+    // The exit is seen (pidfd); the status is gone, and said to be: not an error.
+    assert_eq!(status, pool_api::ExitStatus::Unknown.to_string());
+    assert!(!alive);
+    assert_eq!(exitcode, None);
+    // A pool's workers come from the forkserver there, which relays how each exited.
+    assert!(crashed.contains("exitcode -11"), "{crashed}");
 }

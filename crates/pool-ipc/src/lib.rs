@@ -66,20 +66,33 @@ pub fn wait_readable(
 
 /// How a process exited, as Python's `exitcode` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum ExitStatus {
     /// It exited with this code.
     Code(i32),
     /// It was killed by this signal.
     Signal(i32),
+    /// It exited, but how cannot be known: the kernel reaped it because this process ignores
+    /// SIGCHLD (some daemons and embedding programs set it to `SIG_IGN`), or another part of
+    /// the program reaped it with a `wait` of its own.
+    Unknown,
 }
 
 impl ExitStatus {
-    /// Python's `exitcode`: the code, or minus the signal number.
-    pub fn python_exitcode(self) -> i32 {
+    /// Python's `exitcode`: the code, or minus the signal number; `None` when unknown.
+    pub fn python_exitcode(self) -> Option<i32> {
         match self {
-            ExitStatus::Code(code) => code,
-            ExitStatus::Signal(sig) => -sig,
+            ExitStatus::Code(code) => Some(code),
+            ExitStatus::Signal(sig) => Some(-sig),
+            ExitStatus::Unknown => None,
         }
+    }
+
+    /// Whether this process's children are reaped by the kernel as they exit (SIGCHLD is
+    /// ignored): their statuses will be [`ExitStatus::Unknown`], unless they are started by
+    /// the forkserver, which reaps its children itself and relays their statuses.
+    pub fn unknowable_for_children() -> bool {
+        sys::children_auto_reaped()
     }
 
     /// Whether it exited with code 0.
@@ -93,6 +106,7 @@ impl std::fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(code) => write!(f, "exit code {code}"),
             ExitStatus::Signal(sig) => write!(f, "killed by signal {sig}"),
+            ExitStatus::Unknown => f.write_str("exit status unknown (reaped elsewhere)"),
         }
     }
 }

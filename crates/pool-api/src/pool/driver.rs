@@ -888,6 +888,9 @@ fn core_status(status: pool_ipc::ExitStatus) -> pool_core::ExitStatus {
     match status {
         pool_ipc::ExitStatus::Code(c) => pool_core::ExitStatus::Code(c),
         pool_ipc::ExitStatus::Signal(s) => pool_core::ExitStatus::Signal(s),
+        // Only when another part of the program reaped the worker: a pool whose program
+        // ignores SIGCHLD starts its workers from the forkserver, which relays statuses.
+        _ => pool_core::ExitStatus::Code(crate::process::UNKNOWN_EXITCODE),
     }
 }
 

@@ -795,6 +795,11 @@ impl PoolBuilder {
     /// same isolation, a faster start (workers inherit the forkserver's environment, working
     /// directory, stdout and stderr, those of when it started).
     ///
+    /// A program that ignores SIGCHLD has its children reaped by the kernel, statuses lost:
+    /// there a pool starts its workers from the forkserver whatever this says, since the
+    /// forkserver reaps its children itself and relays how each exited (so a crashed worker
+    /// is still `WorkerLost` with its signal).
+    ///
     /// ```
     /// use pool_api::{Pool, StartMethod};
     ///
@@ -882,7 +887,11 @@ impl PoolBuilder {
             initializer_fds,
             handshake_timeout: self.handshake_timeout,
             time_limit: self.time_limit,
-            start_method: self.start_method,
+            start_method: if pool_ipc::ExitStatus::unknowable_for_children() {
+                StartMethod::Forkserver
+            } else {
+                self.start_method
+            },
         };
         let transport = self.transport;
         let handshake_timeout = self.handshake_timeout;

@@ -35,11 +35,12 @@ pub(crate) fn process(args: &DemoArgs) -> Outcome {
     let p = Process::new(run_proc, "test".to_string()).map_err(fail)?;
     println!("Process will start.");
     let mut p = p.start().map_err(fail)?;
-    let exitcode = p.wait().map_err(fail)?;
+    let status = p.wait().map_err(fail)?;
     println!("Process end.");
-    match exitcode {
-        0 => Ok(()),
-        other => Err(format!("the child exited with {other}")),
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the child ended with {status}"))
     }
 }
 

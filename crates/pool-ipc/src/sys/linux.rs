@@ -98,6 +98,12 @@ pub(crate) fn pidfd_reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Optio
                 return Ok(Some(status));
             }
             Err(rustix::io::Errno::INTR) => {}
+            // Not waitable: reaped already by the kernel (this process ignores SIGCHLD) or by
+            // someone else's `wait`. If it exited (its pidfd is readable), its status is lost.
+            Err(rustix::io::Errno::CHILD) => {
+                let exited = poll_one(pidfd, PollFlags::IN, Some(Instant::now()))?;
+                return Ok(exited.then_some(ExitStatus::Unknown));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -157,6 +163,11 @@ fn die_with_parent_ignoring_sigint() -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+        // A parent that ignores SIGCHLD passes that on across `exec`; our children reap their
+        // own children (a forkserver's workers, a worker's `Process`) and need their statuses.
+        if libc::signal(libc::SIGCHLD, libc::SIG_DFL) == libc::SIG_ERR {
             return Err(io::Error::last_os_error());
         }
     }
@@ -857,6 +868,19 @@ pub(crate) fn ignore_signal(signal: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether this process's children are reaped by the kernel as they exit (SIGCHLD set to
+/// `SIG_IGN`, or `SA_NOCLDWAIT`): then their exit statuses cannot be read.
+pub(crate) fn children_auto_reaped() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0 {
+            return false;
+        }
+        old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
+    }
 }
 
 /// The real user id of this process.
