@@ -23,7 +23,8 @@
 //! words in it); the ring is a second mapping that each process replaces when it sees, under
 //! the queue's lock, that the header's size is not the size it mapped: nobody reads or writes
 //! through a stale mapping. The reservation is thus at most twice what the queue ever held
-//! (and 64 KiB for a small queue), not its limit. The ring never shrinks; its memory does:
+//! (and 64 KiB for a small queue), not its limit. The ring never shrinks; its memory is given
+//! back (below).
 //!
 //! # Memory given back
 //!
@@ -167,14 +168,13 @@ type Mapped<'a> = MutexGuard<'a, SharedWindow>;
 
 impl Ring {
     fn create(capacity: usize, maxsize: u64) -> Result<Ring, String> {
-        let limit = capacity
+        let limits = capacity
             .max(4096)
             .checked_next_multiple_of(8)
-            .map(|l| l as u64);
-        let max_ring = limit
-            .and_then(u64::checked_next_power_of_two)
-            .ok_or_else(|| format!("a queue capacity of {capacity} bytes is too large"))?;
-        let limit = limit.unwrap_or(max_ring);
+            .and_then(|limit| Some((limit as u64, (limit as u64).checked_next_power_of_two()?)));
+        let Some((limit, max_ring)) = limits else {
+            return Err(format!("a queue capacity of {capacity} bytes is too large"));
+        };
         let size = INITIAL_RING.min(max_ring);
         let region = SharedRegion::create_growable("pool-queue", DATA_OFFSET as usize)
             .map_err(|e| e.to_string())?;
