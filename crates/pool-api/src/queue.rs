@@ -1152,6 +1152,37 @@ mod tests {
         assert!(matches!(j.queue().try_put(2), Err(QueueError::Full(2))));
     }
 
+    /// The memory the queue's memfd holds now, in bytes.
+    fn allocated<T>(q: &Queue<T>) -> u64 {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let fd = q.ring.region.fd().as_raw_fd();
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .blocks()
+            * 512
+    }
+
+    #[test]
+    fn a_grown_ring_gives_back_what_was_consumed_and_what_growth_moved() {
+        let q: Queue<Bytes> = Queue::new().unwrap();
+        let item = |i: u8| Bytes(vec![i; (1 << 20) - 64]);
+        // Wrap a 1 MiB ring (the consumer half-way), then grow it to 64 MiB at once.
+        q.put(item(0)).unwrap();
+        assert_eq!(q.get().unwrap(), item(0));
+        for i in 1..48 {
+            q.put(item(i)).unwrap();
+        }
+        assert_eq!(mapped_size(&q), 64 << 20);
+        let held = allocated(&q);
+        assert!(held <= 49 << 20, "{held} bytes for 47 MiB queued");
+        for i in 1..48 {
+            assert_eq!(q.get().unwrap(), item(i));
+        }
+        let left = allocated(&q);
+        assert!(left <= 4 << 20, "{left} bytes left once drained");
+    }
+
     #[test]
     fn a_grower_killed_before_publishing_left_the_old_ring_as_it_was() {
         let q: Queue<Bytes> = Queue::with_limits(0, 1 << 20).unwrap();
