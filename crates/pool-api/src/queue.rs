@@ -4,10 +4,34 @@
 //! # Layout
 //!
 //! One anonymous memfd: a header page, then a byte ring of records (`u64` length, the
-//! encoded item, padding to 8 bytes), addressed by `head` and `tail` counters that only grow.
-//! The ring is large (8 GiB by default) but *sparse*: memory is allocated only where records
-//! are written, and the consumer punches the consumed part back out, so an unbounded queue
-//! costs what it holds.
+//! encoded item, padding to 8 bytes), addressed by `head` and `tail` counters that only grow:
+//! the byte at position `p` lives at `p % size`, `size` being the ring's size now, a power of
+//! two recorded in the header.
+//!
+//! # A ring that grows with what it holds
+//!
+//! A queue starts with a 64 KiB ring (less if its limit is smaller). A `put` that finds no
+//! room, while the queue holds less than its limit (the `capacity` of `with_limits`, 8 GiB by
+//! default), grows the ring under the queue's lock: it makes the memfd longer (sealed against
+//! shrinking, never against growing), maps the larger ring, doubles the size as often as the
+//! item needs (up to the limit rounded up to a power of two), copies the queued bytes whose
+//! offset changes, and publishes the new size in the header as its last step. The queued
+//! bytes lie in at most two runs of the old ring (before and after its wrap); each run either
+//! keeps its offset or moves whole into the new part of the ring, which nobody reads until the
+//! size is published, so a grower killed in the middle leaves the old ring as it was, in
+//! order. The header page is mapped on its own and never moves (other threads wait on futex
+//! words in it); the ring is a second mapping that each process replaces when it sees, under
+//! the queue's lock, that the header's size is not the size it mapped: nobody reads or writes
+//! through a stale mapping. The reservation is thus at most twice what the queue ever held
+//! (and 64 KiB for a small queue), not its limit. The ring never shrinks; its memory is given
+//! back (below).
+//!
+//! # Memory given back
+//!
+//! The memfd is sparse: memory is allocated only where records are written. The consumer
+//! punches consumed space back out in steps (a quarter of the ring, between 64 KiB and
+//! 2 MiB), and a growth punches out every page of the ring that holds no queued byte, so a
+//! queue costs what it holds plus a step, whatever its ring's size.
 //!
 //! # Why no feeder thread
 //!
@@ -21,21 +45,29 @@
 //!
 //! Producers and consumers take the queue's lock (the owner-death-aware lock of
 //! [`Lock`](crate::Lock)), copy, and only then move `tail` (or `head`) and the item count:
-//! moving them is the last step. A process killed in the middle of a copy has changed nothing
-//! that others read, and the next user takes the lock over. So no other item is lost or
-//! duplicated; the killed producer's item was never in the queue (its `put` never returned),
-//! and the killed consumer's item stays there for the next `get`.
+//! moving them is the last step, as publishing the size is a growth's. A process killed in the
+//! middle of a copy or a growth has changed nothing that others read, and the next user takes
+//! the lock over (and gives back what a dead grower left in the memfd beyond the ring). So no
+//! other item is lost or duplicated; the killed producer's item was never in the queue (its
+//! `put` never returned), and the killed consumer's item stays there for the next `get`.
 //!
-//! Positions read from shared memory are checked before use: a corrupted header gives an
-//! error, never an out-of-bounds access.
+//! Positions and the ring's size read from shared memory are checked before use (the size
+//! against the memfd's length before mapping): a corrupted header gives an error, never an
+//! out-of-bounds access.
+//!
+//! # How many queues
+//!
+//! Each queue holds one descriptor and two mappings in every process that uses it, so a
+//! process's queues are bounded by its descriptor limit and by `vm.max_map_count` (65 530
+//! mappings by default, shared with everything else the process maps), not by address space.
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use pool_ipc::shared::{SharedRegion, futex_wait, futex_wake};
+use pool_ipc::shared::{SharedRegion, SharedWindow, futex_wait, futex_wake};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -44,11 +76,16 @@ use crate::sync::{RawLock, SyncError};
 use crate::{OsError, handles};
 
 const MAGIC: u64 = 0x706f_6f6c_7175_6575;
-const DATA_OFFSET: usize = 4096;
-/// The ring's size unless told otherwise. Virtual: only what is queued costs memory.
+const DATA_OFFSET: u64 = 4096;
+const PAGE: u64 = 4096;
+/// The queue's limit unless told otherwise: how many bytes of records it holds before `put`
+/// waits. Its ring grows towards it only as items need.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8 << 30;
-/// Consumed space is given back in steps of this much.
-const DISCARD_STEP: u64 = 2 << 20;
+/// The ring's size when a queue is made (or its limit's power of two, if smaller).
+const INITIAL_RING: u64 = 64 << 10;
+/// Consumed space is given back in steps of a quarter of the ring, within these bounds.
+const DISCARD_STEP_MIN: u64 = 64 << 10;
+const DISCARD_STEP_MAX: u64 = 2 << 20;
 
 /// Why a queue operation did not succeed. The item is handed back where one was given.
 ///
@@ -142,6 +179,7 @@ impl<T> From<std::io::Error> for QueueError<T> {
 #[repr(C)]
 struct Header {
     magic: AtomicU64,
+    /// The ring's size now: a power of two, changed only by a growth, under the lock.
     capacity: AtomicU64,
     maxsize: AtomicU64,
     lock: AtomicU32,
@@ -161,48 +199,94 @@ struct Header {
     unfinished: AtomicU64,
     done_seq: AtomicU32,
     joiners: AtomicU32,
+    /// How many bytes of records the queue holds at most (the `capacity` it was made with).
+    limit: AtomicU64,
 }
 
+/// One process's view of a queue: the header page, mapped once, and the ring, mapped at the
+/// size this process last saw.
 struct Ring {
+    /// The memfd; its own mapping is the header page, which never moves.
     region: SharedRegion,
-    capacity: u64,
+    /// Bytes of records the queue may hold (read once, when made or received).
+    limit: u64,
+    /// The largest the ring may grow: `limit` rounded up to a power of two.
+    max_ring: u64,
+    /// The ring as mapped here. Only the holder of the queue's lock maps or uses it; the mutex
+    /// only makes that visible to the compiler (it is never contended).
+    data: Mutex<SharedWindow>,
 }
+
+/// The ring, mapped at the size the header gives, for the holder of the queue's lock.
+type Mapped<'a> = MutexGuard<'a, SharedWindow>;
 
 impl Ring {
     fn create(capacity: usize, maxsize: u64) -> Result<Ring, String> {
-        let capacity = capacity.max(4096).next_multiple_of(8);
-        let region = SharedRegion::create("pool-queue", DATA_OFFSET + capacity)
+        let limits = capacity
+            .max(4096)
+            .checked_next_multiple_of(8)
+            .and_then(|limit| Some((limit as u64, (limit as u64).checked_next_power_of_two()?)));
+        let Some((limit, max_ring)) = limits else {
+            return Err(format!("a queue capacity of {capacity} bytes is too large"));
+        };
+        let size = INITIAL_RING.min(max_ring);
+        let region = SharedRegion::create_growable("pool-queue", DATA_OFFSET as usize)
+            .map_err(|e| e.to_string())?;
+        region
+            .grow_to(DATA_OFFSET + size)
+            .map_err(|e| e.to_string())?;
+        let data = region
+            .map_window(DATA_OFFSET, size as usize)
             .map_err(|e| e.to_string())?;
         let ring = Ring {
             region,
-            capacity: capacity as u64,
+            limit,
+            max_ring,
+            data: Mutex::new(data),
         };
         let h = ring.header();
-        h.capacity.store(capacity as u64, Ordering::Relaxed);
+        h.capacity.store(size, Ordering::Relaxed);
+        h.limit.store(limit, Ordering::Relaxed);
         h.maxsize.store(maxsize, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
         Ok(ring)
     }
 
     fn open(fd: std::os::fd::OwnedFd) -> Result<Ring, String> {
-        let region = SharedRegion::open(fd).map_err(|e| e.to_string())?;
-        if region.len() <= DATA_OFFSET {
-            return Err("the descriptor is not a queue".into());
-        }
-        // SAFETY: the region is longer than the header page (checked above) and page-aligned.
+        const NOT_A_QUEUE: &str = "the descriptor is not a queue";
+        let region =
+            SharedRegion::open_prefix(fd, DATA_OFFSET as usize).map_err(|e| e.to_string())?;
+        // SAFETY: the region maps the header page (`open_prefix` checked the file's length);
+        // `Header` is only atomics, valid for any bytes, used through `&` only.
         let h = unsafe { &*region.as_ptr().cast::<Header>() };
-        let capacity = h.capacity.load(Ordering::Acquire);
+        let (size, limit) = (
+            h.capacity.load(Ordering::Acquire),
+            h.limit.load(Ordering::Acquire),
+        );
+        let max_ring = limit.checked_next_power_of_two().unwrap_or(0);
+        let file = region.file_len().map_err(|e| e.to_string())?;
         if h.magic.load(Ordering::Acquire) != MAGIC
-            || capacity != (region.len() - DATA_OFFSET) as u64
+            || limit < 4096
+            || !size.is_power_of_two()
+            || size > max_ring
+            || file.saturating_sub(DATA_OFFSET) < size
         {
-            return Err("the descriptor is not a queue".into());
+            return Err(NOT_A_QUEUE.into());
         }
-        Ok(Ring { region, capacity })
+        let data = region
+            .map_window(DATA_OFFSET, size as usize)
+            .map_err(|e| e.to_string())?;
+        Ok(Ring {
+            region,
+            limit,
+            max_ring,
+            data: Mutex::new(data),
+        })
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the region starts with a header page (made so by `create`, checked by
-        // `open`); `Header` is only atomics, valid for any bytes, used through `&` only.
+        // SAFETY: the region maps the header page (made so by `create`, checked by `open`);
+        // `Header` is only atomics, valid for any bytes, used through `&` only.
         unsafe { &*self.region.as_ptr().cast::<Header>() }
     }
 
@@ -214,35 +298,202 @@ impl Ring {
         }
     }
 
-    /// Copies `bytes` into the ring at position `at` (wrapping).
-    ///
-    /// # Safety
-    /// The caller holds the queue's lock and `[at, at + len)` is free space of the ring.
-    unsafe fn write(&self, at: u64, bytes: &[u8]) {
-        let start = (at % self.capacity) as usize;
-        let first = bytes.len().min(self.capacity as usize - start);
-        let data = self.region.as_ptr().wrapping_add(DATA_OFFSET);
-        // SAFETY: both ranges lie inside the data area (`start + first <= capacity`, the rest
-        // wraps to the start and is shorter than the capacity); the caller owns them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(start), first);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), data, bytes.len() - first);
+    /// The ring mapped at the size the header gives now, remapped if it grew since this
+    /// process last looked. The queue's lock is held.
+    fn mapped<T>(&self) -> Result<Mapped<'_>, QueueError<T>> {
+        let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let size = self.header().capacity.load(Ordering::Acquire);
+        if size != data.len() as u64 {
+            let file = self.region.file_len().map_err(QueueError::from)?;
+            if !size.is_power_of_two()
+                || size < data.len() as u64
+                || size > self.max_ring
+                || file.saturating_sub(DATA_OFFSET) < size
+            {
+                return Err(QueueError::Corrupt("ring size out of range"));
+            }
+            *data = self
+                .region
+                .map_window(DATA_OFFSET, size as usize)
+                .map_err(|e| {
+                    let context = format!("cannot map the queue's grown ring: {e}");
+                    QueueError::from(std::io::Error::new(e.kind(), context))
+                })?;
         }
+        Ok(data)
     }
 
-    /// Copies `out.len()` bytes out of the ring from position `at` (wrapping).
-    ///
-    /// # Safety
-    /// The caller holds the queue's lock and `[at, at + out.len())` holds queued data.
-    unsafe fn read(&self, at: u64, out: &mut [u8]) {
-        let start = (at % self.capacity) as usize;
-        let first = out.len().min(self.capacity as usize - start);
-        let data = self.region.as_ptr().wrapping_add(DATA_OFFSET);
-        // SAFETY: as in `write`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+    /// Grows the ring so that `needed` bytes fit, moving the queued bytes `[head, tail)` to
+    /// where the larger ring expects them (see the module docs). The lock is held.
+    fn grow<T>(
+        &self,
+        data: &mut Mapped<'_>,
+        head: u64,
+        tail: u64,
+        needed: u64,
+    ) -> Result<(), QueueError<T>> {
+        let old = data.len() as u64;
+        let new = grown_size(old, needed, self.max_ring);
+        let io = |e: std::io::Error| {
+            let context = format!("cannot grow the queue's ring to {new} bytes: {e}");
+            QueueError::from(std::io::Error::new(e.kind(), context))
+        };
+        self.region.grow_to(DATA_OFFSET + new).map_err(io)?;
+        let window = self
+            .region
+            .map_window(DATA_OFFSET, new as usize)
+            .map_err(io)?;
+        for (from, to, len) in relocations(head, tail, old, new) {
+            // SAFETY: `from..from + len` lies in the old ring, `to..to + len` in the new part
+            // `[old, new)`, both inside the window of `new` bytes: they do not overlap. The
+            // lock is held and nobody reads the new part before the size is published.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    window.as_ptr().add(from as usize),
+                    window.as_ptr().add(to as usize),
+                    len as usize,
+                );
+            }
         }
+        // Publishing the size is the last step: a grower killed before it left the old ring
+        // as it was, and the next one overwrites what it copied.
+        self.header().capacity.store(new, Ordering::Release);
+        **data = window;
+        self.discard_free(data, head, tail);
+        Ok(())
+    }
+
+    /// Gives back every page of the ring that holds no queued byte: after a growth (the old
+    /// places of moved bytes, consumed space not given back yet) and after a takeover. The
+    /// lock is held and `[head, tail)` are the checked positions.
+    fn discard_free(&self, data: &Mapped<'_>, head: u64, tail: u64) {
+        let size = data.len() as u64;
+        let free = size - (tail - head);
+        let start = tail % size;
+        let first = free.min(size - start);
+        for (at, len) in [(start, first), (0, free - first)] {
+            let (from, to) = (at.next_multiple_of(PAGE), (at + len) / PAGE * PAGE);
+            if to > from {
+                let _ = self.region.discard_file(DATA_OFFSET + from, to - from);
+            }
+        }
+        self.header().discarded.store(head, Ordering::Relaxed);
+    }
+
+    /// After taking the lock over from a process that died holding it: rebuilds the item
+    /// count, and gives back the ring's free pages and what a grower that died left in the
+    /// memfd beyond the ring.
+    fn recover<T>(&self, data: &Mapped<'_>) -> Result<(), QueueError<T>> {
+        let h = self.header();
+        recount(data, h)?;
+        let (head, tail) = (
+            h.head.load(Ordering::Relaxed),
+            h.tail.load(Ordering::Relaxed),
+        );
+        self.discard_free(data, head, tail);
+        let end = DATA_OFFSET + data.len() as u64;
+        if let Ok(file) = self.region.file_len() {
+            if file > end {
+                let _ = self.region.discard_file(end, file - end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives consumed pages of the ring back to the system, in steps. The lock is held.
+    ///
+    /// A consumed position `p` shares its bytes with `p + size`, which a producer may
+    /// already have written once the ring wrapped: only positions with `p + size >= tail`
+    /// are really free.
+    fn discard_consumed(&self, data: &Mapped<'_>, head: u64) {
+        let h = self.header();
+        let size = data.len() as u64;
+        let step = discard_step(size);
+        let tail = h.tail.load(Ordering::Relaxed);
+        let reusable_from = tail.saturating_sub(size).next_multiple_of(step);
+        let done = h.discarded.load(Ordering::Relaxed).max(reusable_from);
+        let upto = head / step * step;
+        if upto <= done {
+            return;
+        }
+        let mut at = done;
+        while at < upto {
+            let offset = at % size;
+            let len = step.min(size - offset).min(upto - at);
+            let _ = self.region.discard_file(DATA_OFFSET + offset, len);
+            at += len;
+        }
+        h.discarded.store(upto, Ordering::Relaxed);
+    }
+}
+
+/// The ring size that holds `needed` bytes: `size` doubled as often as needed, at most `max`
+/// (both powers of two).
+fn grown_size(size: u64, needed: u64, max: u64) -> u64 {
+    let mut grown = size;
+    while grown < needed && grown < max {
+        grown *= 2;
+    }
+    grown
+}
+
+/// Where the queued bytes `[head, tail)` of a ring of `old` bytes must be copied when it grows
+/// to `new` bytes (both powers of two, `tail - head <= old < new`): `(from, to, len)` offsets.
+/// The byte at position `p` lives at `p % size`. The queued bytes lie in at most two runs of
+/// the old ring, each inside one stretch `[k * old, (k + 1) * old)` of positions, and such a
+/// run either keeps its offset (`p % new == p % old`) or moves whole by a multiple of `old`,
+/// into the new part `[old, new)`: moves never overlap anything queued.
+fn relocations(head: u64, tail: u64, old: u64, new: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let mut at = head;
+    std::iter::from_fn(move || {
+        while at < tail {
+            let end = tail.min((at - at % old).saturating_add(old));
+            let (from, to, len) = (at % old, at % new, end - at);
+            at = end;
+            if from != to {
+                return Some((from, to, len));
+            }
+        }
+        None
+    })
+}
+
+/// How much consumed space is given back at once in a ring of `size` bytes.
+fn discard_step(size: u64) -> u64 {
+    (size / 4).clamp(DISCARD_STEP_MIN, DISCARD_STEP_MAX)
+}
+
+/// Copies `bytes` into the ring at position `at` (wrapping).
+///
+/// # Safety
+/// The caller holds the queue's lock and `[at, at + len)` is free space of the ring, which
+/// `bytes` is no longer than.
+unsafe fn write(data: &SharedWindow, at: u64, bytes: &[u8]) {
+    let size = data.len();
+    let start = (at % size as u64) as usize;
+    let first = bytes.len().min(size - start);
+    let data = data.as_ptr();
+    // SAFETY: both ranges lie inside the ring (`start + first <= size`, the rest wraps to
+    // the start and is shorter than the ring); the caller owns them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(start), first);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), data, bytes.len() - first);
+    }
+}
+
+/// Copies `out.len()` bytes out of the ring from position `at` (wrapping).
+///
+/// # Safety
+/// The caller holds the queue's lock and `[at, at + out.len())` holds queued data.
+unsafe fn read(data: &SharedWindow, at: u64, out: &mut [u8]) {
+    let size = data.len();
+    let start = (at % size as u64) as usize;
+    let first = out.len().min(size - start);
+    let data = data.as_ptr();
+    // SAFETY: as in `write`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
+        std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
     }
 }
 
@@ -257,19 +508,25 @@ fn lock_deadline(deadline: Option<Instant>, block: bool) -> Option<Instant> {
     }
 }
 
+/// The positions, checked against the ring: `(head, tail)`.
+fn positions<T>(data: &Mapped<'_>, h: &Header) -> Result<(u64, u64), QueueError<T>> {
+    let (head, tail) = (
+        h.head.load(Ordering::Relaxed),
+        h.tail.load(Ordering::Acquire),
+    );
+    if tail < head || tail - head > data.len() as u64 {
+        return Err(QueueError::Corrupt("positions out of range"));
+    }
+    Ok((head, tail))
+}
+
 /// Rebuilds the item count from the records between head and tail, after the queue's lock
 /// was taken over from a process that died holding it: the count is updated just after the
 /// position that publishes or removes an item, so a death in between leaves it off by one.
 /// (`JoinableQueue`'s count of unfinished tasks cannot be rebuilt this way: a producer or
 /// consumer killed at that moment may leave it off by one; documented there.) The lock is held.
-fn recount<T>(ring: &Ring, h: &Header) -> Result<(), QueueError<T>> {
-    let (head, tail) = (
-        h.head.load(Ordering::Relaxed),
-        h.tail.load(Ordering::Relaxed),
-    );
-    if tail < head || tail - head > ring.capacity {
-        return Err(QueueError::Corrupt("positions out of range"));
-    }
+fn recount<T>(data: &Mapped<'_>, h: &Header) -> Result<(), QueueError<T>> {
+    let (head, tail) = positions(data, h)?;
     let (mut at, mut items) = (head, 0u64);
     while at < tail {
         if tail - at < 8 {
@@ -277,7 +534,7 @@ fn recount<T>(ring: &Ring, h: &Header) -> Result<(), QueueError<T>> {
         }
         let mut len = [0u8; 8];
         // SAFETY: the lock is held and at least 8 bytes are queued at `at` (checked above).
-        unsafe { ring.read(at, &mut len) };
+        unsafe { read(data, at, &mut len) };
         let len = u64::from_le_bytes(len);
         if len > tail - at - 8 {
             return Err(QueueError::Corrupt("a record longer than the queued data"));
@@ -334,10 +591,11 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// An unbounded queue, as Python's: no item count limit. Its items live in a sparse
-    /// ring of [`DEFAULT_QUEUE_CAPACITY`] bytes of address space (only what is queued costs
-    /// memory), so `put` waits only once 8 GiB are queued and unread, and an item whose
-    /// encoding is larger than that is refused with an error that hands it back.
+    /// An unbounded queue, as Python's: no item count limit. It holds at most
+    /// [`DEFAULT_QUEUE_CAPACITY`] bytes of records (8 GiB), so `put` waits only once that much
+    /// is queued and unread, and an item whose encoding is larger is refused with an error
+    /// that hands it back. Its ring starts at 64 KiB and grows as items need (see
+    /// [`Queue::with_limits`]).
     pub fn new() -> Result<Queue<T>, QueueError<T>> {
         Queue::with_limits(0, DEFAULT_QUEUE_CAPACITY)
     }
@@ -347,8 +605,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::with_limits(maxsize, DEFAULT_QUEUE_CAPACITY)
     }
 
-    /// A queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of ring (virtual
-    /// memory; only what is queued is allocated).
+    /// A queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of records
+    /// (each item's encoding plus 8 to 15 bytes; at least 4096 in all).
+    ///
+    /// `capacity` is an upper bound, not a reservation: the ring starts at 64 KiB (or
+    /// `capacity`'s power of two, if smaller) and doubles when a `put` needs room, up to
+    /// `capacity` rounded up to a power of two, so a queue's address space is at most twice
+    /// what it ever held. Growing maps the larger ring in every process that uses the queue
+    /// (each on its next `put` or `get`): under an address-space limit (`ulimit -v`) a growth
+    /// this process cannot map fails that `put` with [`QueueError::Io`], and a process that
+    /// cannot map the grown ring gets [`QueueError::Io`] from its `put` and `get`. Memory is
+    /// allocated only for what is queued.
     pub fn with_limits(maxsize: usize, capacity: usize) -> Result<Queue<T>, QueueError<T>> {
         let ring = Ring::create(capacity, maxsize as u64)
             .map_err(|e| QueueError::Io(std::io::Error::other(e).into()))?;
@@ -359,8 +626,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         })
     }
 
-    /// Puts an item, waiting while the queue is full (only with a `maxsize`, or once the
-    /// ring's bytes are used up).
+    /// Puts an item, waiting while the queue is full (only with a `maxsize`, or once its
+    /// `capacity` of bytes is used up).
     pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
         self.put_inner(item, None, true)
     }
@@ -396,7 +663,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         };
         let need = record_len(bytes.len());
         let ring = &*self.ring;
-        if need > ring.capacity {
+        if need > ring.limit {
             return Err(QueueError::Encode(CodecError::new(format!(
                 "an item of {} bytes does not fit the queue's ring",
                 bytes.len()
@@ -405,45 +672,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let h = ring.header();
         let lock = ring.lock();
         loop {
-            match lock.acquire(lock_deadline(deadline, block)) {
-                Ok(taken) if taken.previous_owner_died.is_some() => {
-                    if let Err(e) = recount(ring, h) {
-                        let _ = lock.release();
-                        return Err(e);
-                    }
-                }
-                Ok(_) => {}
+            let taken = match lock.acquire(lock_deadline(deadline, block)) {
+                Ok(taken) => taken,
                 Err(SyncError::Timeout) => return Err(QueueError::Full(item)),
                 Err(e) => return Err(e.into()),
-            }
-            let (head, tail) = (
-                h.head.load(Ordering::Relaxed),
-                h.tail.load(Ordering::Relaxed),
-            );
-            if tail < head || tail - head > ring.capacity {
-                let _ = lock.release();
-                return Err(QueueError::Corrupt("positions out of range"));
-            }
-            let maxsize = h.maxsize.load(Ordering::Relaxed);
-            let full = (maxsize != 0 && h.count.load(Ordering::Relaxed) >= maxsize)
-                || tail - head + need > ring.capacity;
-            if !full {
-                // SAFETY: the lock is held and `[tail, tail + need)` is free (checked above).
-                unsafe {
-                    ring.write(tail, &(bytes.len() as u64).to_le_bytes());
-                    ring.write(tail + 8, &bytes);
+            };
+            match self.put_locked(&bytes, need, taken.previous_owner_died.is_some()) {
+                Ok(true) => {
+                    let wake = h.getters.load(Ordering::Relaxed) > 0;
+                    lock.release()?;
+                    if wake {
+                        futex_wake(&h.put_seq, 1);
+                    }
+                    return Ok(());
                 }
-                // Publishing is the last step: a producer killed before it changed nothing.
-                h.tail.store(tail + need, Ordering::Release);
-                h.count.fetch_add(1, Ordering::Relaxed);
-                h.unfinished.fetch_add(1, Ordering::Relaxed);
-                h.put_seq.fetch_add(1, Ordering::Release);
-                let wake = h.getters.load(Ordering::Relaxed) > 0;
-                lock.release()?;
-                if wake {
-                    futex_wake(&h.put_seq, 1);
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = lock.release();
+                    return Err(e);
                 }
-                return Ok(());
             }
             let seq = h.get_seq.load(Ordering::Acquire);
             h.putters.fetch_add(1, Ordering::Relaxed);
@@ -458,6 +705,46 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 return Err(QueueError::Full(item));
             }
         }
+    }
+
+    /// Writes the record of `bytes` (`need` bytes) if there is room, growing the ring if the
+    /// limits allow; whether it did. The lock is held (taken over from a dead owner if
+    /// `recover`).
+    fn put_locked(&self, bytes: &[u8], need: u64, recover: bool) -> Result<bool, QueueError<T>> {
+        let ring = &*self.ring;
+        let h = ring.header();
+        let mut data = ring.mapped()?;
+        if recover {
+            ring.recover(&data)?;
+        }
+        let (head, tail) = positions(&data, h)?;
+        let maxsize = h.maxsize.load(Ordering::Relaxed);
+        let queued = tail - head;
+        if (maxsize != 0 && h.count.load(Ordering::Relaxed) >= maxsize)
+            || queued + need > ring.limit
+        {
+            return Ok(false);
+        }
+        if queued + need > data.len() as u64 {
+            ring.grow(&mut data, head, tail, queued + need)?;
+        }
+        let Some(new_tail) = tail.checked_add(need) else {
+            return Err(QueueError::Corrupt("positions out of range"));
+        };
+        if queued + need > data.len() as u64 {
+            return Err(QueueError::Corrupt("ring size out of range"));
+        }
+        // SAFETY: the lock is held and `[tail, tail + need)` is free (checked above).
+        unsafe {
+            write(&data, tail, &(bytes.len() as u64).to_le_bytes());
+            write(&data, tail + 8, bytes);
+        }
+        // Publishing is the last step: a producer killed before it changed nothing.
+        h.tail.store(new_tail, Ordering::Release);
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.unfinished.fetch_add(1, Ordering::Relaxed);
+        h.put_seq.fetch_add(1, Ordering::Release);
+        Ok(true)
     }
 
     /// Takes the oldest item, waiting while the queue is empty.
@@ -490,22 +777,22 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Err(SyncError::Timeout) => return Err(QueueError::Empty),
                 Err(e) => return Err(e.into()),
             };
-            if taken.previous_owner_died.is_some() {
-                if let Err(e) = recount(ring, h) {
+            match self.take_locked(taken.previous_owner_died.is_some()) {
+                Ok(Some(bytes)) => {
+                    let wake = h.putters.load(Ordering::Relaxed) > 0;
+                    lock.release()?;
+                    if wake {
+                        futex_wake(&h.get_seq, 1);
+                    }
+                    return postcard::from_bytes(&bytes).map_err(|e| {
+                        QueueError::Decode(CodecError::caused_by("decoding an item", e))
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
                     let _ = lock.release();
                     return Err(e);
                 }
-            }
-            if h.count.load(Ordering::Relaxed) > 0 {
-                let bytes = self.take_one(ring, h);
-                let wake = h.putters.load(Ordering::Relaxed) > 0;
-                lock.release()?;
-                if wake {
-                    futex_wake(&h.get_seq, 1);
-                }
-                let bytes = bytes?;
-                return postcard::from_bytes(&bytes)
-                    .map_err(|e| QueueError::Decode(CodecError::caused_by("decoding an item", e)));
             }
             let seq = h.put_seq.load(Ordering::Acquire);
             h.getters.fetch_add(1, Ordering::Relaxed);
@@ -522,57 +809,39 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Copies the oldest record out and removes it. The lock is held.
-    fn take_one(&self, ring: &Ring, h: &Header) -> Result<Vec<u8>, QueueError<T>> {
-        let (head, tail) = (
-            h.head.load(Ordering::Relaxed),
-            h.tail.load(Ordering::Acquire),
-        );
-        if head.checked_add(8).is_none_or(|h8| tail < h8) || tail - head > ring.capacity {
+    /// Copies the oldest record out and removes it, if there is one. The lock is held (taken
+    /// over from a dead owner if `recover`).
+    fn take_locked(&self, recover: bool) -> Result<Option<Vec<u8>>, QueueError<T>> {
+        let ring = &*self.ring;
+        let h = ring.header();
+        let data = ring.mapped()?;
+        if recover {
+            ring.recover(&data)?;
+        }
+        if h.count.load(Ordering::Relaxed) == 0 {
+            return Ok(None);
+        }
+        let (head, tail) = positions(&data, h)?;
+        if tail - head < 8 {
             return Err(QueueError::Corrupt("positions out of range"));
         }
         let mut len = [0u8; 8];
         // SAFETY: the lock is held and at least 8 bytes are queued at `head` (checked above).
-        unsafe { ring.read(head, &mut len) };
+        unsafe { read(&data, head, &mut len) };
         let len = u64::from_le_bytes(len);
         if len > tail - head - 8 {
             return Err(QueueError::Corrupt("a record longer than the queued data"));
         }
         let mut bytes = vec![0u8; len as usize];
         // SAFETY: the lock is held and `len` bytes are queued after the length (checked).
-        unsafe { ring.read(head + 8, &mut bytes) };
+        unsafe { read(&data, head + 8, &mut bytes) };
         // Removing is the last step: a consumer killed before it leaves the item queued.
         let new_head = head + record_len(len as usize);
         h.head.store(new_head, Ordering::Release);
         h.count.fetch_sub(1, Ordering::Relaxed);
         h.get_seq.fetch_add(1, Ordering::Release);
-        self.discard_consumed(ring, h, new_head);
-        Ok(bytes)
-    }
-
-    /// Gives consumed pages of the ring back to the system, in steps. The lock is held.
-    ///
-    /// A consumed position `p` shares its bytes with `p + capacity`, which a producer may
-    /// already have written once the ring wrapped: only positions with `p + capacity >= tail`
-    /// are really free.
-    fn discard_consumed(&self, ring: &Ring, h: &Header, head: u64) {
-        let tail = h.tail.load(Ordering::Relaxed);
-        let reusable_from = tail
-            .saturating_sub(ring.capacity)
-            .next_multiple_of(DISCARD_STEP);
-        let done = h.discarded.load(Ordering::Relaxed).max(reusable_from);
-        let upto = head / DISCARD_STEP * DISCARD_STEP;
-        if upto <= done {
-            return;
-        }
-        let mut at = done;
-        while at < upto {
-            let offset = (at % ring.capacity) as usize;
-            let len = (DISCARD_STEP as usize).min(ring.capacity as usize - offset);
-            let _ = ring.region.discard(DATA_OFFSET + offset, len);
-            at += len as u64;
-        }
-        h.discarded.store(upto, Ordering::Relaxed);
+        ring.discard_consumed(&data, new_head);
+        Ok(Some(bytes))
     }
 
     /// Items in the queue now (Python's `qsize()`: stale as soon as it is read, since other
@@ -634,9 +903,15 @@ impl<T> Clone for SimpleQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
-    /// A new, empty queue.
+    /// A new, empty queue (limits as [`Queue::new`]'s).
     pub fn new() -> Result<SimpleQueue<T>, QueueError<T>> {
         Queue::new().map(SimpleQueue)
+    }
+
+    /// A queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of records, an
+    /// upper bound its ring grows towards only as items need: see [`Queue::with_limits`].
+    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<SimpleQueue<T>, QueueError<T>> {
+        Queue::with_limits(maxsize, capacity).map(SimpleQueue)
     }
 
     /// Puts an item.
@@ -673,9 +948,16 @@ impl<T> Clone for JoinableQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
-    /// An unbounded joinable queue.
+    /// An unbounded joinable queue (limits as [`Queue::new`]'s).
     pub fn new() -> Result<JoinableQueue<T>, QueueError<T>> {
         Queue::new().map(JoinableQueue)
+    }
+
+    /// A joinable queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of
+    /// records, an upper bound its ring grows towards only as items need: see
+    /// [`Queue::with_limits`].
+    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<JoinableQueue<T>, QueueError<T>> {
+        Queue::with_limits(maxsize, capacity).map(JoinableQueue)
     }
 
     /// The queue's `put`, `get` and the rest.
@@ -741,6 +1023,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Bytes;
     use proptest::prelude::*;
 
     #[test]
@@ -771,6 +1054,257 @@ mod tests {
         assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 1);
     }
 
+    /// A second handle on `q`'s memfd with its own mappings, as a process it was sent to has.
+    fn reopened<T>(q: &Queue<T>) -> Queue<T> {
+        let fd = q.ring.region.fd().try_clone_to_owned().unwrap();
+        Queue {
+            ring: Arc::new(Ring::open(fd).unwrap()),
+            closed: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// The ring's size as this handle maps it.
+    fn mapped_size<T>(q: &Queue<T>) -> u64 {
+        q.ring.data.lock().unwrap().len() as u64
+    }
+
+    #[test]
+    fn rings_double_as_needed_up_to_the_limit_rounded_to_a_power_of_two() {
+        assert_eq!(grown_size(64 << 10, 64 << 10, 8 << 30), 64 << 10);
+        assert_eq!(grown_size(64 << 10, (64 << 10) + 1, 8 << 30), 128 << 10);
+        assert_eq!(grown_size(64 << 10, 3 << 20, 8 << 30), 4 << 20);
+        assert_eq!(grown_size(64 << 10, 8 << 30, 8 << 30), 8 << 30);
+        assert_eq!(
+            grown_size(64 << 10, 5 << 20, 4 << 20),
+            4 << 20,
+            "never past max"
+        );
+        // A limit is rounded up to 8 bytes (and 4096 at least); its ring to a power of two.
+        let ring = |capacity: usize| {
+            let r = Ring::create(capacity, 0).unwrap();
+            let size = r.data.lock().unwrap().len();
+            (r.limit, r.max_ring, size)
+        };
+        assert_eq!(ring(1), (4096, 4096, 4096));
+        assert_eq!(ring(3 << 20), (3 << 20, 4 << 20, 64 << 10));
+        assert_eq!(ring(100_001), (100_008, 128 << 10, 64 << 10));
+        assert_eq!(ring(DEFAULT_QUEUE_CAPACITY), (8 << 30, 8 << 30, 64 << 10));
+        assert!(Ring::create(usize::MAX, 0).is_err());
+    }
+
+    #[test]
+    fn growth_moves_only_runs_whose_offset_changes_into_the_new_part() {
+        const K: u64 = 1024;
+        // Not wrapped, in an even stretch: nothing moves.
+        assert_eq!(relocations(10, 50, K, 2 * K).count(), 0);
+        // Not wrapped, in an odd stretch: the run moves up by the old size.
+        assert_eq!(
+            relocations(K + 10, K + 50, K, 2 * K).collect::<Vec<_>>(),
+            [(10, K + 10, 40)]
+        );
+        // Wrapped from an even stretch: the part after the wrap moves behind the first.
+        assert_eq!(
+            relocations(900, K + 100, K, 2 * K).collect::<Vec<_>>(),
+            [(0, K, 100)]
+        );
+        // Wrapped from an odd stretch: the part before the wrap moves, the rest stays.
+        assert_eq!(
+            relocations(3 * K + 900, 4 * K + 100, K, 2 * K).collect::<Vec<_>>(),
+            [(900, K + 900, 124)]
+        );
+        // Growing by 8 at once: each run goes to its own stretch of the new ring.
+        assert_eq!(
+            relocations(5 * K + 900, 6 * K + 100, K, 8 * K).collect::<Vec<_>>(),
+            [(900, 5 * K + 900, 124), (0, 6 * K, 100)]
+        );
+        // A full ring at a stretch boundary, and positions near the end of the counter.
+        assert_eq!(
+            relocations(K, 2 * K, K, 2 * K).collect::<Vec<_>>(),
+            [(0, K, K)]
+        );
+        let top = u64::MAX - u64::MAX % K;
+        assert_eq!(relocations(top - 8, top + 8, K, 2 * K).count(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_9e37),
+            ..ProptestConfig::default()
+        })]
+
+        /// Every queued byte ends where the larger ring expects it; moves come from the old
+        /// ring, go to its new part, and never overlap.
+        #[test]
+        fn relocations_put_every_queued_byte_where_the_grown_ring_reads_it(
+            old_bits in 3u32..12,
+            times in 1u32..4,
+            head in 0u64..100_000,
+            fill in 0.0f64..=1.0,
+        ) {
+            let old = 1u64 << old_bits;
+            let new = old << times;
+            let tail = head + (old as f64 * fill) as u64;
+            let mut ring = vec![None; new as usize];
+            for p in head..tail {
+                ring[(p % old) as usize] = Some(p);
+            }
+            let moves: Vec<_> = relocations(head, tail, old, new).collect();
+            prop_assert!(moves.len() <= 2);
+            for &(from, to, len) in &moves {
+                prop_assert!(from + len <= old && to >= old && to + len <= new);
+                for i in 0..len {
+                    ring[(to + i) as usize] = ring[(from + i) as usize];
+                }
+            }
+            for p in head..tail {
+                prop_assert_eq!(ring[(p % new) as usize], Some(p));
+            }
+        }
+    }
+
+    #[test]
+    fn discard_steps_are_a_quarter_of_the_ring_within_bounds() {
+        assert_eq!(discard_step(64 << 10), 64 << 10);
+        assert_eq!(discard_step(1 << 20), 256 << 10);
+        assert_eq!(discard_step(8 << 20), 2 << 20);
+        assert_eq!(discard_step(8 << 30), 2 << 20);
+    }
+
+    #[test]
+    fn a_wrapped_ring_grows_with_its_items_in_order_and_other_handles_follow() {
+        let q: Queue<Bytes> = Queue::with_limits(0, 64 << 20).unwrap();
+        let other: Queue<Bytes> = reopened(&q);
+        assert_eq!(mapped_size(&q), 64 << 10);
+        let item = |i: u32| Bytes(vec![i as u8; 3000 + i as usize * 7]);
+        let (mut next_in, mut next_out) = (0u32, 0u32);
+        // Move the positions round the small ring so that what is queued wraps, then put
+        // more than it holds: every growth finds wrapped data, in both kinds of stretch.
+        for round in 0..12u32 {
+            while q.len() < 10 {
+                q.put(item(next_in)).unwrap();
+                next_in += 1;
+            }
+            for _ in 0..7 {
+                assert_eq!(other.get().unwrap(), item(next_out), "round {round}");
+                next_out += 1;
+            }
+        }
+        let before = mapped_size(&q);
+        for _ in 0..600 {
+            q.put(item(next_in)).unwrap();
+            next_in += 1;
+        }
+        assert!(mapped_size(&q) > before, "the ring grew");
+        assert!(
+            mapped_size(&other) < mapped_size(&q),
+            "the other handle has not looked yet"
+        );
+        while next_out < next_in {
+            // Alternate handles: each maps the grown ring when it sees the new size.
+            let from = if next_out % 2 == 0 { &other } else { &q };
+            assert_eq!(from.get().unwrap(), item(next_out));
+            next_out += 1;
+        }
+        assert_eq!(mapped_size(&other), mapped_size(&q));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn one_item_may_grow_the_ring_many_times_at_once_and_not_past_its_limit() {
+        let q: SimpleQueue<Bytes> = SimpleQueue::with_limits(0, 3 << 20).unwrap();
+        q.put(Bytes(vec![1; 100])).unwrap();
+        q.put(Bytes(vec![2; 2 << 20])).unwrap();
+        assert_eq!(mapped_size(&q.0), 4 << 20);
+        assert_eq!(q.get().unwrap().0, vec![1; 100]);
+        assert_eq!(q.get().unwrap().0, vec![2; 2 << 20]);
+        assert!(matches!(
+            q.0.put(Bytes(vec![3; 3 << 20])),
+            Err(QueueError::Encode(_))
+        ));
+        let j: JoinableQueue<u8> = JoinableQueue::with_limits(1, 4096).unwrap();
+        j.put(1).unwrap();
+        assert!(matches!(j.queue().try_put(2), Err(QueueError::Full(2))));
+    }
+
+    /// The memory the queue's memfd holds now, in bytes.
+    fn allocated<T>(q: &Queue<T>) -> u64 {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let fd = q.ring.region.fd().as_raw_fd();
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .blocks()
+            * 512
+    }
+
+    #[test]
+    fn a_grown_ring_gives_back_what_was_consumed_and_what_growth_moved() {
+        let q: Queue<Bytes> = Queue::new().unwrap();
+        let item = |i: u8| Bytes(vec![i; (1 << 20) - 64]);
+        // Wrap a 1 MiB ring (the consumer half-way), then grow it to 64 MiB at once.
+        q.put(item(0)).unwrap();
+        assert_eq!(q.get().unwrap(), item(0));
+        for i in 1..48 {
+            q.put(item(i)).unwrap();
+        }
+        assert_eq!(mapped_size(&q), 64 << 20);
+        let held = allocated(&q);
+        assert!(held <= 49 << 20, "{held} bytes for 47 MiB queued");
+        for i in 1..48 {
+            assert_eq!(q.get().unwrap(), item(i));
+        }
+        let left = allocated(&q);
+        assert!(left <= 4 << 20, "{left} bytes left once drained");
+    }
+
+    #[test]
+    fn a_grower_killed_before_publishing_left_the_old_ring_as_it_was() {
+        let q: Queue<Bytes> = Queue::with_limits(0, 1 << 20).unwrap();
+        // Wrap the ring, then do what a grower does up to (not including) publishing.
+        for i in 0..6u8 {
+            q.put(Bytes(vec![i; 10_000])).unwrap();
+        }
+        for i in 0..4u8 {
+            assert_eq!(q.get().unwrap().0, vec![i; 10_000]);
+        }
+        for i in 6..10u8 {
+            q.put(Bytes(vec![i; 10_000])).unwrap();
+        }
+        let ring = &*q.ring;
+        let h = ring.header();
+        let (head, tail) = (
+            h.head.load(Ordering::Relaxed),
+            h.tail.load(Ordering::Relaxed),
+        );
+        assert!(head % (64 << 10) > tail % (64 << 10), "wrapped");
+        assert!(
+            ring.region.map_window(DATA_OFFSET, 256 << 10).is_err(),
+            "no window past the memfd's end"
+        );
+        ring.region.grow_to(DATA_OFFSET + (256 << 10)).unwrap();
+        let window = ring.region.map_window(DATA_OFFSET, 256 << 10).unwrap();
+        for (from, to, len) in relocations(head, tail, 64 << 10, 256 << 10) {
+            // SAFETY: as in `Ring::grow`; this test is the queue's only user.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    window.as_ptr().add(from as usize),
+                    window.as_ptr().add(to as usize),
+                    len as usize,
+                );
+            }
+        }
+        drop(window);
+        // Killed here. The next user finds the old ring, in order, and grows it itself.
+        for i in 4..10u8 {
+            assert_eq!(q.get().unwrap().0, vec![i; 10_000]);
+        }
+        q.put(Bytes(vec![10; 300_000])).unwrap();
+        assert_eq!(q.get().unwrap().0, vec![10; 300_000]);
+        assert_eq!(mapped_size(&q), 512 << 10);
+    }
+
     /// What a scribbling process may do to a queue's shared state: set its positions and
     /// count to anything, and overwrite record bytes (lengths included).
     #[derive(Clone, Debug)]
@@ -778,6 +1312,7 @@ mod tests {
         Head(u64),
         Tail(u64),
         Count(u64),
+        Size(u64),
         Data { at: u64, bytes: [u8; 8] },
     }
 
@@ -787,6 +1322,7 @@ mod tests {
             position.clone().prop_map(Scribble::Head),
             position.prop_map(Scribble::Tail),
             prop_oneof![0u64..8, any::<u64>()].prop_map(Scribble::Count),
+            prop_oneof![(12u32..22).prop_map(|b| 1u64 << b), any::<u64>()].prop_map(Scribble::Size),
             (0u64..8192, any::<[u8; 8]>()).prop_map(|(at, bytes)| Scribble::Data { at, bytes }),
         ]
     }
@@ -808,7 +1344,12 @@ mod tests {
         );
         proptest::test_runner::TestRunner::new(config)
             .run(&input, |(items, scribbles)| {
-                let q: Queue<String> = Queue::with_limits(0, 8192).unwrap();
+                // A ring that grew from 64 KiB to 256 KiB (its limit is 1 MiB), and a second
+                // handle that mapped it before it grew, as another process would have.
+                let q: Queue<String> = Queue::with_limits(0, 1 << 20).unwrap();
+                let other: Queue<String> = reopened(&q);
+                q.put("x".repeat(200_000)).unwrap();
+                assert_eq!(q.get().unwrap().len(), 200_000);
                 for item in items {
                     let _ = q.try_put(item);
                 }
@@ -819,16 +1360,22 @@ mod tests {
                         Scribble::Head(v) => h.head.store(v, Ordering::Relaxed),
                         Scribble::Tail(v) => h.tail.store(v, Ordering::Relaxed),
                         Scribble::Count(v) => h.count.store(v, Ordering::Relaxed),
-                        // SAFETY: nobody else uses this queue; the position is wrapped into
-                        // the ring by `write`.
-                        Scribble::Data { at, bytes } => unsafe { ring.write(at, &bytes) },
+                        Scribble::Size(v) => h.capacity.store(v, Ordering::Relaxed),
+                        Scribble::Data { at, bytes } => {
+                            let data = ring.data.lock().unwrap();
+                            // SAFETY: nobody else uses this queue; the position is wrapped
+                            // into the ring by `write`.
+                            unsafe { write(&data, at, &bytes) }
+                        }
                     }
                 }
                 let short = Duration::from_millis(1);
                 for _ in 0..4 {
-                    let _ = q.get_timeout(short);
-                    let _ = q.try_put("after".to_string());
-                    let _ = q.len();
+                    for q in [&q, &other] {
+                        let _ = q.get_timeout(short);
+                        let _ = q.try_put("after".to_string());
+                        let _ = q.len();
+                    }
                 }
                 Ok(())
             })

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pool_api::{
-    Bytes, Callbacks, Error, Event, Lock, Pipe, Pool, Process, Queue, RLock, SharedMemory,
-    SyncError,
+    Bytes, Callbacks, Error, Event, Lock, Pipe, Pool, Process, ProcessHandle, Queue, RLock,
+    SharedMemory, SyncError, Value,
 };
 use pool_ipc::shared::ProcessIdentity;
 use pool_testkit::{report, scale};
@@ -834,5 +834,181 @@ fn chaos_imap_over_a_million_results_keeps_memory_bounded() {
     assert!(
         growth < 16 << 10,
         "RSS grew by {growth} KiB from 100 000 to 1 000 000 results"
+    );
+}
+
+/// A producer's item: its id and sequence number, then a fill byte, over 16 bytes to 512 KiB.
+fn tagged(id: u64, seq: u64) -> Bytes {
+    let mut item = vec![((id * 31 + seq) % 251) as u8; tagged_len(id, seq) as usize];
+    item[..8].copy_from_slice(&id.to_le_bytes());
+    item[8..16].copy_from_slice(&seq.to_le_bytes());
+    Bytes(item)
+}
+
+fn tagged_len(id: u64, seq: u64) -> u64 {
+    16 + (id * 131 + seq * 7919) % (512 << 10)
+}
+
+/// The bytes `tagged(id, seq)` takes in a queue's ring (its record).
+fn record_bytes(id: u64, seq: u64) -> u64 {
+    let len = tagged_len(id, seq);
+    // postcard: a varint length, then the bytes; the record: a u64 length word, padded to 8.
+    let varint = (64 - len.leading_zeros()).div_ceil(7).max(1) as u64;
+    (8 + varint + len).next_multiple_of(8)
+}
+
+/// Puts tagged items until killed; `progress` is how many of its `put`s returned.
+fn put_tagged_until_killed((q, id, progress): (Queue<Bytes>, u64, Value<u64>)) {
+    for seq in 0.. {
+        q.put(tagged(id, seq)).unwrap();
+        progress.set(seq + 1).unwrap();
+    }
+}
+
+/// The largest of this process's mappings of queue memory (from `/proc/self/maps`).
+fn largest_queue_mapping() -> u64 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.contains("memfd:pool-queue"))
+        .filter_map(|l| {
+            let (from, to) = l.split_whitespace().next()?.split_once('-')?;
+            Some(u64::from_str_radix(to, 16).ok()? - u64::from_str_radix(from, 16).ok()?)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn chaos_a_growing_queue_whose_producers_are_killed_loses_and_duplicates_nothing() {
+    let _serial = serial();
+    let rounds = scale(3, 30);
+    let limit: u64 = 64 << 20;
+    let (mut killed, mut items, mut unreturned_found) = (0u64, 0u64, 0u64);
+    let mut killed_while_growing = 0u64;
+    let (mut lost, mut duplicated, mut wrong) = (0u64, 0u64, 0u64);
+    let mut rng = Rng(0x853c_49e6_748f_ea9b);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let q: Queue<Bytes> = Queue::with_limits(0, limit as usize).unwrap();
+        assert!(
+            largest_queue_mapping() <= 1 << 20,
+            "a new queue reserves only its small ring"
+        );
+        let mut producers: Vec<(u64, ProcessHandle, Value<u64>)> = Vec::new();
+        let mut next_id = 0;
+        let mut start_producer = |producers: &mut Vec<(u64, ProcessHandle, Value<u64>)>| {
+            let progress = Value::raw(0u64).unwrap();
+            let p = Process::new(
+                put_tagged_until_killed,
+                (q.clone(), next_id, progress.clone()),
+            )
+            .unwrap()
+            .start()
+            .unwrap();
+            producers.push((next_id, p, progress));
+            next_id += 1;
+        };
+        for _ in 0..3 {
+            start_producer(&mut producers);
+        }
+        // What the `put`s that returned hold in the ring.
+        let queued = |all: &[&(u64, ProcessHandle, Value<u64>)]| -> u64 {
+            all.iter()
+                .map(|(id, _, progress)| {
+                    (0..progress.get().unwrap())
+                        .map(|s| record_bytes(*id, s))
+                        .sum::<u64>()
+                })
+                .sum()
+        };
+        // Kill a producer now and then while the ring grows from 64 KiB towards 64 MiB
+        // (nobody consumes yet), starting another in its place.
+        let mut dead: Vec<(u64, ProcessHandle, Value<u64>)> = Vec::new();
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(rng.below(25) as u64));
+            let all: Vec<_> = producers.iter().chain(&dead).collect();
+            killed_while_growing += u64::from(queued(&all) < limit / 2);
+            let victim = rng.below(producers.len());
+            let (id, mut p, progress) = producers.swap_remove(victim);
+            p.kill().unwrap();
+            p.wait().unwrap();
+            dead.push((id, p, progress));
+            killed += 1;
+            start_producer(&mut producers);
+        }
+        // Let the survivors fill the queue to its limit (what the `put`s that returned hold),
+        // then kill them too, blocked in `put` or not.
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            let all: Vec<_> = producers.iter().chain(&dead).collect();
+            if queued(&all) + (1 << 20) > limit || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (id, mut p, progress) in producers.drain(..) {
+            p.kill().unwrap();
+            p.wait().unwrap();
+            dead.push((id, p, progress));
+            killed += 1;
+        }
+        // Every item whose `put` returned is there, once, in its producer's order; at most
+        // the one `put` each killed producer was in may have made it too.
+        let mut seen = BTreeMap::<u64, u64>::new();
+        loop {
+            let item = match q.try_get() {
+                Ok(item) => item,
+                Err(pool_api::QueueError::Empty) => break,
+                Err(e) => panic!("the queue broke: {e}"),
+            };
+            items += 1;
+            let id = u64::from_le_bytes(item[..8].try_into().unwrap());
+            let seq = u64::from_le_bytes(item[8..16].try_into().unwrap());
+            let next = seen.entry(id).or_default();
+            if seq != *next {
+                duplicated += u64::from(seq < *next);
+                wrong += u64::from(seq > *next);
+            }
+            wrong += u64::from(item != tagged(id, seq));
+            *next = seq + 1;
+        }
+        for (id, _, progress) in &dead {
+            let returned = progress.get().unwrap();
+            let got = seen.get(id).copied().unwrap_or(0);
+            lost += returned.saturating_sub(got);
+            assert!(
+                got <= returned + 1,
+                "producer {id}: {got} items, {returned} puts"
+            );
+            unreturned_found += got.saturating_sub(returned);
+        }
+        assert_eq!(
+            largest_queue_mapping(),
+            limit,
+            "the ring grew to the limit, in this process too"
+        );
+        // The queue goes on.
+        q.put(tagged(99, 0)).unwrap();
+        assert_eq!(q.get_timeout(GENEROUS).unwrap(), tagged(99, 0));
+        assert!(q.is_empty());
+    }
+    report(
+        "queue-growth-kills",
+        &[
+            ("rounds", rounds),
+            ("producers_killed", killed),
+            ("killed_while_growing", killed_while_growing),
+            ("items", items),
+            ("unreturned_puts_found", unreturned_found),
+            ("lost", lost),
+            ("duplicated", duplicated),
+            ("wrong", wrong),
+            ("ms", started.elapsed().as_millis() as u64),
+        ],
+    );
+    assert_eq!((lost, duplicated, wrong), (0, 0, 0));
+    assert!(
+        killed_while_growing > 0,
+        "no producer was killed while the ring grew: the test proved nothing"
     );
 }

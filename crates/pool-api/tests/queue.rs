@@ -246,3 +246,212 @@ fn a_timeout_too_long_for_the_clock_waits_as_long_as_needed() {
     e.set();
     assert!(e.wait_timeout(Duration::MAX).unwrap());
 }
+
+/// The sizes of this process's mappings of queue memory (from `/proc/self/maps`).
+fn queue_mappings() -> Vec<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.contains("memfd:pool-queue"))
+        .map(|l| {
+            let range = l.split_whitespace().next().unwrap();
+            let (from, to) = range.split_once('-').unwrap();
+            u64::from_str_radix(to, 16).unwrap() - u64::from_str_radix(from, 16).unwrap()
+        })
+        .collect()
+}
+
+fn vm_size_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Puts `n` numbers through each queue and takes them back, in order.
+fn round_trip<Q>(queues: &[Q], n: u64, put: impl Fn(&Q, u64), get: impl Fn(&Q) -> u64) -> u64 {
+    for q in queues {
+        for i in 0..n {
+            put(q, i);
+        }
+    }
+    for q in queues {
+        for i in 0..n {
+            assert_eq!(get(q), i);
+        }
+    }
+    queues.len() as u64 * n
+}
+
+/// Under an address-space limit of `limit_gib` GiB: `per_type` queues of each type, items
+/// through all of them, and one queue grown to 64 MiB. Reports the items it moved, or what
+/// failed.
+/// What a child reports: its figures, or what failed.
+type Report<T> = Queue<Result<T, String>>;
+
+fn queues_under_an_address_space_limit(
+    (limit_gib, per_type, out): (u64, usize, Report<(u64, u64)>),
+) {
+    let start_kib = vm_size_kib();
+    let limit = limit_gib << 30;
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setting this process's own limit from a valid struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) }, 0);
+    let run = || -> Result<u64, String> {
+        let err = |e: QueueError<u64>| e.to_string();
+        let queues = (0..per_type)
+            .map(|_| Queue::new())
+            .collect::<Result<Vec<Queue<u64>>, _>>()
+            .map_err(err)?;
+        let simple = (0..per_type)
+            .map(|_| SimpleQueue::new())
+            .collect::<Result<Vec<SimpleQueue<u64>>, _>>()
+            .map_err(err)?;
+        let joinable = (0..per_type)
+            .map(|_| JoinableQueue::new())
+            .collect::<Result<Vec<JoinableQueue<u64>>, _>>()
+            .map_err(err)?;
+        let mut moved = round_trip(&queues, 100, |q, i| q.put(i).unwrap(), |q| q.get().unwrap());
+        moved += round_trip(&simple, 100, |q, i| q.put(i).unwrap(), |q| q.get().unwrap());
+        moved += round_trip(
+            &joinable,
+            100,
+            |q, i| q.put(i).unwrap(),
+            |q| {
+                let v = q.get().unwrap();
+                q.task_done().unwrap();
+                v
+            },
+        );
+        assert!(joinable.iter().all(|q| q.join_timeout(GENEROUS).unwrap()));
+        let big: Queue<Bytes> = Queue::new().map_err(|e| e.to_string())?;
+        for i in 0..64u8 {
+            big.put(Bytes(vec![i; 1 << 20]))
+                .map_err(|e| e.to_string())?;
+        }
+        for i in 0..64u8 {
+            assert_eq!(big.get().unwrap().0, vec![i; 1 << 20]);
+        }
+        Ok(moved + 64)
+    };
+    let outcome = run().map(|moved| (moved, start_kib));
+    out.put(outcome).unwrap();
+}
+
+#[test]
+fn hundreds_of_queues_of_every_type_work_under_a_2_gib_address_space_limit() {
+    // The issue: each queue reserved 8 GiB of address space, so under `ulimit -v 4G` (HPC
+    // clusters, containers) not even one could be made.
+    let out = Queue::new().unwrap();
+    let mut child = Process::new(queues_under_an_address_space_limit, (2, 100, out.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
+    let outcome = out
+        .get_timeout(Duration::from_secs(120))
+        .expect("the limited child reports");
+    assert!(child.wait_timeout(GENEROUS).unwrap().is_some());
+    let (moved, start_kib) = outcome.expect("queues work under the limit");
+    eprintln!("moved {moved} items; the child started with {start_kib} KiB of address space");
+    assert_eq!(moved, 3 * 100 * 100 + 64);
+    assert_eq!(child.exitcode(), Some(0));
+}
+
+/// A marked item: its sequence number, then a fill byte, over a size that varies from 8 bytes
+/// to 1 MiB so that records wrap the ring at every offset.
+fn marked(seq: u64) -> Bytes {
+    let size = 8 + (seq * 7919 % (1 << 20)) as usize;
+    let mut item = vec![(seq % 251) as u8; size];
+    item[..8].copy_from_slice(&seq.to_le_bytes());
+    Bytes(item)
+}
+
+fn is_marked(seq: u64, item: &Bytes) -> bool {
+    let fill = (seq % 251) as u8;
+    item.len() == 8 + (seq * 7919 % (1 << 20)) as usize
+        && item[..8] == seq.to_le_bytes()
+        && item[8..].iter().step_by(4093).all(|b| *b == fill)
+        && item.last().is_some_and(|b| item.len() == 8 || *b == fill)
+}
+
+/// Takes as many items as each credit says, checking their order, until a credit of 0;
+/// reports how many it took and its largest mapping of queue memory, at the start and the end.
+fn consume_on_credit((q, credits, out): (Queue<Bytes>, Queue<u64>, Report<[u64; 3]>)) {
+    let first_mapping = queue_mappings().into_iter().max().unwrap_or(0);
+    let mut next = 0u64;
+    let outcome = loop {
+        let n = credits.get().unwrap();
+        if n == 0 {
+            let last_mapping = queue_mappings().into_iter().max().unwrap_or(0);
+            break Ok([next, first_mapping, last_mapping]);
+        }
+        let taken = (0..n).try_for_each(|_| {
+            let item = q.get().map_err(|e| e.to_string())?;
+            if !is_marked(next, &item) {
+                return Err(format!("item {next} is not the one put (out of order?)"));
+            }
+            next += 1;
+            Ok(())
+        });
+        if let Err(e) = taken {
+            break Err(e);
+        }
+    };
+    out.put(outcome).unwrap();
+}
+
+#[test]
+fn a_ring_grows_to_hundreds_of_mib_while_another_process_consumes_in_order() {
+    let q: Queue<Bytes> = Queue::new().unwrap();
+    let credits = Queue::new().unwrap();
+    let out = Queue::new().unwrap();
+    let mut consumer = Process::new(consume_on_credit, (q.clone(), credits.clone(), out.clone()))
+        .unwrap()
+        .start()
+        .unwrap();
+    // Each round puts 100 items (about 50 MiB) and lets the consumer take 50 of them while
+    // the next round is put: what is queued grows by about 25 MiB a round, wrapping the ring
+    // as the consumer moves its head, and the ring grows under both processes.
+    let (rounds, per_round) = (12u64, 100u64);
+    let mut seq = 0;
+    for _ in 0..rounds {
+        credits.put(per_round / 2).unwrap();
+        for _ in 0..per_round {
+            q.put(marked(seq)).unwrap();
+            seq += 1;
+        }
+    }
+    // At least this many bytes were queued at once (the consumer had no more credit).
+    let queued_at_least: u64 = (rounds * per_round / 2..rounds * per_round)
+        .map(|s| marked(s).len() as u64)
+        .sum();
+    credits.put(rounds * per_round / 2).unwrap();
+    credits.put(0).unwrap();
+    let [taken, first_mapping, last_mapping] = out
+        .get_timeout(Duration::from_secs(120))
+        .expect("the consumer reports")
+        .expect("every item came in order");
+    assert!(consumer.wait_timeout(GENEROUS).unwrap().is_some());
+    eprintln!(
+        "{taken} items; at least {} MiB queued at once; the consumer's largest queue mapping \
+         grew from {} KiB to {} MiB",
+        queued_at_least >> 20,
+        first_mapping >> 10,
+        last_mapping >> 20
+    );
+    assert_eq!(taken, rounds * per_round);
+    assert!(queued_at_least > 256 << 20);
+    assert!(
+        first_mapping <= 1 << 20,
+        "a new queue reserves {first_mapping} bytes"
+    );
+    assert!(
+        last_mapping >= queued_at_least && last_mapping < 2 * queued_at_least,
+        "the ring grew with what it held: {last_mapping} bytes"
+    );
+    assert!(q.is_empty());
+}

@@ -243,6 +243,131 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// A region whose file may grow (never shrink) after it is created: what a queue whose ring
+/// grows with its contents needs. [`SharedRegion::create_growable`] maps only its first `len`
+/// bytes (a header that must stay put); [`SharedRegion::map_window`] maps any part of the
+/// file, which [`SharedRegion::grow_to`] makes longer. Every process that received the
+/// descriptor (and mapped its first bytes with [`SharedRegion::open_prefix`]) can map the grown
+/// part itself.
+impl SharedRegion {
+    /// A new zero-filled region of `len` bytes (at least 1), sealed against shrinking only.
+    pub fn create_growable(name: &str, len: usize) -> io::Result<SharedRegion> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared region needs at least 1 byte",
+            ));
+        }
+        let fd = sys::growable_memfd(name, len)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps the first `len` bytes of a region received from another process, which must be
+    /// sealed against shrinking and at least that long.
+    pub fn open_prefix(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
+        if len == 0 || !sys::sealed_against_shrinking(fd.as_fd())? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared region is empty or not sealed against shrinking",
+            ));
+        }
+        if (sys::file_size(fd.as_fd())? as u64) < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared region is shorter than asked",
+            ));
+        }
+        Self::map(fd, len)
+    }
+
+    /// The length of the region's file now (at least the mapped length).
+    pub fn file_len(&self) -> io::Result<u64> {
+        Ok(sys::file_size(self.fd.as_fd())? as u64)
+    }
+
+    /// Makes the file at least `len` bytes long (the new part reads as zeros and costs no
+    /// memory until written); never shrinks it.
+    pub fn grow_to(&self, len: u64) -> io::Result<()> {
+        if self.file_len()? < len {
+            let len = usize::try_from(len).map_err(io::Error::other)?;
+            sys::set_file_size(self.fd.as_fd(), len)?;
+        }
+        Ok(())
+    }
+
+    /// Maps `len` bytes of the file from `offset` (a multiple of the page size). Refused
+    /// unless the file is sealed against shrinking and that long, so no access can fault.
+    pub fn map_window(&self, offset: u64, len: usize) -> io::Result<SharedWindow> {
+        let sealed = sys::sealed_against_shrinking(self.fd.as_fd())?;
+        let end = offset.checked_add(len as u64);
+        if len == 0 || !sealed || end.is_none_or(|end| end > self.file_len().unwrap_or(0)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a window must lie inside a region sealed against shrinking",
+            ));
+        }
+        // A file at least `offset + len` long that cannot shrink (checked above): the
+        // mapping never faults.
+        let base = sys::map_shared_at(self.fd.as_fd(), offset, len)?;
+        Ok(SharedWindow { base, len })
+    }
+
+    /// Gives the memory of `len` bytes of the file at `offset` back to the system, mapped here
+    /// or not (they read as zeros afterwards).
+    pub fn discard_file(&self, offset: u64, len: u64) -> io::Result<()> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.file_len().unwrap_or(0))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the region",
+            ));
+        }
+        let offset = usize::try_from(offset).map_err(io::Error::other)?;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        sys::punch_hole(self.fd.as_fd(), offset, len)
+    }
+}
+
+/// A part of a [`SharedRegion`]'s file, mapped by [`SharedRegion::map_window`]; unmapped when
+/// dropped.
+#[derive(Debug)]
+pub struct SharedWindow {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: as for `SharedRegion`: plain shared memory whose users synchronize their accesses;
+// the mapping is owned by this value alone.
+unsafe impl Send for SharedWindow {}
+// SAFETY: as above: `&SharedWindow` only hands out a raw pointer.
+unsafe impl Sync for SharedWindow {}
+
+impl SharedWindow {
+    /// The first byte. Page-aligned.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Its length in bytes (never 0).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: windows have at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for SharedWindow {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range `map_window` created, unmapped once, by its only owner.
+        let _ = unsafe { sys::unmap(self.base, self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -734,6 +734,17 @@ pub(crate) fn sealed_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A new anonymous memfd of `len` zero bytes, close-on-exec, sealed against shrinking and
+/// further sealing but free to grow: a mapping of any prefix stays valid, and the file can be
+/// made longer for a larger mapping.
+pub(crate) fn growable_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
 /// Whether `fd` is sealed against shrinking; an error if it cannot carry seals (not a memfd).
 pub(crate) fn sealed_against_shrinking(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(rustix::fs::fcntl_get_seals(fd)?.contains(rustix::fs::SealFlags::SHRINK))
@@ -792,6 +803,15 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
 /// long as the mapping lives (a sealed or freshly sized file), since an access past its end
 /// is a `SIGBUS`; unmap it with [`unmap`].
 pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    map_shared_at(fd, 0, len)
+}
+
+/// [`map_shared`] of the `len` bytes of `fd` from `offset` (a multiple of the page size).
+pub(crate) fn map_shared_at(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+) -> io::Result<NonNull<u8>> {
     use rustix::mm::{MapFlags, ProtFlags};
     // SAFETY: a fresh mapping (null hint, no MAP_FIXED) cannot alias any existing memory;
     // `fd` is open for the duration of the call.
@@ -802,7 +822,7 @@ pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u
             ProtFlags::READ | ProtFlags::WRITE,
             MapFlags::SHARED,
             fd,
-            0,
+            offset,
         )?
     };
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
