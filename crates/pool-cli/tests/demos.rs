@@ -228,6 +228,23 @@ fn crash_reports_the_lost_worker_and_finishes_the_map() {
 }
 
 #[test]
+fn as_completed_reports_each_task_as_it_finishes_failures_included() {
+    let out = demo(&["as-completed"]);
+    let count = |needle: &str| out.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("-> task panicked"), 2, "{out}");
+    assert_eq!(count("was lost while running the task"), 1, "{out}");
+    assert!(out.contains("9 done, 3 failed"), "{out}");
+    // Each of the twelve inputs is reported exactly once.
+    for x in 1..=12 {
+        assert_eq!(
+            lines_with(&out, &format!("{x:>2} -> ")).len(),
+            1,
+            "{x}: {out}"
+        );
+    }
+}
+
+#[test]
 fn timeout_kills_the_stuck_task_and_goes_on() {
     let out = demo(&["timeout"]);
     assert_eq!(lines_with(&out, "slept ").len(), 2);
@@ -267,6 +284,7 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
         "results",
         "callback",
         "crash",
+        "as-completed",
         "timeout",
     ] {
         assert!(

@@ -115,6 +115,11 @@ const DEMOS: &[Demo] = &[
         run: pooled::crash,
     },
     Demo {
+        name: "as-completed",
+        about: "beyond the seeds: as_completed over a batch with panics and a killed worker",
+        run: pooled::as_completed,
+    },
+    Demo {
         name: "timeout",
         about: "beyond the seeds: a task over its time limit is killed and reported; the pool goes on",
         run: pooled::timeout,

@@ -351,6 +351,58 @@ pub(crate) fn crash(_: &DemoArgs) -> Outcome {
     pool.join().map_err(fail)
 }
 
+/// A batch job: some inputs are bad (a panic), one kills its worker (an abort), the rest
+/// take a while; the larger the input, the longer.
+fn batch_job(x: u64) -> u64 {
+    if x % 5 == 0 {
+        panic!("bad input {x}");
+    }
+    if x == 7 {
+        std::process::abort();
+    }
+    sleep_ms(3 * x);
+    x * 10
+}
+
+/// `concurrent.futures.as_completed` over a batch: each result is handled as it finishes, in
+/// completion order; failures (panics, a killed worker) are results like the others.
+pub(crate) fn as_completed(_: &DemoArgs) -> Outcome {
+    use pool_api::futures::as_completed_timeout;
+    let pool = Pool::new(3).map_err(fail)?;
+    let inputs: Vec<u64> = (1..=12).rev().collect();
+    let handles = inputs
+        .iter()
+        .map(|&x| pool.apply_async(batch_job, x))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let (mut ok, mut failed) = (0, 0);
+    for done in as_completed_timeout(&handles, Duration::from_secs(60)) {
+        let handle = done.map_err(fail)?;
+        let x = inputs[handles
+            .iter()
+            .position(|h| std::ptr::eq(h, handle))
+            .unwrap_or(0)];
+        match handle.get() {
+            Ok(v) => {
+                ok += 1;
+                println!("{x:>2} -> {v}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{x:>2} -> {e}");
+            }
+        }
+    }
+    println!("{ok} done, {failed} failed, every one reported as it finished");
+    if (ok, failed) != (9, 3) {
+        return Err(format!(
+            "expected 9 done and 3 failed, got {ok} and {failed}"
+        ));
+    }
+    pool.close();
+    pool.join().map_err(fail)
+}
+
 fn slow(ms: u64) -> u64 {
     sleep_ms(ms);
     ms
