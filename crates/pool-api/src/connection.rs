@@ -478,6 +478,11 @@ pub trait Waitable {
     /// The descriptor that becomes readable.
     #[doc(hidden)]
     fn sentinel(&self) -> Option<BorrowedFd<'_>>;
+    /// A result handle, which has no descriptor: [`wait`] asks it to write to one of its own.
+    #[doc(hidden)]
+    fn completion(&self) -> Option<&dyn crate::futures::Completion> {
+        None
+    }
 }
 
 impl Waitable for Connection {
@@ -526,6 +531,28 @@ fn wait_within(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<V
         }
     }
     let polled = objects.iter().any(|o| o.polled());
+    // Result handles have no descriptor: each is asked to write a byte to a socket of this
+    // wait's own when its work finishes, and the socket's other end is polled with the rest.
+    let completions: Vec<&dyn crate::futures::Completion> =
+        objects.iter().filter_map(|o| o.completion()).collect();
+    let woken = if completions.is_empty() {
+        None
+    } else {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+        writer.set_nonblocking(true)?;
+        let writer = Arc::new(writer);
+        for completion in completions {
+            crate::futures::Sealed::watch(
+                completion,
+                crate::futures::Watcher::Socket(Arc::clone(&writer)),
+            );
+        }
+        Some(reader)
+    };
+    if let Some(reader) = &woken {
+        fds.push(reader.as_fd());
+        index.push(usize::MAX);
+    }
     loop {
         let now: Vec<usize> = objects
             .iter()
@@ -546,7 +573,17 @@ fn wait_within(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<V
         if !ready.is_empty() || slice == deadline || deadline.is_some_and(|d| Instant::now() >= d) {
             // A shared-memory end whose liveness socket fired has its end of file (or the
             // peer's last messages) ready: report it, as a socket's hang-up is.
-            return Ok(ready.into_iter().map(|i| index[i]).collect());
+            // The completions' socket itself is no object: what it woke is found by
+            // `ready_now` on the next round.
+            let ready: Vec<usize> = ready
+                .into_iter()
+                .map(|i| index[i])
+                .filter(|&i| i != usize::MAX)
+                .collect();
+            if !ready.is_empty() || woken.is_none() || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Ok(ready);
+            }
         }
     }
 }

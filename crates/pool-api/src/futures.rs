@@ -38,92 +38,109 @@
 //! # Ok::<(), Error>(())
 //! ```
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::Waker;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::Error;
 
-/// Who is told when a job finishes.
-#[derive(Debug)]
-pub enum Watcher {
-    /// A waiting group: the job's index in it goes into its ready queue.
-    Group(Arc<Group>, usize),
-    /// An async task polling the job.
-    Task(Waker),
-}
+/// The watcher machinery. Its items are public only to the crate: the module is private, so
+/// no user can name them (the sealed trait's signature may use them).
+mod watch {
+    use std::collections::VecDeque;
+    use std::io::Write as _;
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::task::Waker;
+    use std::time::Instant;
 
-impl Watcher {
-    /// Tells the watcher that its job finished.
-    pub(crate) fn notify(self) {
-        match self {
-            Watcher::Group(group, index) => group.ready(index),
-            Watcher::Task(waker) => waker.wake(),
-        }
-    }
-}
-
-/// The watchers of one job, kept under the job's own lock.
-#[derive(Debug, Default)]
-pub(crate) struct Watchers(Vec<Watcher>);
-
-impl Watchers {
-    /// Adds a watcher to an unfinished job (the caller checked, under the job's lock). A task
-    /// that polls again replaces its earlier waker instead of piling them up.
-    pub(crate) fn add(&mut self, watcher: Watcher) {
-        if let Watcher::Task(new) = &watcher {
-            self.0
-                .retain(|w| !matches!(w, Watcher::Task(old) if old.will_wake(new)));
-        }
-        self.0.push(watcher);
+    /// Who is told when a job finishes.
+    #[derive(Debug)]
+    pub enum Watcher {
+        /// A waiting group: the job's index in it goes into its ready queue.
+        Group(Arc<Group>, usize),
+        /// An async task polling the job.
+        Task(Waker),
+        /// A `connection::wait` over descriptors: a byte written wakes its `poll`.
+        Socket(Arc<UnixStream>),
     }
 
-    /// The watchers to tell, taken when the job finishes (told after its lock is released).
-    pub(crate) fn take(&mut self) -> Vec<Watcher> {
-        std::mem::take(&mut self.0)
-    }
-}
-
-/// A set of jobs waited for together: the indices of those that finished, in order.
-#[derive(Debug, Default)]
-pub struct Group {
-    ready: Mutex<VecDeque<usize>>,
-    cv: Condvar,
-}
-
-impl Group {
-    fn ready(&self, index: usize) {
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(index);
-        self.cv.notify_all();
-    }
-
-    /// The next finished index, waiting until `deadline`; `None` when it passed.
-    fn next(&self, deadline: Option<Instant>) -> Option<usize> {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(index) = ready.pop_front() {
-                return Some(index);
-            }
-            ready = match deadline {
-                None => self.cv.wait(ready).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.checked_duration_since(Instant::now())?;
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.cv
-                        .wait_timeout(ready, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+    impl Watcher {
+        /// Tells the watcher that its job finished.
+        pub fn notify(self) {
+            match self {
+                Watcher::Group(group, index) => group.ready(index),
+                Watcher::Task(waker) => waker.wake(),
+                // Non-blocking: one byte is enough, and a full socket is awake already.
+                Watcher::Socket(stream) => {
+                    let _ = (&*stream).write(&[1]);
                 }
-            };
+            }
+        }
+    }
+
+    /// The watchers of one job, kept under the job's own lock.
+    #[derive(Debug, Default)]
+    pub(crate) struct Watchers(Vec<Watcher>);
+
+    impl Watchers {
+        /// Adds a watcher to an unfinished job (the caller checked, under the job's lock). A task
+        /// that polls again replaces its earlier waker instead of piling them up.
+        pub(crate) fn add(&mut self, watcher: Watcher) {
+            if let Watcher::Task(new) = &watcher {
+                self.0
+                    .retain(|w| !matches!(w, Watcher::Task(old) if old.will_wake(new)));
+            }
+            self.0.push(watcher);
+        }
+
+        /// The watchers to tell, taken when the job finishes (told after its lock is released).
+        pub(crate) fn take(&mut self) -> Vec<Watcher> {
+            std::mem::take(&mut self.0)
+        }
+    }
+
+    /// A set of jobs waited for together: the indices of those that finished, in order.
+    #[derive(Debug, Default)]
+    pub struct Group {
+        ready: Mutex<VecDeque<usize>>,
+        cv: Condvar,
+    }
+
+    impl Group {
+        pub(super) fn ready(&self, index: usize) {
+            self.ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(index);
+            self.cv.notify_all();
+        }
+
+        /// The next finished index, waiting until `deadline`; `None` when it passed.
+        pub(super) fn next(&self, deadline: Option<Instant>) -> Option<usize> {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(index) = ready.pop_front() {
+                    return Some(index);
+                }
+                ready = match deadline {
+                    None => self.cv.wait(ready).unwrap_or_else(|e| e.into_inner()),
+                    Some(d) => {
+                        let left = d.checked_duration_since(Instant::now())?;
+                        if left.is_zero() {
+                            return None;
+                        }
+                        self.cv
+                            .wait_timeout(ready, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
         }
     }
 }
+
+pub(crate) use watch::{Group, Watcher, Watchers};
 
 mod sealed {
     /// Only this crate's result handles are completions: the trait's machinery is ours.

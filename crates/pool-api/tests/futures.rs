@@ -373,3 +373,35 @@ fn shutdown_with_wait_runs_everything_queued() {
     let sum: u64 = handles.iter().map(|h| h.get().unwrap()).sum();
     assert_eq!(sum, (0..20).map(|x| x * 2).sum::<u64>());
 }
+
+#[test]
+fn connection_wait_takes_result_handles_beside_connections_and_processes() {
+    // multiprocessing.connection.wait over every kind of waitable at once.
+    let pool = Pool::new(1).unwrap();
+    let gate = Event::new().unwrap();
+    let handle = pool.apply_async(gated, (gate.clone(), 3)).unwrap();
+    let (reader, _writer) = pool_api::Pipe::one_way().unwrap();
+    let sleeper = pool_api::Process::new(
+        |ms: u64| std::thread::sleep(Duration::from_millis(ms)),
+        60_000,
+    )
+    .unwrap()
+    .start()
+    .unwrap();
+    let nothing =
+        pool_api::wait_timeout(&[&reader, &handle, &sleeper], Duration::from_millis(50)).unwrap();
+    assert!(nothing.is_empty(), "{nothing:?}");
+    // Set from another thread while `wait` blocks with no timeout: the handle's completion
+    // wakes it.
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        gate.set();
+    });
+    assert_eq!(pool_api::wait(&[&reader, &handle, &sleeper]).unwrap(), [1]);
+    setter.join().unwrap();
+    assert_eq!(handle.get().unwrap(), 3);
+    let threads = ThreadPool::new(1).unwrap();
+    let done = threads.apply_async(|x: u64| x, 5).unwrap();
+    assert_eq!(pool_api::wait(&[&reader, &done]).unwrap(), [1]);
+    sleeper.kill().unwrap();
+}

@@ -81,3 +81,29 @@ impl<R: DeserializeOwned> Future for MapResult<R> {
         poll_finished(&self.job, cx).map(|()| self.job.first_error())
     }
 }
+
+/// A result handle in [`connection::wait`](crate::wait): ready once its work finished.
+impl<R: DeserializeOwned> crate::Waitable for AsyncResult<R> {
+    fn ready_now(&self) -> bool {
+        self.job.is_finished()
+    }
+    fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    fn completion(&self) -> Option<&dyn Completion> {
+        Some(self)
+    }
+}
+
+/// A result handle in [`connection::wait`](crate::wait): ready once its work finished.
+impl<R: DeserializeOwned> crate::Waitable for MapResult<R> {
+    fn ready_now(&self) -> bool {
+        self.job.is_finished()
+    }
+    fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    fn completion(&self) -> Option<&dyn Completion> {
+        Some(self)
+    }
+}

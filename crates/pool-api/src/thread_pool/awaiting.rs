@@ -80,3 +80,29 @@ impl<R: Send + 'static> Future for ThreadMapResult<R> {
         poll_finished(&self.job, cx).map(|()| self.job.take_outcomes().and_then(first_error))
     }
 }
+
+/// A result handle in [`connection::wait`](crate::wait): ready once its work finished.
+impl<R: Send + 'static> crate::Waitable for ThreadAsyncResult<R> {
+    fn ready_now(&self) -> bool {
+        self.job.is_finished()
+    }
+    fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    fn completion(&self) -> Option<&dyn Completion> {
+        Some(self)
+    }
+}
+
+/// A result handle in [`connection::wait`](crate::wait): ready once its work finished.
+impl<R: Send + 'static> crate::Waitable for ThreadMapResult<R> {
+    fn ready_now(&self) -> bool {
+        self.job.is_finished()
+    }
+    fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    fn completion(&self) -> Option<&dyn Completion> {
+        Some(self)
+    }
+}
