@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::connection::{RecvError, SendError};
 use crate::listener::AuthError;
-use crate::queue::QueueError;
+use crate::queue::{PutError, QueueError};
 use crate::sync::SyncError;
 use crate::values::ShmError;
 
@@ -141,7 +141,7 @@ pub enum Error {
     /// A queue operation failed (an item the queue handed back is dropped here: match the
     /// queue's own error to keep it).
     #[error(transparent)]
-    Queue(QueueError<()>),
+    Queue(#[from] QueueError),
     /// A `SharedMemory` operation failed.
     #[error(transparent)]
     SharedMemory(#[from] ShmError),
@@ -239,9 +239,9 @@ impl From<pool_ipc::SpawnError> for Error {
     }
 }
 
-impl<T> From<QueueError<T>> for Error {
-    fn from(e: QueueError<T>) -> Error {
-        Error::Queue(e.without_item())
+impl<T> From<PutError<T>> for Error {
+    fn from(e: PutError<T>) -> Error {
+        Error::Queue(e.into_kind())
     }
 }
 
@@ -382,7 +382,7 @@ mod tests {
     fn primitive_errors_convert_and_keep_their_cause() {
         let e: Error = SyncError::Timeout.into();
         assert_eq!(e, Error::Sync(SyncError::Timeout));
-        let e: Error = QueueError::Full(String::from("item")).into();
-        assert_eq!(e, Error::Queue(QueueError::Full(())));
+        let e: Error = QueueError::Full.into();
+        assert_eq!(e, Error::Queue(QueueError::Full));
     }
 }

@@ -62,7 +62,7 @@ pub use process::{
     Process, ProcessHandle, ProcessInfo, active_children, current_process,
     set_exit_waits_for_children,
 };
-pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueError, SimpleQueue};
+pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore,
     SyncError,

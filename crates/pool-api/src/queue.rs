@@ -87,17 +87,15 @@ const INITIAL_RING: u64 = 64 << 10;
 const DISCARD_STEP_MIN: u64 = 64 << 10;
 const DISCARD_STEP_MAX: u64 = 2 << 20;
 
-/// Why a queue operation did not succeed. The item is handed back where one was given.
-///
-/// `Debug` is written by hand so that an item type without `Debug` still makes a
-/// `std::error::Error` (the item is shown as `..`).
-#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a queue operation did not succeed. A `put` that fails hands its item back in a
+/// [`PutError`], whose [`kind`](PutError::kind) is one of these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum QueueError<T> {
-    /// `try_put` on a full queue, or `put` timed out on one.
+pub enum QueueError {
+    /// `try_put` on a full queue, or `put_timeout` timed out on one.
     #[error("the queue is full")]
-    Full(T),
-    /// `try_get` on an empty queue, or `get` timed out on one.
+    Full,
+    /// `try_get` on an empty queue, or `get_timeout` timed out on one.
     #[error("the queue is empty")]
     Empty,
     /// This handle was closed.
@@ -120,49 +118,9 @@ pub enum QueueError<T> {
     Io(#[source] OsError),
 }
 
-impl<T> fmt::Debug for QueueError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QueueError::Full(_) => f.write_str("Full(..)"),
-            QueueError::Empty => f.write_str("Empty"),
-            QueueError::Closed => f.write_str("Closed"),
-            QueueError::TooManyTaskDone => f.write_str("TooManyTaskDone"),
-            QueueError::Encode(e) => f.debug_tuple("Encode").field(e).finish(),
-            QueueError::Decode(e) => f.debug_tuple("Decode").field(e).finish(),
-            QueueError::Corrupt(what) => f.debug_tuple("Corrupt").field(what).finish(),
-            QueueError::Io(e) => f.debug_tuple("Io").field(e).finish(),
-        }
-    }
-}
-
-impl<T> QueueError<T> {
-    /// The same error with the handed-back item dropped, for an error type that holds none
-    /// (what `?` into [`Error`](crate::Error) does).
-    pub fn without_item(self) -> QueueError<()> {
-        match self {
-            QueueError::Full(_) => QueueError::Full(()),
-            QueueError::Empty => QueueError::Empty,
-            QueueError::Closed => QueueError::Closed,
-            QueueError::TooManyTaskDone => QueueError::TooManyTaskDone,
-            QueueError::Encode(e) => QueueError::Encode(e),
-            QueueError::Decode(e) => QueueError::Decode(e),
-            QueueError::Corrupt(what) => QueueError::Corrupt(what),
-            QueueError::Io(e) => QueueError::Io(e),
-        }
-    }
-
-    /// The item handed back by a `put` that did not succeed, if this error holds it.
-    pub fn into_item(self) -> Option<T> {
-        match self {
-            QueueError::Full(item) => Some(item),
-            _ => None,
-        }
-    }
-}
-
 /// The queue's lock failed (only an OS error can reach a queue's caller).
-impl<T> From<SyncError> for QueueError<T> {
-    fn from(e: SyncError) -> QueueError<T> {
+impl From<SyncError> for QueueError {
+    fn from(e: SyncError) -> QueueError {
         match e {
             SyncError::Io(e) => QueueError::Io(OsError(e)),
             other => QueueError::Io(std::io::Error::other(other).into()),
@@ -170,9 +128,73 @@ impl<T> From<SyncError> for QueueError<T> {
     }
 }
 
-impl<T> From<std::io::Error> for QueueError<T> {
-    fn from(e: std::io::Error) -> QueueError<T> {
+impl From<std::io::Error> for QueueError {
+    fn from(e: std::io::Error) -> QueueError {
         QueueError::Io(e.into())
+    }
+}
+
+/// Why a `put` did not succeed, with the item handed back: the queue never took it.
+///
+/// `Debug` is written by hand so that an item type without `Debug` still makes a
+/// `std::error::Error` (the item is shown as `..`).
+///
+/// ```
+/// use pool_api::{Queue, QueueError};
+///
+/// let q: Queue<String> = Queue::bounded(1)?;
+/// q.put("first".into())?;
+/// let refused = q.try_put("second".into()).unwrap_err();
+/// assert_eq!(refused.kind(), &QueueError::Full);
+/// assert_eq!(refused.into_item(), "second");
+/// # Ok::<(), pool_api::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct PutError<T> {
+    item: T,
+    kind: QueueError,
+}
+
+impl<T> PutError<T> {
+    /// Why the item was not put.
+    pub fn kind(&self) -> &QueueError {
+        &self.kind
+    }
+
+    /// The item, handed back.
+    pub fn item(&self) -> &T {
+        &self.item
+    }
+
+    /// The item, handed back.
+    pub fn into_item(self) -> T {
+        self.item
+    }
+
+    /// Why the item was not put, the item dropped.
+    pub fn into_kind(self) -> QueueError {
+        self.kind
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutError")
+            .field("item", &format_args!(".."))
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot put the item: {}", self.kind)
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.kind)
     }
 }
 
@@ -300,7 +322,7 @@ impl Ring {
 
     /// The ring mapped at the size the header gives now, remapped if it grew since this
     /// process last looked. The queue's lock is held.
-    fn mapped<T>(&self) -> Result<Mapped<'_>, QueueError<T>> {
+    fn mapped(&self) -> Result<Mapped<'_>, QueueError> {
         let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
         let size = self.header().capacity.load(Ordering::Acquire);
         if size != data.len() as u64 {
@@ -325,13 +347,13 @@ impl Ring {
 
     /// Grows the ring so that `needed` bytes fit, moving the queued bytes `[head, tail)` to
     /// where the larger ring expects them (see the module docs). The lock is held.
-    fn grow<T>(
+    fn grow(
         &self,
         data: &mut Mapped<'_>,
         head: u64,
         tail: u64,
         needed: u64,
-    ) -> Result<(), QueueError<T>> {
+    ) -> Result<(), QueueError> {
         let old = data.len() as u64;
         let new = grown_size(old, needed, self.max_ring);
         let io = |e: std::io::Error| {
@@ -383,7 +405,7 @@ impl Ring {
     /// After taking the lock over from a process that died holding it: rebuilds the item
     /// count, and gives back the ring's free pages and what a grower that died left in the
     /// memfd beyond the ring.
-    fn recover<T>(&self, data: &Mapped<'_>) -> Result<(), QueueError<T>> {
+    fn recover(&self, data: &Mapped<'_>) -> Result<(), QueueError> {
         let h = self.header();
         recount(data, h)?;
         let (head, tail) = (
@@ -509,7 +531,7 @@ fn lock_deadline(deadline: Option<Instant>, block: bool) -> Option<Instant> {
 }
 
 /// The positions, checked against the ring: `(head, tail)`.
-fn positions<T>(data: &Mapped<'_>, h: &Header) -> Result<(u64, u64), QueueError<T>> {
+fn positions(data: &Mapped<'_>, h: &Header) -> Result<(u64, u64), QueueError> {
     let (head, tail) = (
         h.head.load(Ordering::Relaxed),
         h.tail.load(Ordering::Acquire),
@@ -525,7 +547,7 @@ fn positions<T>(data: &Mapped<'_>, h: &Header) -> Result<(u64, u64), QueueError<
 /// position that publishes or removes an item, so a death in between leaves it off by one.
 /// (`JoinableQueue`'s count of unfinished tasks cannot be rebuilt this way: a producer or
 /// consumer killed at that moment may leave it off by one; documented there.) The lock is held.
-fn recount<T>(data: &Mapped<'_>, h: &Header) -> Result<(), QueueError<T>> {
+fn recount(data: &Mapped<'_>, h: &Header) -> Result<(), QueueError> {
     let (head, tail) = positions(data, h)?;
     let (mut at, mut items) = (head, 0u64);
     while at < tail {
@@ -554,7 +576,7 @@ fn record_len(item: usize) -> u64 {
 /// Python's `multiprocessing.Queue`: many producers and consumers in any processes, items in
 /// order, none lost or duplicated. Pass it to a child in its arguments.
 ///
-/// `qsize` is exact at the moment it is read, and stale the moment after, as in Python.
+/// `len` is exact at the moment it is read, and stale the moment after, as Python's `qsize`.
 ///
 /// ```
 /// let q = pool_api::Queue::<String>::new()?;
@@ -562,7 +584,7 @@ fn record_len(item: usize) -> u64 {
 /// assert_eq!(q.len(), 1);
 /// assert_eq!(q.get()?, "A");
 /// assert!(q.is_empty());
-/// # Ok::<(), pool_api::QueueError<String>>(())
+/// # Ok::<(), pool_api::Error>(())
 /// ```
 pub struct Queue<T> {
     ring: Arc<Ring>,
@@ -596,12 +618,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// is queued and unread, and an item whose encoding is larger is refused with an error
     /// that hands it back. Its ring starts at 64 KiB and grows as items need (see
     /// [`Queue::with_limits`]).
-    pub fn new() -> Result<Queue<T>, QueueError<T>> {
+    pub fn new() -> Result<Queue<T>, QueueError> {
         Queue::with_limits(0, DEFAULT_QUEUE_CAPACITY)
     }
 
     /// A queue of at most `maxsize` items (Python's `Queue(maxsize)`; 0: unbounded).
-    pub fn bounded(maxsize: usize) -> Result<Queue<T>, QueueError<T>> {
+    pub fn bounded(maxsize: usize) -> Result<Queue<T>, QueueError> {
         Queue::with_limits(maxsize, DEFAULT_QUEUE_CAPACITY)
     }
 
@@ -616,7 +638,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// this process cannot map fails that `put` with [`QueueError::Io`], and a process that
     /// cannot map the grown ring gets [`QueueError::Io`] from its `put` and `get`. Memory is
     /// allocated only for what is queued.
-    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<Queue<T>, QueueError<T>> {
+    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<Queue<T>, QueueError> {
         let ring = Ring::create(capacity, maxsize as u64)
             .map_err(|e| QueueError::Io(std::io::Error::other(e).into()))?;
         Ok(Queue {
@@ -628,31 +650,35 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts an item, waiting while the queue is full (only with a `maxsize`, or once its
     /// `capacity` of bytes is used up).
-    pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
-        self.put_inner(item, None, true)
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_inner(&item, None, true)
+            .map_err(|kind| PutError { item, kind })
     }
 
-    /// Puts an item, waiting at most `timeout` while the queue is full
-    /// ([`QueueError::Full`] hands the item back).
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), QueueError<T>> {
-        self.put_inner(item, crate::deadline_in(timeout), true)
+    /// Puts an item, waiting at most `timeout` while the queue is full (a
+    /// [`QueueError::Full`] then, the item handed back).
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_inner(&item, crate::deadline_in(timeout), true)
+            .map_err(|kind| PutError { item, kind })
     }
 
-    /// Puts an item if there is room now ([`QueueError::Full`] hands it back).
-    pub fn try_put(&self, item: T) -> Result<(), QueueError<T>> {
-        self.put_inner(item, None, false)
+    /// Puts an item if there is room now (a [`QueueError::Full`] otherwise, the item handed
+    /// back).
+    pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_inner(&item, None, false)
+            .map_err(|kind| PutError { item, kind })
     }
 
     fn put_inner(
         &self,
-        item: T,
+        item: &T,
         deadline: Option<Instant>,
         block: bool,
-    ) -> Result<(), QueueError<T>> {
+    ) -> Result<(), QueueError> {
         if self.closed {
             return Err(QueueError::Closed);
         }
-        let bytes = match postcard::to_stdvec(&item) {
+        let bytes = match postcard::to_stdvec(item) {
             Ok(b) => b,
             Err(e) => {
                 return Err(QueueError::Encode(CodecError::caused_by(
@@ -674,7 +700,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         loop {
             let taken = match lock.acquire(lock_deadline(deadline, block)) {
                 Ok(taken) => taken,
-                Err(SyncError::Timeout) => return Err(QueueError::Full(item)),
+                Err(SyncError::Timeout) => return Err(QueueError::Full),
                 Err(e) => return Err(e.into()),
             };
             match self.put_locked(&bytes, need, taken.previous_owner_died.is_some()) {
@@ -702,7 +728,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             };
             h.putters.fetch_sub(1, Ordering::Relaxed);
             if !waited.map_err(QueueError::from)? {
-                return Err(QueueError::Full(item));
+                return Err(QueueError::Full);
             }
         }
     }
@@ -710,7 +736,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Writes the record of `bytes` (`need` bytes) if there is room, growing the ring if the
     /// limits allow; whether it did. The lock is held (taken over from a dead owner if
     /// `recover`).
-    fn put_locked(&self, bytes: &[u8], need: u64, recover: bool) -> Result<bool, QueueError<T>> {
+    fn put_locked(&self, bytes: &[u8], need: u64, recover: bool) -> Result<bool, QueueError> {
         let ring = &*self.ring;
         let h = ring.header();
         let mut data = ring.mapped()?;
@@ -748,21 +774,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Takes the oldest item, waiting while the queue is empty.
-    pub fn get(&self) -> Result<T, QueueError<T>> {
+    pub fn get(&self) -> Result<T, QueueError> {
         self.get_inner(None, true)
     }
 
     /// Takes the oldest item, waiting at most `timeout` ([`QueueError::Empty`]).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError<T>> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError> {
         self.get_inner(crate::deadline_in(timeout), true)
     }
 
     /// Takes the oldest item if there is one ([`QueueError::Empty`] otherwise).
-    pub fn try_get(&self) -> Result<T, QueueError<T>> {
+    pub fn try_get(&self) -> Result<T, QueueError> {
         self.get_inner(None, false)
     }
 
-    fn get_inner(&self, deadline: Option<Instant>, block: bool) -> Result<T, QueueError<T>> {
+    fn get_inner(&self, deadline: Option<Instant>, block: bool) -> Result<T, QueueError> {
         if self.closed {
             return Err(QueueError::Closed);
         }
@@ -811,7 +837,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Copies the oldest record out and removes it, if there is one. The lock is held (taken
     /// over from a dead owner if `recover`).
-    fn take_locked(&self, recover: bool) -> Result<Option<Vec<u8>>, QueueError<T>> {
+    fn take_locked(&self, recover: bool) -> Result<Option<Vec<u8>>, QueueError> {
         let ring = &*self.ring;
         let h = ring.header();
         let data = ring.mapped()?;
@@ -904,23 +930,23 @@ impl<T> Clone for SimpleQueue<T> {
 
 impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// A new, empty queue (limits as [`Queue::new`]'s).
-    pub fn new() -> Result<SimpleQueue<T>, QueueError<T>> {
+    pub fn new() -> Result<SimpleQueue<T>, QueueError> {
         Queue::new().map(SimpleQueue)
     }
 
     /// A queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of records, an
     /// upper bound its ring grows towards only as items need: see [`Queue::with_limits`].
-    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<SimpleQueue<T>, QueueError<T>> {
+    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<SimpleQueue<T>, QueueError> {
         Queue::with_limits(maxsize, capacity).map(SimpleQueue)
     }
 
     /// Puts an item.
-    pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
         self.0.put(item)
     }
 
     /// Takes the oldest item, waiting while there is none.
-    pub fn get(&self) -> Result<T, QueueError<T>> {
+    pub fn get(&self) -> Result<T, QueueError> {
         self.0.get()
     }
 
@@ -949,14 +975,14 @@ impl<T> Clone for JoinableQueue<T> {
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// An unbounded joinable queue (limits as [`Queue::new`]'s).
-    pub fn new() -> Result<JoinableQueue<T>, QueueError<T>> {
+    pub fn new() -> Result<JoinableQueue<T>, QueueError> {
         Queue::new().map(JoinableQueue)
     }
 
     /// A joinable queue of at most `maxsize` items (0: unbounded) and `capacity` bytes of
     /// records, an upper bound its ring grows towards only as items need: see
     /// [`Queue::with_limits`].
-    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<JoinableQueue<T>, QueueError<T>> {
+    pub fn with_limits(maxsize: usize, capacity: usize) -> Result<JoinableQueue<T>, QueueError> {
         Queue::with_limits(maxsize, capacity).map(JoinableQueue)
     }
 
@@ -966,18 +992,18 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 
     /// Puts an item (one more unfinished task).
-    pub fn put(&self, item: T) -> Result<(), QueueError<T>> {
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
         self.0.put(item)
     }
 
     /// Takes the oldest item.
-    pub fn get(&self) -> Result<T, QueueError<T>> {
+    pub fn get(&self) -> Result<T, QueueError> {
         self.0.get()
     }
 
     /// Marks one item taken with `get` as processed; [`QueueError::TooManyTaskDone`] if more
     /// were marked than put.
-    pub fn task_done(&self) -> Result<(), QueueError<T>> {
+    pub fn task_done(&self) -> Result<(), QueueError> {
         let h = self.0.ring.header();
         let prev = h
             .unfinished
@@ -993,16 +1019,16 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 
     /// Waits until every item put has been marked done (Python's `join()`).
-    pub fn join(&self) -> Result<(), QueueError<T>> {
+    pub fn join(&self) -> Result<(), QueueError> {
         self.join_within(None).map(drop)
     }
 
     /// [`join`](Self::join) for at most `timeout`; whether every item was marked done.
-    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, QueueError<T>> {
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.join_within(Some(timeout))
     }
 
-    fn join_within(&self, timeout: Option<Duration>) -> Result<bool, QueueError<T>> {
+    fn join_within(&self, timeout: Option<Duration>) -> Result<bool, QueueError> {
         let h = self.0.ring.header();
         let deadline = timeout.and_then(crate::deadline_in);
         loop {
@@ -1040,8 +1066,8 @@ mod tests {
             let _ = tx.send((
                 matches!(other.try_get(), Err(QueueError::Empty)),
                 matches!(other.get_timeout(short), Err(QueueError::Empty)),
-                matches!(other.try_put(2), Err(QueueError::Full(2))),
-                matches!(other.put_timeout(3, short), Err(QueueError::Full(3))),
+                matches!(other.try_put(2), Err(e) if *e.kind() == QueueError::Full && *e.item() == 2),
+                matches!(other.put_timeout(3, short), Err(e) if *e.kind() == QueueError::Full && *e.item() == 3),
             ));
         });
         let outcome = rx.recv_timeout(Duration::from_secs(20));
@@ -1221,11 +1247,13 @@ mod tests {
         assert_eq!(q.get().unwrap().0, vec![2; 2 << 20]);
         assert!(matches!(
             q.0.put(Bytes(vec![3; 3 << 20])),
-            Err(QueueError::Encode(_))
+            Err(e) if matches!(e.kind(), QueueError::Encode(_))
         ));
         let j: JoinableQueue<u8> = JoinableQueue::with_limits(1, 4096).unwrap();
         j.put(1).unwrap();
-        assert!(matches!(j.queue().try_put(2), Err(QueueError::Full(2))));
+        assert!(
+            matches!(j.queue().try_put(2), Err(e) if *e.kind() == QueueError::Full && *e.item() == 2)
+        );
     }
 
     /// The memory the queue's memfd holds now, in bytes.
