@@ -53,10 +53,18 @@ pub struct Acquired {
 /// use its parent's identity: a `pthread_atfork` handler forgets it in the child (glibc's
 /// `fork` runs the handlers; `exec` starts from scratch anyway).
 pub(super) fn me() -> ProcessIdentity {
-    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU8;
     static PID: AtomicU32 = AtomicU32::new(0);
     static START: AtomicU64 = AtomicU64::new(0);
-    static FORGET_AFTER_FORK: OnceLock<bool> = OnceLock::new();
+    // The fork handler's registration: not yet, under way, done, failed. Never waited for: a
+    // child forked while another thread of its parent was registering would otherwise wait
+    // for a thread it does not have (a `Once` or `OnceLock` blocks there); it sees "under
+    // way" for good and simply never caches.
+    const UNREGISTERED: u8 = 0;
+    const REGISTERING: u8 = 1;
+    const REGISTERED: u8 = 2;
+    const FAILED: u8 = 3;
+    static FORGET_AFTER_FORK: AtomicU8 = AtomicU8::new(UNREGISTERED);
     extern "C" fn forget() {
         PID.store(0, Ordering::Relaxed);
     }
@@ -67,10 +75,25 @@ pub(super) fn me() -> ProcessIdentity {
             start: START.load(Ordering::Relaxed),
         };
     }
-    // SAFETY: the handler only stores to an atomic (async-signal-safe, as a handler running
-    // in a forked child must be), and is sound at any fork for the rest of the process's life.
-    let forgets = *FORGET_AFTER_FORK
-        .get_or_init(|| unsafe { pool_ipc::os::after_fork_in_child(forget) }.is_ok());
+    if FORGET_AFTER_FORK
+        .compare_exchange(
+            UNREGISTERED,
+            REGISTERING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe, as a handler
+        // running in a forked child must be), and is sound at any fork for the rest of the
+        // process's life.
+        let registered = unsafe { pool_ipc::os::after_fork_in_child(forget) }.is_ok();
+        FORGET_AFTER_FORK.store(
+            if registered { REGISTERED } else { FAILED },
+            Ordering::Release,
+        );
+    }
+    let forgets = FORGET_AFTER_FORK.load(Ordering::Acquire) == REGISTERED;
     let id = ProcessIdentity::current();
     // An unknown start time (0) is not cached: the next call tries again. Without the fork
     // handler nothing is cached, rather than risk a forked child taking its parent's identity.
