@@ -10,7 +10,7 @@ use std::ops::{Deref, DerefMut};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Binary data, encoded as one block (see the [module documentation](self)).
+/// Binary data, encoded as one block rather than as a sequence of numbers.
 ///
 /// ```
 /// use pool_api::{Bytes, Pool};

@@ -128,7 +128,13 @@ impl From<pool_ipc::RecvError> for RecvError {
     }
 }
 
-/// Makes pipes.
+/// Makes pipes: Python's `Pipe(duplex)`, as a type whose associated functions are the kinds
+/// of pipe (`duplex`, `one_way`, and each `_over` a chosen transport).
+///
+/// It is a namespace, not a value, on purpose: a pipe is its two ends, which go different
+/// ways (one to a child, one kept), so there is nothing a `Pipe` value could hold after it
+/// made them; and Python's readers look for `Pipe`. Free functions would scatter the four
+/// kinds across the crate root.
 #[derive(Debug)]
 pub struct Pipe(());
 

@@ -1,37 +1,5 @@
 //! The scheduler: the pool as a state machine over ids, events in, commands out.
 //!
-//! # How a driver uses it
-//!
-//! 1. Create it with [`Scheduler::new`]; it queues one [`Command::Spawn`] per process.
-//! 2. Whenever something happens, call the matching `handle_*` method (or [`Scheduler::submit`],
-//!    [`Scheduler::close`], [`Scheduler::terminate`], [`Scheduler::cancel`]) with the current
-//!    time.
-//! 3. After each call, drain [`Scheduler::poll_command`] and carry the commands out in order.
-//!    A [`Command::Pull`] is answered right away or later with [`Scheduler::handle_pulled`].
-//! 4. Wake up at [`Scheduler::poll_timeout`] and call [`Scheduler::handle_timeout`].
-//!
-//! # What it guarantees
-//!
-//! - Every chunk that exists ends exactly once, with a [`Command::ChunkEnded`]; a job's
-//!   chunks end in input order when its delivery is [`Delivery::Ordered`]; after the last,
-//!   [`Command::JobFinished`]. For a [`Input::Sized`] job the chunks cover every item, even
-//!   those never pulled (they fail on terminate or cancel).
-//! - Never more than `processes` live workers. A worker is live from its `Spawn` until its
-//!   exit is reported, so a replacement is only spawned after the exit it replaces.
-//! - A worker never holds more chunks than its window, nor gets more than
-//!   `max_tasks_per_child` chunks in its life; nothing is dispatched after `terminate`.
-//!
-//! # When starts fail
-//!
-//! An initializer that fails ([`Scheduler::handle_worker_init_failed`]) counts toward
-//! [`Config::max_failed_starts`] in a row; then the pool is broken
-//! ([`ChunkFailure::InitializerFailed`], [`SubmitError::InitializerFailed`]). A start that
-//! fails otherwise ([`Scheduler::handle_worker_start_failed`], or an exit before the worker
-//! was ready) is retried after a backoff that [`Scheduler::poll_timeout`] includes; it never
-//! breaks the pool and never retires a worker. While no worker serves for longer than
-//! [`Config::unavailable_after`] and starts keep failing, queued and newly submitted work fails
-//! with [`ChunkFailure::StartFailed`]; the first worker ready ends that.
-//!
 //! # Why chunks carry no payload
 //!
 //! The scheduler moves ids only: the driver keeps the encoded arguments of a chunk (keyed by
@@ -195,7 +163,40 @@ impl Job {
     }
 }
 
-/// The pool's scheduler. See the [module documentation](self) for how to drive it.
+/// The pool's scheduler.
+///
+/// # How a driver uses it
+///
+/// 1. Create it with [`Scheduler::new`]; it queues one [`Command::Spawn`] per process.
+/// 2. Whenever something happens, call the matching `handle_*` method (or [`Scheduler::submit`],
+///    [`Scheduler::close`], [`Scheduler::terminate`], [`Scheduler::cancel`]) with the current
+///    time.
+/// 3. After each call, drain [`Scheduler::poll_command`] and carry the commands out in order.
+///    A [`Command::Pull`] is answered right away or later with [`Scheduler::handle_pulled`].
+/// 4. Wake up at [`Scheduler::poll_timeout`] and call [`Scheduler::handle_timeout`].
+///
+/// # What it guarantees
+///
+/// - Every chunk that exists ends exactly once, with a [`Command::ChunkEnded`]; a job's
+///   chunks end in input order when its delivery is [`Delivery::Ordered`]; after the last,
+///   [`Command::JobFinished`]. For a [`Input::Sized`] job the chunks cover every item, even
+///   those never pulled (they fail on terminate or cancel).
+/// - Never more than `processes` live workers. A worker is live from its `Spawn` until its
+///   exit is reported, so a replacement is only spawned after the exit it replaces.
+/// - A worker never holds more chunks than its window, nor gets more than
+///   `max_tasks_per_child` chunks in its life; nothing is dispatched after `terminate`.
+///
+/// # When starts fail
+///
+/// An initializer that fails ([`Scheduler::handle_worker_init_failed`]) counts toward
+/// [`Config::max_failed_starts`] in a row; then the pool is broken
+/// ([`ChunkFailure::InitializerFailed`], [`SubmitError::InitializerFailed`]). A start that
+/// fails otherwise ([`Scheduler::handle_worker_start_failed`], or an exit before the worker
+/// was ready) is retried after a backoff that [`Scheduler::poll_timeout`] includes; it never
+/// breaks the pool and never retires a worker. While no worker serves for longer than
+/// [`Config::unavailable_after`] and starts keep failing, queued and newly submitted work fails
+/// with [`ChunkFailure::StartFailed`]; the first worker ready ends that.
+///
 #[derive(Debug)]
 pub struct Scheduler {
     config: Config,
