@@ -18,8 +18,6 @@
 //!
 //! [`Process`]: crate::Process
 
-use std::fmt;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,103 +28,8 @@ use pool_ipc::{Channel, TransportKind, WatchGuard};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::CodecError;
+use crate::error::{CodecError, OsError, RecvError, SendError, transport_io};
 use crate::{Error, handles};
-
-/// Why a value was not sent.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// The other end is closed.
-    #[error("the other end of the pipe is closed")]
-    Closed,
-    /// The value could not be encoded.
-    #[error(transparent)]
-    Encode(CodecError),
-    /// An OS error (the transport's own error is the `io::Error`'s source).
-    #[error("pipe I/O error: {0}")]
-    Io(#[source] OsError),
-}
-
-/// An `io::Error` that can be cloned and compared (by kind, code and message), as the
-/// connection errors hold it.
-#[derive(Clone, Debug)]
-pub struct OsError(pub Arc<io::Error>);
-
-impl fmt::Display for OsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for OsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
-    }
-}
-
-impl PartialEq for OsError {
-    fn eq(&self, other: &OsError) -> bool {
-        crate::error::same_io(&self.0, &other.0)
-    }
-}
-
-impl Eq for OsError {}
-
-impl From<io::Error> for OsError {
-    fn from(e: io::Error) -> OsError {
-        OsError(Arc::new(e))
-    }
-}
-
-/// An OS error of a transport, or another error of pool-ipc's as the source of one.
-fn transport_io<E: std::error::Error + Send + Sync + 'static>(e: E) -> OsError {
-    OsError::from(io::Error::other(e))
-}
-
-/// Why nothing was received.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RecvError {
-    /// The other end is closed and every message it sent was read (Python's `EOFError`).
-    #[error("end of file: the other end of the pipe is closed")]
-    Eof,
-    /// The message does not decode as the type asked for.
-    #[error(transparent)]
-    Decode(CodecError),
-    /// `recv_bytes_into` was given a buffer shorter than the message; the message is handed
-    /// back whole (Python's `BufferTooShort`).
-    #[error("the buffer is too short: the message needs {needed} bytes")]
-    BufferTooShort {
-        /// The message's length.
-        needed: usize,
-        /// The message.
-        message: Vec<u8>,
-    },
-    /// An OS error (the transport's own error is the `io::Error`'s source).
-    #[error("pipe I/O error: {0}")]
-    Io(#[source] OsError),
-}
-
-impl From<pool_ipc::SendError> for SendError {
-    fn from(e: pool_ipc::SendError) -> SendError {
-        match e {
-            pool_ipc::SendError::Disconnected => SendError::Closed,
-            pool_ipc::SendError::Io(e) => SendError::Io(e.into()),
-            other => SendError::Io(transport_io(other)),
-        }
-    }
-}
-
-impl From<pool_ipc::RecvError> for RecvError {
-    fn from(e: pool_ipc::RecvError) -> RecvError {
-        match e {
-            pool_ipc::RecvError::Disconnected => RecvError::Eof,
-            pool_ipc::RecvError::Io(e) => RecvError::Io(e.into()),
-            other => RecvError::Io(transport_io(other)),
-        }
-    }
-}
 
 /// Makes pipes: Python's `Pipe(duplex)`, as a type whose associated functions are the kinds
 /// of pipe (`duplex`, `one_way`, and each `_over` a chosen transport).

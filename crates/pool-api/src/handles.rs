@@ -93,7 +93,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     fds: Vec<OwnedFd>,
 ) -> Result<T, Error> {
     with_descriptors(fds, || {
-        postcard::from_bytes(bytes).map_err(crate::error::codec("decoding a value"))
+        Ok(postcard::from_bytes(bytes).map_err(crate::error::codec("decoding a value"))?)
     })
 }
 

@@ -48,11 +48,12 @@ mod values;
 
 pub use bytes::Bytes;
 pub use connection::{
-    Connection, OsError, Pipe, ReadConnection, RecvError, SendError, Waitable, WriteConnection,
-    wait, wait_timeout,
+    Connection, Pipe, ReadConnection, Waitable, WriteConnection, wait, wait_timeout,
 };
-pub use error::{CodecError, Error};
-pub use listener::{Address, AuthError, Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener, connect};
+pub use error::{
+    AuthError, CodecError, Error, OsError, PutError, QueueError, RecvError, SendError, ShmError,
+};
+pub use listener::{Address, Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener, connect};
 pub use pool::{AsyncResult, Callbacks, IMap, MapResult, Pool, PoolBuilder};
 pub use pool_core::Stats;
 pub use pool_ipc::SpawnError;
@@ -62,7 +63,7 @@ pub use process::{
     Process, ProcessHandle, ProcessInfo, active_children, current_process,
     set_exit_waits_for_children,
 };
-pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
+pub use queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, SimpleQueue};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore,
     SyncError,
@@ -72,7 +73,7 @@ pub use task::StarFn;
 pub use thread_pool::{
     ThreadAsyncResult, ThreadIMap, ThreadMapResult, ThreadPool, ThreadPoolBuilder,
 };
-pub use values::{Array, Plain, SharedMemory, ShmError, Value, ValueGuard};
+pub use values::{Array, Plain, SharedMemory, Value, ValueGuard};
 
 /// The moment `timeout` from now, or `None` (no deadline: wait for ever) for a timeout too
 /// long to add to the clock, such as `Duration::MAX`.

@@ -71,9 +71,9 @@ use pool_ipc::shared::{SharedRegion, SharedWindow, futex_wait, futex_wake};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::CodecError;
+use crate::error::{CodecError, PutError, QueueError};
+use crate::handles;
 use crate::sync::{RawLock, SyncError};
-use crate::{OsError, handles};
 
 const MAGIC: u64 = 0x706f_6f6c_7175_6575;
 const DATA_OFFSET: u64 = 4096;
@@ -86,117 +86,6 @@ const INITIAL_RING: u64 = 64 << 10;
 /// Consumed space is given back in steps of a quarter of the ring, within these bounds.
 const DISCARD_STEP_MIN: u64 = 64 << 10;
 const DISCARD_STEP_MAX: u64 = 2 << 20;
-
-/// Why a queue operation did not succeed. A `put` that fails hands its item back in a
-/// [`PutError`], whose [`kind`](PutError::kind) is one of these.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum QueueError {
-    /// `try_put` on a full queue, or `put_timeout` timed out on one.
-    #[error("the queue is full")]
-    Full,
-    /// `try_get` on an empty queue, or `get_timeout` timed out on one.
-    #[error("the queue is empty")]
-    Empty,
-    /// This handle was closed.
-    #[error("the queue is closed")]
-    Closed,
-    /// `task_done` was called more times than items were put.
-    #[error("task_done called too many times")]
-    TooManyTaskDone,
-    /// The item cannot be encoded, or is larger than the queue's ring.
-    #[error(transparent)]
-    Encode(CodecError),
-    /// The item taken does not decode as the queue's type.
-    #[error(transparent)]
-    Decode(CodecError),
-    /// The queue's shared state is corrupt (a process scribbled on it).
-    #[error("the queue's shared state is corrupt: {0}")]
-    Corrupt(&'static str),
-    /// The OS refused; the `io::Error` is the source.
-    #[error("OS error: {0}")]
-    Io(#[source] OsError),
-}
-
-/// The queue's lock failed (only an OS error can reach a queue's caller).
-impl From<SyncError> for QueueError {
-    fn from(e: SyncError) -> QueueError {
-        match e {
-            SyncError::Io(e) => QueueError::Io(OsError(e)),
-            other => QueueError::Io(std::io::Error::other(other).into()),
-        }
-    }
-}
-
-impl From<std::io::Error> for QueueError {
-    fn from(e: std::io::Error) -> QueueError {
-        QueueError::Io(e.into())
-    }
-}
-
-/// Why a `put` did not succeed, with the item handed back: the queue never took it.
-///
-/// `Debug` is written by hand so that an item type without `Debug` still makes a
-/// `std::error::Error` (the item is shown as `..`).
-///
-/// ```
-/// use pool_api::{Queue, QueueError};
-///
-/// let q: Queue<String> = Queue::bounded(1)?;
-/// q.put("first".into())?;
-/// let refused = q.try_put("second".into()).unwrap_err();
-/// assert_eq!(refused.kind(), &QueueError::Full);
-/// assert_eq!(refused.into_item(), "second");
-/// # Ok::<(), pool_api::Error>(())
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct PutError<T> {
-    item: T,
-    kind: QueueError,
-}
-
-impl<T> PutError<T> {
-    /// Why the item was not put.
-    pub fn kind(&self) -> &QueueError {
-        &self.kind
-    }
-
-    /// The item, handed back.
-    pub fn item(&self) -> &T {
-        &self.item
-    }
-
-    /// The item, handed back.
-    pub fn into_item(self) -> T {
-        self.item
-    }
-
-    /// Why the item was not put, the item dropped.
-    pub fn into_kind(self) -> QueueError {
-        self.kind
-    }
-}
-
-impl<T> fmt::Debug for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PutError")
-            .field("item", &format_args!(".."))
-            .field("kind", &self.kind)
-            .finish()
-    }
-}
-
-impl<T> fmt::Display for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot put the item: {}", self.kind)
-    }
-}
-
-impl<T> std::error::Error for PutError<T> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.kind)
-    }
-}
 
 #[repr(C)]
 struct Header {
@@ -652,21 +541,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// `capacity` of bytes is used up).
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
         self.put_inner(&item, None, true)
-            .map_err(|kind| PutError { item, kind })
+            .map_err(|kind| PutError::new(item, kind))
     }
 
     /// Puts an item, waiting at most `timeout` while the queue is full (a
     /// [`QueueError::Full`] then, the item handed back).
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
         self.put_inner(&item, crate::deadline_in(timeout), true)
-            .map_err(|kind| PutError { item, kind })
+            .map_err(|kind| PutError::new(item, kind))
     }
 
     /// Puts an item if there is room now (a [`QueueError::Full`] otherwise, the item handed
     /// back).
     pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
         self.put_inner(&item, None, false)
-            .map_err(|kind| PutError { item, kind })
+            .map_err(|kind| PutError::new(item, kind))
     }
 
     fn put_inner(

@@ -414,7 +414,7 @@ pub(crate) fn outcome_is_value(bytes: &[u8]) -> Result<bool, Error> {
 pub(crate) fn decode_results<R: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<Vec<Result<R, Panic>>, Error> {
-    postcard::from_bytes(bytes).map_err(codec("decoding a chunk's results"))
+    Ok(postcard::from_bytes(bytes).map_err(codec("decoding a chunk's results"))?)
 }
 
 #[cfg(test)]

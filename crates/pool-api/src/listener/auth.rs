@@ -24,7 +24,7 @@ use hmac::{Hmac, Mac};
 use pool_ipc::Channel;
 use sha2::Sha256;
 
-use super::AuthError;
+use crate::error::AuthError;
 
 type HmacSha256 = Hmac<Sha256>;
 

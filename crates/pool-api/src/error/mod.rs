@@ -1,5 +1,5 @@
-//! [`Error`], the error of a pool's calls and of a task's outcome, and [`CodecError`], why a
-//! value did not encode or decode.
+//! [`Error`], the error of a pool's calls and of a task's outcome, and every other error type
+//! of the crate, one file each, so that no module that returns them is imported here.
 //!
 //! Causes are kept, not flattened into text: an OS error is the `io::Error` itself (behind an
 //! `Arc`, so that an outcome delivered to a callback and to `get` can be cloned), reachable
@@ -8,17 +8,23 @@
 //! them converts into [`Error`], so that `?` works across primitives and pools in one
 //! function returning `pool_api::Error`.
 
-use std::borrow::Cow;
-use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::{RecvError, SendError};
-use crate::listener::AuthError;
-use crate::queue::{PutError, QueueError};
+mod auth;
+mod cause;
+mod pipe;
+mod queue;
+mod shm;
+
+pub use self::auth::AuthError;
+pub use self::cause::{CodecError, OsError};
+pub(crate) use self::cause::{codec, same_io, transport_io};
+pub use self::pipe::{RecvError, SendError};
+pub use self::queue::{PutError, QueueError};
+pub use self::shm::ShmError;
 use crate::sync::SyncError;
-use crate::values::ShmError;
 
 /// What went wrong with a pool call, a process or a task. The variants are the cases a caller
 /// can act on; match on them.
@@ -222,11 +228,6 @@ impl PartialEq for Error {
 
 impl Eq for Error {}
 
-/// Whether two OS errors say the same: kind, code and message.
-pub(crate) fn same_io(a: &io::Error, b: &io::Error) -> bool {
-    a.kind() == b.kind() && a.raw_os_error() == b.raw_os_error() && a.to_string() == b.to_string()
-}
-
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Error {
         Error::Io(Arc::new(e))
@@ -264,84 +265,6 @@ impl From<pool_core::ConfigError> for Error {
         Error::InvalidArgument(e.to_string())
     }
 }
-
-/// Why a value could not be encoded or decoded: what was being done ("decoding the result
-/// of task 3"), and the encoder's own error as the source, when there is one. The encoding
-/// itself is an implementation detail, so its error type is not named here.
-#[derive(Clone)]
-pub struct CodecError {
-    what: Cow<'static, str>,
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl CodecError {
-    /// An error with no underlying cause (a frame cut short, a count that does not match).
-    pub(crate) fn new(what: impl Into<Cow<'static, str>>) -> CodecError {
-        CodecError {
-            what: what.into(),
-            source: None,
-        }
-    }
-
-    /// The encoder's error `source`, met while doing `what`.
-    pub(crate) fn caused_by(
-        what: impl Into<Cow<'static, str>>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> CodecError {
-        CodecError {
-            what: what.into(),
-            source: Some(Arc::new(source)),
-        }
-    }
-
-    /// What was being encoded or decoded when it failed.
-    pub fn what(&self) -> &str {
-        &self.what
-    }
-}
-
-/// `map_err(codec("decoding ..."))`: wraps an encoder's error with what was being done.
-pub(crate) fn codec<E>(what: &'static str) -> impl FnOnce(E) -> Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| Error::Codec(CodecError::caused_by(what, e))
-}
-
-impl fmt::Display for CodecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "cannot encode or decode: {}: {source}", self.what),
-            None => write!(f, "cannot encode or decode: {}", self.what),
-        }
-    }
-}
-
-impl fmt::Debug for CodecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CodecError")
-            .field("what", &self.what)
-            .field("source", &self.source.as_ref().map(ToString::to_string))
-            .finish()
-    }
-}
-
-impl std::error::Error for CodecError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
-
-/// Equal when they say the same (what, and the source's message).
-impl PartialEq for CodecError {
-    fn eq(&self, other: &CodecError) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
-
-impl Eq for CodecError {}
 
 #[cfg(test)]
 mod tests {
