@@ -14,6 +14,7 @@
 //! outcome dropped here.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -196,6 +197,9 @@ pub struct Broker {
     /// The connection that reads results, and what it read.
     rx: Mutex<Reading>,
     book: Mutex<Book>,
+    /// Outcomes read and not yet handed out (in `Reading::ready`), which are outstanding
+    /// still: counted here so that [`Broker::outstanding`] need not wait for a receiver.
+    buffered: AtomicUsize,
 }
 
 /// The receiving side's state.
@@ -312,6 +316,7 @@ impl Broker {
             options,
             client_id,
             tx: Mutex::new(conn),
+            buffered: AtomicUsize::new(0),
             rx: Mutex::new(Reading {
                 conn: reader,
                 last_result: EntryId { ms: 0, seq: 0 },
@@ -328,7 +333,7 @@ impl Broker {
 
     /// How many chunks are outstanding (submitted, outcome not yet handed out).
     pub fn outstanding(&self) -> usize {
-        lock(&self.book).outstanding.len()
+        lock(&self.book).outstanding.len() + self.buffered.load(Ordering::Acquire)
     }
 
     /// The window: how many chunks may be outstanding.
@@ -437,6 +442,9 @@ impl Broker {
         let mut reading = lock(&self.rx);
         loop {
             if let Some(next) = reading.ready.pop_front() {
+                if next.is_ok() {
+                    self.buffered.fetch_sub(1, Ordering::AcqRel);
+                }
                 return next.map(Some);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -497,6 +505,7 @@ impl Broker {
                         .is_some()
                     {
                         book.stats.completed += 1;
+                        self.buffered.fetch_add(1, Ordering::AcqRel);
                         reading.ready.push_back(Ok(completion));
                     } else {
                         book.stats.stale += 1;
@@ -575,8 +584,9 @@ impl Broker {
         }
     }
 
-    /// Deletes the pool's keys: hosts stop at once, outstanding chunks never end.
-    pub fn close(self) -> Result<(), BrokerError> {
+    /// Deletes the pool's keys: hosts stop at once, outstanding chunks never end. The broker
+    /// is of no use afterwards (its commands fail with `Lost`).
+    pub fn close(&self) -> Result<(), BrokerError> {
         let keys = self.keys.all();
         lock(&self.tx)
             .query(redis::cmd("DEL").arg(&keys[..]))
