@@ -70,27 +70,93 @@ use sha2::{Digest, Sha256};
 use crate::Error;
 use crate::task::Call;
 
-/// This executable's build fingerprint: the SHA-256 of its file, read once per process.
-/// Every chunk carries its client's, and a host runs only chunks of its own build.
+/// This executable's build fingerprint, computed once per process: the SHA-256 of the
+/// linker's build id (the ELF `NT_GNU_BUILD_ID` note, itself a hash of the linked output)
+/// and the file's size when the executable has one, else the SHA-256 of the whole file (a
+/// 100 MB debug build takes seconds to hash that way). Every chunk carries its client's, and
+/// a host runs only chunks of its own build.
 pub fn fingerprint() -> Result<Fingerprint, Error> {
     static FINGERPRINT: OnceLock<Result<Fingerprint, std::sync::Arc<std::io::Error>>> =
         OnceLock::new();
     FINGERPRINT
-        .get_or_init(|| {
-            use std::io::Read;
-            let mut file = std::fs::File::open("/proc/self/exe")?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                match file.read(&mut buf)? {
-                    0 => break,
-                    n => hasher.update(&buf[..n]),
-                }
-            }
-            Ok(Fingerprint(hasher.finalize().into()))
-        })
+        .get_or_init(|| compute_fingerprint().map_err(std::sync::Arc::new))
         .clone()
         .map_err(Error::Io)
+}
+
+fn compute_fingerprint() -> std::io::Result<Fingerprint> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open("/proc/self/exe")?;
+    let size = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    if let Some(id) = build_id(&mut file) {
+        hasher.update(b"build-id");
+        hasher.update(&id);
+        hasher.update(size.to_le_bytes());
+        return Ok(Fingerprint(hasher.finalize().into()));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(Fingerprint(hasher.finalize().into()))
+}
+
+/// The GNU build id of a 64-bit little-endian ELF file, from its `PT_NOTE` segments.
+fn build_id(file: &mut std::fs::File) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut header = [0u8; 64];
+    file.read_exact(&mut header).ok()?;
+    // ELF magic, 64-bit, little-endian.
+    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u32_at =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let phoff = u64_at(&header, 0x20);
+    let phentsize = usize::from(u16_at(&header, 0x36));
+    let phnum = usize::from(u16_at(&header, 0x38));
+    if phentsize < 56 || phnum > 256 {
+        return None;
+    }
+    let mut phdrs = vec![0u8; phentsize * phnum];
+    file.seek(SeekFrom::Start(phoff)).ok()?;
+    file.read_exact(&mut phdrs).ok()?;
+    for ph in phdrs.chunks_exact(phentsize) {
+        // PT_NOTE, at most 64 KiB of notes.
+        let (kind, offset, len) = (u32_at(ph, 0), u64_at(ph, 8), u64_at(ph, 32));
+        if kind != 4 || len > 1 << 16 {
+            continue;
+        }
+        let mut notes = vec![0u8; usize::try_from(len).ok()?];
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        file.read_exact(&mut notes).ok()?;
+        let mut at = 0;
+        while at + 12 <= notes.len() {
+            let namesz = u32_at(&notes, at) as usize;
+            let descsz = u32_at(&notes, at + 4) as usize;
+            let kind = u32_at(&notes, at + 8);
+            let name_at = at + 12;
+            let desc_at = name_at + namesz.div_ceil(4) * 4;
+            let end = desc_at + descsz.div_ceil(4) * 4;
+            if desc_at + descsz > notes.len() {
+                break;
+            }
+            // NT_GNU_BUILD_ID, owner "GNU".
+            if kind == 3 && notes[name_at..name_at + namesz].starts_with(b"GNU") && descsz >= 8 {
+                return Some(notes[desc_at..desc_at + descsz].to_vec());
+            }
+            at = end;
+        }
+    }
+    None
 }
 
 /// Options for a host serving the pool `name`, with this build's fingerprint and the run
