@@ -349,6 +349,74 @@ fn workloads() -> Vec<Workload> {
             },
             target: "<= 0.6 ms",
         },
+        Workload {
+            name: "W9 cluster apply round trip over loopback Redis, median (us, lower is better)",
+            python: ("", ""),
+            python_group: "",
+            rust: RustSide {
+                bench_file: "cluster",
+                group: "w9_cluster",
+                ids: [("pipe", "local.rt_us"), ("shm", "cluster.rt_us")],
+                derive: |x| x,
+                unit: "us",
+            },
+            target: "<= 300 us",
+        },
+        Workload {
+            name: "W9 cluster 10k apply_async pipelined (tasks/s)",
+            python: ("", ""),
+            python_group: "",
+            rust: RustSide {
+                bench_file: "cluster",
+                group: "w9_cluster",
+                ids: [
+                    ("pipe", "local.pipelined_per_s"),
+                    ("shm", "cluster.pipelined_per_s"),
+                ],
+                derive: |x| x,
+                unit: "tasks/s",
+            },
+            target: ">= 20k/s",
+        },
+        Workload {
+            name: "W9 cluster map of 1M tiny items, default chunking (items/s)",
+            python: ("", ""),
+            python_group: "",
+            rust: RustSide {
+                bench_file: "cluster",
+                group: "w9_cluster",
+                ids: [("pipe", "local.tiny_per_s"), ("shm", "cluster.tiny_per_s")],
+                derive: |x| x,
+                unit: "items/s",
+            },
+            target: ">= 30 M/s",
+        },
+        Workload {
+            name: "W9 cluster map of 64 x 1 MiB echoed back (MiB/s)",
+            python: ("", ""),
+            python_group: "",
+            rust: RustSide {
+                bench_file: "cluster",
+                group: "w9_cluster",
+                ids: [("pipe", "local.mib_per_s"), ("shm", "cluster.mib_per_s")],
+                derive: |x| x,
+                unit: "MiB/s",
+            },
+            target: ">= 1024 MiB/s",
+        },
+        Workload {
+            name: "W9 cluster start-up, host started to first answer (ms, lower is better)",
+            python: ("", ""),
+            python_group: "",
+            rust: RustSide {
+                bench_file: "cluster",
+                group: "w9_cluster",
+                ids: [("pipe", "local.start_ms"), ("shm", "cluster.start_ms")],
+                derive: |x| x,
+                unit: "ms",
+            },
+            target: "<= 100 ms",
+        },
     ]
 }
 
@@ -377,7 +445,8 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
     let mut rows = Vec::new();
     for w in workloads() {
         // Interleave: this workload's CPython side, then its Rust side.
-        if python && done_python.insert(w.python_group) {
+        // W9 has no CPython side (its peers would be Ray, Celery, RQ: not installed here).
+        if python && !w.python_group.is_empty() && done_python.insert(w.python_group) {
             for (key, fig) in run_python(&root, w.python_group, quick)? {
                 python_figures.insert(key, fig);
             }
@@ -527,6 +596,12 @@ fn parse_python_line(line: &str) -> Option<PythonFigure> {
 /// A Rust figure in seconds: criterion's median, or a percentile the latency bench wrote
 /// (`id` is then `transport.key`).
 fn rust_seconds(root: &Path, rust: &RustSide, id: &str) -> Option<f64> {
+    if rust.bench_file == "cluster" {
+        // Written in the row's own unit by benches/benches/cluster.rs (derive is identity).
+        let (column, key) = id.split_once('.')?;
+        let json = std::fs::read_to_string(root.join("target/bench/cluster.json")).ok()?;
+        return number_in(&json, column, key);
+    }
     if rust.bench_file != "latency" {
         return median_seconds(root, rust.group, id);
     }
@@ -615,6 +690,9 @@ fn print_table(rows: &[Row]) {
     println!();
     println!(
         "(W6-W8 have one column: Queue, Lock and Process have no transport choice. W5's shm column is Pipe::duplex_over(TransportKind::Shm).)"
+    );
+    println!(
+        "(W9's columns are the local Pool(2) (pipe) and the cluster pool over loopback Redis with one host of 2 workers; its CPython column would hold the best Python peer (Ray, Celery, RQ), not installed by this script.)"
     );
 }
 

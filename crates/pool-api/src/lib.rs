@@ -28,6 +28,8 @@
 #![deny(missing_docs)]
 
 mod bytes;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod connection;
 mod error;
 pub mod futures;

@@ -29,6 +29,8 @@ enum Commands {
     /// Run the tutorials' examples with pool (all of them, or one by name).
     #[command(after_help = demos::catalogue())]
     Demo(demos::DemoArgs),
+    /// Serve a cluster pool's chunks (this binary's demo functions) from Redis: a host.
+    Worker(demos::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +41,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Demo(args) => demos::run(&args),
+        Commands::Worker(args) => match demos::worker(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("pool worker: {msg}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

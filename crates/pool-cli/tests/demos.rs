@@ -298,3 +298,27 @@ fn list_and_help_name_every_demo_and_unknown_names_fail() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `pool demo cluster`: its own redis-server (installed by .ci/run), three `pool worker`
+/// hosts, the seed's sum of squares and image batch through them, and a host SIGKILLed
+/// mid-run whose chunks finish elsewhere.
+#[test]
+fn cluster_runs_the_seeds_on_three_hosts_and_survives_a_killed_host() {
+    let out = demo(&["cluster"]);
+    assert!(out.contains("Total square sum: 385"), "{out}");
+    assert_eq!(lines_with(&out, "Processed image").len(), 6, "{out}");
+    assert!(
+        lines_with(&out, "Processed image")
+            .iter()
+            .all(|l| l.ends_with("300x300")),
+        "{out}"
+    );
+    let finished = lines_with(&out, "All 24 steps finished");
+    assert_eq!(finished.len(), 1, "{out}");
+    // The steps that did not run on the killed host ran on the other two.
+    assert!(
+        finished[0].contains("host1") && finished[0].contains("host3"),
+        "{out}"
+    );
+    assert!(out.contains("Killed host2"), "{out}");
+}

@@ -21,7 +21,7 @@ fn main() {
     let url = server.url();
     let fp = Fingerprint([1; 32]);
     let host = Host::start(&url, HostOptions::new("bench", fp, echo).processes(1)).unwrap();
-    let mut client = Broker::connect(&url, BrokerOptions::new("bench", fp).window(64)).unwrap();
+    let client = Broker::connect(&url, BrokerOptions::new("bench", fp).window(64)).unwrap();
     let wait = Duration::from_secs(10);
 
     let mut times = Vec::new();

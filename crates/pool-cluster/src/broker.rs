@@ -14,6 +14,8 @@
 //! outcome dropped here.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{RedisError, Value};
@@ -182,21 +184,47 @@ pub struct BrokerStats {
 }
 
 /// A client of one pool: submits chunks and reads their outcomes.
+///
+/// Its methods take `&self`, so that one thread may wait in [`Broker::recv`] while others
+/// submit: submitting and receiving have a connection each (a blocking XREAD holds its
+/// connection), and the book of outstanding chunks is shared under a lock.
 pub struct Broker {
-    conn: Conn,
     keys: Keys,
     options: BrokerOptions,
     client_id: String,
-    /// Submitted chunks without an outcome yet, with their entries' ids.
-    outstanding: HashMap<(u64, u32), EntryId>,
+    /// The connection that submits, abandons and beats.
+    tx: Mutex<Conn>,
+    /// The connection that reads results, and what it read.
+    rx: Mutex<Reading>,
+    book: Mutex<Book>,
+    /// Outcomes read and not yet handed out (in `Reading::ready`), which are outstanding
+    /// still: counted here so that [`Broker::outstanding`] need not wait for a receiver.
+    buffered: AtomicUsize,
+}
+
+/// The receiving side's state.
+struct Reading {
+    conn: Conn,
     /// The last result entry read.
     last_result: EntryId,
     /// Result entries read and not yet deleted (deleted with the next read).
     read_ids: Vec<EntryId>,
     /// Decoded outcomes (or errors) not yet handed out.
     ready: VecDeque<Result<Completion, RecvError>>,
+}
+
+/// What both sides share.
+struct Book {
+    /// Submitted chunks without an outcome yet, with their entries' ids (`None` while the
+    /// XADD is under way: the chunk counts as outstanding before it is in the stream, so that
+    /// an outcome read at once is not taken for a stale one).
+    outstanding: HashMap<(u64, u32), Option<EntryId>>,
     next_heartbeat: Instant,
     stats: BrokerStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Broker {
@@ -274,20 +302,27 @@ impl Broker {
             setup.cmd("PEXPIRE").arg(key).arg(ttl).ignore();
         }
         conn.pipe(&setup).map_err(ConnectError::Redis)?;
+        let reader = Conn::open(url, options.timeouts)?;
         let span = tracing::info_span!("pool_cluster::connect", pool = %options.name);
         let _enter = span.enter();
         tracing::info!(client = %client_id, fingerprint = %options.fingerprint, "pool keys set up");
         Ok(Broker {
-            conn,
             keys,
-            next_heartbeat: Instant::now() + options.ttl / 3,
+            book: Mutex::new(Book {
+                outstanding: HashMap::new(),
+                next_heartbeat: Instant::now() + options.ttl / 3,
+                stats: BrokerStats::default(),
+            }),
             options,
             client_id,
-            outstanding: HashMap::new(),
-            last_result: EntryId { ms: 0, seq: 0 },
-            read_ids: Vec::new(),
-            ready: VecDeque::new(),
-            stats: BrokerStats::default(),
+            tx: Mutex::new(conn),
+            buffered: AtomicUsize::new(0),
+            rx: Mutex::new(Reading {
+                conn: reader,
+                last_result: EntryId { ms: 0, seq: 0 },
+                read_ids: Vec::new(),
+                ready: VecDeque::new(),
+            }),
         })
     }
 
@@ -298,7 +333,7 @@ impl Broker {
 
     /// How many chunks are outstanding (submitted, outcome not yet handed out).
     pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
+        lock(&self.book).outstanding.len() + self.buffered.load(Ordering::Acquire)
     }
 
     /// The window: how many chunks may be outstanding.
@@ -308,26 +343,57 @@ impl Broker {
 
     /// What this broker has counted.
     pub fn stats(&self) -> BrokerStats {
-        self.stats
+        lock(&self.book).stats
     }
 
     /// Submits chunk `index` of `job`: `call` says what to run, `payload` its arguments (both
     /// opaque here). Refused when the window is full or the chunk is outstanding already.
     pub fn submit(
-        &mut self,
+        &self,
         job: u64,
         index: u32,
         call: &[u8],
         payload: &[u8],
     ) -> Result<EntryId, SubmitError> {
-        if self.outstanding.len() >= self.options.window {
-            return Err(SubmitError::WindowFull {
-                window: self.options.window,
-            });
+        {
+            let mut book = lock(&self.book);
+            if book.outstanding.len() >= self.options.window {
+                return Err(SubmitError::WindowFull {
+                    window: self.options.window,
+                });
+            }
+            if book.outstanding.contains_key(&(job, index)) {
+                return Err(SubmitError::Duplicate { job, index });
+            }
+            book.outstanding.insert((job, index), None);
         }
-        if self.outstanding.contains_key(&(job, index)) {
-            return Err(SubmitError::Duplicate { job, index });
+        let result = self.add_chunk(job, index, call, payload);
+        let mut book = lock(&self.book);
+        match result {
+            Ok(id) => {
+                // Still outstanding unless its outcome came already, or it was abandoned.
+                if let Some(slot) = book.outstanding.get_mut(&(job, index)) {
+                    *slot = Some(id);
+                }
+                book.stats.submitted += 1;
+                tracing::debug!(job, index, %id, "chunk submitted");
+                Ok(id)
+            }
+            Err(e) => {
+                book.outstanding.remove(&(job, index));
+                Err(e)
+            }
         }
+    }
+
+    /// The XADD of a chunk (and the heartbeat when due).
+    fn add_chunk(
+        &self,
+        job: u64,
+        index: u32,
+        call: &[u8],
+        payload: &[u8],
+    ) -> Result<EntryId, SubmitError> {
         let (job_text, index_text, tries_text) = (
             job.to_string(),
             index.to_string(),
@@ -353,18 +419,14 @@ impl Broker {
             xadd.arg(name).arg(value);
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
-        let replies = self.conn.pipe(&pipe).map_err(SubmitError::Redis)?;
+        let replies = lock(&self.tx).pipe(&pipe).map_err(SubmitError::Redis)?;
         if beat && !self.heartbeat_held(&replies[1..]) {
             return Err(SubmitError::Lost);
         }
-        let id = match replies.first() {
-            Some(Value::Nil) | None => return Err(SubmitError::Lost),
-            Some(v) => wire::entry_id(v).map_err(|_| SubmitError::Lost)?,
-        };
-        self.outstanding.insert((job, index), id);
-        self.stats.submitted += 1;
-        tracing::debug!(job, index, %id, "chunk submitted");
-        Ok(id)
+        match replies.first() {
+            Some(Value::Nil) | None => Err(SubmitError::Lost),
+            Some(v) => wire::entry_id(v).map_err(|_| SubmitError::Lost),
+        }
     }
 
     /// The next outcome of an outstanding chunk, waiting up to `timeout` for one (`None`: none
@@ -373,30 +435,36 @@ impl Broker {
     ///
     /// [`RecvError::Malformed`] is about one entry and the broker can go on; the other errors
     /// are about the connection or the pool.
-    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Completion>, RecvError> {
+    ///
+    /// One thread at a time receives (others wait for it); submitting goes on meanwhile.
+    pub fn recv(&self, timeout: Duration) -> Result<Option<Completion>, RecvError> {
         let deadline = Instant::now() + timeout;
+        let mut reading = lock(&self.rx);
         loop {
-            if let Some(next) = self.ready.pop_front() {
+            if let Some(next) = reading.ready.pop_front() {
+                if next.is_ok() {
+                    self.buffered.fetch_sub(1, Ordering::AcqRel);
+                }
                 return next.map(Some);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             // Block no longer than the heartbeat allows, so the keys stay alive.
             let block = left.min(self.options.ttl / 3);
-            self.read_results(block)?;
-            if self.ready.is_empty() && Instant::now() >= deadline {
+            self.read_results(&mut reading, block)?;
+            if reading.ready.is_empty() && Instant::now() >= deadline {
                 return Ok(None);
             }
         }
     }
 
     /// One XREAD of the results stream, deleting what the previous read took.
-    fn read_results(&mut self, block: Duration) -> Result<(), RecvError> {
+    fn read_results(&self, reading: &mut Reading, block: Duration) -> Result<(), RecvError> {
         let mut pipe = redis::pipe();
-        let deletes = !self.read_ids.is_empty();
+        let deletes = !reading.read_ids.is_empty();
         if deletes {
             pipe.cmd("XDEL")
                 .arg(&self.keys.results)
-                .arg(&self.read_ids[..])
+                .arg(&reading.read_ids[..])
                 .ignore();
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
@@ -406,12 +474,12 @@ impl Broker {
         }
         read.arg("STREAMS")
             .arg(&self.keys.results)
-            .arg(self.last_result);
-        let replies = self
+            .arg(reading.last_result);
+        let replies = reading
             .conn
             .pipe_blocking(&pipe, block)
             .map_err(RecvError::Redis)?;
-        self.read_ids.clear();
+        reading.read_ids.clear();
         if beat && !self.heartbeat_held(&replies) {
             return Err(RecvError::Lost);
         }
@@ -419,26 +487,28 @@ impl Broker {
             return Err(RecvError::Lost);
         };
         let items = wire::read_reply(reply.clone()).map_err(|error| RecvError::Malformed {
-            id: self.last_result,
+            id: reading.last_result,
             error,
         })?;
+        let mut book = lock(&self.book);
         for (id, fields) in items {
-            self.last_result = self.last_result.max(id);
-            self.read_ids.push(id);
+            reading.last_result = reading.last_result.max(id);
+            reading.read_ids.push(id);
             let decoded = fields
                 .ok_or(EntryError::Missing("v"))
                 .and_then(|f| wire::decode_result(&f));
             match decoded {
                 Ok(completion) => {
-                    if self
+                    if book
                         .outstanding
                         .remove(&(completion.job, completion.index))
                         .is_some()
                     {
-                        self.stats.completed += 1;
-                        self.ready.push_back(Ok(completion));
+                        book.stats.completed += 1;
+                        self.buffered.fetch_add(1, Ordering::AcqRel);
+                        reading.ready.push_back(Ok(completion));
                     } else {
-                        self.stats.stale += 1;
+                        book.stats.stale += 1;
                         tracing::debug!(
                             job = completion.job,
                             index = completion.index,
@@ -447,9 +517,10 @@ impl Broker {
                     }
                 }
                 Err(error) => {
-                    self.stats.malformed += 1;
+                    book.stats.malformed += 1;
                     tracing::warn!(%id, %error, "malformed result entry deleted");
-                    self.ready
+                    reading
+                        .ready
                         .push_back(Err(RecvError::Malformed { id, error }));
                 }
             }
@@ -460,29 +531,52 @@ impl Broker {
     /// Abandons `job`: its chunks not yet taken by a worker are deleted from the stream (no
     /// host will start them), and outcomes that still come for it are dropped. Returns how
     /// many of its chunks were outstanding.
-    pub fn abandon(&mut self, job: u64) -> Result<usize, BrokerError> {
-        let ids: Vec<EntryId> = self
-            .outstanding
-            .iter()
-            .filter(|((j, _), _)| *j == job)
-            .map(|(_, id)| *id)
-            .collect();
+    pub fn abandon(&self, job: u64) -> Result<usize, BrokerError> {
+        let (count, ids) = {
+            let mut book = lock(&self.book);
+            let mine: Vec<(u64, u32)> = book
+                .outstanding
+                .keys()
+                .filter(|(j, _)| *j == job)
+                .copied()
+                .collect();
+            let ids: Vec<EntryId> = mine
+                .iter()
+                .filter_map(|k| book.outstanding.remove(k).flatten())
+                .collect();
+            (mine.len(), ids)
+        };
+        self.delete_chunks(&ids)?;
+        tracing::info!(job, chunks = count, "job abandoned");
+        Ok(count)
+    }
+
+    /// Forgets chunk `index` of `job`: deleted from the stream if no worker took it yet, and
+    /// its outcome dropped if one still comes (a chunk whose caller stopped waiting for it:
+    /// timed out, terminated). Returns whether it was outstanding.
+    pub fn forget(&self, job: u64, index: u32) -> Result<bool, BrokerError> {
+        let id = lock(&self.book).outstanding.remove(&(job, index));
+        if let Some(Some(id)) = id {
+            self.delete_chunks(&[id])?;
+        }
+        Ok(id.is_some())
+    }
+
+    fn delete_chunks(&self, ids: &[EntryId]) -> Result<(), BrokerError> {
         if !ids.is_empty() {
-            self.conn
-                .query(redis::cmd("XDEL").arg(&self.keys.chunks).arg(&ids[..]))
+            lock(&self.tx)
+                .query(redis::cmd("XDEL").arg(&self.keys.chunks).arg(ids))
                 .map_err(BrokerError::Redis)?;
         }
-        self.outstanding.retain(|(j, _), _| *j != job);
-        tracing::info!(job, chunks = ids.len(), "job abandoned");
-        Ok(ids.len())
+        Ok(())
     }
 
     /// Refreshes the keys' TTL now (it is also done along with other commands when due).
-    pub fn heartbeat(&mut self) -> Result<(), BrokerError> {
-        self.next_heartbeat = Instant::now();
+    pub fn heartbeat(&self) -> Result<(), BrokerError> {
+        lock(&self.book).next_heartbeat = Instant::now();
         let mut pipe = redis::pipe();
         self.add_heartbeat_if_due(&mut pipe);
-        let replies = self.conn.pipe(&pipe).map_err(BrokerError::Redis)?;
+        let replies = lock(&self.tx).pipe(&pipe).map_err(BrokerError::Redis)?;
         if self.heartbeat_held(&replies) {
             Ok(())
         } else {
@@ -490,10 +584,11 @@ impl Broker {
         }
     }
 
-    /// Deletes the pool's keys: hosts stop at once, outstanding chunks never end.
-    pub fn close(mut self) -> Result<(), BrokerError> {
+    /// Deletes the pool's keys: hosts stop at once, outstanding chunks never end. The broker
+    /// is of no use afterwards (its commands fail with `Lost`).
+    pub fn close(&self) -> Result<(), BrokerError> {
         let keys = self.keys.all();
-        self.conn
+        lock(&self.tx)
             .query(redis::cmd("DEL").arg(&keys[..]))
             .map(drop)
             .map_err(BrokerError::Redis)
@@ -501,12 +596,15 @@ impl Broker {
 
     /// Adds the heartbeat to `pipe` when due: four replies, the PEXPIREs of the three keys
     /// and the HSET of the heartbeat time. Returns whether it did.
-    fn add_heartbeat_if_due(&mut self, pipe: &mut redis::Pipeline) -> bool {
+    fn add_heartbeat_if_due(&self, pipe: &mut redis::Pipeline) -> bool {
         let now = Instant::now();
-        if now < self.next_heartbeat {
-            return false;
+        {
+            let mut book = lock(&self.book);
+            if now < book.next_heartbeat {
+                return false;
+            }
+            book.next_heartbeat = now + self.options.ttl / 3;
         }
-        self.next_heartbeat = now + self.options.ttl / 3;
         let ttl = millis(self.options.ttl);
         for key in self.keys.all() {
             pipe.cmd("PEXPIRE").arg(key).arg(ttl);
@@ -531,7 +629,7 @@ impl std::fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field("pool", &self.options.name)
             .field("client", &self.client_id)
-            .field("outstanding", &self.outstanding.len())
+            .field("outstanding", &self.outstanding())
             .finish_non_exhaustive()
     }
 }

@@ -219,7 +219,7 @@ fn a_host_outlives_redis_dying_and_serves_a_new_client_after_it_is_back() {
     let mut server = RedisServer::start();
     let url = server.url();
     let host = Host::start(&url, host_options("redisdies", "h1", 1, SHORT_LEASE)).unwrap();
-    let mut client = broker(&url, "redisdies");
+    let client = broker(&url, "redisdies");
     client.submit(1, 0, b"sleep", b"2000").unwrap();
     let mut observer = Consumer::join(
         &url,

@@ -27,7 +27,7 @@ const BLOCK: Duration = Duration::from_millis(50);
 fn a_chunk_is_claimed_completed_and_received_exactly_once() {
     let server = RedisServer::start();
     let url = server.url();
-    let mut client = broker(&url, "once");
+    let client = broker(&url, "once");
     let mut worker = consumer(&url, "once", "h1/w0", LONG);
     let id = client.submit(7, 3, b"double", b"21").unwrap();
     assert_eq!(client.outstanding(), 1);
@@ -111,7 +111,7 @@ fn the_window_bounds_outstanding_chunks_and_repeated_outcomes_are_dropped() {
 fn garbage_entries_are_typed_errors_and_everyone_goes_on() {
     let server = RedisServer::start();
     let url = server.url();
-    let mut client = broker(&url, "garbage");
+    let client = broker(&url, "garbage");
     let mut worker = consumer(&url, "garbage", "h1/w0", LONG);
     let mut con = plain(&url);
     let fp = FP.0.to_vec();
@@ -315,7 +315,7 @@ fn expired_leases_are_taken_over_and_used_up_tries_fail() {
         let options = BrokerOptions::new(&pool, FP)
             .tries(tries)
             .timeouts(timeouts());
-        let mut client = Broker::connect(&url, options).unwrap();
+        let client = Broker::connect(&url, options).unwrap();
         let mut vanished = consumer(&url, &pool, "h1/w0", lease);
         client.submit(1, 0, b"f", b"").unwrap();
         assert!(vanished.claim(BLOCK).unwrap().is_some());
@@ -347,7 +347,7 @@ fn renewed_leases_are_not_taken_over() {
     let server = RedisServer::start();
     let url = server.url();
     let lease = Duration::from_millis(150);
-    let mut client = broker(&url, "renew");
+    let client = broker(&url, "renew");
     let mut busy = consumer(&url, "renew", "h1/w0", lease);
     let mut supervisor = consumer(&url, "renew", "h1/supervisor", lease);
     let mut thief = consumer(&url, "renew", "h2/w0", lease);
@@ -371,7 +371,7 @@ fn renewed_leases_are_not_taken_over() {
 fn an_abandoned_jobs_chunks_are_not_started() {
     let server = RedisServer::start();
     let url = server.url();
-    let mut client = broker(&url, "abandon");
+    let client = broker(&url, "abandon");
     for index in 0..3 {
         client.submit(1, index, b"f", b"").unwrap();
     }
@@ -390,7 +390,7 @@ fn a_gone_clients_keys_expire_and_hosts_do_not_bring_them_back() {
     let url = server.url();
     let ttl = Duration::from_millis(300);
     let options = BrokerOptions::new("ttl", FP).ttl(ttl).timeouts(timeouts());
-    let mut client = Broker::connect(&url, options).unwrap();
+    let client = Broker::connect(&url, options).unwrap();
     client.submit(1, 0, b"f", b"").unwrap();
     let mut worker = consumer(&url, "ttl", "h1/w0", Duration::from_millis(100));
     let entry = worker.claim(BLOCK).unwrap().unwrap();
@@ -461,7 +461,7 @@ fn passwords_and_acl_users_come_from_the_url() {
 fn a_dead_redis_is_a_typed_error_in_bounded_time() {
     let mut server = RedisServer::start();
     let url = server.url();
-    let mut client = broker(&url, "dies");
+    let client = broker(&url, "dies");
     let mut worker = consumer(&url, "dies", "h1/w0", LONG);
     client.submit(1, 0, b"f", b"").unwrap();
     server.kill();

@@ -59,6 +59,13 @@ pub struct Stats {
     /// Worker starts that failed for a reason other than the initializer (the spawn failed,
     /// the worker died before it was ready); each is retried after a backoff.
     pub start_failures: u64,
+    /// Chunks whose outcome came after more than one delivery: taken over from a host that
+    /// vanished, or handed to a dead worker's replacement. Counted by a cluster driver (the
+    /// scheduler never sees deliveries); always 0 on a local pool.
+    pub reclaimed: u64,
+    /// Of the reclaimed chunks, those that ran again to a result (a cluster pool with
+    /// `retries`). Counted by a cluster driver; always 0 on a local pool.
+    pub retried: u64,
 }
 
 /// The first retry of a failed start waits this long; each further failure in a row doubles

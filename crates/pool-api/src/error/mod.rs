@@ -161,6 +161,13 @@ pub enum Error {
     /// authentication handshake (Python's `AuthenticationError`).
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A cluster pool's Redis failed: unreachable, timed out, or restarted (the pool's keys
+    /// are gone). The source is pool-cluster's error, with the redis error below it where
+    /// there is one. The chunks that were in Redis fail with it; a pool whose keys are gone
+    /// fails every later task with it too: build a new pool once Redis is back.
+    #[cfg(feature = "cluster")]
+    #[error("the cluster's Redis failed: {0}")]
+    Broker(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl PartialEq for Error {
@@ -221,6 +228,8 @@ impl PartialEq for Error {
             (Send(a), Send(b)) => a == b,
             (Recv(a), Recv(b)) => a == b,
             (Auth(a), Auth(b)) => a == b,
+            #[cfg(feature = "cluster")]
+            (Broker(a), Broker(b)) => a.to_string() == b.to_string(),
             _ => false,
         }
     }

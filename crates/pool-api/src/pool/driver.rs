@@ -1136,7 +1136,7 @@ mod tests {
             for x in 0..100 {
                 assert_eq!(pool.apply(double, x).unwrap(), 2 * x);
             }
-            let received = pool.shared.received_by_callers.load(Ordering::Relaxed);
+            let received = pool.local().received_by_callers.load(Ordering::Relaxed);
             // The reader may take the channel back now and then (`PARK_AT_MOST`) on a slow
             // machine; most answers still go straight to their callers.
             assert!(

@@ -2,6 +2,8 @@
 
 mod awaiting;
 mod callbacks;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod driver;
 mod job;
 mod link;
@@ -69,9 +71,121 @@ use crate::task::{Call, StarFn};
 /// Dropping a pool terminates it, as leaving Python's `with Pool() as p:` block does.
 #[derive(Debug)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    backend: Backend,
     processes: u32,
     transport: TransportKind,
+}
+
+/// The driver that carries out a pool's scheduler's commands: its own worker processes
+/// (`driver.rs`), or, with the `cluster` feature, chunks through Redis to the worker
+/// processes of any number of hosts (`cluster.rs`). Both take the same jobs (`job.rs`) and
+/// payloads (`payload.rs`), so every method of [`Pool`] is one implementation. Another
+/// backend (MPI, say) is one more variant.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Local(Arc<Shared>),
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<cluster::ClusterShared>),
+}
+
+/// `$body` with `$s` bound to whichever driver `$backend` holds.
+macro_rules! each_driver {
+    ($backend:expr, $s:ident => $body:expr) => {
+        match $backend {
+            Backend::Local($s) => $body,
+            #[cfg(feature = "cluster")]
+            Backend::Cluster($s) => $body,
+        }
+    };
+}
+
+impl Backend {
+    fn submit(
+        &self,
+        spec: JobSpec,
+        call: Call,
+        source: Source,
+        callback: Option<Callback>,
+        awaited: bool,
+    ) -> Result<Arc<JobShared>, Error> {
+        each_driver!(self, s => s.submit(spec, call, source, callback, awaited))
+    }
+
+    fn pulled(&self, chunk: ChunkId, items: u32, payload: Payload) {
+        each_driver!(self, s => s.pulled(chunk, items, payload))
+    }
+
+    fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler, Time) -> T) -> T {
+        each_driver!(self, s => s.with_scheduler(f))
+    }
+
+    fn spare(&self) -> &payload::SpareBuffers {
+        each_driver!(self, s => s.spare())
+    }
+
+    fn receive_answer(&self, job: &JobShared) {
+        match self {
+            Backend::Local(s) => s.receive_answer(job),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(_) => {}
+        }
+    }
+
+    fn cancel_queued(&self) -> bool {
+        each_driver!(self, s => s.cancel_queued())
+    }
+
+    fn terminate(&self) {
+        each_driver!(self, s => s.terminate())
+    }
+
+    fn join(&self) -> Result<(), Error> {
+        each_driver!(self, s => s.join())
+    }
+
+    fn worker_pids(&self) -> Vec<u32> {
+        match self {
+            Backend::Local(s) => s.worker_pids(),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(_) => Vec::new(),
+        }
+    }
+
+    fn signal_worker(&self, pid: u32, signal: Signal) -> Result<bool, Error> {
+        match self {
+            Backend::Local(s) => s.signal_worker(pid, signal),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(_) => Ok(false),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        each_driver!(self, s => s.stats())
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        each_driver!(self, s => s.lifecycle())
+    }
+
+    fn shut_down(&self) {
+        each_driver!(self, s => s.shut_down())
+    }
+
+    fn is_cluster(&self) -> bool {
+        !matches!(self, Backend::Local(_))
+    }
+}
+
+#[cfg(test)]
+impl Pool {
+    /// The local driver, for unit tests of its internals.
+    pub(crate) fn local(&self) -> &Shared {
+        match &self.backend {
+            Backend::Local(shared) => shared,
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(_) => panic!("a cluster pool"),
+        }
+    }
 }
 
 /// An initializer: its call, its encoded arguments, and the descriptors of their handles.
@@ -89,6 +203,8 @@ pub struct PoolBuilder {
     handshake_timeout: Duration,
     start_method: StartMethod,
     unavailable_after: Option<Duration>,
+    #[cfg(feature = "cluster")]
+    cluster: cluster::ClusterSettings,
 }
 
 impl Pool {
@@ -109,6 +225,8 @@ impl Pool {
             handshake_timeout: Duration::from_secs(30),
             start_method: StartMethod::Spawn,
             unavailable_after: None,
+            #[cfg(feature = "cluster")]
+            cluster: cluster::ClusterSettings::default(),
         }
     }
 
@@ -125,7 +243,7 @@ impl Pool {
     {
         let result = self.submit_single(f, args, Callbacks::none(), true)?;
         // The answer comes from the worker's channel straight to this thread when it can.
-        self.shared.receive_answer(&result.job);
+        self.backend.receive_answer(&result.job);
         result.get()
     }
 
@@ -172,11 +290,11 @@ impl Pool {
         let callback = callbacks.into_callback(|job: &JobShared| single(job));
         let source = Source::Single(chunk);
         let job = self
-            .shared
+            .backend
             .submit(JobSpec::single(), call, source, callback, awaited)?;
         Ok(AsyncResult {
             job,
-            shared: Arc::clone(&self.shared),
+            backend: self.backend.clone(),
             _r: PhantomData,
         })
     }
@@ -324,10 +442,10 @@ impl Pool {
             }
         };
         let job = self
-            .shared
+            .backend
             .submit(spec, call, Source::Caller(decoder::<R>()), None, false)?;
         let mut guard = CancelOnDrop {
-            shared: &self.shared,
+            backend: &self.backend,
             job: &job,
             armed: true,
         };
@@ -342,7 +460,7 @@ impl Pool {
                     }
                     if streamed {
                         // Taken: the window moves on, and more input is read.
-                        self.shared
+                        self.backend
                             .with_scheduler(|s, now| s.handle_consumed(job.id, n, now));
                     }
                 }
@@ -415,11 +533,11 @@ impl Pool {
         );
         let callback = callbacks.into_callback(|job: &JobShared| job.first_error::<R>());
         let job = self
-            .shared
+            .backend
             .submit(spec, call, Source::Encoded(chunks), callback, false)?;
         Ok(MapResult {
             job,
-            shared: Arc::clone(&self.shared),
+            backend: self.backend.clone(),
             _r: PhantomData,
         })
     }
@@ -522,7 +640,7 @@ impl Pool {
             .map_err(|_| Error::InvalidArgument("chunksize too large".into()))?;
         let spec =
             JobSpec::new(Input::Stream { chunksize }, delivery).with_window(self.stream_window());
-        let job = self.shared.submit(
+        let job = self.backend.submit(
             spec,
             Call::new(f)?,
             Source::Caller(decoder::<R>()),
@@ -564,7 +682,7 @@ impl Pool {
         }
         let n = batch.len() as u32;
         let payload = self.payload(&batch)?;
-        self.shared.pulled(chunk, n, payload);
+        self.backend.pulled(chunk, n, payload);
         Ok(panicked)
     }
 
@@ -578,14 +696,21 @@ impl Pool {
         let batch: Vec<A> = items.take(max_items as usize).collect();
         let n = batch.len() as u32;
         let payload = self.payload(&batch)?;
-        self.shared.pulled(chunk, n, payload);
+        self.backend.pulled(chunk, n, payload);
         Ok(())
     }
 
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
     fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
-        let payload = Payload::encode(args, self.shared.spare())?;
+        let payload = Payload::encode(args, self.backend.spare())?;
+        if !payload.fds.is_empty() && self.backend.is_cluster() {
+            return Err(Error::InvalidArgument(
+                "handles (Lock, Queue, Pipe ends, SharedMemory, ...) are local to one machine: \
+                 they cannot be task arguments on a cluster pool"
+                    .into(),
+            ));
+        }
         if payload.fds.len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
                 "{} handles in one chunk; at most {} fit in a message: use a smaller chunksize",
@@ -623,7 +748,7 @@ impl Pool {
     /// Python's `close`: no more work is accepted; the work submitted is finished, then the
     /// workers exit.
     pub fn close(&self) {
-        self.shared.with_scheduler(|s, now| s.close(now));
+        self.backend.with_scheduler(|s, now| s.close(now));
     }
 
     /// `concurrent.futures`' `shutdown(wait, cancel_futures)`: closes the pool; with
@@ -655,7 +780,7 @@ impl Pool {
     pub fn shutdown(&self, wait: bool, cancel_queued: bool) -> Result<(), Error> {
         self.close();
         if cancel_queued {
-            self.shared.cancel_queued();
+            self.backend.cancel_queued();
         }
         if wait { self.join() } else { Ok(()) }
     }
@@ -667,7 +792,7 @@ impl Pool {
     /// returns blocks `terminate` and the pool's drop); callbacks not started are skipped. A
     /// callback may terminate its own pool.
     pub fn terminate(&self) {
-        self.shared.terminate();
+        self.backend.terminate();
     }
 
     /// Python's `join`: waits for the workers to exit, after [`Pool::close`] or
@@ -675,12 +800,12 @@ impl Pool {
     /// finished work to have run, so that `close(); join()` at the end of `main` loses no
     /// callback's output (called from a callback, it does not wait for callbacks).
     pub fn join(&self) -> Result<(), Error> {
-        self.shared.join()
+        self.backend.join()
     }
 
     /// The pids of the live workers.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.shared.worker_pids()
+        self.backend.worker_pids()
     }
 
     /// Sends `signal` to the live worker `pid` of *this* pool,
@@ -702,26 +827,26 @@ impl Pool {
     /// # Ok::<(), pool_api::Error>(())
     /// ```
     pub fn signal_worker(&self, pid: u32, signal: Signal) -> Result<bool, Error> {
-        self.shared.signal_worker(pid, signal)
+        self.backend.signal_worker(pid, signal)
     }
 
     /// Counters: workers spawned, lost, chunks dispatched, ...
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        self.backend.stats()
     }
 
     /// Cancels the job's work that was not dispatched yet.
-    fn cancel(shared: &Shared, job: &JobShared) -> bool {
-        shared.with_scheduler(|s, now| s.cancel(job.id, now))
+    fn cancel(backend: &Backend, job: &JobShared) -> bool {
+        backend.with_scheduler(|s, now| s.cancel(job.id, now))
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if self.shared.lifecycle() != Lifecycle::Joined {
-            self.shared.terminate();
+        if self.backend.lifecycle() != Lifecycle::Joined {
+            self.backend.terminate();
         }
-        self.shared.shut_down();
+        self.backend.shut_down();
     }
 }
 
@@ -861,6 +986,10 @@ impl PoolBuilder {
     /// [`PoolBuilder::initializer`]. [`Error::InvalidArgument`] for settings that make no
     /// sense.
     pub fn build(self) -> Result<Pool, Error> {
+        #[cfg(feature = "cluster")]
+        if self.cluster.url.is_some() {
+            return self.build_cluster();
+        }
         let processes = match self.processes {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -895,22 +1024,90 @@ impl PoolBuilder {
         };
         let transport = self.transport;
         let handshake_timeout = self.handshake_timeout;
+        let shared = Shared::start(sched, setup);
         let pool = Pool {
-            shared: Shared::start(sched, setup),
+            backend: Backend::Local(Arc::clone(&shared)),
             processes,
             transport,
         };
         // Each spawn is bounded by the handshake timeout, and they run in parallel.
-        if let Err(e) = pool
-            .shared
-            .wait_booted(handshake_timeout.saturating_add(Duration::from_secs(5)))
+        if let Err(e) = shared.wait_booted(handshake_timeout.saturating_add(Duration::from_secs(5)))
         {
             // Kill the workers already started and wait for their exits: nothing is left.
-            pool.shared.terminate();
-            let _ = pool.shared.join();
+            shared.terminate();
+            let _ = shared.join();
             return Err(Error::Start(e));
         }
         Ok(pool)
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl PoolBuilder {
+    /// Makes this a *cluster* pool: its chunks go through the Redis instance at `url`
+    /// (`redis://[user:password@]host:port/db`) to the worker processes of every host that
+    /// serves the pool's name ([`cluster::serve`](crate::cluster::serve), `pool worker
+    /// --redis URL`), on this machine or any other. The methods, their results and errors
+    /// are those of a local pool; see [`crate::cluster`] for what differs (no handles in
+    /// arguments, time limits counted from submission, no initializer, what a lost host
+    /// means) and the security note: Redis must be private to the cluster.
+    ///
+    /// `processes` is then how many chunks the pool keeps in Redis at once (its window;
+    /// default 16), which also sets Python's default chunk size as the number of workers
+    /// does locally.
+    pub fn redis(mut self, url: impl Into<String>) -> PoolBuilder {
+        self.cluster.url = Some(url.into());
+        self
+    }
+
+    /// The cluster pool's name (default `pool`): the hosts that serve this name run its
+    /// chunks, and one live client holds a name at a time (a second one is refused). ASCII
+    /// letters, digits, `_`, `-`, `.`.
+    pub fn name(mut self, name: impl Into<String>) -> PoolBuilder {
+        self.cluster.name = name.into();
+        self
+    }
+
+    /// For idempotent work on a cluster pool: a chunk whose worker (or host) died after it
+    /// started runs again elsewhere, up to `n` more times, instead of failing with
+    /// [`Error::WorkerLost`] (default 0). Each item still has exactly one outcome.
+    pub fn retries(mut self, n: u32) -> PoolBuilder {
+        self.cluster.retries = n;
+        self
+    }
+
+    /// How long a Redis command may take, connecting included, before the pool's calls fail
+    /// with [`Error::Broker`] (default 5 s): the bound on noticing that Redis is gone.
+    pub fn redis_timeout(mut self, timeout: Duration) -> PoolBuilder {
+        self.cluster.timeout = timeout;
+        self
+    }
+
+    fn build_cluster(self) -> Result<Pool, Error> {
+        if self.initializer.is_some() {
+            return Err(Error::InvalidArgument(
+                "a cluster pool has no initializer: hosts set themselves up before `serve`".into(),
+            ));
+        }
+        if self.max_tasks_per_child.is_some() {
+            return Err(Error::InvalidArgument(
+                "max_tasks_per_child is the hosts' business on a cluster pool".into(),
+            ));
+        }
+        let processes = self.processes.unwrap_or(16);
+        let processes = u32::try_from(processes)
+            .map_err(|_| Error::InvalidArgument("too many processes".into()))?;
+        let mut config = Config::new(processes);
+        // A slot of the window holds one chunk, counted as started once it is in Redis.
+        config.chunks_per_worker = 1;
+        config.task_time_limit = self.time_limit;
+        let sched = Scheduler::new(config, Time::ZERO)?;
+        let shared = cluster::ClusterShared::start(sched, &self.cluster, self.time_limit)?;
+        Ok(Pool {
+            backend: Backend::Cluster(shared),
+            processes,
+            transport: self.transport,
+        })
     }
 }
 
@@ -1013,7 +1210,7 @@ impl<I: Iterator> Iterator for Counted<I> {
 /// Cancels a job whose caller stops waiting for it (a panic while reading its input, or
 /// dropping an `imap` iterator), so that its undispatched work does not linger.
 struct CancelOnDrop<'a> {
-    shared: &'a Shared,
+    backend: &'a Backend,
     job: &'a JobShared,
     armed: bool,
 }
@@ -1021,7 +1218,7 @@ struct CancelOnDrop<'a> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed && !self.job.is_finished() {
-            Pool::cancel(self.shared, self.job);
+            Pool::cancel(self.backend, self.job);
         }
     }
 }
@@ -1030,7 +1227,7 @@ impl Drop for CancelOnDrop<'_> {
 #[derive(Debug)]
 pub struct AsyncResult<R> {
     job: Arc<JobShared>,
-    shared: Arc<Shared>,
+    backend: Backend,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -1076,7 +1273,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Cancels the task if it was not dispatched to a worker yet (its result is then
     /// [`Error::Cancelled`]); whether it was. A running task is not interrupted.
     pub fn cancel(&self) -> bool {
-        Pool::cancel(&self.shared, &self.job)
+        Pool::cancel(&self.backend, &self.job)
     }
 }
 
@@ -1084,7 +1281,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 #[derive(Debug)]
 pub struct MapResult<R> {
     job: Arc<JobShared>,
-    shared: Arc<Shared>,
+    backend: Backend,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -1127,7 +1324,7 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// Cancels the items not dispatched yet (they fail with [`Error::Cancelled`]); whether
     /// any was.
     pub fn cancel(&self) -> bool {
-        Pool::cancel(&self.shared, &self.job)
+        Pool::cancel(&self.backend, &self.job)
     }
 
     /// Whether every item succeeded; [`Error::NotReady`] before it is ready.
@@ -1218,14 +1415,14 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
             match self.job.next_wake(self.deadline.map(|(at, _)| at)) {
                 Wake::Pull { chunk, .. } if self.input_failed.is_some() => {
                     // The input ended where it failed.
-                    self.pool.shared.pulled(chunk, 0, Payload::default());
+                    self.pool.backend.pulled(chunk, 0, Payload::default());
                 }
                 Wake::Pull { chunk, max_items } => {
                     match self.pool.feed_catching(chunk, max_items, &mut self.items) {
                         Ok(None) => {}
                         Ok(Some(panic)) => self.input_failed = Some(InputFailure::Panicked(panic)),
                         Err(e) => {
-                            self.pool.shared.pulled(chunk, 0, Payload::default());
+                            self.pool.backend.pulled(chunk, 0, Payload::default());
                             self.input_failed = Some(InputFailure::Failed(e));
                         }
                     }
@@ -1237,7 +1434,7 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
                     }
                     let id = self.job.id;
                     self.pool
-                        .shared
+                        .backend
                         .with_scheduler(|s, now| s.handle_consumed(id, n, now));
                 }
                 Wake::Finished => self.done = true,
@@ -1257,7 +1454,7 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
 impl<A, R> Drop for IMap<'_, A, R> {
     fn drop(&mut self) {
         if !self.job.is_finished() {
-            Pool::cancel(&self.pool.shared, &self.job);
+            Pool::cancel(&self.pool.backend, &self.job);
         }
     }
 }

@@ -3,8 +3,11 @@
 //! Each demo prints what its tutorial prints (pids differ, of course). Sleeps are a tenth of
 //! the tutorials' unless `--real-time` is given, so that `pool demo` runs in seconds.
 
+mod cluster;
 mod pooled;
 mod processes;
+
+pub(crate) use cluster::{WorkerArgs, worker};
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +28,9 @@ pub(crate) struct DemoArgs {
     /// For `square-sum`: sum the squares of 1..=N instead of the tutorial's ten numbers.
     #[arg(long, value_name = "N")]
     n: Option<u64>,
+    /// For `cluster`: use this Redis instead of starting a redis-server of its own.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 impl DemoArgs {
@@ -37,6 +43,10 @@ impl DemoArgs {
     pub(crate) fn n(&self) -> Option<u64> {
         self.n
     }
+
+    pub(crate) fn redis(&self) -> Option<&str> {
+        self.redis.as_deref()
+    }
 }
 
 /// A demo's result: `Err` carries a message for stderr.
@@ -47,6 +57,13 @@ struct Demo {
     about: &'static str,
     run: fn(&DemoArgs) -> Outcome,
 }
+
+/// Demos run only when named (they need more than this machine's processes).
+const NAMED_ONLY: &[Demo] = &[Demo {
+    name: "cluster",
+    about: "beyond one machine: redis-server and 3 hosts (pool worker); sum of squares and images through them; a host killed mid-run",
+    run: cluster::cluster_demo,
+}];
 
 const DEMOS: &[Demo] = &[
     Demo {
@@ -129,10 +146,10 @@ const DEMOS: &[Demo] = &[
 /// The list of demos, for `--help`.
 pub(crate) fn catalogue() -> String {
     let mut out = String::from("Demos:\n");
-    for d in DEMOS {
+    for d in DEMOS.iter().chain(NAMED_ONLY) {
         out.push_str(&format!("  {:<12} {}\n", d.name, d.about));
     }
-    out.push_str("\nExamples:\n  pool demo             run every demo\n  pool demo map         run one\n  pool demo square-sum --n 10000000\n");
+    out.push_str("\nExamples:\n  pool demo             run every demo\n  pool demo map         run one\n  pool demo square-sum --n 10000000\n  pool demo cluster [--redis URL]   (needs redis-server)\n");
     out
 }
 
@@ -144,7 +161,7 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
     }
     let chosen: Vec<&Demo> = match &args.name {
         None => DEMOS.iter().collect(),
-        Some(name) => match DEMOS.iter().find(|d| d.name == name) {
+        Some(name) => match DEMOS.iter().chain(NAMED_ONLY).find(|d| d.name == name) {
             Some(d) => vec![d],
             None => {
                 eprintln!("pool: no demo named `{name}`\n\n{}", catalogue());

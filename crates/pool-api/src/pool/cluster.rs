@@ -1,0 +1,659 @@
+//! The cluster driver: carries out the scheduler's commands through Redis Streams
+//! (pool-cluster's [`Broker`]) instead of with worker processes of its own.
+//!
+//! The scheduler is the local pool's, unchanged: its "workers" are the slots of the pool's
+//! window of chunks in Redis (*virtual workers*). `Spawn` makes a slot ready at once;
+//! `Dispatch` submits the chunk (its `Call` and encoded arguments) to Redis and counts it as
+//! started at once (a slot holds one chunk: `chunks_per_worker` is 1), so time limits count
+//! from the submission; a [`Completion`] read from Redis is the slot's `handle_chunk_finished`
+//! with the chunk's result, or with the error its outcome maps to; `Retire` ends a slot at
+//! once; `Kill` (a time limit, `terminate`) forgets the slot's chunk in Redis (deleted if no
+//! host took it yet, its late outcome dropped) and ends the slot, which the scheduler then
+//! fails with `TimedOut` or `Terminated` and replaces. Chunk sizes, the order of `map` and
+//! `imap`, the window of an endless `imap`, cancel, close and terminate are the scheduler's,
+//! as for a local pool.
+//!
+//! Threads: callers submit themselves (the `XADD` runs on the thread whose call dispatched
+//! the chunk, after the state lock is released); one *pump* thread per pool waits for
+//! outcomes (a blocking `XREAD` on the broker's receiving connection), for the scheduler's
+//! deadlines, and beats the keys' heartbeat while idle; one callback runner, as locally.
+//!
+//! Outcomes map to the local pool's errors: values and per-item panics come in the chunk's
+//! result bytes ([`Error::Panicked`] with the remote worker's pid); a worker or host lost
+//! after it started the chunk is [`Error::WorkerLost`] (pid 0: the pid is on another host;
+//! exit code -9), and so is a *poisoned* chunk (its every try killed its worker, with
+//! `retries`); a Redis that fails is [`Error::Broker`] for the chunks it held.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use pool_cluster::{Broker, BrokerOptions, Completion, Outcome, RecvError, Timeouts};
+use pool_core::{
+    ChunkFailure, ChunkId, ChunkOutcome, Command, ExitStatus, JobId, JobSpec, Lifecycle, Scheduler,
+    Stats, Time, WorkerId,
+};
+
+use super::callbacks::CallbackRunner;
+use super::job::{Callback, JobShared, Source};
+use super::payload::{ChunkResult, Payload, SpareBuffers};
+use crate::Error;
+use crate::error::CodecError;
+use crate::task::Call;
+
+/// The cluster settings of a [`PoolBuilder`](crate::PoolBuilder).
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterSettings {
+    pub(crate) url: Option<String>,
+    pub(crate) name: String,
+    pub(crate) retries: u32,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> ClusterSettings {
+        ClusterSettings {
+            url: None,
+            name: "pool".into(),
+            retries: 0,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How long the pump waits at most before it looks at its deadlines and the stop flag.
+const PUMP_TICK: Duration = Duration::from_millis(100);
+
+/// The keys' TTL: a client that dies leaves nothing in Redis after it.
+const KEY_TTL: Duration = Duration::from_secs(30);
+
+/// Everything a cluster pool's threads share.
+pub(crate) struct ClusterShared {
+    state: Mutex<State>,
+    epoch: Instant,
+    broker: Broker,
+    /// The pump waits here when nothing is in Redis.
+    pump: Condvar,
+    /// `join` waits here.
+    joined: Condvar,
+    callbacks: CallbackRunner,
+    spare: SpareBuffers,
+    time_limit: Option<Duration>,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for ClusterShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterShared")
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    sched: Scheduler,
+    jobs: HashMap<JobId, Arc<JobShared>>,
+    /// Encoded arguments of chunks, from pull to end.
+    payloads: HashMap<ChunkId, Payload>,
+    /// Results received, until the scheduler delivers the chunk.
+    results: HashMap<ChunkId, ChunkResult>,
+    /// The slot each chunk in Redis was dispatched from.
+    slots: HashMap<ChunkId, WorkerId>,
+    /// Why the pool's keys are gone, once they are: every later chunk fails with it.
+    lost: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    reclaimed: u64,
+    retried: u64,
+}
+
+/// What draining commands asks to be done once the state lock is released.
+#[derive(Default)]
+struct Effects {
+    submit: Vec<(ChunkId, Call, Payload)>,
+    forget: Vec<ChunkId>,
+    wake: Vec<Arc<JobShared>>,
+    finished: Vec<(Arc<JobShared>, Option<Callback>)>,
+}
+
+impl ClusterShared {
+    /// Connects to Redis (the pool's keys are set up) and starts the pump.
+    pub(crate) fn start(
+        sched: Scheduler,
+        settings: &ClusterSettings,
+        time_limit: Option<Duration>,
+    ) -> Result<Arc<ClusterShared>, Error> {
+        let url = settings.url.as_deref().unwrap_or_default();
+        let fingerprint = crate::cluster::fingerprint()?;
+        let window = sched.config().processes as usize;
+        let options = BrokerOptions::new(&settings.name, fingerprint)
+            // Forgotten chunks leave the window at once; slack for outcomes in flight.
+            .window(window.saturating_mul(2).max(window + 16))
+            .tries(settings.retries.saturating_add(1))
+            .ttl(KEY_TTL)
+            .timeouts(Timeouts {
+                connect: settings.timeout,
+                io: settings.timeout,
+            });
+        let broker = Broker::connect(url, options).map_err(broker_error)?;
+        let shared = Arc::new(ClusterShared {
+            state: Mutex::new(State {
+                sched,
+                jobs: HashMap::new(),
+                payloads: HashMap::new(),
+                results: HashMap::new(),
+                slots: HashMap::new(),
+                lost: None,
+                reclaimed: 0,
+                retried: 0,
+            }),
+            epoch: Instant::now(),
+            broker,
+            pump: Condvar::new(),
+            joined: Condvar::new(),
+            callbacks: CallbackRunner::start(),
+            spare: SpareBuffers::default(),
+            time_limit,
+            stopped: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("pool-cluster-pump".into())
+            .spawn(move || pump(weak))
+            .map_err(Error::from)?;
+        // The initial slots.
+        shared.with_scheduler(|_, _| ());
+        Ok(shared)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
+    }
+
+    pub(crate) fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler, Time) -> T) -> T {
+        let mut state = self.lock();
+        let now = self.now();
+        let out = f(&mut state.sched, now);
+        self.drain_and_apply(state);
+        out
+    }
+
+    pub(crate) fn submit(
+        &self,
+        spec: JobSpec,
+        call: Call,
+        source: Source,
+        callback: Option<Callback>,
+        awaited: bool,
+    ) -> Result<Arc<JobShared>, Error> {
+        let mut state = self.lock();
+        let now = self.now();
+        let single = matches!(source, Source::Single(_));
+        let job_id = state.sched.submit(spec, now)?;
+        let job = JobShared::new(job_id, call, source, callback, self.time_limit, awaited);
+        job.awaited.store(false, Ordering::Relaxed);
+        if single {
+            if let Some(payload) = job.take_single() {
+                state.payloads.insert(
+                    ChunkId {
+                        job: job_id,
+                        index: 0,
+                    },
+                    payload,
+                );
+            }
+        }
+        state.jobs.insert(job_id, job.clone());
+        self.drain_and_apply(state);
+        Ok(job)
+    }
+
+    pub(crate) fn pulled(&self, chunk: ChunkId, items: u32, payload: Payload) {
+        let mut state = self.lock();
+        let now = self.now();
+        if items > 0 {
+            state.payloads.insert(chunk, payload);
+        }
+        if !state.sched.handle_pulled(chunk, items, now) {
+            state.payloads.remove(&chunk);
+        }
+        self.drain_and_apply(state);
+    }
+
+    pub(crate) fn spare(&self) -> &SpareBuffers {
+        &self.spare
+    }
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lock().sched.lifecycle()
+    }
+
+    pub(crate) fn cancel_queued(&self) -> bool {
+        let ids: Vec<JobId> = self.lock().jobs.keys().copied().collect();
+        ids.into_iter().fold(false, |any, id| {
+            self.with_scheduler(|s, now| s.cancel(id, now)) | any
+        })
+    }
+
+    /// The scheduler's counters, with the chunks this pool saw reclaimed and retried.
+    pub(crate) fn stats(&self) -> Stats {
+        let state = self.lock();
+        let mut stats = state.sched.stats();
+        stats.reclaimed = state.reclaimed;
+        stats.retried = state.retried;
+        stats
+    }
+
+    pub(crate) fn terminate(&self) {
+        self.callbacks.disable();
+        self.with_scheduler(|s, now| s.terminate(now));
+        self.callbacks.wait_running();
+    }
+
+    pub(crate) fn join(&self) -> Result<(), Error> {
+        let mut state = self.lock();
+        state.sched.check_join().map_err(|_| Error::StillRunning)?;
+        while state.sched.lifecycle() != Lifecycle::Joined {
+            state = self.joined.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(state);
+        self.callbacks.wait_idle();
+        Ok(())
+    }
+
+    /// Stops the pump and deletes the pool's keys (hosts go idle at once).
+    pub(crate) fn shut_down(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.pump.notify_all();
+        self.callbacks.stop();
+        if self.lock().lost.is_none() {
+            if let Err(e) = self.broker.close() {
+                crate::log::warning!(error = %e, "could not delete the cluster pool's keys; they expire");
+            }
+        }
+    }
+
+    /// Drains the scheduler's commands, releases the lock and carries out their effects,
+    /// until they cause no more (a failed submission feeds the scheduler again).
+    fn drain_and_apply<'a>(&'a self, mut state: MutexGuard<'a, State>) {
+        loop {
+            let effects = self.drain(&mut state);
+            drop(state);
+            let failed = self.apply(effects);
+            if failed.is_empty() {
+                return;
+            }
+            state = self.lock();
+            let now = self.now();
+            for (id, error) in failed {
+                if error.lost {
+                    state.lost.get_or_insert_with(|| Arc::clone(&error.error));
+                }
+                Self::finished(
+                    &mut state,
+                    id,
+                    ChunkResult::Failed(Error::Broker(error.error)),
+                    now,
+                );
+            }
+        }
+    }
+
+    fn drain(&self, state: &mut State) -> Effects {
+        let mut fx = Effects::default();
+        let now = self.now();
+        while let Some(cmd) = state.sched.poll_command() {
+            match cmd {
+                Command::Spawn { worker } => {
+                    let _ = state.sched.handle_worker_started(worker, now);
+                }
+                Command::Pull {
+                    chunk,
+                    first_item: _,
+                    max_items,
+                } => {
+                    let Some(job) = state.jobs.get(&chunk.job).cloned() else {
+                        continue;
+                    };
+                    match job.pull_now(max_items) {
+                        Some((items, payload)) => {
+                            if items > 0 {
+                                state.payloads.insert(chunk, payload);
+                            }
+                            if !state.sched.handle_pulled(chunk, items, now) {
+                                state.payloads.remove(&chunk);
+                            }
+                        }
+                        None => {
+                            job.request_pull(chunk, max_items);
+                            fx.wake.push(job);
+                        }
+                    }
+                }
+                Command::Dispatch { worker, chunk } => {
+                    let _ = state.sched.handle_chunk_started(worker, chunk.id, now);
+                    state.slots.insert(chunk.id, worker);
+                    let body = state.payloads.get(&chunk.id).cloned();
+                    let call = state.jobs.get(&chunk.id.job).map(|j| j.call);
+                    match (&state.lost, call, body) {
+                        (None, Some(call), Some(body)) => fx.submit.push((chunk.id, call, body)),
+                        (Some(lost), _, _) => {
+                            let error = Error::Broker(Arc::clone(lost));
+                            Self::finished(state, chunk.id, ChunkResult::Failed(error), now);
+                        }
+                        _ => {
+                            let error = Error::Codec(CodecError::new("a chunk without its job"));
+                            Self::finished(state, chunk.id, ChunkResult::Failed(error), now);
+                        }
+                    }
+                }
+                Command::Recall { .. } => {}
+                Command::Retire { worker } => {
+                    state
+                        .sched
+                        .handle_worker_exited(worker, ExitStatus::Code(0), now);
+                }
+                Command::Kill { worker } => {
+                    let held: Vec<ChunkId> = state
+                        .slots
+                        .iter()
+                        .filter(|(_, w)| **w == worker)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in held {
+                        state.slots.remove(&id);
+                        fx.forget.push(id);
+                    }
+                    state
+                        .sched
+                        .handle_worker_exited(worker, ExitStatus::Signal(9), now);
+                }
+                Command::ChunkEnded { chunk, outcome } => {
+                    if let Some(payload) = state.payloads.remove(&chunk.id) {
+                        self.spare.give_back(payload);
+                    }
+                    state.slots.remove(&chunk.id);
+                    let result = match outcome {
+                        ChunkOutcome::Finished => {
+                            state
+                                .results
+                                .remove(&chunk.id)
+                                .unwrap_or(ChunkResult::Failed(Error::Codec(CodecError::new(
+                                    "a finished chunk without its result",
+                                ))))
+                        }
+                        ChunkOutcome::Failed(failure) => {
+                            ChunkResult::Failed(self.failure(&failure))
+                        }
+                    };
+                    if let Some(job) = state.jobs.get(&chunk.id.job) {
+                        job.deliver(chunk, result);
+                        fx.wake.push(job.clone());
+                    }
+                }
+                Command::JobFinished { job } => {
+                    if let Some(job) = state.jobs.remove(&job) {
+                        job.finish();
+                        let callback = job.take_callback();
+                        if callback.is_some() {
+                            self.callbacks.expect_one();
+                        }
+                        fx.finished.push((job, callback));
+                    }
+                }
+            }
+        }
+        // The pump sleeps toward the next deadline, or until chunks are in Redis.
+        if state.sched.poll_timeout().is_some() || !fx.submit.is_empty() {
+            self.pump.notify_all();
+        }
+        if state.sched.lifecycle() == Lifecycle::Joined {
+            self.joined.notify_all();
+        }
+        fx
+    }
+
+    fn failure(&self, failure: &ChunkFailure) -> Error {
+        match failure {
+            // Slots end only when the driver says so: a `Kill` (time limit, terminate).
+            ChunkFailure::WorkerLost { .. } => Error::WorkerLost {
+                pid: 0,
+                exitcode: -9,
+            },
+            ChunkFailure::TimedOut { .. } => Error::TimedOut {
+                pid: 0,
+                limit: self.time_limit.unwrap_or_default(),
+            },
+            ChunkFailure::Terminated => Error::Terminated,
+            ChunkFailure::Cancelled => Error::Cancelled,
+            ChunkFailure::InitializerFailed(m) => Error::InitializerFailed(m.to_string()),
+            other => Error::from(std::io::Error::other(other.to_string())),
+        }
+    }
+
+    /// A chunk's outcome is known: keep it for delivery and tell the scheduler.
+    fn finished(state: &mut State, id: ChunkId, result: ChunkResult, now: Time) {
+        let Some(worker) = state.slots.remove(&id) else {
+            // Forgotten (timed out, terminated): its late outcome is dropped.
+            return;
+        };
+        state.results.insert(id, result);
+        let _ = state.sched.handle_chunk_finished(worker, id, now);
+        if !state.payloads.contains_key(&id) {
+            state.results.remove(&id);
+        }
+    }
+
+    /// Carries out effects outside the state lock; the submissions that failed, with why.
+    fn apply(&self, fx: Effects) -> Vec<(ChunkId, Failed)> {
+        let mut failed = Vec::new();
+        for id in fx.forget {
+            if let Err(e) = self.broker.forget(id.job.0, id.index) {
+                crate::log::warning!(error = %e, "could not delete a forgotten chunk from Redis");
+            }
+        }
+        for (id, call, body) in fx.submit {
+            let call_bytes = match postcard::to_stdvec(&call) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    failed.push((
+                        id,
+                        Failed {
+                            error: Arc::new(e),
+                            lost: false,
+                        },
+                    ));
+                    continue;
+                }
+            };
+            if let Err(e) = self
+                .broker
+                .submit(id.job.0, id.index, &call_bytes, &body.bytes)
+            {
+                let lost = matches!(e, pool_cluster::SubmitError::Lost);
+                crate::log::warning!(error = %e, "a chunk could not be submitted to Redis");
+                failed.push((
+                    id,
+                    Failed {
+                        error: Arc::new(e),
+                        lost,
+                    },
+                ));
+            }
+        }
+        for job in dedup(fx.wake) {
+            job.wake();
+        }
+        for (job, callback) in fx.finished {
+            job.wake();
+            if let Some(callback) = callback {
+                self.callbacks.run(job, callback);
+            }
+        }
+        failed
+    }
+
+    /// An outcome read from Redis.
+    fn on_completion(&self, completion: Completion) {
+        let id = ChunkId {
+            job: JobId(completion.job),
+            index: completion.index,
+        };
+        // Taken over from a host that vanished: delivered again, or ended as lost by another
+        // host's worker (a dead worker's own supervisor settles its chunks otherwise).
+        let lost = matches!(
+            completion.outcome,
+            Outcome::WorkerLost | Outcome::Poisoned { .. }
+        );
+        let reclaimed =
+            completion.deliveries > 1 || (lost && !completion.consumer.ends_with("/supervisor"));
+        let result = match completion.outcome {
+            Outcome::Ok(mut bytes) => match split_pid(&mut bytes) {
+                Some(pid) => ChunkResult::Bytes {
+                    frame: bytes,
+                    body_at: 0,
+                    pid,
+                },
+                None => ChunkResult::Failed(Error::Codec(CodecError::new(
+                    "a chunk's results from a host are cut short",
+                ))),
+            },
+            Outcome::Failed(message) => ChunkResult::Failed(Error::Codec(CodecError::new(
+                String::from_utf8_lossy(&message).into_owned(),
+            ))),
+            Outcome::WorkerLost | Outcome::Poisoned { .. } => {
+                ChunkResult::Failed(Error::WorkerLost {
+                    pid: 0,
+                    exitcode: -9,
+                })
+            }
+            Outcome::Malformed(why) => ChunkResult::Failed(Error::Codec(CodecError::new(why))),
+        };
+        let mut state = self.lock();
+        if reclaimed && state.slots.contains_key(&id) {
+            state.reclaimed += 1;
+            if matches!(result, ChunkResult::Bytes { .. }) {
+                state.retried += 1;
+            }
+        }
+        let now = self.now();
+        Self::finished(&mut state, id, result, now);
+        self.drain_and_apply(state);
+    }
+
+    /// Redis failed while outcomes were awaited: every chunk in Redis fails with `error`
+    /// (they are forgotten: their outcomes, if Redis comes back with them, are dropped).
+    fn on_broker_failure(&self, error: RecvError) {
+        let lost = matches!(error, RecvError::Lost);
+        let error: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
+        let mut state = self.lock();
+        if lost {
+            state.lost.get_or_insert_with(|| Arc::clone(&error));
+        }
+        let held: Vec<ChunkId> = state.slots.keys().copied().collect();
+        let now = self.now();
+        for id in &held {
+            let _ = self.broker.forget(id.job.0, id.index);
+            Self::finished(
+                &mut state,
+                *id,
+                ChunkResult::Failed(Error::Broker(Arc::clone(&error))),
+                now,
+            );
+        }
+        self.drain_and_apply(state);
+    }
+}
+
+/// A submission that failed.
+struct Failed {
+    error: Arc<dyn std::error::Error + Send + Sync>,
+    /// The pool's keys are gone: later chunks fail at once.
+    lost: bool,
+}
+
+/// The worker's pid, which a host's run function appends to a chunk's results
+/// (`crate::cluster::run_call`).
+fn split_pid(bytes: &mut Vec<u8>) -> Option<u32> {
+    let at = bytes.len().checked_sub(4)?;
+    let pid = u32::from_le_bytes(bytes[at..].try_into().ok()?);
+    bytes.truncate(at);
+    Some(pid)
+}
+
+fn broker_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Broker(Arc::new(e))
+}
+
+fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
+    let mut out: Vec<Arc<T>> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.iter().any(|o| Arc::ptr_eq(o, &item)) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// The pump: outcomes from Redis, the scheduler's deadlines, the heartbeat while idle.
+fn pump(shared: Weak<ClusterShared>) {
+    let mut last_beat = Instant::now();
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        // Deadlines first.
+        let wait = {
+            let mut state = shared.lock();
+            let now = shared.now();
+            match state.sched.poll_timeout() {
+                Some(at) if at <= now => {
+                    state.sched.handle_timeout(now);
+                    shared.drain_and_apply(state);
+                    continue;
+                }
+                Some(at) => (at - now).min(PUMP_TICK),
+                None => PUMP_TICK,
+            }
+        };
+        // Nothing in Redis that anyone waits for (forgotten chunks are not waited for).
+        if shared.lock().slots.is_empty() {
+            let state = shared.lock();
+            if state.slots.is_empty() && !shared.stopped.load(Ordering::Acquire) {
+                let _unused = shared
+                    .pump
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if last_beat.elapsed() >= KEY_TTL / 3 {
+                last_beat = Instant::now();
+                if shared.lock().lost.is_none() {
+                    if let Err(e) = shared.broker.heartbeat() {
+                        crate::log::warning!(error = %e, "the cluster pool's heartbeat failed");
+                    }
+                }
+            }
+            continue;
+        }
+        last_beat = Instant::now();
+        match shared.broker.recv(wait) {
+            Ok(Some(completion)) => shared.on_completion(completion),
+            Ok(None) => {}
+            Err(RecvError::Malformed { id, error }) => {
+                crate::log::warning!(%id, %error, "a malformed result entry was dropped");
+            }
+            Err(e) => {
+                crate::log::warning!(error = %e, "the cluster pool's Redis failed");
+                shared.on_broker_failure(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The cluster `Pool` (feature `cluster`) against a real `redis-server` (pool-testkit's
+//! `RedisServer`) and hosts that are separate processes of this test binary (a `Process`
+//! child calling `cluster::serve`), each with worker processes of its own.
+//!
+//! Time bounds are watchdogs for a shared 2-core machine, not performance claims; tests
+//! print what they measured.
+
+#![allow(clippy::print_stderr)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use pool_api::{Error, Lock, Pool, Process, ProcessHandle, cluster};
+use pool_testkit::RedisServer;
+
+/// The lease of the tests' hosts: a vanished host's chunks are taken over after it.
+const LEASE: Duration = Duration::from_millis(1000);
+
+/// A host: `cluster::serve` in a process of its own, until killed.
+fn host_main(args: (String, String, String, usize)) -> bool {
+    let (url, name, host, processes) = args;
+    let options = cluster::options(&name)
+        .unwrap()
+        .host_id(host)
+        .processes(processes)
+        .lease(LEASE)
+        .claim_block(Duration::from_millis(100))
+        .timeouts(cluster::Timeouts {
+            connect: Duration::from_millis(500),
+            io: Duration::from_millis(1000),
+        })
+        .grace(Duration::from_secs(1));
+    cluster::serve(&url, options).is_ok()
+}
+
+/// A Redis and the hosts serving one pool name; the hosts are killed on drop.
+struct Cluster {
+    redis: RedisServer,
+    name: String,
+    hosts: Vec<(String, ProcessHandle<bool>)>,
+}
+
+impl Cluster {
+    fn new(name: &str, hosts: usize, processes: usize) -> Cluster {
+        let mut cluster = Cluster {
+            redis: RedisServer::start(),
+            name: name.to_string(),
+            hosts: Vec::new(),
+        };
+        for i in 0..hosts {
+            cluster.add_host(&format!("h{i}"), processes);
+        }
+        cluster
+    }
+
+    fn url(&self) -> String {
+        self.redis.url()
+    }
+
+    fn add_host(&mut self, id: &str, processes: usize) {
+        let args = (self.url(), self.name.clone(), id.to_string(), processes);
+        let handle = Process::new(host_main, args)
+            .unwrap()
+            .daemon(true)
+            .start()
+            .unwrap();
+        self.hosts.push((id.to_string(), handle));
+    }
+
+    /// SIGKILLs host `id` (its workers die with it) and waits for its exit.
+    fn kill_host(&mut self, id: &str) {
+        let at = self.hosts.iter().position(|(h, _)| h == id).unwrap();
+        let (_, mut handle) = self.hosts.remove(at);
+        handle.kill().unwrap();
+        handle.wait().unwrap();
+    }
+
+    fn builder(&self) -> pool_api::PoolBuilder {
+        Pool::builder()
+            .redis(self.url())
+            .name(&self.name)
+            .redis_timeout(Duration::from_millis(1000))
+    }
+
+    fn pool(&self) -> Pool {
+        self.builder().build().unwrap()
+    }
+
+    fn redis(&self) -> redis::Connection {
+        let con = redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        con
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, handle) in &self.hosts {
+            let _ = handle.kill();
+        }
+        for (_, handle) in &mut self.hosts {
+            let _ = handle.wait();
+        }
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Sleeps, then returns the worker's pid (which host ran what).
+fn nap_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn fail_on_odd(x: u64) -> u64 {
+    assert!(x % 2 == 0, "odd input {x}");
+    x
+}
+
+fn die(_: ()) -> u32 {
+    // SAFETY: kill(2) on this very process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(10));
+    0
+}
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn holds_lock(lock: Lock) -> bool {
+    lock.try_acquire().is_ok()
+}
+
+#[test]
+fn results_and_order_are_those_of_a_local_pool() {
+    let cluster = Cluster::new("order", 2, 2);
+    let pool = cluster.pool();
+    let started = Instant::now();
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    let first = started.elapsed();
+    let expected: Vec<u64> = (0..1000).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..1000).unwrap(), expected);
+    assert_eq!(
+        pool.map_chunked(square, 0..100, 7).unwrap(),
+        expected[..100]
+    );
+    let imap: Vec<u64> = pool
+        .imap(square, 0..200, 3)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(imap, expected[..200]);
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..200, 1)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    unordered.sort_unstable();
+    assert_eq!(unordered, expected[..200]);
+    let sums = pool.starmap(add, (0..50).map(|i| (i, 2 * i))).unwrap();
+    assert_eq!(sums, (0..50).map(|i| 3 * i).collect::<Vec<_>>());
+    let handles: Vec<_> = (0..100u64)
+        .map(|x| pool.apply_async(square, x).unwrap())
+        .collect();
+    for (x, h) in handles.iter().enumerate() {
+        assert_eq!(h.get().unwrap(), (x as u64).pow(2));
+    }
+    let async_map = pool.map_async(square, 0..64, Some(5)).unwrap();
+    assert_eq!(async_map.get().unwrap(), expected[..64]);
+    // Empty input.
+    assert_eq!(pool.map(square, 0..0).unwrap(), Vec::<u64>::new());
+    assert_eq!(pool.imap(square, 0..0, 1).unwrap().count(), 0);
+    assert_eq!(
+        pool.map_async(square, 0..0, None).unwrap().get().unwrap(),
+        []
+    );
+    // Both hosts served.
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![20; 40], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    eprintln!(
+        "first apply {first:?}; {} worker pids served 40 naps",
+        pids.len()
+    );
+    assert!(pids.len() >= 2, "{pids:?}");
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn errors_and_panics_are_those_of_a_local_pool() {
+    let cluster = Cluster::new("errors", 1, 2);
+    let pool = cluster.pool();
+    match pool.apply(fail_on_odd, 3) {
+        Err(Error::Panicked { message, pid, .. }) => {
+            assert!(message.contains("odd input 3"), "{message}");
+            assert_ne!(pid, 0, "the remote worker's pid");
+        }
+        other => panic!("{other:?}"),
+    }
+    // map: the lowest-index failed item's error; map_results: every item's own outcome.
+    match pool.map_chunked(fail_on_odd, 0..10, 2) {
+        Err(Error::Panicked { message, .. }) => assert!(message.contains("odd input 1")),
+        other => panic!("{other:?}"),
+    }
+    let each = pool.map_results(fail_on_odd, 0..6, Some(1)).unwrap();
+    let oks: Vec<bool> = each.iter().map(Result::is_ok).collect();
+    assert_eq!(oks, [true, false, true, false, true, false]);
+    // The pool goes on.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    // Handles are local to one machine: refused at submission.
+    let lock = Lock::new().unwrap();
+    match pool.apply(holds_lock, lock) {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("cluster"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // So are what a cluster pool has not.
+    assert!(matches!(
+        cluster.builder().initializer(|_: ()| {}, ()).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A second live client of the same name is refused with a typed error.
+    assert!(matches!(cluster.builder().build(), Err(Error::Broker(_))));
+}
+
+#[test]
+fn a_lazy_imap_over_an_endless_input_keeps_redis_flat() {
+    let cluster = Cluster::new("endless", 2, 2);
+    let pool = cluster.builder().processes(8).build().unwrap();
+    let mut con = cluster.redis();
+    let mut most = 0usize;
+    let mut taken = 0u64;
+    for (i, r) in pool.imap(square, 0u64.., 4).unwrap().enumerate() {
+        assert_eq!(r.unwrap(), (i as u64).pow(2));
+        taken += 1;
+        if i % 97 == 0 {
+            let len: usize = redis::cmd("XLEN")
+                .arg(format!("pool:{{{}}}:chunks", cluster.name))
+                .query(&mut con)
+                .unwrap();
+            most = most.max(len);
+            // Slow consumer now and then: the window must hold.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if taken == 20_000 {
+            break;
+        }
+    }
+    eprintln!("20000 items through an endless imap; at most {most} chunk entries in Redis");
+    assert!(
+        most <= 8,
+        "{most} entries in the chunk stream with a window of 8"
+    );
+}
+
+#[test]
+fn close_join_and_terminate() {
+    let cluster = Cluster::new("lifecycle", 1, 2);
+    let pool = cluster.pool();
+    let handles: Vec<_> = (0..4).map(|_| pool.apply_async(nap, 50).unwrap()).collect();
+    assert!(matches!(pool.join(), Err(Error::StillRunning)));
+    pool.close();
+    assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+    pool.join().unwrap();
+    for h in handles {
+        assert_eq!(h.get().unwrap(), 50);
+    }
+    drop(pool);
+
+    let pool = cluster.pool();
+    let long = pool.apply_async(nap, 30_000).unwrap();
+    let queued: Vec<_> = (0..20)
+        .map(|_| pool.apply_async(nap, 30_000).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    pool.terminate();
+    pool.join().unwrap();
+    assert_eq!(long.get(), Err(Error::Terminated));
+    for h in queued {
+        assert_eq!(h.get(), Err(Error::Terminated));
+    }
+    eprintln!("terminate with 21 long tasks out: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_time_limit_fails_the_chunk_and_the_pool_goes_on() {
+    let cluster = Cluster::new("limits", 1, 2);
+    let pool = cluster
+        .builder()
+        .time_limit(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let got = pool.apply(nap, 20_000);
+    eprintln!("time limit of 2 s: {got:?} after {:?}", started.elapsed());
+    assert!(matches!(got, Err(Error::TimedOut { .. })), "{got:?}");
+    // The host's other worker serves meanwhile (the first still runs the long nap).
+    assert_eq!(pool.apply(nap, 10).unwrap(), 10);
+}
+
+#[test]
+fn a_worker_killed_mid_task_fails_it_with_worker_lost_and_is_replaced() {
+    let cluster = Cluster::new("workerdies", 1, 1);
+    let pool = cluster.pool();
+    let before = pool.apply(pid, ()).unwrap();
+    let started = Instant::now();
+    assert!(matches!(pool.apply(die, ()), Err(Error::WorkerLost { .. })));
+    eprintln!("worker lost reported in {:?}", started.elapsed());
+    let after = pool.apply(pid, ()).unwrap();
+    assert_ne!(before, after, "served by the replacement");
+}
+
+/// Host h0 runs two chunks and holds six more queued in Redis when it is SIGKILLed; h1, started
+/// then, takes the queued ones at once and the started ones after the lease.
+fn kill_a_host_mid_run(name: &str, retries: u32) -> (Vec<Result<u32, Error>>, pool_api::Stats) {
+    let mut cluster = Cluster::new(name, 1, 2);
+    let pool = cluster.builder().retries(retries).build().unwrap();
+    let victim_pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![50; 8], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let job = pool.map_async(nap_pid, vec![700u64; 8], Some(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill_host("h0");
+    let killed = Instant::now();
+    cluster.add_host("h1", 2);
+    let results = job.get_results();
+    let took = killed.elapsed();
+    eprintln!("{name}: 8 outcomes {took:?} after the host was killed (lease {LEASE:?})");
+    assert!(took < LEASE * 3 + Duration::from_secs(8), "{took:?}");
+    for r in results.iter().flatten() {
+        assert!(!victim_pids.contains(r), "ran on the killed host");
+    }
+    (results, pool.stats())
+}
+
+#[test]
+fn a_killed_hosts_chunks_are_reclaimed_with_one_outcome_each() {
+    let (results, stats) = kill_a_host_mid_run("hostdies", 0);
+    assert_eq!(results.len(), 8);
+    let lost = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::WorkerLost { .. })))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    eprintln!("lost {lost}, ok {ok}, stats {stats:?}");
+    assert_eq!(lost, 2, "{results:?}");
+    assert_eq!(ok, 6, "{results:?}");
+    assert_eq!(stats.reclaimed, 2);
+    assert_eq!(stats.retried, 0);
+}
+
+#[test]
+fn with_retries_a_killed_hosts_started_chunks_run_again() {
+    let (results, stats) = kill_a_host_mid_run("hostretries", 1);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(results.len(), 8);
+    assert_eq!(stats.reclaimed, 2);
+    assert_eq!(stats.retried, 2);
+}
+
+#[test]
+fn redis_killed_mid_job_is_a_typed_error_in_bounded_time_and_a_new_pool_works_after() {
+    let mut cluster = Cluster::new("redisdies", 1, 2);
+    let pool = cluster.pool();
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    let job = pool.map_async(nap, vec![2_000u64; 4], Some(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.redis.kill();
+    let killed = Instant::now();
+    let results = job.get_results();
+    let took = killed.elapsed();
+    eprintln!("redis killed: {} outcomes in {took:?}", results.len());
+    assert_eq!(results.len(), 4);
+    assert!(
+        results.iter().all(|r| matches!(r, Err(Error::Broker(_)))),
+        "{results:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let e = pool.apply(square, 3).unwrap_err();
+    assert!(matches!(e, Error::Broker(_)), "{e:?}");
+    assert!(std::error::Error::source(&e).is_some());
+    drop(pool);
+    cluster.redis.restart();
+    // The host reconnects by itself; a new pool serves.
+    let pool = cluster.pool();
+    assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
+}
