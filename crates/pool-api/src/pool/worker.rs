@@ -63,8 +63,12 @@ fn send(msg: &FromWorker, body: &[u8]) -> bool {
 const KEPT_IDLE: usize = 256 << 10;
 
 /// How long a worker holding large buffers waits for its next task before it gives them back.
-/// Tasks that follow each other closer than this (a `map` of large items) reuse them.
-const RELEASE_AFTER: Duration = Duration::from_millis(10);
+/// Tasks that follow each other closer than this (a `map` of large items) reuse them. Giving
+/// them back costs their page faults when the next large task comes (a few ms for 8 MiB), so
+/// this is long enough that the cost stays a few percent of the time spent idle, and that a
+/// loaded machine (where a worker waits for a descheduled parent) does not trigger it mid-map:
+/// at 10 ms, W4 on a machine shared with builds lost 10-20%.
+const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 /// Gives back the large buffers of the last task (see [`KEPT_IDLE`]), and what the allocator
 /// kept of the task's own large values (its arguments and results, freed when it ended): glibc
