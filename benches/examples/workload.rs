@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! cargo run --release -p pool-benches --example workload -- w3 [pipe|shm] [rounds]
+//! cargo run --release -p pool-benches --example workload -- w4vec shm
 //! perf record -g target/release/examples/workload w3 pipe 50
 //! ```
+//!
+//! W4 comes in variants: `w4` maps `Bytes` to their length, `w4vec` the same with plain
+//! `Vec<u8>`, `w4echo` and `w4vececho` send the data back (results as large as the arguments),
+//! `w4c1` is `w4` with chunk size 1.
 //!
 //! It prints the minimum and the median time of a round (the minimum is the steadiest figure
 //! on a shared machine). Criterion (`cargo xtask bench`) remains the measurement of record;
@@ -26,6 +31,18 @@ fn len(data: Bytes) -> usize {
     data.len()
 }
 
+fn len_vec(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+fn echo(data: Bytes) -> Bytes {
+    data
+}
+
+fn echo_vec(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let workload = args.first().map_or("w3", String::as_str);
@@ -36,7 +53,7 @@ fn main() {
     let rounds: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(20);
     // Only the pool workloads get a pool: W1 starts its own, W5 uses a Pipe, and W8 measures
     // process starts from a small parent (as the issue asks).
-    let needs_pool = matches!(workload, "w2" | "w2b" | "w3" | "w3c1" | "w4" | "w4c1");
+    let needs_pool = matches!(workload, "w2" | "w2b" | "w3" | "w3c1") || workload.starts_with("w4");
     let pool = needs_pool.then(|| {
         Pool::builder()
             .processes(2)
@@ -51,13 +68,13 @@ fn main() {
         "w2b" => ("tasks", 10_000.0),
         "w3" => ("items", 1e6),
         "w3c1" => ("items", 1e5),
-        "w4" | "w4c1" => ("MiB", 64.0),
+        "w4" | "w4c1" | "w4vec" | "w4echo" | "w4vececho" => ("MiB", 64.0),
         "w5" => ("msgs", 10_000.0),
         "w5big" => ("MiB", 256.0),
         "w8spawn" | "w8fork" => ("processes", 1.0),
         other => {
             eprintln!(
-                "unknown workload {other}: w1, w2, w2b, w3, w3c1, w4, w4c1, w5, w5big, w8spawn, w8fork"
+                "unknown workload {other}: w1, w2, w2b, w3, w3c1, w4, w4c1, w4vec, w4echo, w4vececho, w5, w5big, w8spawn, w8fork"
             );
             std::process::exit(2);
         }
@@ -104,6 +121,15 @@ fn main() {
             "w3" => drop(pool().map(square, 0..1_000_000u64).unwrap()),
             "w3c1" => drop(pool().map_chunked(square, 0..100_000u64, 1).unwrap()),
             "w4" => drop(pool().map(len, input).unwrap()),
+            "w4echo" => drop(pool().map(echo, input).unwrap()),
+            "w4vec" | "w4vececho" => {
+                let input: Vec<Vec<u8>> = input.into_iter().map(Vec::from).collect();
+                if workload == "w4vec" {
+                    drop(pool().map(len_vec, input).unwrap());
+                } else {
+                    drop(pool().map(echo_vec, input).unwrap());
+                }
+            }
             "w5" | "w5big" => {
                 let (count, msg) = if workload == "w5" {
                     (10_000u64, &small)

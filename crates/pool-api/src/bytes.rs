@@ -1,8 +1,11 @@
 //! `Bytes`: binary data that crosses to workers as one block.
 //!
 //! serde sees a `Vec<u8>` as a sequence of numbers and encodes it one byte at a time; this
-//! wrapper tells it the data is bytes, which the wire format copies in one `memcpy`. Use it
-//! for bulk binary arguments and results (images, file contents, buffers).
+//! wrapper tells it the data is bytes, which the wire format copies in one `memcpy`. A pool
+//! task whose argument or result *is* a `Vec<u8>` needs no wrapper: the pool recognises the
+//! type and copies it in one block too (the bytes on the wire are the same). `Bytes` is for
+//! binary data *inside* other values (a field of a struct, an element of a tuple), and for
+//! `Process` arguments and `Pipe` messages, which serde encodes as it is told.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};

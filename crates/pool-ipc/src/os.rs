@@ -29,6 +29,16 @@ pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     sys::at_exit(f)
 }
 
+/// Gives the C library's free heap memory back to the system (glibc's `malloc_trim`; nothing
+/// elsewhere). glibc keeps freed memory at the top of its heap for later allocations, up to a
+/// threshold that grows with the largest block it has freed (32 MiB and more): a process that
+/// freed large buffers and now waits, a pool's idle worker, calls this so that the memory it
+/// no longer uses stops counting as its own. It walks the heap: call it when idle, not per
+/// message.
+pub fn release_free_memory() {
+    sys::release_free_memory();
+}
+
 /// Registers `f` to run in the child after every `fork` of this process (by
 /// [`fork`](crate::fork), the forkserver or anyone calling the C library's `fork`), before
 /// `fork` returns in the child: the place to forget per-process state (a cached pid) that the

@@ -206,6 +206,46 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn waiting_for_a_message_consumes_none_of_it() {
+                let (a, b) = pair();
+                let (mut tx, a_rx) = a.split();
+                let (_b_tx, mut rx) = b.split();
+                let short = || Some(Instant::now() + Duration::from_millis(20));
+                assert!(!rx.wait_readable(short()).unwrap(), "nothing sent yet");
+                // Bigger than a ring or a socket's buffer: it arrives in pieces, and waits
+                // that end between them leave the channel in step.
+                let big = pattern(8 << 20, 3);
+                let sent = big.clone();
+                let sender = thread::spawn(move || {
+                    tx.send(&sent, soon()).unwrap();
+                    tx.send(b"after", soon()).unwrap();
+                    tx
+                });
+                let until = Instant::now() + GENEROUS;
+                while !rx.wait_readable(short()).unwrap() {
+                    assert!(Instant::now() < until, "the message never came");
+                }
+                assert!(rx.wait_readable(short()).unwrap(), "still there");
+                let mut buf = Vec::new();
+                rx.recv_into(&mut buf, soon()).unwrap();
+                assert!(buf == big, "the message came whole");
+                assert!(rx.wait_readable(soon()).unwrap());
+                rx.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(buf, b"after");
+                drop((sender.join().unwrap(), a_rx));
+                // A peer that is gone: the wait ends, and the receive says why.
+                let ended = rx.wait_readable(soon());
+                assert!(
+                    matches!(ended, Ok(true) | Err(RecvError::Disconnected)),
+                    "{ended:?}"
+                );
+                assert!(matches!(
+                    rx.recv_into(&mut buf, soon()),
+                    Err(RecvError::Disconnected)
+                ));
+            }
+
+            #[test]
             fn oversized_messages_are_refused_on_both_sides() {
                 // The sender refuses what exceeds its own limit, before writing anything.
                 let (a, _b) = pair();

@@ -15,14 +15,14 @@
 //! these buffers between chunks instead ([`SpareBuffers`]). What it keeps is bounded, and
 //! small buffers (which the allocator recycles well) are not kept at all.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::task::Panic;
+use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 
 /// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
 /// clone: a requeued chunk is sent again from the same payload.
@@ -38,12 +38,58 @@ impl Payload {
         value: &T,
         spare: &SpareBuffers,
     ) -> Result<Payload, Error> {
+        if let Some(items) = byte_vecs(value) {
+            return Ok(Payload {
+                bytes: Arc::new(encode_byte_vecs(items, spare.take())),
+                fds: Arc::default(),
+            });
+        }
         let (bytes, fds) = crate::handles::encode_into(value, spare.take())?;
         Ok(Payload {
             bytes: Arc::new(bytes),
             fds: Arc::new(fds),
         })
     }
+}
+
+/// A chunk of `Vec<u8>` arguments (a `Vec<Vec<u8>>` or a `[Vec<u8>]`, which is what the pool
+/// encodes), seen as such; `None` for a chunk of anything else.
+fn byte_vecs<T: ?Sized>(value: &T) -> Option<&[Vec<u8>]> {
+    let id = type_id_of::<T>();
+    if id == TypeId::of::<Vec<Vec<u8>>>() {
+        // SAFETY: `T` is `Vec<Vec<u8>>` (same `TypeId`, and the type has no lifetime that
+        // erasing could have hidden).
+        Some(unsafe { &*std::ptr::from_ref(value).cast::<Vec<Vec<u8>>>() })
+    } else if id == TypeId::of::<[Vec<u8>]>() {
+        let len = std::mem::size_of_val(value) / std::mem::size_of::<Vec<u8>>();
+        // SAFETY: `T` is `[Vec<u8>]`, as above: `value` points to `len` vectors (its size
+        // over theirs), borrowed for as long as `value` is.
+        Some(unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<Vec<u8>>(), len)
+        })
+    } else {
+        None
+    }
+}
+
+/// Encodes a chunk of `Vec<u8>` arguments as postcard encodes the sequence (a varint count,
+/// then each vector's varint length and bytes), one copy per vector instead of a call per
+/// byte (see `task::ItemCodec`), into `buffer` if there is one.
+fn encode_byte_vecs(items: &[Vec<u8>], buffer: Option<Vec<u8>>) -> Vec<u8> {
+    use serde::Serializer;
+    let mut bytes = buffer.unwrap_or_default();
+    bytes.clear();
+    // A varint of a `usize` takes at most 10 bytes.
+    bytes.reserve(10 + items.iter().map(|v| 10 + v.len()).sum::<usize>());
+    let mut encoder = postcard::Serializer {
+        output: Appender(&mut bytes),
+    };
+    // Writing into a vector cannot fail.
+    let _ = serde::Serialize::serialize(&items.len(), &mut encoder);
+    for item in items {
+        let _ = encoder.serialize_bytes(item);
+    }
+    bytes
 }
 
 /// Decodes a chunk's encoded results (`body`, from the worker whose pid is given) into a
@@ -210,6 +256,22 @@ fn decode_each<R: DeserializeOwned>(
     pushed: &mut u32,
     into: &mut impl Outcomes<R>,
 ) -> Result<(), Error> {
+    // serde's loop alone unless the results are byte vectors (see `task::run_chunk`).
+    if ItemCodec::<R>::new().is_byte_vec() {
+        decode_each_as::<R, true>(body, items, pid, pushed, into)
+    } else {
+        decode_each_as::<R, false>(body, items, pid, pushed, into)
+    }
+}
+
+/// [`decode_each`]'s loop; `BULK`: as in `task::ItemCodec`.
+fn decode_each_as<R: DeserializeOwned, const BULK: bool>(
+    body: &[u8],
+    items: u32,
+    pid: u32,
+    pushed: &mut u32,
+    into: &mut impl Outcomes<R>,
+) -> Result<(), Error> {
     // A sequence's length is the same varint as a `u64`.
     let (len, results) = postcard::take_from_bytes::<u64>(body)
         .map_err(crate::error::codec("decoding a chunk's count of results"))?;
@@ -221,6 +283,7 @@ fn decode_each<R: DeserializeOwned>(
     // A `Result` is its variant's index (one byte, 0 or 1) and then the value or the panic.
     // Read by hand: serde's enum visitor was a sixth of the parent's time in a map of small
     // items, on the one thread that decodes for every worker.
+    let values = ItemCodec::<R, BULK>::new();
     let mut rest = results;
     while *pushed < items {
         let Some((&variant, after)) = rest.split_first() else {
@@ -230,7 +293,8 @@ fn decode_each<R: DeserializeOwned>(
         };
         match variant {
             0 => {
-                let (value, after) = postcard::take_from_bytes::<R>(after)
+                let (value, after) = values
+                    .take(after)
                     .map_err(crate::error::codec("decoding a task's result"))?;
                 rest = after;
                 *pushed += 1;
@@ -536,6 +600,56 @@ mod tests {
         let mut values = FirstError::new();
         frame(&[Ok(1), Ok(2)]).decode_into::<u64>(2, &mut values);
         assert_eq!(values.into_result().unwrap(), [1, 2]);
+    }
+
+    #[test]
+    fn chunks_of_byte_vectors_are_encoded_as_postcard_encodes_them() {
+        let spare = SpareBuffers::default();
+        let items: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; i * 100]).collect();
+        let wire = postcard::to_stdvec(&items).unwrap();
+        assert_eq!(*Payload::encode(&items, &spare).unwrap().bytes, wire);
+        assert_eq!(*Payload::encode(&items[..], &spare).unwrap().bytes, wire);
+        let one = std::slice::from_ref(&items[3]);
+        assert_eq!(
+            *Payload::encode(one, &spare).unwrap().bytes,
+            postcard::to_stdvec(one).unwrap()
+        );
+        assert!(byte_vecs(&items).is_some());
+        assert!(byte_vecs(&vec![vec![1u16]]).is_none());
+        assert!(byte_vecs(&[vec![(1u8,)]][..]).is_none());
+        // Into a kept buffer, whatever it held.
+        let kept = vec![0xAA; 1 << 20];
+        assert_eq!(encode_byte_vecs(&items, Some(kept)), wire);
+    }
+
+    #[test]
+    fn byte_vector_results_decode_in_bulk_and_hostile_ones_fail_typed() {
+        let results: Vec<Result<Vec<u8>, Panic>> =
+            vec![Ok(vec![1, 2, 3]), Err(panic("p")), Ok(vec![9; 1000])];
+        let body = postcard::to_stdvec(&results).unwrap();
+        let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(&body, 1)).into_outcomes(3, &mut all);
+        assert_eq!(all[0].as_ref().unwrap(), &[1, 2, 3]);
+        assert!(matches!(all[1], Err(Error::Panicked { .. })));
+        assert_eq!(all[2].as_ref().unwrap(), &vec![9; 1000]);
+        // A length past the end fails that item and the rest, typed.
+        let hostile = [2, 0, 200, 1, 1, 0, 1];
+        let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(&hostile, 1)).into_outcomes(2, &mut all);
+        assert!(
+            all.iter().all(|r| matches!(r, Err(Error::Codec(_)))),
+            "{all:?}"
+        );
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(
+                &proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                |bytes| {
+                    let _ = decoder::<Vec<u8>>()(&bytes, 1);
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 
     fn payload(capacity: usize) -> Payload {

@@ -385,6 +385,16 @@ pub(crate) fn thread_id() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32
 }
 
+/// Returns the C library's free heap memory to the system, where it can (glibc).
+pub(crate) fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds free; it takes the
+    // allocator's own locks and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Registers `f` to run when the process exits through `exit` (returning from `main`
 /// included), as C's `atexit` does.
 pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {

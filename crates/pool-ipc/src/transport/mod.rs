@@ -351,6 +351,17 @@ impl Receiver {
         }
     }
 
+    /// Waits until a message (or its start) is here, the peer is gone, or `deadline` passes
+    /// (`Ok(false)`), consuming nothing: unlike a receive with a deadline, it never leaves a
+    /// message half-received. A peer that is gone is seen by the next receive (`pipe`) or
+    /// returned here (`shm`).
+    pub fn wait_readable(&mut self, deadline: Option<Instant>) -> Result<bool, RecvError> {
+        match &mut self.flavor {
+            ReceiverFlavor::Pipe(r) => r.wait_readable(deadline),
+            ReceiverFlavor::Shm(r) => r.wait_readable(deadline),
+        }
+    }
+
     /// How long each wait for a message spins before it sleeps (`shm` only; a `pipe` wait
     /// always sleeps in the kernel). `None`, the default, adapts the spin to how long past
     /// waits took, and never spins on a machine of two CPUs or fewer, where a spinner

@@ -267,6 +267,21 @@ impl PipeReceiver {
         Some(self.fds.drain(..n).collect())
     }
 
+    /// Waits until bytes are here to receive, consuming no message: `Ok(false)` once
+    /// `deadline` passes first. The first bytes are received into the staging buffer, as a
+    /// receive does first (yielding before it sleeps the same way), so the receive that
+    /// follows finds them there.
+    pub fn wait_readable(&mut self, deadline: Option<Instant>) -> Result<bool, RecvError> {
+        if self.has_buffered() || self.broken {
+            return Ok(true);
+        }
+        match self.fill(deadline, 1) {
+            Ok(()) => Ok(true),
+            Err(RecvError::Timeout) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Whether received bytes wait in the staging buffer.
     pub fn has_buffered(&self) -> bool {
         self.buffered() > 0

@@ -312,6 +312,23 @@ impl ShmReceiver {
         write != self.read
     }
 
+    /// Waits until a message (or part of one) is here to receive, consuming nothing:
+    /// `Ok(false)` once `deadline` passes first. A peer that is gone, or that broke the
+    /// framing, is the error the next receive returns.
+    pub fn wait_readable(&mut self, deadline: Option<Instant>) -> Result<bool, RecvError> {
+        if let Some(failed) = self.failed {
+            return Err(failed.into());
+        }
+        if self.pending.is_some() {
+            return Ok(true);
+        }
+        match self.wait_for_data(1, deadline) {
+            Ok(_) => Ok(true),
+            Err(RecvError::Timeout) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Whether a whole message is in the ring, so that a receive would not wait at all (one
     /// larger than the ring never is; nor is one a deadline interrupted).
     pub fn has_message(&self) -> bool {
