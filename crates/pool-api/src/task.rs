@@ -192,26 +192,35 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let cannot_decode = |e: postcard::Error| format!("cannot decode arguments: {e}");
-    let cannot_encode = |e: postcard::Error| format!("cannot encode results: {e}");
+    // Which value failed, of which type, and why: the message reaches the caller's error.
+    let cannot_decode = |i: u64, e: postcard::Error| {
+        let what = std::any::type_name::<A>();
+        format!("cannot decode the chunk's argument {i} as {what}: {e}")
+    };
+    let cannot_encode = |i: u64, e: postcard::Error| {
+        let what = std::any::type_name::<R>();
+        format!("cannot encode the result of the chunk's item {i} as {what}: {e}")
+    };
     // A sequence's length is the same varint as a `u64`.
-    let (len, mut items) = postcard::take_from_bytes::<u64>(chunk).map_err(cannot_decode)?;
+    let (len, mut items) = postcard::take_from_bytes::<u64>(chunk)
+        .map_err(|e| format!("cannot decode the chunk's count of arguments: {e}"))?;
     out.clear();
     let mut encoder = postcard::Serializer {
         output: Appender(out),
     };
-    len.serialize(&mut encoder).map_err(cannot_encode)?;
+    len.serialize(&mut encoder)
+        .map_err(|e| format!("cannot encode the count of results: {e}"))?;
     let (args, results) = (ItemCodec::<A, BULK>::new(), ItemCodec::<R, BULK>::new());
     // serde's path reads on from one decoder (no cursor to hand back per item: a map of small
     // items is mostly this loop); the bulk path from `items`.
     let mut decoder = postcard::Deserializer::from_bytes(items);
-    for _ in 0..len {
+    for i in 0..len {
         let item = if args.bulk() {
-            let (item, rest) = args.take(items).map_err(cannot_decode)?;
+            let (item, rest) = args.take(items).map_err(|e| cannot_decode(i, e))?;
             items = rest;
             item
         } else {
-            A::deserialize(&mut decoder).map_err(cannot_decode)?
+            A::deserialize(&mut decoder).map_err(|e| cannot_decode(i, e))?
         };
         // A `Result<R, Panic>` as postcard writes it (the variant's index, one byte, then the
         // value), written by hand: serde's enum path was a fifth of a worker's time on small
@@ -221,11 +230,13 @@ where
                 encoder.output.0.push(0);
                 results
                     .encode(&value, &mut encoder)
-                    .map_err(cannot_encode)?;
+                    .map_err(|e| cannot_encode(i, e))?;
             }
             Err(panic) => {
                 encoder.output.0.push(1);
-                panic.serialize(&mut encoder).map_err(cannot_encode)?;
+                panic
+                    .serialize(&mut encoder)
+                    .map_err(|e| cannot_encode(i, e))?;
             }
         }
     }

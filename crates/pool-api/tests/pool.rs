@@ -1217,3 +1217,42 @@ matrix!(pipe: handles_travel_in_task_arguments, more_handles_travel_in_task_argu
 matrix!(all: initializer_arguments_may_hold_handles);
 
 matrix!(shm: handles_in_task_arguments_are_refused_over_shm);
+
+/// A value whose encoding anyone can write, but which decodes only when even: what a peer of
+/// another version, or a type with a stricter `Deserialize`, hands a worker.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u32")]
+struct Even(u32);
+
+impl TryFrom<u32> for Even {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Even, String> {
+        if n % 2 == 0 {
+            Ok(Even(n))
+        } else {
+            Err(format!("{n} is odd"))
+        }
+    }
+}
+
+fn halve(e: Even) -> u32 {
+    e.0 / 2
+}
+
+#[test]
+fn a_decode_error_says_which_value_of_which_type_failed() {
+    // CPython's unpickling errors name the class; ours name the item and the type.
+    let pool = Pool::new(1).unwrap();
+    let outcomes = pool
+        .map_results(halve, [Even(2), Even(3)], Some(2))
+        .unwrap();
+    match &outcomes[..] {
+        [Err(Error::Codec(e)), Err(Error::Codec(_))] => {
+            let text = e.to_string();
+            assert!(text.contains("argument 1"), "{text}");
+            assert!(text.contains("Even"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.apply(halve, Even(4)), Ok(2), "the worker goes on");
+}

@@ -293,9 +293,14 @@ fn decode_each_as<R: DeserializeOwned, const BULK: bool>(
         };
         match variant {
             0 => {
-                let (value, after) = values
-                    .take(after)
-                    .map_err(crate::error::codec("decoding a task's result"))?;
+                let (value, after) = values.take(after).map_err(|e| {
+                    let what = format!(
+                        "decoding the result of the chunk's item {} as {}",
+                        *pushed,
+                        std::any::type_name::<R>()
+                    );
+                    crate::error::CodecError::caused_by(what, e)
+                })?;
                 rest = after;
                 *pushed += 1;
                 into.push_ok(value);
