@@ -44,6 +44,8 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
         "hostile",
         "--test",
         "heal",
+        "--test",
+        "shm_tracking",
         "--",
         "chaos",
         "--nocapture",
