@@ -565,20 +565,7 @@ impl ClusterShared {
                         .collect();
                     for id in held {
                         state.slots.remove(&id);
-                        // Still in the outbox: taken out, never sent. Else in Redis (or its
-                        // batch under way): forgotten there.
-                        // In the batch under way: forgotten by its drainer once it is in.
-                        let mut outbox = self.lock_outbox();
-                        let before = outbox.queue.len();
-                        outbox.queue.retain(|(queued, _, _)| *queued != id);
-                        if outbox.queue.len() < before {
-                            continue;
-                        }
-                        if outbox.in_flight.contains(&id) {
-                            outbox.killed.push(id);
-                        } else {
-                            fx.forget.push(id);
-                        }
+                        self.withdraw(id, &mut fx);
                     }
                     state
                         .sched
@@ -588,7 +575,11 @@ impl ClusterShared {
                     if let Some(payload) = state.payloads.remove(&chunk.id) {
                         self.spare.give_back(payload);
                     }
-                    state.slots.remove(&chunk.id);
+                    if state.slots.remove(&chunk.id).is_some() {
+                        // Ended without its outcome (terminate ends chunks before it kills
+                        // their slots): nobody waits for it any more.
+                        self.withdraw(chunk.id, &mut fx);
+                    }
                     let result = match outcome {
                         ChunkOutcome::Finished => {
                             state
@@ -631,6 +622,23 @@ impl ClusterShared {
             self.joined.notify_all();
         }
         fx
+    }
+
+    /// A chunk whose outcome nobody waits for any more: still in the outbox, it is taken out
+    /// and never sent; in the batch under way, its drainer forgets it once it is in; else
+    /// it is forgotten in Redis (deleted if no host took it, its late outcome dropped).
+    fn withdraw(&self, id: ChunkId, fx: &mut Effects) {
+        let mut outbox = self.lock_outbox();
+        let before = outbox.queue.len();
+        outbox.queue.retain(|(queued, _, _)| *queued != id);
+        if outbox.queue.len() < before {
+            return;
+        }
+        if outbox.in_flight.contains(&id) {
+            outbox.killed.push(id);
+        } else {
+            fx.forget.push(id);
+        }
     }
 
     fn failure(&self, failure: &ChunkFailure) -> Error {
