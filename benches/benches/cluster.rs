@@ -26,8 +26,31 @@ fn echo(b: Bytes) -> Bytes {
     b
 }
 
+/// Whether workload `name` runs: all unless `POOL_W9_ONLY` names some (comma-separated:
+/// rt, pipelined, tiny, mib), for profiling one of them; the others are then 0.
+fn runs(name: &str) -> bool {
+    std::env::var("POOL_W9_ONLY").map_or(true, |only| only.split(',').any(|n| n == name))
+}
+
 /// The figures of one pool: (round trip us, pipelined tasks/s, tiny items/s, MiB/s).
 fn workloads(pool: &Pool, quick: bool) -> [f64; 4] {
+    let mut figures = [0.0; 4];
+    if runs("rt") {
+        figures[0] = round_trip(pool, quick);
+    }
+    if runs("pipelined") {
+        figures[1] = pipelined(pool);
+    }
+    if runs("tiny") {
+        figures[2] = tiny_items(pool, quick);
+    }
+    if runs("mib") {
+        figures[3] = mib(pool);
+    }
+    figures
+}
+
+fn round_trip(pool: &Pool, quick: bool) -> f64 {
     let calls = if quick { 200 } else { 2_000 };
     for _ in 0..calls / 10 {
         pool.apply(noop, ()).unwrap();
@@ -40,8 +63,10 @@ fn workloads(pool: &Pool, quick: bool) -> [f64; 4] {
         })
         .collect();
     samples.sort_by(f64::total_cmp);
-    let round_trip = samples[calls / 2];
+    samples[calls / 2]
+}
 
+fn pipelined(pool: &Pool) -> f64 {
     let t = Instant::now();
     let handles: Vec<_> = (0..10_000)
         .map(|_| pool.apply_async(noop, ()).unwrap())
@@ -49,20 +74,24 @@ fn workloads(pool: &Pool, quick: bool) -> [f64; 4] {
     for h in handles {
         h.get().unwrap();
     }
-    let pipelined = 10_000.0 / t.elapsed().as_secs_f64();
+    10_000.0 / t.elapsed().as_secs_f64()
+}
 
+fn tiny_items(pool: &Pool, quick: bool) -> f64 {
     let items = if quick { 100_000u32 } else { 1_000_000 };
     let t = Instant::now();
     let out = pool.map(tiny, 0..items).unwrap();
-    let tiny_rate = f64::from(items) / t.elapsed().as_secs_f64();
     assert_eq!(out.len(), items as usize);
+    f64::from(items) / t.elapsed().as_secs_f64()
+}
 
+fn mib(pool: &Pool) -> f64 {
     let payloads: Vec<Bytes> = (0..64).map(|_| Bytes::from(vec![7u8; 1 << 20])).collect();
     let t = Instant::now();
     let back = pool.map_chunked(echo, payloads, 1).unwrap();
     let mib_s = 64.0 / t.elapsed().as_secs_f64();
     assert_eq!(back.len(), 64);
-    [round_trip, pipelined, tiny_rate, mib_s]
+    mib_s
 }
 
 fn host(url: &str, name: &str) -> cluster::Host {

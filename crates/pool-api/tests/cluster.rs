@@ -408,3 +408,70 @@ fn redis_killed_mid_job_is_a_typed_error_in_bounded_time_and_a_new_pool_works_af
     let pool = cluster.pool();
     assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
 }
+
+#[test]
+fn many_apply_async_in_a_row_each_end_exactly_once() {
+    // Submissions made while others are in flight share round trips (one pipeline per
+    // batch); each still ends once, with its own result, and nothing is left in Redis.
+    let cluster = Cluster::new("burst", 1, 2);
+    let pool = cluster.builder().processes(8).build().unwrap();
+    let handles: Vec<_> = (0..2_000u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    for (i, h) in (0u64..).zip(handles) {
+        assert_eq!(h.get().unwrap(), i * i);
+    }
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.dispatched, stats.finished),
+        (2_000, 2_000),
+        "{stats:?}"
+    );
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    // A lone apply after the burst goes at once and ends once too.
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    let mut con = cluster.redis();
+    let len: usize = redis::cmd("XLEN")
+        .arg("pool:{burst}:chunks")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(len, 0);
+}
+
+#[test]
+fn terminate_while_submissions_are_queued_sends_none_after_it() {
+    // No host serves this name: every chunk sent stays in the stream until forgotten. A
+    // burst of apply_async keeps the outbox busy while terminate comes; once terminate
+    // returns, the chunks killed were either never sent or deleted, and nothing more comes.
+    let cluster = Cluster::new("queued", 0, 0);
+    let mut con = cluster.redis();
+    for round in 0..5 {
+        let pool = cluster.builder().processes(16).build().unwrap();
+        let handles: Vec<_> = (0..200)
+            .map(|_| pool.apply_async(nap, 10).unwrap())
+            .collect();
+        pool.terminate();
+        let xlen = |con: &mut redis::Connection| -> usize {
+            redis::cmd("XLEN")
+                .arg("pool:{queued}:chunks")
+                .query(con)
+                .unwrap()
+        };
+        assert_eq!(
+            xlen(&mut con),
+            0,
+            "round {round}: chunks left after terminate"
+        );
+        pool.join().unwrap();
+        for h in handles {
+            assert_eq!(h.get(), Err(Error::Terminated), "round {round}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            xlen(&mut con),
+            0,
+            "round {round}: a chunk sent after terminate"
+        );
+        drop(pool);
+    }
+}

@@ -112,6 +112,20 @@ impl From<OpenError> for ConnectError {
     }
 }
 
+/// A chunk for [`Broker::submit_many`]: chunk `index` of `job`, `call` saying what to run
+/// and `payload` its arguments (both opaque here).
+#[derive(Clone, Copy, Debug)]
+pub struct Submission<'a> {
+    /// The job.
+    pub job: u64,
+    /// The chunk's index in its job.
+    pub index: u32,
+    /// What to run.
+    pub call: &'a [u8],
+    /// Its arguments.
+    pub payload: &'a [u8],
+}
+
 /// Why [`Broker::submit`] refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -355,78 +369,146 @@ impl Broker {
         call: &[u8],
         payload: &[u8],
     ) -> Result<EntryId, SubmitError> {
-        {
-            let mut book = lock(&self.book);
-            if book.outstanding.len() >= self.options.window {
-                return Err(SubmitError::WindowFull {
-                    window: self.options.window,
-                });
-            }
-            if book.outstanding.contains_key(&(job, index)) {
-                return Err(SubmitError::Duplicate { job, index });
-            }
-            book.outstanding.insert((job, index), None);
-        }
-        let result = self.add_chunk(job, index, call, payload);
-        let mut book = lock(&self.book);
-        match result {
-            Ok(id) => {
-                // Still outstanding unless its outcome came already, or it was abandoned.
-                if let Some(slot) = book.outstanding.get_mut(&(job, index)) {
-                    *slot = Some(id);
-                }
-                book.stats.submitted += 1;
-                tracing::debug!(job, index, %id, "chunk submitted");
-                Ok(id)
-            }
-            Err(e) => {
-                book.outstanding.remove(&(job, index));
-                Err(e)
-            }
+        let chunk = Submission {
+            job,
+            index,
+            call,
+            payload,
+        };
+        match self.submit_many(&[chunk]) {
+            Ok(mut each) => each.pop().unwrap_or(Err(SubmitError::Lost)),
+            Err(e) => Err(e),
         }
     }
 
-    /// The XADD of a chunk (and the heartbeat when due).
-    fn add_chunk(
+    /// Submits `chunks` in one round trip (one pipeline of XADDs, with the heartbeat when
+    /// due), in order. Each chunk is refused on its own as [`Broker::submit`] would refuse it
+    /// (the window full, a duplicate, the pool's keys gone): the answer has one result per
+    /// chunk, in order. `Err` means the round trip failed: none of the chunks it carried is
+    /// outstanding (some may have reached the stream; their outcomes are dropped as stale).
+    ///
+    /// A chunk forgotten ([`Broker::forget`], [`Broker::abandon`]) while its round trip is
+    /// under way is deleted from the stream once its entry's id is known.
+    pub fn submit_many(
         &self,
-        job: u64,
-        index: u32,
-        call: &[u8],
-        payload: &[u8],
-    ) -> Result<EntryId, SubmitError> {
-        let (job_text, index_text, tries_text) = (
-            job.to_string(),
-            index.to_string(),
-            self.options.tries.to_string(),
-        );
-        let fields = wire::chunk_fields(
-            &self.options.fingerprint,
-            &job_text,
-            &index_text,
-            &tries_text,
-            call,
-            payload,
-        );
+        chunks: &[Submission<'_>],
+    ) -> Result<Vec<Result<EntryId, SubmitError>>, SubmitError> {
+        let mut answers: Vec<Result<EntryId, SubmitError>> = Vec::with_capacity(chunks.len());
+        let mut sent: Vec<usize> = Vec::with_capacity(chunks.len());
+        {
+            let mut book = lock(&self.book);
+            for (at, c) in chunks.iter().enumerate() {
+                if book.outstanding.len() >= self.options.window {
+                    answers.push(Err(SubmitError::WindowFull {
+                        window: self.options.window,
+                    }));
+                } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                    book.outstanding.entry((c.job, c.index))
+                {
+                    slot.insert(None);
+                    // A placeholder until the reply comes.
+                    answers.push(Err(SubmitError::Lost));
+                    sent.push(at);
+                } else {
+                    answers.push(Err(SubmitError::Duplicate {
+                        job: c.job,
+                        index: c.index,
+                    }));
+                }
+            }
+        }
+        if sent.is_empty() {
+            return Ok(answers);
+        }
+        let result = self.add_chunks(chunks, &sent);
+        let mut book = lock(&self.book);
+        let ids = match result {
+            Ok(ids) => ids,
+            Err(e) => {
+                for &at in &sent {
+                    book.outstanding.remove(&(chunks[at].job, chunks[at].index));
+                }
+                return Err(e);
+            }
+        };
+        let mut orphans = Vec::new();
+        for (&at, id) in sent.iter().zip(ids) {
+            let c = &chunks[at];
+            match id {
+                Some(id) => {
+                    // Still outstanding unless its outcome came already, or it was forgotten
+                    // meanwhile: then it goes from the stream (a no-op if a host took it).
+                    match book.outstanding.get_mut(&(c.job, c.index)) {
+                        Some(slot) => *slot = Some(id),
+                        None => orphans.push(id),
+                    }
+                    book.stats.submitted += 1;
+                    tracing::debug!(job = c.job, index = c.index, %id, "chunk submitted");
+                    answers[at] = Ok(id);
+                }
+                None => {
+                    book.outstanding.remove(&(c.job, c.index));
+                    answers[at] = Err(SubmitError::Lost);
+                }
+            }
+        }
+        drop(book);
+        if !orphans.is_empty() {
+            // The chunks were submitted; only their deletion failed (they run, their
+            // outcomes are dropped as stale).
+            if let Err(e) = self.delete_chunks(&orphans) {
+                tracing::warn!(error = %e, "could not delete chunks forgotten while submitted");
+            }
+        }
+        Ok(answers)
+    }
+
+    /// The XADDs of `chunks[at]` for each `at` of `sent` (and the heartbeat when due), in one
+    /// pipeline: each one's entry id (`None`: the stream is gone).
+    fn add_chunks(
+        &self,
+        chunks: &[Submission<'_>],
+        sent: &[usize],
+    ) -> Result<Vec<Option<EntryId>>, SubmitError> {
+        let tries_text = self.options.tries.to_string();
         let mut pipe = redis::pipe();
-        // NOMKSTREAM: a pool whose keys are gone is not silently recreated without its
-        // group and TTL.
-        let xadd = pipe
-            .cmd("XADD")
-            .arg(&self.keys.chunks)
-            .arg("NOMKSTREAM")
-            .arg("*");
-        for (name, value) in fields {
-            xadd.arg(name).arg(value);
+        for &at in sent {
+            let c = &chunks[at];
+            let (job_text, index_text) = (c.job.to_string(), c.index.to_string());
+            let fields = wire::chunk_fields(
+                &self.options.fingerprint,
+                &job_text,
+                &index_text,
+                &tries_text,
+                c.call,
+                c.payload,
+            );
+            // NOMKSTREAM: a pool whose keys are gone is not silently recreated without its
+            // group and TTL.
+            let xadd = pipe
+                .cmd("XADD")
+                .arg(&self.keys.chunks)
+                .arg("NOMKSTREAM")
+                .arg("*");
+            for (name, value) in fields {
+                xadd.arg(name).arg(value);
+            }
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
         let replies = lock(&self.tx).pipe(&pipe).map_err(SubmitError::Redis)?;
-        if beat && !self.heartbeat_held(&replies[1..]) {
+        if replies.len() < sent.len() {
             return Err(SubmitError::Lost);
         }
-        match replies.first() {
-            Some(Value::Nil) | None => Err(SubmitError::Lost),
-            Some(v) => wire::entry_id(v).map_err(|_| SubmitError::Lost),
+        if beat && !self.heartbeat_held(&replies[sent.len()..]) {
+            return Err(SubmitError::Lost);
         }
+        Ok(replies[..sent.len()]
+            .iter()
+            .map(|v| match v {
+                Value::Nil => None,
+                v => wire::entry_id(v).ok(),
+            })
+            .collect())
     }
 
     /// The next outcome of an outstanding chunk, waiting up to `timeout` for one (`None`: none
@@ -483,10 +565,11 @@ impl Broker {
         if beat && !self.heartbeat_held(&replies) {
             return Err(RecvError::Lost);
         }
-        let Some(reply) = replies.last() else {
+        let mut replies = replies;
+        let Some(reply) = replies.pop() else {
             return Err(RecvError::Lost);
         };
-        let items = wire::read_reply(reply.clone()).map_err(|error| RecvError::Malformed {
+        let items = wire::read_reply(reply).map_err(|error| RecvError::Malformed {
             id: reading.last_result,
             error,
         })?;
@@ -496,7 +579,7 @@ impl Broker {
             reading.read_ids.push(id);
             let decoded = fields
                 .ok_or(EntryError::Missing("v"))
-                .and_then(|f| wire::decode_result(&f));
+                .and_then(wire::decode_result);
             match decoded {
                 Ok(completion) => {
                     if book

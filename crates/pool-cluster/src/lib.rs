@@ -38,7 +38,8 @@ mod keys;
 mod wire;
 
 pub use broker::{
-    Broker, BrokerError, BrokerOptions, BrokerStats, ConnectError, RecvError, SubmitError,
+    Broker, BrokerError, BrokerOptions, BrokerStats, ConnectError, RecvError, Submission,
+    SubmitError,
 };
 pub use conn::Timeouts;
 pub use consumer::{ClaimError, Consumer, ConsumerError, ConsumerOptions, JoinError, LostReport};

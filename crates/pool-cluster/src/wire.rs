@@ -229,8 +229,11 @@ pub(crate) fn outcome_parts(outcome: &Outcome) -> (&'static str, &[u8]) {
 }
 
 /// A result entry's fields, decoded.
-pub(crate) fn decode_result(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Completion, EntryError> {
-    let f = Fields::new(fields, &["v", "job", "idx", "kind", "by", "n", "data"])?;
+///
+/// Takes the fields by value: the data (a chunk's results, up to megabytes) is moved into the
+/// outcome, not copied.
+pub(crate) fn decode_result(mut fields: FieldList) -> Result<Completion, EntryError> {
+    let f = Fields::new(&fields, &["v", "job", "idx", "kind", "by", "n", "data"])?;
     let version = f.get("v")?;
     if version != VERSION {
         return Err(EntryError::Version(text(version)));
@@ -239,19 +242,41 @@ pub(crate) fn decode_result(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Completion,
     let index = f.number("idx")?;
     let deliveries = f.number("n")?;
     let consumer = f.text("by")?;
-    let data = f.get("data")?;
-    let outcome = match f.get("kind")? {
-        b"ok" => Outcome::Ok(data.to_vec()),
-        b"err" => Outcome::Failed(data.to_vec()),
-        b"lost" => Outcome::WorkerLost,
-        b"poisoned" => Outcome::Poisoned { deliveries },
-        b"malformed" => Outcome::Malformed(f.text("data")?),
+    f.get("data")?;
+    enum Kind {
+        Ok,
+        Err,
+        Lost,
+        Poisoned,
+        Malformed(String),
+    }
+    let kind = match f.get("kind")? {
+        b"ok" => Kind::Ok,
+        b"err" => Kind::Err,
+        b"lost" => Kind::Lost,
+        b"poisoned" => Kind::Poisoned,
+        b"malformed" => Kind::Malformed(f.text("data")?),
         _ => {
             return Err(EntryError::Invalid {
                 field: "kind",
                 why: "not one of ok, err, lost, poisoned, malformed",
             });
         }
+    };
+    // `data` is there (checked above) and once (`Fields::new`).
+    let mut take_data = || {
+        fields
+            .iter_mut()
+            .find(|(n, _)| n.as_slice() == b"data")
+            .map(|(_, v)| std::mem::take(v))
+            .unwrap_or_default()
+    };
+    let outcome = match kind {
+        Kind::Ok => Outcome::Ok(take_data()),
+        Kind::Err => Outcome::Failed(take_data()),
+        Kind::Lost => Outcome::WorkerLost,
+        Kind::Poisoned => Outcome::Poisoned { deliveries },
+        Kind::Malformed(why) => Outcome::Malformed(why),
     };
     Ok(Completion {
         job,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{FP, OTHER_FP, broker, keys_of, plain, recv_n, timeouts, wait_until};
 use pool_cluster::{
     Broker, BrokerError, BrokerOptions, ClaimError, ConnectError, Consumer, ConsumerOptions,
-    Outcome, RecvError, SubmitError,
+    Outcome, RecvError, Submission, SubmitError,
 };
 use pool_testkit::RedisServer;
 
@@ -105,6 +105,66 @@ fn the_window_bounds_outstanding_chunks_and_repeated_outcomes_are_dropped() {
     assert_eq!(client.recv(Duration::from_millis(100)).unwrap(), None);
     assert_eq!(client.stats().stale, 1);
     client.submit(1, 2, b"f", b"").unwrap();
+}
+
+#[test]
+fn submit_many_sends_a_batch_in_order_and_refuses_each_chunk_on_its_own() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let options = BrokerOptions::new("many", FP)
+        .window(4)
+        .timeouts(timeouts());
+    let mut client = Broker::connect(&url, options).unwrap();
+    let chunk = |index: u32, payload: &'static [u8]| Submission {
+        job: 3,
+        index,
+        call: b"f",
+        payload,
+    };
+    // The fourth is a duplicate of the first, the sixth finds the window full.
+    let batch = [
+        chunk(0, b"a"),
+        chunk(1, b"b"),
+        chunk(2, b"c"),
+        chunk(0, b"again"),
+        chunk(3, b"d"),
+        chunk(4, b"e"),
+    ];
+    let answers = client.submit_many(&batch).unwrap();
+    assert_eq!(answers.len(), 6);
+    let ids: Vec<_> = [0, 1, 2, 4]
+        .iter()
+        .map(|&at| *answers[at].as_ref().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(matches!(
+        answers[3],
+        Err(SubmitError::Duplicate { job: 3, index: 0 })
+    ));
+    assert!(matches!(
+        answers[5],
+        Err(SubmitError::WindowFull { window: 4 })
+    ));
+    assert_eq!(client.outstanding(), 4);
+    assert_eq!(client.stats().submitted, 4);
+    // The stream holds them in order, payloads intact; each ends once.
+    let mut worker = consumer(&url, "many", "h1/w0", LONG);
+    for (index, payload) in [(0u32, b"a"), (1, b"b"), (2, b"c"), (3, b"d")] {
+        let entry = worker.claim(BLOCK).unwrap().unwrap();
+        assert_eq!((entry.job, entry.index), (3, index));
+        assert_eq!(entry.payload, payload.to_vec());
+        worker.complete(&entry, Ok(&entry.payload)).unwrap();
+    }
+    let mut got: Vec<_> = recv_n(&mut client, 4, Duration::from_secs(5))
+        .into_iter()
+        .map(|c| (c.index, c.outcome))
+        .collect();
+    got.sort_by_key(|(index, _)| *index);
+    assert_eq!(got[3], (3, Outcome::Ok(b"d".to_vec())));
+    assert_eq!(client.recv(Duration::from_millis(100)).unwrap(), None);
+    assert_eq!(client.outstanding(), 0);
+    // An empty batch is no round trip and no error.
+    assert!(client.submit_many(&[]).unwrap().is_empty());
 }
 
 #[test]

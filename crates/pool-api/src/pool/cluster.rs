@@ -13,10 +13,22 @@
 //! `imap`, the window of an endless `imap`, cancel, close and terminate are the scheduler's,
 //! as for a local pool.
 //!
-//! Threads: callers submit themselves (the `XADD` runs on the thread whose call dispatched
-//! the chunk, after the state lock is released); one *pump* thread per pool waits for
-//! outcomes (a blocking `XREAD` on the broker's receiving connection), for the scheduler's
-//! deadlines, and beats the keys' heartbeat while idle; one callback runner, as locally.
+//! Submitting: a dispatched chunk goes into the pool's *outbox* (under the state lock), and
+//! the outbox is sent by one drainer at a time, every chunk it holds in one pipeline of
+//! `XADD`s (one round trip: `Broker::submit_many`). A chunk dispatched while nothing else is
+//! in Redis or queued (a lone `apply`) is sent at once by the thread that dispatched it, after
+//! the state lock is released: no added latency. Otherwise (chunks in flight, a burst of
+//! `apply_async`, the pump refilling the window) the *submitter* thread is woken to send it,
+//! with whatever else was queued meanwhile, so that a burst shares round trips and the pump
+//! never waits on an `XADD`. A chunk killed (time limit, `terminate`) while still in the
+//! outbox is taken out of it and never sent; one killed while its batch is under way is
+//! deleted from the stream once its entry id is known (`Broker::submit_many`), and
+//! `terminate` waits for a batch under way, so that nothing is sent after it returns.
+//!
+//! Threads: one *pump* thread per pool waits for outcomes (a blocking `XREAD` on the
+//! broker's receiving connection, up to 128 entries a read), for the scheduler's deadlines,
+//! and beats the keys' heartbeat while idle; one submitter thread; one callback runner, as
+//! locally.
 //!
 //! Outcomes map to the local pool's errors: values and per-item panics come in the chunk's
 //! result bytes ([`Error::Panicked`] with the remote worker's pid); a worker or host lost
@@ -24,12 +36,15 @@
 //! exit code -9), and so is a *poisoned* chunk (its every try killed its worker, with
 //! `retries`); a Redis that fails is [`Error::Broker`] for the chunks it held.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_cluster::{Broker, BrokerOptions, Completion, Outcome, RecvError, Timeouts};
+use pool_cluster::{
+    Broker, BrokerOptions, Completion, Outcome, RecvError, Submission, SubmitError, Timeouts,
+};
 use pool_core::{
     ChunkFailure, ChunkId, ChunkOutcome, Command, ExitStatus, JobId, JobSpec, Lifecycle, Scheduler,
     Stats, Time, WorkerId,
@@ -81,6 +96,29 @@ pub(crate) struct ClusterShared {
     spare: SpareBuffers,
     time_limit: Option<Duration>,
     stopped: AtomicBool,
+    /// Chunks dispatched and not yet sent to Redis (locked after `state`, never before).
+    outbox: Mutex<Outbox>,
+    /// The submitter thread waits here for chunks to send.
+    outbox_ready: Condvar,
+    /// `terminate` waits here for a batch under way.
+    outbox_idle: Condvar,
+}
+
+/// Chunks dispatched and not yet sent, and whether a drainer is sending a batch.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<(ChunkId, Call, Payload)>,
+    draining: bool,
+    /// The chunks of the batch under way.
+    in_flight: Vec<ChunkId>,
+    /// Those of them killed meanwhile: forgotten by the drainer once the batch is in.
+    killed: Vec<ChunkId>,
+    submitter_asleep: bool,
+}
+
+thread_local! {
+    /// This thread is sending a batch (so `terminate` on it does not wait for itself).
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
 
 impl std::fmt::Debug for ClusterShared {
@@ -109,7 +147,10 @@ struct State {
 /// What draining commands asks to be done once the state lock is released.
 #[derive(Default)]
 struct Effects {
-    submit: Vec<(ChunkId, Call, Payload)>,
+    /// Chunks were put in the outbox.
+    queued: bool,
+    /// And nothing else is in Redis or queued: the outbox may be sent by this thread at once.
+    at_once: bool,
     forget: Vec<ChunkId>,
     wake: Vec<Arc<JobShared>>,
     finished: Vec<(Arc<JobShared>, Option<Callback>)>,
@@ -154,11 +195,19 @@ impl ClusterShared {
             spare: SpareBuffers::default(),
             time_limit,
             stopped: AtomicBool::new(false),
+            outbox: Mutex::new(Outbox::default()),
+            outbox_ready: Condvar::new(),
+            outbox_idle: Condvar::new(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("pool-cluster-pump".into())
             .spawn(move || pump(weak))
+            .map_err(Error::from)?;
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("pool-cluster-submit".into())
+            .spawn(move || submitter(weak))
             .map_err(Error::from)?;
         // The initial slots.
         shared.with_scheduler(|_, _| ());
@@ -250,7 +299,28 @@ impl ClusterShared {
     pub(crate) fn terminate(&self) {
         self.callbacks.disable();
         self.with_scheduler(|s, now| s.terminate(now));
+        // The chunks killed were taken out of the outbox; a batch under way deletes those of
+        // its chunks that were killed meanwhile: once it ends, nothing more is sent.
+        self.wait_outbox_idle();
         self.callbacks.wait_running();
+    }
+
+    /// Waits until no batch is being sent (unless this thread is sending one).
+    fn wait_outbox_idle(&self) {
+        if DRAINING.with(Cell::get) {
+            return;
+        }
+        let mut outbox = self.lock_outbox();
+        while outbox.draining {
+            outbox = self
+                .outbox_idle
+                .wait(outbox)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn lock_outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn join(&self) -> Result<(), Error> {
@@ -270,6 +340,8 @@ impl ClusterShared {
             return;
         }
         self.pump.notify_all();
+        drop(self.lock_outbox());
+        self.outbox_ready.notify_all();
         self.callbacks.stop();
         if self.lock().lost.is_none() {
             if let Err(e) = self.broker.close() {
@@ -278,17 +350,69 @@ impl ClusterShared {
         }
     }
 
-    /// Drains the scheduler's commands, releases the lock and carries out their effects,
-    /// until they cause no more (a failed submission feeds the scheduler again).
+    /// Drains the scheduler's commands, releases the lock and carries out their effects;
+    /// chunks put in the outbox are sent at once by this thread when nothing else is in
+    /// Redis, else by the submitter thread.
     fn drain_and_apply<'a>(&'a self, mut state: MutexGuard<'a, State>) {
-        loop {
-            let effects = self.drain(&mut state);
-            drop(state);
-            let failed = self.apply(effects);
-            if failed.is_empty() {
-                return;
+        let fx = self.drain(&mut state);
+        drop(state);
+        let (queued, at_once) = (fx.queued, fx.at_once);
+        self.apply(fx);
+        if at_once {
+            self.send_batch();
+        } else if queued {
+            self.wake_submitter();
+        }
+    }
+
+    /// Wakes the submitter thread if it sleeps (no futex call for a submitter awake).
+    fn wake_submitter(&self) {
+        let asleep = self.lock_outbox().submitter_asleep;
+        if asleep {
+            self.outbox_ready.notify_one();
+        }
+    }
+
+    /// Sends what the outbox holds in one round trip, unless a batch is under way (its
+    /// drainer sees what was queued meanwhile). Returns whether it sent one. What is queued
+    /// after the batch was taken is left to the submitter thread, woken for it.
+    fn send_batch(&self) -> bool {
+        let batch = {
+            let mut outbox = self.lock_outbox();
+            if outbox.draining || outbox.queue.is_empty() {
+                return false;
             }
-            state = self.lock();
+            outbox.draining = true;
+            let batch = std::mem::take(&mut outbox.queue);
+            outbox.in_flight = batch.iter().map(|(id, _, _)| *id).collect();
+            batch
+        };
+        DRAINING.with(|d| d.set(true));
+        let failed = self.send(batch);
+        let killed = {
+            let mut outbox = self.lock_outbox();
+            outbox.in_flight.clear();
+            std::mem::take(&mut outbox.killed)
+        };
+        for id in killed {
+            if let Err(e) = self.broker.forget(id.job.0, id.index) {
+                crate::log::warning!(error = %e, "could not delete a forgotten chunk from Redis");
+            }
+        }
+        DRAINING.with(|d| d.set(false));
+        let more = {
+            let mut outbox = self.lock_outbox();
+            outbox.draining = false;
+            self.outbox_idle.notify_all();
+            !outbox.queue.is_empty() && outbox.submitter_asleep
+        };
+        if more {
+            self.outbox_ready.notify_one();
+        }
+        if !failed.is_empty() {
+            // Failed chunks end with the error; the scheduler may dispatch more, which are
+            // queued (the submitter thread, or this thread's caller, sends them).
+            let mut state = self.lock();
             let now = self.now();
             for (id, error) in failed {
                 if error.lost {
@@ -301,7 +425,78 @@ impl ClusterShared {
                     now,
                 );
             }
+            let fx = self.drain(&mut state);
+            drop(state);
+            let queued = fx.queued;
+            self.apply(fx);
+            if queued {
+                self.wake_submitter();
+            }
         }
+        true
+    }
+
+    /// One pipeline of the batch's `XADD`s; the chunks that failed, with why.
+    fn send(&self, batch: VecDeque<(ChunkId, Call, Payload)>) -> Vec<(ChunkId, Failed)> {
+        let mut failed = Vec::new();
+        let mut calls: Vec<(ChunkId, Vec<u8>, &Payload)> = Vec::with_capacity(batch.len());
+        for (id, call, body) in &batch {
+            match postcard::to_stdvec(call) {
+                Ok(bytes) => calls.push((*id, bytes, body)),
+                Err(e) => failed.push((
+                    *id,
+                    Failed {
+                        error: Arc::new(e),
+                        lost: false,
+                    },
+                )),
+            }
+        }
+        if calls.is_empty() {
+            return failed;
+        }
+        let chunks: Vec<Submission<'_>> = calls
+            .iter()
+            .map(|(id, call, body)| Submission {
+                job: id.job.0,
+                index: id.index,
+                call,
+                payload: &body.bytes,
+            })
+            .collect();
+        let answers = self.broker.submit_many(&chunks);
+        match answers {
+            Ok(answers) => {
+                for ((id, _, _), answer) in calls.iter().zip(answers) {
+                    if let Err(e) = answer {
+                        crate::log::warning!(error = %e, "a chunk could not be submitted to Redis");
+                        let lost = matches!(e, SubmitError::Lost);
+                        failed.push((
+                            *id,
+                            Failed {
+                                error: Arc::new(e),
+                                lost,
+                            },
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                crate::log::warning!(error = %e, chunks = calls.len(), "chunks could not be submitted to Redis");
+                let lost = matches!(e, SubmitError::Lost);
+                let error: Arc<dyn std::error::Error + Send + Sync> = Arc::new(e);
+                for (id, _, _) in &calls {
+                    failed.push((
+                        *id,
+                        Failed {
+                            error: Arc::clone(&error),
+                            lost,
+                        },
+                    ));
+                }
+            }
+        }
+        failed
     }
 
     fn drain(&self, state: &mut State) -> Effects {
@@ -341,7 +536,10 @@ impl ClusterShared {
                     let body = state.payloads.get(&chunk.id).cloned();
                     let call = state.jobs.get(&chunk.id.job).map(|j| j.call);
                     match (&state.lost, call, body) {
-                        (None, Some(call), Some(body)) => fx.submit.push((chunk.id, call, body)),
+                        (None, Some(call), Some(body)) => {
+                            self.lock_outbox().queue.push_back((chunk.id, call, body));
+                            fx.queued = true;
+                        }
                         (Some(lost), _, _) => {
                             let error = Error::Broker(Arc::clone(lost));
                             Self::finished(state, chunk.id, ChunkResult::Failed(error), now);
@@ -367,7 +565,7 @@ impl ClusterShared {
                         .collect();
                     for id in held {
                         state.slots.remove(&id);
-                        fx.forget.push(id);
+                        self.withdraw(id, &mut fx);
                     }
                     state
                         .sched
@@ -377,7 +575,11 @@ impl ClusterShared {
                     if let Some(payload) = state.payloads.remove(&chunk.id) {
                         self.spare.give_back(payload);
                     }
-                    state.slots.remove(&chunk.id);
+                    if state.slots.remove(&chunk.id).is_some() {
+                        // Ended without its outcome (terminate ends chunks before it kills
+                        // their slots): nobody waits for it any more.
+                        self.withdraw(chunk.id, &mut fx);
+                    }
                     let result = match outcome {
                         ChunkOutcome::Finished => {
                             state
@@ -408,14 +610,35 @@ impl ClusterShared {
                 }
             }
         }
+        if fx.queued {
+            // Nothing else in Redis or queued: this thread may send at once.
+            fx.at_once = state.slots.len() == self.lock_outbox().queue.len();
+        }
         // The pump sleeps toward the next deadline, or until chunks are in Redis.
-        if state.sched.poll_timeout().is_some() || !fx.submit.is_empty() {
+        if state.sched.poll_timeout().is_some() || fx.queued {
             self.pump.notify_all();
         }
         if state.sched.lifecycle() == Lifecycle::Joined {
             self.joined.notify_all();
         }
         fx
+    }
+
+    /// A chunk whose outcome nobody waits for any more: still in the outbox, it is taken out
+    /// and never sent; in the batch under way, its drainer forgets it once it is in; else
+    /// it is forgotten in Redis (deleted if no host took it, its late outcome dropped).
+    fn withdraw(&self, id: ChunkId, fx: &mut Effects) {
+        let mut outbox = self.lock_outbox();
+        let before = outbox.queue.len();
+        outbox.queue.retain(|(queued, _, _)| *queued != id);
+        if outbox.queue.len() < before {
+            return;
+        }
+        if outbox.in_flight.contains(&id) {
+            outbox.killed.push(id);
+        } else {
+            fx.forget.push(id);
+        }
     }
 
     fn failure(&self, failure: &ChunkFailure) -> Error {
@@ -449,41 +672,11 @@ impl ClusterShared {
         }
     }
 
-    /// Carries out effects outside the state lock; the submissions that failed, with why.
-    fn apply(&self, fx: Effects) -> Vec<(ChunkId, Failed)> {
-        let mut failed = Vec::new();
+    /// Carries out effects outside the state lock (sending the outbox aside).
+    fn apply(&self, fx: Effects) {
         for id in fx.forget {
             if let Err(e) = self.broker.forget(id.job.0, id.index) {
                 crate::log::warning!(error = %e, "could not delete a forgotten chunk from Redis");
-            }
-        }
-        for (id, call, body) in fx.submit {
-            let call_bytes = match postcard::to_stdvec(&call) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    failed.push((
-                        id,
-                        Failed {
-                            error: Arc::new(e),
-                            lost: false,
-                        },
-                    ));
-                    continue;
-                }
-            };
-            if let Err(e) = self
-                .broker
-                .submit(id.job.0, id.index, &call_bytes, &body.bytes)
-            {
-                let lost = matches!(e, pool_cluster::SubmitError::Lost);
-                crate::log::warning!(error = %e, "a chunk could not be submitted to Redis");
-                failed.push((
-                    id,
-                    Failed {
-                        error: Arc::new(e),
-                        lost,
-                    },
-                ));
             }
         }
         for job in dedup(fx.wake) {
@@ -495,7 +688,6 @@ impl ClusterShared {
                 self.callbacks.run(job, callback);
             }
         }
-        failed
     }
 
     /// An outcome read from Redis.
@@ -598,6 +790,31 @@ fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
         }
     }
     out
+}
+
+/// The submitter: sends the outbox whenever it holds chunks and no one else is sending it.
+fn submitter(shared: Weak<ClusterShared>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if shared.send_batch() {
+            continue;
+        }
+        let mut outbox = shared.lock_outbox();
+        if (outbox.queue.is_empty() || outbox.draining) && !shared.stopped.load(Ordering::Acquire) {
+            outbox.submitter_asleep = true;
+            // Bounded, so that a pool dropped meanwhile lets this thread end.
+            let (mut outbox, _) = shared
+                .outbox_ready
+                .wait_timeout(outbox, PUMP_TICK)
+                .unwrap_or_else(|e| e.into_inner());
+            outbox.submitter_asleep = false;
+        }
+    }
 }
 
 /// The pump: outcomes from Redis, the scheduler's deadlines, the heartbeat while idle.
