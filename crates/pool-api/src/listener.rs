@@ -269,7 +269,7 @@ impl Listener {
 
     /// Sets how long the authentication handshake of each accepted connection may take
     /// ([`DEFAULT_HANDSHAKE_TIMEOUT`] by default). A client that has not proven its key by
-    /// then fails [`accept`](Listener::accept) with [`AuthError::Timeout`].
+    /// then fails [`accept`](Listener::accept) with [`AuthError::Timeout`](crate::AuthError::Timeout).
     ///
     /// ```
     /// let mut listener = pool_api::Listener::bind("127.0.0.1:0", Some(b"secret"))?;
@@ -428,7 +428,7 @@ impl Client {
     /// within [`DEFAULT_HANDSHAKE_TIMEOUT`] (which counts the wait for the listener to
     /// accept). The key must be the listener's: a wrong one fails on both sides with
     /// [`Error::Auth`]. Keys on one side only fail too: a client with a key, against a
-    /// listener without one, fails with [`AuthError::Protocol`] (or its handshake times out);
+    /// listener without one, fails with [`AuthError::Protocol`](crate::AuthError::Protocol) (or its handshake times out);
     /// a client without a key, against a listener with one, receives the listener's
     /// challenge as its first message (which no value of ours decodes from), and the
     /// listener's `accept` fails.

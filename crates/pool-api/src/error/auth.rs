@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::cause::OsError;
 
-/// Why the authentication handshake failed ([`Error::Auth`]; Python's
+/// Why the authentication handshake failed ([`Error::Auth`](crate::Error::Auth); Python's
 /// `AuthenticationError`). A wrong key fails on both sides: the side that checked the other's
 /// answer gets [`AuthError::WrongDigest`], the side that gave it [`AuthError::Rejected`].
 /// Nothing sent after the handshake was read by either side.

@@ -1,6 +1,6 @@
 //! The error of [`SharedMemory`](crate::SharedMemory) operations.
 
-/// Why a [`SharedMemory`] operation failed.
+/// Why a [`SharedMemory`](crate::SharedMemory) operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShmError {

@@ -23,7 +23,7 @@ const NAME: &str = "demo";
 /// `pool worker`: serve a cluster pool's chunks with this binary's functions.
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// The Redis instance: redis://[user:password@]host:port/db.
+    /// The Redis instance: `redis://[user:password@]host:port/db`.
     #[arg(long, value_name = "URL")]
     redis: String,
     /// Worker processes (default: the cores).
