@@ -13,6 +13,7 @@ pub(crate) mod sync {
     pub(crate) mod atomic {
         pub(crate) use std::sync::atomic::*;
     }
+    pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 }
 
 #[cfg(loom)]
@@ -20,6 +21,7 @@ pub(crate) mod sync {
     pub(crate) mod atomic {
         pub(crate) use pool_ipc::loom::sync::atomic::*;
     }
+    pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 }
 
 /// The shared futex, with a deadline.
