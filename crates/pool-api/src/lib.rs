@@ -26,6 +26,8 @@
 //! and it works in tests, doc tests and examples too.
 
 #![deny(missing_docs)]
+// A `--cfg loom` build (the models) leaves the real futex and much else unused.
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod bytes;
 #[cfg(feature = "cluster")]
@@ -38,6 +40,7 @@ mod handles;
 pub mod interop;
 mod listener;
 mod log;
+mod loom;
 mod pool;
 mod process;
 mod queue;

@@ -21,6 +21,8 @@
 //! Errors are typed; OS errors are converted at this crate's boundary.
 
 #![deny(missing_docs)]
+// A `--cfg loom` build (the models) leaves the real futex and much else unused.
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 // The README is the crate's page on crates.io; its examples run as doc tests.
 #[cfg(doctest)]
@@ -30,6 +32,11 @@ struct ReadmeDoctests;
 mod child;
 mod code;
 mod fork_safety;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom;
+#[cfg(not(loom))]
+mod loom;
 pub mod os;
 pub mod shared;
 mod start;

@@ -6,8 +6,8 @@
 //! the link its chunk was sent on (`link.rs`), nothing of the scheduler or the threads.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pool_core::{Chunk, ChunkId, JobId, WorkerId};
@@ -15,8 +15,10 @@ use serde::de::DeserializeOwned;
 
 use super::link::WorkerLink;
 use super::payload::{ChunkResult, Decoder, FirstError, Outcomes, Payload};
+use super::sleepers::Sleepers;
 use crate::Error;
 use crate::futures::{Watcher, Watchers};
+use crate::loom::sync::{Condvar, Mutex, MutexGuard};
 use crate::task::Call;
 
 /// How long a caller waiting for a job spins before it sleeps (see
@@ -69,7 +71,7 @@ pub(crate) struct JobShared {
     inner: Mutex<Inner>,
     cv: Condvar,
     /// Callers sleeping on `cv` (see [`JobShared::wake`]); changed under `inner`'s lock.
-    sleepers: AtomicU32,
+    sleepers: Sleepers,
     /// See [`Source::Caller`].
     decoder: Option<Decoder>,
     /// Whether `inner` holds something for the caller (a pull to answer, chunks delivered,
@@ -119,7 +121,7 @@ impl JobShared {
                 watchers: Watchers::default(),
             }),
             cv: Condvar::new(),
-            sleepers: AtomicU32::new(0),
+            sleepers: Sleepers::new(),
             news: AtomicBool::new(false),
             awaited: AtomicBool::new(awaited),
             sent_to: OnceLock::new(),
@@ -201,9 +203,7 @@ impl JobShared {
     /// means nobody needs the wake, and the futex call (a system call even with no waiter,
     /// two per `apply_async`) is skipped.
     pub(crate) fn wake(&self) {
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
-            self.cv.notify_all();
-        }
+        self.sleepers.wake(&self.cv);
     }
 
     pub(crate) fn take_callback(&self) -> Option<Callback> {
@@ -267,19 +267,8 @@ impl JobShared {
             ),
         };
         // Counted while the lock is held, so a waker that changes `inner` under the lock
-        // afterwards sees the count (see `wake`).
-        self.sleepers.fetch_add(1, Ordering::Relaxed);
-        let inner = match timeout {
-            None => self.cv.wait(inner).unwrap_or_else(|e| e.into_inner()),
-            Some(t) => {
-                self.cv
-                    .wait_timeout(inner, t)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-        self.sleepers.fetch_sub(1, Ordering::Relaxed);
-        Some(inner)
+        // afterwards sees the count (see `wake` and `sleepers.rs`).
+        Some(self.sleepers.sleep(&self.cv, inner, timeout))
     }
 
     /// Spins (yielding now and then) for up to [`SPIN_BEFORE_SLEEP`], or until `deadline`,

@@ -8,6 +8,7 @@ mod driver;
 mod job;
 mod link;
 mod payload;
+mod sleepers;
 mod worker;
 
 use std::collections::VecDeque;

@@ -5,11 +5,11 @@
 //! It is its own file because it is a primitive of its own: a round counter and a
 //! generation under the region's lock word (`raw.rs`).
 
+use crate::loom::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pool_ipc::shared::{futex_wait, futex_wake};
+use crate::loom::futex::{futex_wait, futex_wake};
 
 use super::error::{SyncError, io};
 use super::raw::{Kind, RawLock, Region, handle_serde};

@@ -5,12 +5,13 @@
 //! It is its own file because it is the one primitive built on another (its lock, from
 //! `lock.rs`) and its grant protocol is its own.
 
+use crate::loom::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use pool_ipc::shared::{futex_wait, futex_wake};
 use serde::{Deserialize, Serialize};
+
+use crate::loom::futex::{futex_wait, futex_wake};
 
 use super::error::{SyncError, io};
 use super::lock::{Lock, RLock};

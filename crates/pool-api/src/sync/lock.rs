@@ -6,8 +6,8 @@
 //! It is its own file because the locks are the primitives the others build on: a
 //! `Condition` (`condition.rs`) waits with one of them.
 
+use crate::loom::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::error::SyncError;

@@ -29,11 +29,19 @@ mod lock;
 mod raw;
 mod semaphore;
 
+#[cfg(all(test, loom))]
+mod loom_tests;
+
 pub use self::barrier::Barrier;
 pub use self::condition::Condition;
 pub use self::error::SyncError;
 pub use self::event::Event;
 pub use self::lock::{Lock, LockGuard, RLock};
 pub use self::raw::Acquired;
+#[cfg(loom)]
+pub(crate) use self::raw::LOCK_OWNER;
+#[cfg(not(loom))]
 pub(crate) use self::raw::RawLock;
+#[cfg(loom)]
+pub(crate) use self::raw::UnmodelledRawLock as RawLock;
 pub use self::semaphore::{BoundedSemaphore, Semaphore};

@@ -24,12 +24,15 @@
 //! [`Semaphore`](super::Semaphore) has no owner, so a dead process's units are lost, as in
 //! Python.
 
+use crate::loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pool_ipc::shared::{ProcessIdentity, SharedRegion, futex_wait, futex_wake};
+use pool_ipc::shared::SharedRegion;
+
+use crate::loom::futex::{futex_wait, futex_wake};
+use crate::loom::process::{ProcessIdentity, thread_id};
 
 use super::error::{SyncError, io};
 
@@ -37,6 +40,9 @@ use super::error::{SyncError, io};
 const OWNER_CHECK: Duration = Duration::from_millis(50);
 /// The lock word's "someone waits" bit; the rest is the owner's pid.
 pub(super) const WAITERS: u32 = 1 << 31;
+/// Under loom: the owner's bits of a lock word (for the modelled futex).
+#[cfg(loom)]
+pub(crate) const LOCK_OWNER: u32 = !WAITERS;
 const MAGIC: u32 = 0x706f_6f6c;
 
 /// The outcome of taking a lock.
@@ -52,6 +58,7 @@ pub struct Acquired {
 /// acquire, so it is two atomic loads: no `getpid` syscall, no mutex. A forked child must not
 /// use its parent's identity: a `pthread_atfork` handler forgets it in the child (glibc's
 /// `fork` runs the handlers; `exec` starts from scratch anyway).
+#[cfg(not(loom))]
 pub(super) fn me() -> ProcessIdentity {
     use std::sync::atomic::AtomicU8;
     static PID: AtomicU32 = AtomicU32::new(0);
@@ -104,9 +111,15 @@ pub(super) fn me() -> ProcessIdentity {
     id
 }
 
+/// Under loom: the process the model says this thread stands for.
+#[cfg(loom)]
+pub(super) fn me() -> ProcessIdentity {
+    ProcessIdentity::current()
+}
+
 /// The calling thread's id (unique among live threads of the whole system).
 pub(super) fn current_thread() -> u32 {
-    pool_ipc::os::thread_id()
+    thread_id()
 }
 
 /// The shared state of one primitive, at the start of its region.
@@ -141,6 +154,30 @@ pub(super) struct Shared {
     pub(super) waiting: AtomicU64,
 }
 
+#[cfg(loom)]
+impl Shared {
+    fn new() -> Shared {
+        const { assert!(std::mem::size_of::<Shared>() <= 1024) };
+        Shared {
+            magic: AtomicU32::new(0),
+            kind: AtomicU32::new(0),
+            word: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+            owner_record: AtomicU64::new(0),
+            owner_thread: AtomicU32::new(0),
+            depth: AtomicU32::new(0),
+            bound: AtomicU32::new(0),
+            seq: AtomicU32::new(0),
+            count: AtomicU32::new(0),
+            parties: AtomicU32::new(0),
+            broken: AtomicU32::new(0),
+            broken_generation: AtomicU32::new(0),
+            action_len: AtomicU32::new(0),
+            waiting: AtomicU64::new(0),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u32)]
 pub(super) enum Kind {
@@ -161,6 +198,13 @@ pub(super) struct Region {
 impl Region {
     pub(super) fn create(kind: Kind) -> Result<Arc<Region>, SyncError> {
         let region = SharedRegion::create("pool-sync", 4096).map_err(io)?;
+        // Under loom the atomics are objects of the model: put fresh ones in place.
+        #[cfg(loom)]
+        // SAFETY: the region is 4096 bytes, page-aligned and ours alone; `Shared` fits below
+        // the barrier's action (asserted in `Shared::new`).
+        unsafe {
+            region.as_ptr().cast::<Shared>().write(Shared::new())
+        };
         let r = Region { region };
         r.state().magic.store(MAGIC, Ordering::Relaxed);
         r.state().kind.store(kind as u32, Ordering::Release);
@@ -235,6 +279,26 @@ impl RawLock<'_> {
     /// Releases it.
     pub(crate) fn release(&self) -> Result<(), SyncError> {
         give_raw(self.word)
+    }
+}
+
+/// Under loom, the lock of `queue.rs` and `values.rs`, which keep std's atomics and are not
+/// modelled: it only has to compile.
+#[cfg(loom)]
+pub(crate) struct UnmodelledRawLock<'a> {
+    pub(crate) word: &'a std::sync::atomic::AtomicU32,
+    pub(crate) record: &'a std::sync::atomic::AtomicU64,
+}
+
+#[cfg(loom)]
+impl UnmodelledRawLock<'_> {
+    pub(crate) fn acquire(&self, _: Option<Instant>) -> Result<Acquired, SyncError> {
+        let _ = (self.word, self.record);
+        unimplemented!("the Queue's and Value's locks are not modelled")
+    }
+
+    pub(crate) fn release(&self) -> Result<(), SyncError> {
+        unimplemented!("the Queue's and Value's locks are not modelled")
     }
 }
 

@@ -4,12 +4,13 @@
 //! It is its own file because a semaphore shares nothing with the locks but the region
 //! (`raw.rs`): it has no owner, and units held by a process that dies are lost.
 
+use crate::loom::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use pool_ipc::shared::{futex_wait, futex_wake};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::loom::futex::{futex_wait, futex_wake};
 
 use super::error::{SyncError, io};
 use super::raw::{Kind, Region, deadline_of, handle_serde};

@@ -4,7 +4,7 @@
 //!
 //! Nothing here touches memory: `mapping.rs` maps a memfd with this layout and checks it.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use crate::loom::sync::atomic::{AtomicU32, AtomicU64};
 
 /// The default size of each direction's ring, in bytes: 1 MiB. Larger messages are streamed
 /// through it, so this bounds memory, not message size.

@@ -2,12 +2,13 @@
 //! spin, a few yields, then a sleep on a shared futex; and the wake-ups that pair with that
 //! sleep without a system call on the fast path.
 
+use crate::loom::sync::atomic::{AtomicU32, Ordering, fence};
 use std::io;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use crate::sys;
+use crate::loom::sys;
 use crate::transport::YIELD_FOR;
 
 /// Spinning budget bounds. On two cores a long spin steals the very CPU the peer needs.

@@ -1,0 +1,10 @@
+//! The facade in a normal build: std's atomics and the real futex.
+
+pub(crate) mod sync {
+    pub(crate) mod atomic {
+        pub(crate) use std::sync::atomic::*;
+    }
+}
+
+/// The OS layer, whose futex the models replace.
+pub(crate) use crate::sys;
