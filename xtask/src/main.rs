@@ -9,6 +9,8 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod chaos;
+mod loom;
+mod miri;
 mod publish_check;
 mod tidy;
 
@@ -24,6 +26,11 @@ Commands:
                         its figures summed; --quick runs the CI size
   core-stress [CASES]   run pool-core's property tests with CASES generated sequences
                         (default 20000) from a random seed; a failure prints the seed
+  loom [--quick]        the loom models of the shared-memory protocols (sync primitives,
+                        the Pool's sleeper counter, the shm ring), `--cfg loom` in
+                        target/loom, preemption bound 3; --quick (CI) bound 2
+  miri                  Miri (nightly) on pool-core's tests and the pure helpers of
+                        pool-ipc and pool-api (framing, codecs, errors)
   publish-check         package every published crate (pool-core, pool-ipc, pool-api,
                         pool-cli) and build each package, as `cargo publish --dry-run`
                         does; uploads nothing
@@ -45,6 +52,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask chaos: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("loom") => match loom::run(args.iter().any(|a| a == "--quick")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask loom: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("miri") => match miri::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask miri: {e}");
                 ExitCode::FAILURE
             }
         },

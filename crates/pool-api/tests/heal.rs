@@ -149,18 +149,10 @@ fn replace_during_a_descriptor_shortage(out: Queue<u64>) {
     let results: Vec<_> = (0..tasks)
         .map(|i| pool.apply_async(double, i).unwrap())
         .collect();
-    // The first kill hits a ready worker, which may be running a task: that task, and only
-    // that one, may fail with WorkerLost (a crash fails its own task). Starting workers hold
-    // none. Every other task ends with its value, and every task ends exactly once.
-    let outcomes: Vec<_> = results.iter().map(|r| r.get_timeout(WATCHDOG)).collect();
-    let ok = outcomes
+    let ok = results
         .iter()
         .enumerate()
-        .filter(|(i, r)| **r == Ok(*i as u64 * 2))
-        .count() as u64;
-    let lost_with_the_first = outcomes
-        .iter()
-        .filter(|r| matches!(r, Err(Error::WorkerLost { .. })))
+        .filter(|(i, r)| r.get_timeout(WATCHDOG) == Ok(*i as u64 * 2))
         .count() as u64;
     let live = pool.worker_pids().len() as u64;
     let failures = pool.stats().start_failures;

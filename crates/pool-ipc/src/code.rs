@@ -101,6 +101,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "reads the executable's program headers (dl_iterate_phdr), which Miri cannot call"
+    )]
     fn an_id_resolves_to_the_same_function() {
         let id = FnId::new(sample as fn(u32) -> u32 as usize).unwrap();
         // SAFETY: the id was made from a `fn(u32) -> u32` in this very process.
@@ -109,6 +113,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "reads the executable's program headers (dl_iterate_phdr), which Miri cannot call"
+    )]
     fn code_outside_the_executable_is_refused() {
         // `libc::getpid` lives in the C library, a shared object.
         let addr = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;

@@ -687,6 +687,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "starts a Pool: worker processes, pipes, pidfds")]
     fn a_pool_keeps_the_buffers_of_its_ended_chunks() {
         let pool = crate::Pool::new(1).unwrap();
         let items: Vec<crate::Bytes> = (0..6).map(|_| crate::Bytes(vec![1; 512 << 10])).collect();

@@ -293,12 +293,14 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) {
 /// file was replaced in between, which is exactly the case to refuse.
 pub(crate) fn executable_identity() -> io::Result<[u64; 5]> {
     let st = rustix::fs::stat("/proc/self/exe")?;
+    // A `u64` with rustix's raw-syscall backend, an `i64` with its libc one (under Miri).
+    #[allow(clippy::unnecessary_cast)]
     Ok([
         st.st_dev,
         st.st_ino,
         u64::try_from(st.st_size).unwrap_or(0),
         u64::try_from(st.st_mtime).unwrap_or(0),
-        st.st_mtime_nsec,
+        st.st_mtime_nsec as u64,
     ])
 }
 
