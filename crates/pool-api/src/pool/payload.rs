@@ -116,7 +116,9 @@ fn decode_ahead<R: DeserializeOwned + Send + 'static>(
         .ok()
         .and_then(|(n, _)| u32::try_from(n).ok())
         .unwrap_or(0);
-    chunk.reserve(items as usize);
+    // Every outcome takes at least a byte (its variant): a count the body cannot hold is
+    // hostile, and reserving for it would abort the process, not fail the chunk.
+    chunk.reserve((items as usize).min(body.len()));
     let mut pushed = 0;
     if let Err(error) = decode_each(body, items, pid, &mut pushed, &mut chunk) {
         chunk.fail(items - pushed, &error);
@@ -639,13 +641,28 @@ mod tests {
         assert_eq!(all[2].as_ref().unwrap(), &vec![9; 1000]);
         // A length past the end fails that item and the rest, typed.
         let hostile = [2, 0, 200, 1, 1, 0, 1];
+        // A count far beyond what the bytes hold (u32::MAX results in 7 bytes): typed
+        // errors, no attempt to reserve for them.
+        let mut huge: Vec<Result<Vec<u8>, Error>> = Vec::new();
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(
+            &[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0],
+            1,
+        ))
+        .into_outcomes(1, &mut huge);
+        assert!(huge.iter().all(|r| r.is_err()), "{huge:?}");
         let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
         ChunkResult::Decoded(decoder::<Vec<u8>>()(&hostile, 1)).into_outcomes(2, &mut all);
         assert!(
             all.iter().all(|r| matches!(r, Err(Error::Codec(_)))),
             "{all:?}"
         );
-        let mut runner = proptest::test_runner::TestRunner::default();
+        // A fixed seed: the same hostile inputs in every run.
+        let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+            proptest::test_runner::Config::default(),
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            ),
+        );
         runner
             .run(
                 &proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
