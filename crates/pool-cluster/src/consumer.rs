@@ -3,7 +3,10 @@
 //!
 //! A chunk taken by a worker sits in the worker's pending list (Redis's PEL) until the worker
 //! writes its outcome, which acknowledges and deletes it in the same MULTI/EXEC, so an outcome
-//! is never written without the chunk leaving the group, nor the other way round. The time
+//! is never written without the chunk leaving the group, nor the other way round. The worker's
+//! next chunk is read in the same round trip, after the EXEC ([`Consumer::complete`]): one
+//! round trip per chunk while work is queued, and still at most one chunk in a worker's
+//! pending list that it has not finished, the one it is about to run. The time
 //! since an entry was last delivered or renewed is its *lease*: a host's supervisor renews
 //! the entries of its live workers (XCLAIM to the same consumer with JUSTID resets the idle
 //! time), and any worker may take over entries idle longer than the lease (XAUTOCLAIM), which
@@ -164,6 +167,9 @@ pub struct Consumer {
     /// supervisor, taken over, or left by a predecessor of the same name).
     check_own: bool,
     next_reclaim: Instant,
+    /// An entry read along with the last outcome written, which [`Consumer::claim`] looks
+    /// at first: it is in this consumer's pending list already.
+    stashed: Option<(EntryId, Option<wire::FieldList>)>,
 }
 
 /// What to do with one entry read.
@@ -190,6 +196,7 @@ impl Consumer {
             lease: options.lease,
             check_own: true,
             next_reclaim: Instant::now(),
+            stashed: None,
         })
     }
 
@@ -207,6 +214,12 @@ impl Consumer {
     pub fn claim(&mut self, block: Duration) -> Result<Option<Entry>, ClaimError> {
         let deadline = Instant::now() + block;
         for _ in 0..MAX_SKIPS {
+            if let Some((id, fields)) = self.stashed.take() {
+                match self.step(id, fields, 1, false)? {
+                    Step::Run(entry) => return Ok(Some(entry)),
+                    Step::Skip => continue,
+                }
+            }
             if self.check_own {
                 match self.claim_own()? {
                     Some(Step::Run(entry)) => return Ok(Some(entry)),
@@ -300,7 +313,7 @@ impl Consumer {
             self.ack(id).map_err(claim_error)?;
             return Ok(Step::Skip);
         };
-        let mut entry = match wire::decode_chunk(id, &fields) {
+        let mut entry = match wire::decode_chunk(id, fields) {
             Ok(entry) => entry,
             Err(bad) => {
                 self.drop_malformed(id, &bad).map_err(claim_error)?;
@@ -341,9 +354,18 @@ impl Consumer {
         Ok(Step::Run(entry))
     }
 
+    /// Whether a chunk was read along with the last outcome written and not yet returned by
+    /// [`claim`](Consumer::claim): it is in this consumer's pending list, so a worker that
+    /// stops now without claiming it leaves it to be failed as lost.
+    pub fn has_claimed(&self) -> bool {
+        self.stashed.is_some()
+    }
+
     /// Writes the outcome of a chunk this consumer ran: its bytes, or its error's bytes.
     /// The outcome is added to the results stream and the chunk acknowledged and deleted in
-    /// one MULTI/EXEC.
+    /// one MULTI/EXEC. When [`claim`](Consumer::claim) would read a new entry next (nothing
+    /// in this consumer's own pending list, no takeover due), the same round trip reads it
+    /// (without blocking), and `claim` returns it.
     pub fn complete(
         &mut self,
         entry: &Entry,
@@ -353,15 +375,65 @@ impl Consumer {
             Ok(data) => ("ok", data),
             Err(data) => ("err", data),
         };
-        self.write_parts(
+        let read_next =
+            self.stashed.is_none() && !self.check_own && Instant::now() < self.next_reclaim;
+        if !read_next {
+            return self
+                .write_parts(
+                    entry.id,
+                    entry.job,
+                    entry.index,
+                    entry.deliveries,
+                    kind,
+                    data,
+                )
+                .map_err(ConsumerError::Redis);
+        }
+        let mut pipe = redis::pipe();
+        // MULTI/EXEC written out rather than `atomic()`, so that the read can follow the
+        // EXEC in the same pipeline, outside the transaction.
+        pipe.cmd("MULTI").ignore();
+        self.add_write(
+            &mut pipe,
             entry.id,
             entry.job,
             entry.index,
             entry.deliveries,
             kind,
             data,
-        )
-        .map_err(ConsumerError::Redis)
+        );
+        pipe.cmd("EXEC");
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&self.keys.chunks)
+            .arg(">");
+        // Replies one by one: the read may fail (the pool gone: NOGROUP) after the write
+        // succeeded, and the write's outcome is the EXEC's alone.
+        pipe.ignore_errors();
+        let replies = self.conn.pipe(&pipe).map_err(ConsumerError::Redis)?;
+        let [exec, read] = <[Value; 2]>::try_from(replies)
+            .map_err(|_| EntryError::Shape("two replies expected"))?;
+        // EXECABORT (a queued command refused: OOM, READONLY, ...) means nothing was written
+        // and the chunk is still pending: the caller writes again.
+        exec.extract_error().map_err(ConsumerError::Redis)?;
+        match read.extract_error() {
+            Ok(read) => {
+                // An entry read is in this consumer's pending list whatever happens next, so
+                // a reply that cannot be parsed has `claim` look at that list.
+                match wire::read_reply(read) {
+                    Ok(items) => self.stashed = items.into_iter().next(),
+                    Err(_) => self.check_own = true,
+                }
+            }
+            Err(e) if is_no_pool(&e) => {}
+            Err(_) => self.check_own = true,
+        }
+        Ok(())
     }
 
     /// Ends a chunk with `outcome` without running it (e.g. a supervisor failing a dead
@@ -392,6 +464,32 @@ impl Consumer {
     ) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        self.add_write(&mut pipe, id, job, index, deliveries, kind, data);
+        self.conn.pipe(&pipe).map(drop)
+    }
+
+    /// Adds the commands of an outcome's write (replies ignored), for a MULTI/EXEC: the
+    /// outcome's XADD, then the chunk's XACK and XDEL.
+    ///
+    /// Why a transaction and not a plain pipeline, though commands of one connection run in
+    /// order: a refused XADD (OOM under `maxmemory`, READONLY, MISCONF) is an error reply
+    /// after which a pipeline's XACK would still run, acknowledging a chunk with no outcome
+    /// (its caller would wait forever); a transaction with a refused command is aborted
+    /// whole (EXECABORT) and the chunk stays pending. The order still matters within it: a
+    /// worker that dies before its EXEC is read leaves either nothing (the chunk pending,
+    /// settled as lost) or everything done; a chunk run twice (taken over from a host that
+    /// came back) has two outcomes, and the client keeps the first.
+    #[allow(clippy::too_many_arguments)]
+    fn add_write(
+        &self,
+        pipe: &mut redis::Pipeline,
+        id: EntryId,
+        job: u64,
+        index: u32,
+        deliveries: u32,
+        kind: &str,
+        data: &[u8],
+    ) {
         // NOMKSTREAM: the outcome of a chunk whose client is gone is not written into a new
         // stream that nobody would expire.
         pipe.cmd("XADD")
@@ -419,7 +517,6 @@ impl Consumer {
             .arg(id)
             .ignore();
         pipe.cmd("XDEL").arg(&self.keys.chunks).arg(id).ignore();
-        self.conn.pipe(&pipe).map(drop)
     }
 
     /// Resets the idle time of this consumer's entries `ids` (XCLAIM with min-idle 0 and
@@ -632,7 +729,7 @@ impl Consumer {
             report.dropped += 1;
             return Ok(());
         };
-        let mut entry = match wire::decode_chunk(p.id, &fields) {
+        let mut entry = match wire::decode_chunk(p.id, fields) {
             Ok(entry) => entry,
             Err(bad) => {
                 self.drop_malformed(p.id, &bad)

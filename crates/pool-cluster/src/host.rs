@@ -589,7 +589,9 @@ fn worker_main(mut start: ChildStart) -> i32 {
     let mut consumer = None;
     let mut backoff = Duration::from_millis(50);
     let mut out = Vec::new();
-    while !hung_up(&mut start.channel) {
+    // A chunk read along with the last outcome is run before the worker looks at a hang-up:
+    // it is this worker's already, and would be failed as lost if left.
+    while consumer.as_ref().is_some_and(Consumer::has_claimed) || !hung_up(&mut start.channel) {
         let worker = match &mut consumer {
             Some(worker) => worker,
             None => match Consumer::join(&config.url, options.clone()) {

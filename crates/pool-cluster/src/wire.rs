@@ -166,14 +166,15 @@ pub(crate) fn chunk_fields<'a>(
 }
 
 /// A chunk entry's fields, decoded. `deliveries` is filled in by the caller, who knows it
-/// from the pending list.
-pub(crate) fn decode_chunk(id: EntryId, fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Entry, Bad> {
-    let f = Fields::new(fields, &["v", "fp", "job", "idx", "tries", "call", "data"])?;
+/// from the pending list. The call and payload are moved out of `fields`, not copied (a
+/// payload may be megabytes).
+pub(crate) fn decode_chunk(id: EntryId, mut fields: FieldList) -> Result<Entry, Bad> {
+    let f = Fields::new(&fields, &["v", "fp", "job", "idx", "tries", "call", "data"])?;
     // Job and index first: with them a malformed chunk can still get an outcome.
     let job = f.number("job")?;
     let index = f.number("idx")?;
     let at = Some((job, index));
-    let rest = || -> Result<Entry, EntryError> {
+    let rest = || -> Result<(Fingerprint, u32), EntryError> {
         let version = f.get("v")?;
         if version != VERSION {
             return Err(EntryError::Version(text(version)));
@@ -190,18 +191,29 @@ pub(crate) fn decode_chunk(id: EntryId, fields: &[(Vec<u8>, Vec<u8>)]) -> Result
                 why: "zero",
             });
         }
-        Ok(Entry {
-            id,
-            job,
-            index,
-            fingerprint,
-            tries,
-            deliveries: 1,
-            call: f.get("call")?.to_vec(),
-            payload: f.get("data")?.to_vec(),
-        })
+        f.get("call")?;
+        f.get("data")?;
+        Ok((fingerprint, tries))
     };
-    rest().map_err(|error| Bad { at, error })
+    let (fingerprint, tries) = rest().map_err(|error| Bad { at, error })?;
+    // `call` and `data` are there (checked above) and once (`Fields::new`).
+    let mut take = |name: &str| {
+        fields
+            .iter_mut()
+            .find(|(n, _)| n.as_slice() == name.as_bytes())
+            .map(|(_, v)| std::mem::take(v))
+            .unwrap_or_default()
+    };
+    Ok(Entry {
+        id,
+        job,
+        index,
+        fingerprint,
+        tries,
+        deliveries: 1,
+        call: take("call"),
+        payload: take("data"),
+    })
 }
 
 /// A chunk entry that could not be decoded, with its job and index when those were readable.
@@ -516,7 +528,7 @@ mod tests {
     fn a_chunk_round_trips() {
         let fp = Fingerprint([7; 32]);
         let fields = chunk_fields(&fp, "42", "3", "2", b"f", b"args");
-        let entry = decode_chunk(EntryId { ms: 1, seq: 0 }, &owned(&fields)).unwrap();
+        let entry = decode_chunk(EntryId { ms: 1, seq: 0 }, owned(&fields)).unwrap();
         assert_eq!((entry.job, entry.index, entry.tries), (42, 3, 2));
         assert_eq!(
             (entry.fingerprint, &entry.call[..], &entry.payload[..]),
@@ -531,20 +543,20 @@ mod tests {
         let id = EntryId { ms: 1, seq: 0 };
         let mut short_fp = good.clone();
         short_fp[1].1.pop();
-        let bad = decode_chunk(id, &short_fp).unwrap_err();
+        let bad = decode_chunk(id, short_fp).unwrap_err();
         assert_eq!(bad.at, Some((42, 3)));
         assert!(matches!(bad.error, EntryError::Invalid { field: "fp", .. }));
         let mut huge = good.clone();
         huge[3].1 = b"4294967296".to_vec();
-        assert!(decode_chunk(id, &huge).unwrap_err().at.is_none());
+        assert!(decode_chunk(id, huge).unwrap_err().at.is_none());
         let mut twice = good.clone();
         twice.push(twice[0].clone());
         assert!(matches!(
-            decode_chunk(id, &twice).unwrap_err().error,
+            decode_chunk(id, twice).unwrap_err().error,
             EntryError::Duplicate(_)
         ));
         assert!(matches!(
-            decode_chunk(id, &good[1..]).unwrap_err().error,
+            decode_chunk(id, good[1..].to_vec()).unwrap_err().error,
             EntryError::Missing("v")
         ));
         for number in [&b"-1"[..], b"+1", b"", b"1 ", b"99999999999999999999999"] {

@@ -24,6 +24,76 @@ const LONG: Duration = Duration::from_secs(30);
 const BLOCK: Duration = Duration::from_millis(50);
 
 #[test]
+fn completing_a_chunk_reads_the_next_one_in_the_same_round_trip() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut client = broker(&url, "next");
+    let mut worker = consumer(&url, "next", "h1/w0", LONG);
+    client.submit(1, 0, b"f", b"a").unwrap();
+    client.submit(1, 1, b"f", b"b").unwrap();
+    // The first claim looks at the worker's own pending list; the outcome's write then
+    // reads the next chunk.
+    let first = worker.claim(BLOCK).unwrap().expect("the first chunk");
+    assert!(!worker.has_claimed());
+    worker.complete(&first, Ok(b"A")).unwrap();
+    assert!(worker.has_claimed(), "the second chunk came with the write");
+    let pending = worker.pending("h1/w0").unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "it is in the worker's pending list: {pending:?}"
+    );
+    // Another consumer does not get it: it is this worker's.
+    let mut other = consumer(&url, "next", "h1/w1", LONG);
+    assert_eq!(other.claim(BLOCK).unwrap(), None);
+    let second = worker
+        .claim(Duration::ZERO)
+        .unwrap()
+        .expect("the second chunk");
+    assert_eq!(
+        (
+            second.index,
+            &second.payload[..],
+            second.deliveries,
+            second.id
+        ),
+        (1, &b"b"[..], 1, pending[0].id)
+    );
+    assert!(!worker.has_claimed());
+    // Nothing queued: the write reads nothing, and no round trip is wasted on an error.
+    worker.complete(&second, Ok(b"B")).unwrap();
+    assert!(!worker.has_claimed());
+    let got = recv_n(&mut client, 2, Duration::from_secs(5));
+    let mut outcomes: Vec<_> = got.iter().map(|c| (c.index, c.outcome.clone())).collect();
+    outcomes.sort_by_key(|(index, _)| *index);
+    assert_eq!(
+        outcomes,
+        [
+            (0, Outcome::Ok(b"A".to_vec())),
+            (1, Outcome::Ok(b"B".to_vec()))
+        ]
+    );
+    assert!(worker.pending("h1/w0").unwrap().is_empty());
+}
+
+#[test]
+fn a_worker_that_completes_after_its_pool_is_gone_is_not_held_by_the_read() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let client = broker(&url, "gone2");
+    let mut worker = consumer(&url, "gone2", "h1/w0", LONG);
+    client.submit(1, 0, b"f", b"a").unwrap();
+    let entry = worker.claim(BLOCK).unwrap().expect("the chunk");
+    client.close().unwrap();
+    // The write finds no stream (NOMKSTREAM: nothing is created) and the read no group:
+    // neither is an error for the worker, which goes on claiming.
+    worker.complete(&entry, Ok(b"late")).unwrap();
+    assert!(!worker.has_claimed());
+    assert!(matches!(worker.claim(BLOCK), Err(ClaimError::NoPool)));
+    assert!(keys_of(&mut plain(&url), "gone2").is_empty());
+}
+
+#[test]
 fn a_chunk_is_claimed_completed_and_received_exactly_once() {
     let server = RedisServer::start();
     let url = server.url();
