@@ -351,8 +351,8 @@ fn workloads() -> Vec<Workload> {
         },
         Workload {
             name: "W9 cluster apply round trip over loopback Redis, median (us, lower is better)",
-            python: ("", ""),
-            python_group: "",
+            python: ("W9 cluster apply round trip", "best"),
+            python_group: "w9",
             rust: RustSide {
                 bench_file: "cluster",
                 group: "w9_cluster",
@@ -364,8 +364,8 @@ fn workloads() -> Vec<Workload> {
         },
         Workload {
             name: "W9 cluster 10k apply_async pipelined (tasks/s)",
-            python: ("", ""),
-            python_group: "",
+            python: ("W9 cluster 10k apply_async pipelined", "best"),
+            python_group: "w9",
             rust: RustSide {
                 bench_file: "cluster",
                 group: "w9_cluster",
@@ -380,8 +380,8 @@ fn workloads() -> Vec<Workload> {
         },
         Workload {
             name: "W9 cluster map of 1M tiny items, default chunking (items/s)",
-            python: ("", ""),
-            python_group: "",
+            python: ("W9 cluster map of 1M tiny items", "best"),
+            python_group: "w9",
             rust: RustSide {
                 bench_file: "cluster",
                 group: "w9_cluster",
@@ -393,8 +393,8 @@ fn workloads() -> Vec<Workload> {
         },
         Workload {
             name: "W9 cluster map of 64 x 1 MiB echoed back (MiB/s)",
-            python: ("", ""),
-            python_group: "",
+            python: ("W9 cluster map of 64 x 1 MiB", "best"),
+            python_group: "w9",
             rust: RustSide {
                 bench_file: "cluster",
                 group: "w9_cluster",
@@ -406,8 +406,8 @@ fn workloads() -> Vec<Workload> {
         },
         Workload {
             name: "W9 cluster start-up, host started to first answer (ms, lower is better)",
-            python: ("", ""),
-            python_group: "",
+            python: ("W9 cluster start-up", "best"),
+            python_group: "w9",
             rust: RustSide {
                 bench_file: "cluster",
                 group: "w9_cluster",
@@ -444,8 +444,8 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
     let mut done_rust = std::collections::BTreeSet::new();
     let mut rows = Vec::new();
     for w in workloads() {
-        // Interleave: this workload's CPython side, then its Rust side.
-        // W9 has no CPython side (its peers would be Ray, Celery, RQ: not installed here).
+        // Interleave: this workload's CPython side, then its Rust side. W9's "CPython side"
+        // is the best of its Python peers (`cluster_peers.rs`).
         if python && !w.python_group.is_empty() && done_python.insert(w.python_group) {
             for (key, fig) in run_python(&root, w.python_group, quick)? {
                 python_figures.insert(key, fig);
@@ -525,6 +525,9 @@ fn python_available() -> bool {
 }
 
 fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>, String> {
+    if group == "w9" {
+        return Ok(w9_peers(root, quick));
+    }
     let mut cmd = Command::new("python3");
     cmd.arg(root.join("benches/python/mp_bench.py")).arg(group);
     if quick {
@@ -564,6 +567,37 @@ fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>
         .lines()
         .filter_map(parse_python_line)
         .collect())
+}
+
+/// W9's Python peers, full mode only; without them (quick mode, or they failed: the reason
+/// is printed) W9's peer column stays empty and the rest of the table is unaffected.
+fn w9_peers(root: &Path, quick: bool) -> Vec<PythonFigure> {
+    if quick {
+        println!("W9's Python peers run in full mode only (they install Celery, RQ and Ray).");
+        return Vec::new();
+    }
+    match crate::cluster_peers::measure(root) {
+        Ok(figures) => {
+            for f in figures.iter().filter(|f| f.variant != "best") {
+                println!("  W9 peer {}: {}", f.variant, f.line);
+            }
+            for f in figures.iter().filter(|f| f.variant == "best") {
+                println!(
+                    "  W9 best peer for {}: {}",
+                    f.workload,
+                    f.peer.as_deref().unwrap_or("?")
+                );
+            }
+            figures
+                .iter()
+                .filter_map(|f| parse_python_line(&f.line))
+                .collect()
+        }
+        Err(e) => {
+            println!("W9's Python peers were not measured: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// `{"workload": "...", "variant": "...", "value": 1.5, "unit": "..."}`, as mp_bench.py prints.
@@ -692,7 +726,7 @@ fn print_table(rows: &[Row]) {
         "(W6-W8 have one column: Queue, Lock and Process have no transport choice. W5's shm column is Pipe::duplex_over(TransportKind::Shm).)"
     );
     println!(
-        "(W9's columns are the local Pool(2) (pipe) and the cluster pool over loopback Redis with one host of 2 workers; its CPython column would hold the best Python peer (Ray, Celery, RQ), not installed by this script.)"
+        "(W9's columns are the local Pool(2) (pipe) and the cluster pool over loopback Redis with one host of 2 workers; its CPython column holds the best of its Python peers, Celery 5, RQ and Ray's Pool with 2 workers each (full mode only; which peer is printed above the table).)"
     );
 }
 

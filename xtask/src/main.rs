@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod chaos;
+mod cluster_peers;
 mod loom;
 mod miri;
 mod publish_check;
