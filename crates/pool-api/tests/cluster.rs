@@ -10,102 +10,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use pool_api::{Error, Lock, Pool, Process, ProcessHandle, cluster};
-use pool_testkit::RedisServer;
+#[path = "support/cluster.rs"]
+mod support;
 
-/// The lease of the tests' hosts: a vanished host's chunks are taken over after it.
-const LEASE: Duration = Duration::from_millis(1000);
-
-/// A host: `cluster::serve` in a process of its own, until killed.
-fn host_main(args: (String, String, String, usize)) -> bool {
-    let (url, name, host, processes) = args;
-    let options = cluster::options(&name)
-        .unwrap()
-        .host_id(host)
-        .processes(processes)
-        .lease(LEASE)
-        .claim_block(Duration::from_millis(100))
-        .timeouts(cluster::Timeouts {
-            connect: Duration::from_millis(500),
-            io: Duration::from_millis(1000),
-        })
-        .grace(Duration::from_secs(1));
-    cluster::serve(&url, options).is_ok()
-}
-
-/// A Redis and the hosts serving one pool name; the hosts are killed on drop.
-struct Cluster {
-    redis: RedisServer,
-    name: String,
-    hosts: Vec<(String, ProcessHandle<bool>)>,
-}
-
-impl Cluster {
-    fn new(name: &str, hosts: usize, processes: usize) -> Cluster {
-        let mut cluster = Cluster {
-            redis: RedisServer::start(),
-            name: name.to_string(),
-            hosts: Vec::new(),
-        };
-        for i in 0..hosts {
-            cluster.add_host(&format!("h{i}"), processes);
-        }
-        cluster
-    }
-
-    fn url(&self) -> String {
-        self.redis.url()
-    }
-
-    fn add_host(&mut self, id: &str, processes: usize) {
-        let args = (self.url(), self.name.clone(), id.to_string(), processes);
-        let handle = Process::new(host_main, args)
-            .unwrap()
-            .daemon(true)
-            .start()
-            .unwrap();
-        self.hosts.push((id.to_string(), handle));
-    }
-
-    /// SIGKILLs host `id` (its workers die with it) and waits for its exit.
-    fn kill_host(&mut self, id: &str) {
-        let at = self.hosts.iter().position(|(h, _)| h == id).unwrap();
-        let (_, mut handle) = self.hosts.remove(at);
-        handle.kill().unwrap();
-        handle.wait().unwrap();
-    }
-
-    fn builder(&self) -> pool_api::PoolBuilder {
-        Pool::builder()
-            .redis(self.url())
-            .name(&self.name)
-            .redis_timeout(Duration::from_millis(1000))
-    }
-
-    fn pool(&self) -> Pool {
-        self.builder().build().unwrap()
-    }
-
-    fn redis(&self) -> redis::Connection {
-        let con = redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .unwrap();
-        con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        con
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, handle) in &self.hosts {
-            let _ = handle.kill();
-        }
-        for (_, handle) in &mut self.hosts {
-            let _ = handle.wait();
-        }
-    }
-}
+use pool_api::{Error, Lock};
+use support::{Cluster, LEASE};
 
 fn square(x: u64) -> u64 {
     x * x
