@@ -51,6 +51,13 @@
 //!   [`Error::Broker`] within the Redis timeout
 //!   ([`PoolBuilder::redis_timeout`](crate::PoolBuilder::redis_timeout), 5 s); once the
 //!   pool's keys are gone (a restart) every later task fails with it too: build a new pool.
+//! - **No host of this build**: hosts announce themselves and their build in the pool's
+//!   meta hash every third of their lease. Chunks that wait with no live host of the
+//!   client's build for the start timeout
+//!   ([`PoolBuilder::start_timeout`](crate::PoolBuilder::start_timeout), 60 s) fail with
+//!   [`Error::NoCompatibleWorker`](crate::Error::NoCompatibleWorker), which names this
+//!   build's fingerprint and those of the live hosts of other builds (which never run its
+//!   chunks). Chunks waiting for busy hosts of this build wait on.
 //! - **The client dies**: its keys expire 30 s later and hosts go idle; nothing accumulates.
 //!
 //! # Security

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[path = "support/cluster.rs"]
 mod support;
 
-use pool_api::{Error, Lock};
+use pool_api::{Error, Lock, cluster};
 use support::{Cluster, LEASE};
 
 fn square(x: u64) -> u64 {
@@ -383,4 +383,42 @@ fn terminate_while_submissions_are_queued_sends_none_after_it() {
         );
         drop(pool);
     }
+}
+
+#[test]
+fn a_job_with_no_host_of_its_build_fails_after_the_start_timeout_naming_both_fingerprints() {
+    let mut cluster = Cluster::new("foreign", 0, 0);
+    let pool = cluster
+        .builder()
+        .start_timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let ours = cluster::fingerprint().unwrap().to_string();
+    // No host at all.
+    let started = Instant::now();
+    match pool.apply(square, 3) {
+        Err(Error::NoCompatibleWorker {
+            ours: o, others, ..
+        }) => {
+            assert_eq!((o, others), (ours.clone(), Vec::<String>::new()));
+        }
+        other => panic!("expected NoCompatibleWorker, got {other:?}"),
+    }
+    eprintln!("no host: failed after {:?}", started.elapsed());
+    // Only a host of another build: it leaves the chunk parked, and the error names its
+    // fingerprint beside ours.
+    cluster.add_foreign_host();
+    let theirs = cluster::Fingerprint([9; 32]).to_string();
+    let err = pool.map(square, 0..4u64).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, Error::NoCompatibleWorker { others, .. } if *others == [theirs.clone()]),
+        "{err:?}"
+    );
+    assert!(text.contains(&ours) && text.contains(&theirs), "{text}");
+    // A host of this build joins: the pool works, and a task longer than the start timeout
+    // (its host busy, not missing) is not failed.
+    cluster.add_host("h0", 1);
+    assert_eq!(pool.apply(square, 3), Ok(9));
+    assert_eq!(pool.apply(nap, 2000), Ok(2000));
 }

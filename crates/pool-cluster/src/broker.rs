@@ -654,6 +654,51 @@ impl Broker {
         Ok(())
     }
 
+    /// The hosts that announced themselves on this pool ([`Consumer::announce`](
+    /// crate::Consumer::announce)), with how long ago they last did, by Redis's clock. Fields
+    /// that do not parse are left out (the hash is untrusted).
+    pub fn hosts(&self) -> Result<Vec<HostBeat>, BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(&self.keys.meta).cmd("TIME");
+        let replies = lock(&self.tx).pipe(&pipe).map_err(BrokerError::Redis)?;
+        let [fields, time] = <[Value; 2]>::try_from(replies).map_err(|_| BrokerError::Lost)?;
+        let now_ms = match time {
+            Value::Array(parts) if parts.len() == 2 => {
+                let secs = wire::bytes(parts[0].clone())
+                    .ok()
+                    .and_then(|b| wire::parse_u64(&b));
+                let micros = wire::bytes(parts[1].clone())
+                    .ok()
+                    .and_then(|b| wire::parse_u64(&b));
+                match (secs, micros) {
+                    (Some(s), Some(us)) => s.saturating_mul(1000).saturating_add(us / 1000),
+                    _ => return Err(BrokerError::Lost),
+                }
+            }
+            _ => return Err(BrokerError::Lost),
+        };
+        let pairs: Vec<Value> = match fields {
+            Value::Array(items) => items,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => Vec::new(),
+        };
+        let mut hosts = Vec::new();
+        for pair in pairs.chunks_exact(2) {
+            let (Ok(name), Ok(value)) =
+                (wire::bytes(pair[0].clone()), wire::bytes(pair[1].clone()))
+            else {
+                continue;
+            };
+            let Some(id) = name.strip_prefix(b"host:") else {
+                continue;
+            };
+            if let Some(beat) = HostBeat::parse(id, &value, now_ms) {
+                hosts.push(beat);
+            }
+        }
+        Ok(hosts)
+    }
+
     /// Refreshes the keys' TTL now (it is also done along with other commands when due).
     pub fn heartbeat(&self) -> Result<(), BrokerError> {
         lock(&self.book).next_heartbeat = Instant::now();
@@ -714,6 +759,52 @@ impl std::fmt::Debug for Broker {
             .field("client", &self.client_id)
             .field("outstanding", &self.outstanding())
             .finish_non_exhaustive()
+    }
+}
+
+/// A host as it last announced itself on a pool ([`Broker::hosts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostBeat {
+    /// The host's id.
+    pub id: String,
+    /// Its build's fingerprint, as lowercase hex.
+    pub fingerprint: String,
+    /// How long ago it announced itself.
+    pub age: Duration,
+    /// Its lease: it announces itself every third of it while it has a live worker.
+    pub lease: Duration,
+}
+
+impl HostBeat {
+    /// `FINGERPRINT TIME_MS LEASE_MS`, checked strictly; `None` if it is not that.
+    fn parse(id: &[u8], value: &[u8], now_ms: u64) -> Option<HostBeat> {
+        if id.is_empty() || id.len() > crate::keys::MAX_CONSUMER_LEN {
+            return None;
+        }
+        let id = std::str::from_utf8(id).ok()?.to_string();
+        let mut parts = value.split(|b| *b == b' ');
+        let fingerprint = parts.next()?;
+        let at = wire::parse_u64(parts.next()?)?;
+        let lease = wire::parse_u64(parts.next()?)?;
+        if parts.next().is_some()
+            || fingerprint.len() != 64
+            || !fingerprint
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        {
+            return None;
+        }
+        Some(HostBeat {
+            id,
+            fingerprint: String::from_utf8(fingerprint.to_vec()).ok()?,
+            age: Duration::from_millis(now_ms.saturating_sub(at)),
+            lease: Duration::from_millis(lease),
+        })
+    }
+
+    /// Whether it announced itself within its lease (it does every third of it).
+    pub fn is_live(&self) -> bool {
+        self.age < self.lease
     }
 }
 

@@ -519,6 +519,33 @@ impl Consumer {
         pipe.cmd("XDEL").arg(&self.keys.chunks).arg(id).ignore();
     }
 
+    /// Tells the pool's clients that host `host_id`, of this consumer's build, is alive:
+    /// field `host:HOST_ID` of the pool's meta hash gets `FINGERPRINT TIME_MS LEASE_MS`, the
+    /// time being Redis's own (`TIME`, so that no two machines' clocks are compared). A
+    /// client whose chunks no host of its build serves fails them after its start timeout
+    /// ([`Broker::hosts`](crate::Broker::hosts)). Written only while the hash exists (a
+    /// script: the check and the write in one step), so that a host never recreates the key
+    /// of a client that is gone, without its TTL.
+    pub fn announce(&mut self, host_id: &str, lease: Duration) -> Result<(), ConsumerError> {
+        const SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+            local t = redis.call('TIME') \
+            local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ms .. ' ' .. ARGV[3]) \
+            return 1";
+        self.conn
+            .query(
+                redis::cmd("EVAL")
+                    .arg(SCRIPT)
+                    .arg(1)
+                    .arg(&self.keys.meta)
+                    .arg(format!("host:{host_id}"))
+                    .arg(self.fingerprint.to_string())
+                    .arg(millis(lease)),
+            )
+            .map(drop)
+            .map_err(ConsumerError::Redis)
+    }
+
     /// Resets the idle time of this consumer's entries `ids` (XCLAIM with min-idle 0 and
     /// JUSTID, which counts no delivery). Returns how many are still this consumer's (none
     /// when the pool is gone).

@@ -259,6 +259,7 @@ impl Host {
                 })
                 .collect(),
             unsettled: Vec::new(),
+            host_id: options.host_id.clone(),
             lease: options.lease,
             grace: options.grace,
             stopper: options.stopper.clone(),
@@ -365,6 +366,7 @@ struct Supervisor {
     slots: Vec<Slot>,
     /// Dead workers whose chunks could not be settled yet (Redis was away): `(dead, heir)`.
     unsettled: Vec<(String, Option<String>)>,
+    host_id: String,
     lease: Duration,
     grace: Duration,
     stopper: Stopper,
@@ -528,6 +530,13 @@ impl Supervisor {
             .map(Slot::name)
             .collect();
         let owners: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Announced only with a live worker: a host that cannot start any does not keep its
+        // clients waiting on it.
+        if !owners.is_empty() {
+            if let Err(e) = self.consumer.announce(&self.host_id, self.lease) {
+                tracing::warn!("cannot announce this host: {e}");
+            }
+        }
         match self.consumer.renew_all(&owners) {
             Ok(n) => {
                 Counters::add(&self.counters.renewed, n as u64);

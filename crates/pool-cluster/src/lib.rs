@@ -38,7 +38,7 @@ mod keys;
 mod wire;
 
 pub use broker::{
-    Broker, BrokerError, BrokerOptions, BrokerStats, ConnectError, RecvError, Submission,
+    Broker, BrokerError, BrokerOptions, BrokerStats, ConnectError, HostBeat, RecvError, Submission,
     SubmitError,
 };
 pub use conn::Timeouts;

@@ -24,6 +24,39 @@ const LONG: Duration = Duration::from_secs(30);
 const BLOCK: Duration = Duration::from_millis(50);
 
 #[test]
+fn hosts_announce_their_build_only_while_the_pool_exists_and_garbage_is_skipped() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut host = consumer(&url, "beats", "h1/supervisor", LONG);
+    // No client yet: nothing is written (a host never creates a pool's keys).
+    host.announce("h1", LONG).unwrap();
+    let mut con = plain(&url);
+    assert!(keys_of(&mut con, "beats").is_empty());
+    let client = broker(&url, "beats");
+    assert!(client.hosts().unwrap().is_empty());
+    host.announce("h1", LONG).unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg("pool:{beats}:meta")
+        .arg("host:junk")
+        .arg("not a beat")
+        .arg("host:")
+        .arg(format!("{FP} 1 1"))
+        .query(&mut con)
+        .unwrap();
+    let hosts = client.hosts().unwrap();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(
+        (
+            hosts[0].id.as_str(),
+            hosts[0].fingerprint.clone(),
+            hosts[0].lease
+        ),
+        ("h1", FP.to_string(), LONG)
+    );
+    assert!(hosts[0].is_live());
+}
+
+#[test]
 fn completing_a_chunk_reads_the_next_one_in_the_same_round_trip() {
     let server = RedisServer::start();
     let url = server.url();

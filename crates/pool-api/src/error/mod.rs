@@ -168,6 +168,27 @@ pub enum Error {
     #[cfg(feature = "cluster")]
     #[error("the cluster's Redis failed: {0}")]
     Broker(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// A cluster pool's chunk waited its start timeout
+    /// ([`PoolBuilder::start_timeout`](crate::PoolBuilder::start_timeout)) with no live host
+    /// of this build serving the pool: none at all, or only hosts of other builds, which
+    /// never run its chunks (functions travel by identity). Both fingerprints are named.
+    #[cfg(feature = "cluster")]
+    #[error(
+        "no host of this build ({ours}) served the cluster pool for {waited:?}{}",
+        if others.is_empty() {
+            ": no host at all".to_string()
+        } else {
+            format!("; hosts of other builds: {}", others.join(", "))
+        }
+    )]
+    NoCompatibleWorker {
+        /// This build's fingerprint.
+        ours: String,
+        /// The fingerprints of the live hosts that serve the pool, all of other builds.
+        others: Vec<String>,
+        /// How long the chunk waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl PartialEq for Error {
@@ -230,6 +251,19 @@ impl PartialEq for Error {
             (Auth(a), Auth(b)) => a == b,
             #[cfg(feature = "cluster")]
             (Broker(a), Broker(b)) => a.to_string() == b.to_string(),
+            #[cfg(feature = "cluster")]
+            (
+                NoCompatibleWorker {
+                    ours: a,
+                    others: b,
+                    waited: c,
+                },
+                NoCompatibleWorker {
+                    ours: x,
+                    others: y,
+                    waited: z,
+                },
+            ) => (a, b, c) == (x, y, z),
             _ => false,
         }
     }

@@ -64,6 +64,7 @@ pub(crate) struct ClusterSettings {
     pub(crate) name: String,
     pub(crate) retries: u32,
     pub(crate) timeout: Duration,
+    pub(crate) start_timeout: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -73,6 +74,7 @@ impl Default for ClusterSettings {
             name: "pool".into(),
             retries: 0,
             timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -102,6 +104,18 @@ pub(crate) struct ClusterShared {
     outbox_ready: Condvar,
     /// `terminate` waits here for a batch under way.
     outbox_idle: Condvar,
+    /// This build's fingerprint, as hosts announce theirs.
+    fingerprint: String,
+    start_timeout: Duration,
+    /// Since when chunks have waited with no live host of this build (the pump's).
+    no_host: Mutex<HostWatch>,
+}
+
+/// The pump's watch for a live host of this build.
+struct HostWatch {
+    /// When chunks were first seen waiting with no live host of this build.
+    since: Option<Instant>,
+    next_check: Instant,
 }
 
 /// Chunks dispatched and not yet sent, and whether a drainer is sending a batch.
@@ -198,6 +212,12 @@ impl ClusterShared {
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Condvar::new(),
             outbox_idle: Condvar::new(),
+            fingerprint: fingerprint.to_string(),
+            start_timeout: settings.start_timeout,
+            no_host: Mutex::new(HostWatch {
+                since: None,
+                next_check: Instant::now(),
+            }),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -738,6 +758,66 @@ impl ClusterShared {
         self.drain_and_apply(state);
     }
 
+    /// While chunks are in Redis, looks (at most every quarter of the start timeout, and
+    /// every second) for a live host of this build; when there has been none for the start
+    /// timeout, the chunks in Redis fail with [`Error::NoCompatibleWorker`] and are
+    /// forgotten (deleted if no host took them).
+    fn watch_hosts(&self) {
+        let now = Instant::now();
+        let waited = {
+            let mut watch = self.no_host.lock().unwrap_or_else(|e| e.into_inner());
+            if self.lock().slots.is_empty() {
+                watch.since = None;
+                return;
+            }
+            if now < watch.next_check {
+                return;
+            }
+            watch.next_check = now
+                + (self.start_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let hosts = match self.broker.hosts() {
+                Ok(hosts) => hosts,
+                // Redis failing is the receiving side's to report.
+                Err(_) => return,
+            };
+            let live: Vec<_> = hosts.into_iter().filter(|h| h.is_live()).collect();
+            if live.iter().any(|h| h.fingerprint == self.fingerprint) {
+                watch.since = None;
+                return;
+            }
+            let since = *watch.since.get_or_insert(now);
+            if now.duration_since(since) < self.start_timeout {
+                return;
+            }
+            watch.since = None;
+            let mut others: Vec<String> = live.into_iter().map(|h| h.fingerprint).collect();
+            others.sort();
+            others.dedup();
+            (now.duration_since(since), others)
+        };
+        let (waited, others) = waited;
+        crate::log::warning!(
+            ours = %self.fingerprint,
+            others = ?others,
+            "no host of this build serves the cluster pool: its chunks fail"
+        );
+        let error = Error::NoCompatibleWorker {
+            ours: self.fingerprint.clone(),
+            others,
+            waited,
+        };
+        let mut state = self.lock();
+        let held: Vec<ChunkId> = state.slots.keys().copied().collect();
+        let now = self.now();
+        for id in &held {
+            if let Err(e) = self.broker.forget(id.job.0, id.index) {
+                crate::log::warning!(error = %e, "could not delete a forgotten chunk from Redis");
+            }
+            Self::finished(&mut state, *id, ChunkResult::Failed(error.clone()), now);
+        }
+        self.drain_and_apply(state);
+    }
+
     /// Redis failed while outcomes were awaited: every chunk in Redis fails with `error`
     /// (they are forgotten: their outcomes, if Redis comes back with them, are dropped).
     fn on_broker_failure(&self, error: RecvError) {
@@ -861,6 +941,7 @@ fn pump(shared: Weak<ClusterShared>) {
             continue;
         }
         last_beat = Instant::now();
+        shared.watch_hosts();
         match shared.broker.recv(wait) {
             Ok(Some(completion)) => shared.on_completion(completion),
             Ok(None) => {}

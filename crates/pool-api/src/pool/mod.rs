@@ -1084,6 +1084,15 @@ impl PoolBuilder {
         self
     }
 
+    /// How long a cluster pool's chunks may wait with no live host of this build serving
+    /// the pool before they fail with [`Error::NoCompatibleWorker`] (default 60 s): no host
+    /// started, or only hosts of another build (they leave its chunks for a host of its
+    /// build). Chunks waiting for busy hosts of this build wait on.
+    pub fn start_timeout(mut self, timeout: Duration) -> PoolBuilder {
+        self.cluster.start_timeout = timeout;
+        self
+    }
+
     fn build_cluster(self) -> Result<Pool, Error> {
         if self.initializer.is_some() {
             return Err(Error::InvalidArgument(

@@ -14,6 +14,22 @@ use pool_testkit::RedisServer;
 pub(crate) const LEASE: Duration = Duration::from_millis(1000);
 
 /// A host: `cluster::serve` in a process of its own, until killed.
+/// A host of another build (its fingerprint is not this binary's): it serves the pool but
+/// never runs its chunks.
+pub(crate) fn foreign_host_main(args: (String, String)) -> bool {
+    let (url, name) = args;
+    let options = cluster::HostOptions::new(name, cluster::Fingerprint([9; 32]), never_run)
+        .host_id("foreign")
+        .processes(1)
+        .lease(LEASE)
+        .claim_block(Duration::from_millis(100));
+    cluster::serve(&url, options).is_ok()
+}
+
+fn never_run(_: &[u8], _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+    Err("a foreign host ran a chunk".into())
+}
+
 pub(crate) fn host_main(args: (String, String, String, usize)) -> bool {
     let (url, name, host, processes) = args;
     let options = cluster::options(&name)
@@ -62,6 +78,17 @@ impl Cluster {
             .start()
             .unwrap();
         self.hosts.push((id.to_string(), handle));
+    }
+
+    /// Starts a host of another build (see [`foreign_host_main`]).
+    pub(crate) fn add_foreign_host(&mut self) {
+        let args = (self.url(), self.name.clone());
+        let handle = Process::new(foreign_host_main, args)
+            .unwrap()
+            .daemon(true)
+            .start()
+            .unwrap();
+        self.hosts.push(("foreign".to_string(), handle));
     }
 
     /// SIGKILLs host `id` (its workers die with it) and waits for its exit.
