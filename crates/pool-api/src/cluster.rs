@@ -55,7 +55,7 @@
 //!   meta hash every third of their lease. Chunks that wait with no live host of the
 //!   client's build for the start timeout
 //!   ([`PoolBuilder::start_timeout`](crate::PoolBuilder::start_timeout), 60 s) fail with
-//!   [`Error::NoCompatibleWorker`](crate::Error::NoCompatibleWorker), which names this
+//!   [`Error::NoCompatibleWorker`], which names this
 //!   build's fingerprint and those of the live hosts of other builds (which never run its
 //!   chunks). Chunks waiting for busy hosts of this build wait on.
 //! - **The client dies**: its keys expire 30 s later and hosts go idle; nothing accumulates.
