@@ -804,7 +804,9 @@ impl Pool {
         self.backend.join()
     }
 
-    /// The pids of the live workers.
+    /// The pids of the live workers. Empty on a cluster pool: its workers are processes of
+    /// other hosts (or of this one's `serve`), whose pids mean nothing here; the pid a task's
+    /// panic names is the remote worker's, for the logs of its host.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.backend.worker_pids()
     }
@@ -831,7 +833,11 @@ impl Pool {
         self.backend.signal_worker(pid, signal)
     }
 
-    /// Counters: workers spawned, lost, chunks dispatched, ...
+    /// Counters: workers spawned, lost, chunks dispatched, ... On a cluster pool, also the
+    /// chunks `reclaimed` (taken over from a host that vanished, or failed as lost by
+    /// another host's worker) and `retried` (of those, the ones that ran again and
+    /// succeeded, with `PoolBuilder::retries`); its workers' counters are its window's
+    /// slots, not processes.
     pub fn stats(&self) -> Stats {
         self.backend.stats()
     }
