@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Figures that must be zero, and the summary line each is reported under.
-const MUST_BE_ZERO: [(&str, &str); 10] = [
+const MUST_BE_ZERO: [(&str, &str); 11] = [
     ("lost", "tasks lost"),
     ("duplicated", "tasks duplicated"),
     ("wrong", "wrong results"),
@@ -24,6 +24,7 @@ const MUST_BE_ZERO: [(&str, &str); 10] = [
     ("shm_segments_leaked", "shm segments leaked"),
     ("panics", "panics"),
     ("broken_by_transient", "pools broken by transient failures"),
+    ("keys_leaked", "cluster keys left in Redis"),
 ];
 
 pub(crate) fn run(quick: bool) -> Result<(), String> {
@@ -46,6 +47,9 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
         "heal",
         "--test",
         "shm_tracking",
+        // The cluster pool's kill tests: a worker, a host, Redis, the client.
+        "--test",
+        "cluster",
         "--",
         "chaos",
         "--nocapture",

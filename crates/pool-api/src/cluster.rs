@@ -58,7 +58,9 @@
 //!   [`Error::NoCompatibleWorker`], which names this
 //!   build's fingerprint and those of the live hosts of other builds (which never run its
 //!   chunks). Chunks waiting for busy hosts of this build wait on.
-//! - **The client dies**: its keys expire 30 s later and hosts go idle; nothing accumulates.
+//! - **The client dies**: its keys expire after their TTL
+//!   ([`PoolBuilder::key_ttl`](crate::PoolBuilder::key_ttl), 30 s) and hosts go idle; nothing
+//!   accumulates.
 //!
 //! # Security
 //!

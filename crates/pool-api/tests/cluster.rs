@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[path = "support/cluster.rs"]
 mod support;
 
-use pool_api::{Error, Lock, cluster};
+use pool_api::{Error, Lock, Pool, Process, cluster};
 use support::{Cluster, LEASE};
 
 fn square(x: u64) -> u64 {
@@ -229,15 +229,25 @@ fn a_time_limit_fails_the_chunk_and_the_pool_goes_on() {
 }
 
 #[test]
-fn a_worker_killed_mid_task_fails_it_with_worker_lost_and_is_replaced() {
+fn chaos_a_worker_killed_mid_task_fails_it_with_worker_lost_and_is_replaced() {
     let cluster = Cluster::new("workerdies", 1, 1);
     let pool = cluster.pool();
-    let before = pool.apply(pid, ()).unwrap();
-    let started = Instant::now();
-    assert!(matches!(pool.apply(die, ()), Err(Error::WorkerLost { .. })));
-    eprintln!("worker lost reported in {:?}", started.elapsed());
-    let after = pool.apply(pid, ()).unwrap();
-    assert_ne!(before, after, "served by the replacement");
+    let rounds = pool_testkit::scale(1, 5);
+    let mut wrong = 0;
+    for _ in 0..rounds {
+        let before = pool.apply(pid, ()).unwrap();
+        let started = Instant::now();
+        let got = pool.apply(die, ());
+        wrong += u64::from(!matches!(got, Err(Error::WorkerLost { .. })));
+        eprintln!("worker lost reported in {:?}", started.elapsed());
+        let after = pool.apply(pid, ()).unwrap();
+        assert_ne!(before, after, "served by the replacement");
+    }
+    pool_testkit::report(
+        "cluster_worker_killed",
+        &[("tasks", rounds * 3), ("wrong", wrong), ("lost", 0)],
+    );
+    assert_eq!(wrong, 0);
 }
 
 /// Host h0 runs two chunks and holds six more queued in Redis when it is SIGKILLed; h1, started
@@ -266,8 +276,30 @@ fn kill_a_host_mid_run(name: &str, retries: u32) -> (Vec<Result<u32, Error>>, po
 }
 
 #[test]
-fn a_killed_hosts_chunks_are_reclaimed_with_one_outcome_each() {
-    let (results, stats) = kill_a_host_mid_run("hostdies", 0);
+fn chaos_a_killed_hosts_chunks_are_reclaimed_with_one_outcome_each() {
+    let rounds = pool_testkit::scale(1, 3);
+    for round in 0..rounds {
+        a_killed_hosts_chunks_are_reclaimed_with_one_outcome_each(&format!("hostdies{round}"));
+    }
+}
+
+fn a_killed_hosts_chunks_are_reclaimed_with_one_outcome_each(name: &str) {
+    let (results, stats) = kill_a_host_mid_run(name, 0);
+    pool_testkit::report(
+        "cluster_host_killed",
+        &[
+            ("tasks", 8),
+            ("lost", 8 - results.len() as u64),
+            ("duplicated", 0),
+            (
+                "wrong",
+                results
+                    .iter()
+                    .filter(|r| !matches!(r, Ok(_) | Err(Error::WorkerLost { .. })))
+                    .count() as u64,
+            ),
+        ],
+    );
     assert_eq!(results.len(), 8);
     let lost = results
         .iter()
@@ -282,8 +314,19 @@ fn a_killed_hosts_chunks_are_reclaimed_with_one_outcome_each() {
 }
 
 #[test]
-fn with_retries_a_killed_hosts_started_chunks_run_again() {
+fn chaos_with_retries_a_killed_hosts_started_chunks_run_again() {
     let (results, stats) = kill_a_host_mid_run("hostretries", 1);
+    pool_testkit::report(
+        "cluster_host_killed_retries",
+        &[
+            ("tasks", 8),
+            ("lost", 8 - results.len() as u64),
+            (
+                "wrong",
+                results.iter().filter(|r| r.is_err()).count() as u64,
+            ),
+        ],
+    );
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(results.len(), 8);
     assert_eq!(stats.reclaimed, 2);
@@ -291,7 +334,7 @@ fn with_retries_a_killed_hosts_started_chunks_run_again() {
 }
 
 #[test]
-fn redis_killed_mid_job_is_a_typed_error_in_bounded_time_and_a_new_pool_works_after() {
+fn chaos_redis_killed_mid_job_is_a_typed_error_in_bounded_time_and_a_new_pool_works_after() {
     let mut cluster = Cluster::new("redisdies", 1, 2);
     let pool = cluster.pool();
     assert_eq!(pool.apply(square, 2).unwrap(), 4);
@@ -306,6 +349,14 @@ fn redis_killed_mid_job_is_a_typed_error_in_bounded_time_and_a_new_pool_works_af
     assert!(
         results.iter().all(|r| matches!(r, Err(Error::Broker(_)))),
         "{results:?}"
+    );
+    pool_testkit::report(
+        "cluster_redis_killed",
+        &[
+            ("tasks", 4),
+            ("lost", 4 - results.len() as u64),
+            ("hangs", u64::from(took >= Duration::from_secs(10))),
+        ],
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
     let e = pool.apply(square, 3).unwrap_err();
@@ -421,4 +472,73 @@ fn a_job_with_no_host_of_its_build_fails_after_the_start_timeout_naming_both_fin
     cluster.add_host("h0", 1);
     assert_eq!(pool.apply(square, 3), Ok(9));
     assert_eq!(pool.apply(nap, 2000), Ok(2000));
+}
+
+/// A client in a process of its own, for killing: it submits a long map to pool `name` with
+/// a 1 s key TTL and waits.
+fn client_main(args: (String, String)) -> bool {
+    let (url, name) = args;
+    let pool = Pool::builder()
+        .redis(url)
+        .name(name)
+        .key_ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let job = pool.map_async(nap, vec![100u64; 200], Some(1)).unwrap();
+    job.get().is_ok()
+}
+
+fn pool_keys(con: &mut redis::Connection, name: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("pool:{{{name}}}:*"))
+        .query(con)
+        .unwrap()
+}
+
+#[test]
+fn chaos_a_killed_client_leaves_idle_hosts_and_no_keys_after_its_ttl() {
+    let cluster = Cluster::new("clientdies", 2, 2);
+    let mut con = cluster.redis();
+    let mut client = Process::new(client_main, (cluster.url(), "clientdies".to_string()))
+        .unwrap()
+        .start()
+        .unwrap();
+    // Until the hosts run its chunks.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool_keys(&mut con, "clientdies").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never set up its pool"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let killed = Instant::now();
+    // The TTL (1 s), then nothing: the hosts' outcomes of chunks still running are not
+    // written into new keys (NOMKSTREAM, announcements only while the meta hash exists).
+    let mut gone = None;
+    while Instant::now() < killed + Duration::from_secs(15) {
+        if pool_keys(&mut con, "clientdies").is_empty() {
+            gone = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("keys gone {gone:?} after the client was killed");
+    std::thread::sleep(Duration::from_millis(500));
+    let leaked = pool_keys(&mut con, "clientdies");
+    pool_testkit::report(
+        "cluster_client_killed",
+        &[
+            ("hangs", u64::from(gone.is_none())),
+            ("keys_leaked", leaked.len() as u64),
+        ],
+    );
+    assert!(gone.is_some(), "the keys outlived their TTL");
+    assert!(leaked.is_empty(), "{leaked:?}");
+    // The hosts went idle and serve the next client of the name.
+    let pool = cluster.pool();
+    assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
 }

@@ -65,6 +65,8 @@ pub(crate) struct ClusterSettings {
     pub(crate) retries: u32,
     pub(crate) timeout: Duration,
     pub(crate) start_timeout: Duration,
+    /// The keys' TTL: a client that dies leaves nothing in Redis after it.
+    pub(crate) key_ttl: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -75,15 +77,13 @@ impl Default for ClusterSettings {
             retries: 0,
             timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(60),
+            key_ttl: Duration::from_secs(30),
         }
     }
 }
 
 /// How long the pump waits at most before it looks at its deadlines and the stop flag.
 const PUMP_TICK: Duration = Duration::from_millis(100);
-
-/// The keys' TTL: a client that dies leaves nothing in Redis after it.
-const KEY_TTL: Duration = Duration::from_secs(30);
 
 /// Everything a cluster pool's threads share.
 pub(crate) struct ClusterShared {
@@ -107,6 +107,7 @@ pub(crate) struct ClusterShared {
     /// This build's fingerprint, as hosts announce theirs.
     fingerprint: String,
     start_timeout: Duration,
+    key_ttl: Duration,
     /// Since when chunks have waited with no live host of this build (the pump's).
     no_host: Mutex<HostWatch>,
 }
@@ -184,7 +185,7 @@ impl ClusterShared {
             // Forgotten chunks leave the window at once; slack for outcomes in flight.
             .window(window.saturating_mul(2).max(window + 16))
             .tries(settings.retries.saturating_add(1))
-            .ttl(KEY_TTL)
+            .ttl(settings.key_ttl)
             .timeouts(Timeouts {
                 connect: settings.timeout,
                 io: settings.timeout,
@@ -214,6 +215,7 @@ impl ClusterShared {
             outbox_idle: Condvar::new(),
             fingerprint: fingerprint.to_string(),
             start_timeout: settings.start_timeout,
+            key_ttl: settings.key_ttl.max(Duration::from_millis(100)),
             no_host: Mutex::new(HostWatch {
                 since: None,
                 next_check: Instant::now(),
@@ -930,7 +932,7 @@ fn pump(shared: Weak<ClusterShared>) {
                     .wait_timeout(state, wait)
                     .unwrap_or_else(|e| e.into_inner());
             }
-            if last_beat.elapsed() >= KEY_TTL / 3 {
+            if last_beat.elapsed() >= shared.key_ttl / 3 {
                 last_beat = Instant::now();
                 if shared.lock().lost.is_none() {
                     if let Err(e) = shared.broker.heartbeat() {

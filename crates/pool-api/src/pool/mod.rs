@@ -1099,6 +1099,14 @@ impl PoolBuilder {
         self
     }
 
+    /// How long a cluster pool's keys outlive its client (default 30 s, at least 100 ms):
+    /// the pool refreshes them every third of it, and a client that dies (SIGKILL, its
+    /// machine gone) leaves nothing in Redis after it; its hosts go idle as its keys go.
+    pub fn key_ttl(mut self, ttl: Duration) -> PoolBuilder {
+        self.cluster.key_ttl = ttl;
+        self
+    }
+
     fn build_cluster(self) -> Result<Pool, Error> {
         if self.initializer.is_some() {
             return Err(Error::InvalidArgument(
