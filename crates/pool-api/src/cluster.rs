@@ -28,6 +28,23 @@
 //! # Ok::<(), pool_api::Error>(())
 //! ```
 //!
+//! # A host with no code: `POOL_CLUSTER`
+//!
+//! Any program built with this feature becomes a host when started with `POOL_CLUSTER` set
+//! to the Redis URL: before its `main` runs (which then never runs), it serves the pool
+//! named by `POOL_CLUSTER_NAME` (default `pool`) with `POOL_CLUSTER_PROCESSES` worker
+//! processes (default: its cores) until it is killed (SIGTERM, SIGINT; its workers die with
+//! it), exactly as [`serve`] with [`options`] would:
+//!
+//! ```text
+//! POOL_CLUSTER=redis://10.0.0.5:6379/0 POOL_CLUSTER_NAME=squares ./myapp
+//! ```
+//!
+//! It exits with code 2 when the variables cannot be used (a bad name or process count, a
+//! URL the client refuses) and 3 when the host fails; what went wrong is logged through
+//! `tracing` if the program had installed a subscriber (it has not: its `main` never ran),
+//! so check the variables against [`serve`]'s errors first.
+//!
 //! # What differs from a local pool
 //!
 //! - **Handles** (`Queue`, `Lock`, `Pipe` ends, `SharedMemory`, ...) are local to one
@@ -172,6 +189,7 @@ fn build_id(file: &mut std::fs::File) -> Option<Vec<u8>> {
 /// function of pool's tasks: chain [`HostOptions::processes`] (default: the cores),
 /// [`HostOptions::lease`], [`HostOptions::host_id`], [`HostOptions::stopper`].
 pub fn options(name: &str) -> Result<HostOptions, Error> {
+    std::hint::black_box(KEEP_HOOK);
     Ok(HostOptions::new(name, fingerprint()?, run_call))
 }
 
@@ -180,6 +198,68 @@ pub fn options(name: &str) -> Result<HostOptions, Error> {
 /// Redis need not have the pool yet: the workers wait for a client.
 pub fn serve(url: &str, options: HostOptions) -> Result<(), Error> {
     pool_cluster::serve(url, options).map_err(serve_error)
+}
+
+/// The environment variable that turns a program into a host before its `main` (see the
+/// module's docs).
+pub const CLUSTER_ENV: &str = "POOL_CLUSTER";
+
+/// Before `main`: a program started with [`CLUSTER_ENV`] set serves the pool and exits,
+/// without running `main`.
+///
+/// SAFETY (of running before `main`): it returns at once unless the variable is set (and
+/// leaves a process started by pool-ipc's `spawn` to pool-ipc's own constructor); then it
+/// uses what works before `main` on Linux (the environment, threads, sockets, allocation)
+/// and never returns.
+#[ctor::ctor(unsafe)]
+fn serve_if_asked() {
+    serve_if_asked_now();
+}
+
+/// Referenced by [`options`] and `PoolBuilder::redis`, which keeps the constructor's object
+/// file linked into every program that can be a client or a host.
+pub(crate) static KEEP_HOOK: fn() = serve_if_asked_now;
+
+fn serve_if_asked_now() {
+    if pool_ipc::is_spawned_child() {
+        return;
+    }
+    let Some(url) = std::env::var_os(CLUSTER_ENV) else {
+        return;
+    };
+    // SAFETY: before `main`, no other thread of this program exists yet. Removed so that
+    // the host's own workers (this program, re-executed) and anything they start do not
+    // become hosts in turn.
+    unsafe { std::env::remove_var(CLUSTER_ENV) };
+    std::process::exit(serve_from_env(url));
+}
+
+/// Serves as [`CLUSTER_ENV`] and its companions say; the process's exit code.
+fn serve_from_env(url: std::ffi::OsString) -> i32 {
+    // What std's runtime does before `main`, which has not run: a Redis connection closed
+    // by the server must be an error, not SIGPIPE's death.
+    let _ = pool_ipc::os::ignore_signal(pool_ipc::os::Signal::Pipe);
+    let Some(url) = url.to_str() else {
+        return 2;
+    };
+    let name = std::env::var("POOL_CLUSTER_NAME").unwrap_or_else(|_| "pool".into());
+    let Ok(mut options) = options(&name) else {
+        return 2;
+    };
+    if let Ok(text) = std::env::var("POOL_CLUSTER_PROCESSES") {
+        match text.parse::<usize>() {
+            Ok(n) if n > 0 => options = options.processes(n),
+            _ => return 2,
+        }
+    }
+    match serve(url, options) {
+        Ok(()) => 0,
+        Err(Error::InvalidArgument(_)) => 2,
+        Err(e) => {
+            crate::log::error!(error = %e, "the host started by POOL_CLUSTER failed");
+            3
+        }
+    }
 }
 
 /// [`serve`] without waiting: the host runs until its [`Host::stop`] (or drop).

@@ -542,3 +542,50 @@ fn chaos_a_killed_client_leaves_idle_hosts_and_no_keys_after_its_ttl() {
     let pool = cluster.pool();
     assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
 }
+
+#[test]
+fn pool_cluster_in_the_environment_turns_a_program_into_a_host_before_its_main() {
+    // This very test binary, started with POOL_CLUSTER: were its `main` (libtest) to run,
+    // it would run tests, not serve; the pool's work done by its workers shows it served.
+    let cluster = Cluster::new("envhost", 0, 0);
+    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(cluster::CLUSTER_ENV, cluster.url())
+        .env("POOL_CLUSTER_NAME", "envhost")
+        .env("POOL_CLUSTER_PROCESSES", "2")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pool = cluster
+        .builder()
+        .start_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let pids: HashSet<u32> = pool
+        .map_chunked(nap_pid, vec![30u64; 20], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        !pids.contains(&host.id()),
+        "run by the host's workers, not by itself"
+    );
+    assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 99 * 99);
+    drop(pool);
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let mut out = String::new();
+    use std::io::Read;
+    host.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(!out.contains("running"), "libtest's main ran: {out}");
+    // A bad process count is refused with code 2 before anything starts.
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(cluster::CLUSTER_ENV, cluster.url())
+        .env("POOL_CLUSTER_PROCESSES", "none")
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}

@@ -47,7 +47,7 @@ pub use child::{Child, Killer, WatchGuard, on_readable};
 pub use code::{FnId, NotInExecutable};
 pub use start::{
     ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, StartMethod,
-    fork, spawn,
+    fork, is_spawned_child, spawn,
 };
 pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
 

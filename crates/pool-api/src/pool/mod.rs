@@ -1063,6 +1063,7 @@ impl PoolBuilder {
     /// default 16), which also sets Python's default chunk size as the number of workers
     /// does locally.
     pub fn redis(mut self, url: impl Into<String>) -> PoolBuilder {
+        std::hint::black_box(crate::cluster::KEEP_HOOK);
         self.cluster.url = Some(url.into());
         self
     }

@@ -272,6 +272,13 @@ pub(crate) fn identity() -> io::Result<[u64; 5]> {
     Ok(id)
 }
 
+/// Whether this process was started by [`spawn`](crate::spawn) and its bootstrap is still to
+/// run: for another crate's code that runs before `main` (a constructor of its own, whose
+/// order against this crate's is unspecified), which must leave such a process alone.
+pub fn is_spawned_child() -> bool {
+    std::env::var_os(CONTROL_ENV).is_some()
+}
+
 /// The child's side: runs before `main` in every process that links this crate.
 pub(super) mod child_side {
     use super::*;

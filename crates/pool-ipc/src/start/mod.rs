@@ -16,6 +16,7 @@ use std::io;
 use crate::code::FnId;
 
 mod exec;
+pub use exec::is_spawned_child;
 mod fork;
 mod forkserver;
 mod ready;
