@@ -589,3 +589,76 @@ fn pool_cluster_in_the_environment_turns_a_program_into_a_host_before_its_main()
         .unwrap();
     assert_eq!(status.code(), Some(2));
 }
+
+#[test]
+fn chaos_garbage_written_into_the_pools_streams_is_dropped_and_the_pool_goes_on() {
+    // Anyone who can write to Redis can write anything: entries a plain client writes into
+    // both streams are dropped (a chunk's with a `malformed` outcome when its place is
+    // readable, a result's with a warning), and neither the hosts nor the pool fail.
+    let mut cluster = Cluster::new("garbage", 1, 2);
+    let pool = cluster.pool();
+    assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
+    let mut con = cluster.redis();
+    let junk: [&[&[u8]]; 5] = [
+        &[b"job", b"999999", b"idx", b"0"],
+        &[b"v", b"1", b"job", b"x"],
+        &[b"data", &[0xff; 4096]],
+        &[b"", b""],
+        &[
+            b"v", b"9", b"fp", b"short", b"job", b"1", b"idx", b"1", b"tries", b"0",
+        ],
+    ];
+    let mut written = 0u64;
+    for stream in ["chunks", "results"] {
+        for fields in junk {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(format!("pool:{{garbage}}:{stream}")).arg("*");
+            for f in fields {
+                cmd.arg(*f);
+            }
+            let _: String = cmd.query(&mut con).unwrap();
+            written += 1;
+        }
+    }
+    // A forged entry that names a chunk of this pool (job 1, index 1: the next map's second
+    // chunk) gets that chunk a typed error (`malformed`, as Codec); any other outcome, or a
+    // wrong value, counts as wrong.
+    let out = pool.map_results(square, 0..100u64, Some(1)).unwrap();
+    let wrong = (0u64..)
+        .zip(&out)
+        .filter(|(i, r)| match r {
+            Ok(v) => i * i != *v,
+            Err(e) => !matches!(e, Error::Codec(_)),
+        })
+        .count() as u64;
+    let forged = out.iter().filter(|r| r.is_err()).count();
+    eprintln!("chunks failed by forged entries: {forged}");
+    assert!(forged <= 1, "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left: u64 = u64::MAX;
+    while Instant::now() < deadline {
+        left = redis::cmd("XLEN")
+            .arg("pool:{garbage}:chunks")
+            .query(&mut con)
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alive = cluster.hosts_alive();
+    pool_testkit::report(
+        "cluster_garbage",
+        &[
+            ("entries", written),
+            ("wrong", wrong),
+            ("panics", u64::from(!alive)),
+            ("hangs", u64::from(left != 0)),
+        ],
+    );
+    assert_eq!(wrong, 0);
+    assert!(alive, "a host died of garbage");
+    assert_eq!(left, 0, "garbage chunks were not dropped");
+    assert_eq!(pool.apply(square, 7), Ok(49));
+    assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 9801);
+}

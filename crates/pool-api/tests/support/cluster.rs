@@ -80,6 +80,11 @@ impl Cluster {
         self.hosts.push((id.to_string(), handle));
     }
 
+    /// Whether every host process still runs.
+    pub(crate) fn hosts_alive(&mut self) -> bool {
+        self.hosts.iter_mut().all(|(_, handle)| handle.is_alive())
+    }
+
     /// Starts a host of another build (see [`foreign_host_main`]).
     pub(crate) fn add_foreign_host(&mut self) {
         let args = (self.url(), self.name.clone());
