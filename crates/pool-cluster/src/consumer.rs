@@ -327,6 +327,12 @@ impl Consumer {
         if entry.fingerprint != self.fingerprint {
             self.park(id, deliveries.saturating_sub(1))
                 .map_err(claim_error)?;
+            // The parked entry can be taken over once it has been idle a lease. This worker
+            // would look again exactly then (its takeovers come every half lease, from the
+            // one that found this entry) and win that race every time, keeping the entry
+            // from a host of its build: it waits half a lease more, which leaves the entry
+            // to the others first.
+            self.next_reclaim = Instant::now() + self.lease + self.lease / 2;
             tracing::warn!(
                 %id, job = entry.job, index = entry.index, consumer = %self.name,
                 theirs = %entry.fingerprint, ours = %self.fingerprint,
