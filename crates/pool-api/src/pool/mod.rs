@@ -303,6 +303,10 @@ impl Pool {
     /// Applies `f` to every item, in chunks spread over the workers, and returns the results
     /// in input order. Input is read as it is dispatched.
     ///
+    /// Chunks are of Python's default size, `ceil(len / (4 × processes))`, but at most
+    /// [`pool_core::MAX_DEFAULT_CHUNKSIZE`] items, so that a huge input keeps its cost per
+    /// item and does not hold chunks of millions of items at once.
+    ///
     /// Like Python, it waits for every chunk; unlike Python, which raises whichever failure
     /// arrived first, on failure it returns the error of the *lowest-index* failed item (the
     /// same error every time). [`Pool::map_results`] gives every item's own outcome.
@@ -316,7 +320,7 @@ impl Pool {
     }
 
     /// [`Pool::map`] with an explicit chunk size (0 is an error). Unlike `map`, which needs
-    /// the input's length for Python's default chunk size (an iterator that cannot tell it is
+    /// the input's length for the default chunk size (an iterator that cannot tell it is
     /// read into memory first), this reads any input as the work goes, a bounded window of
     /// chunks ahead.
     pub fn map_chunked<A, R, I>(
@@ -412,7 +416,7 @@ impl Pool {
     {
         let mut items = items.into_iter();
         let (lo, hi) = items.size_hint();
-        // Python's default chunk size needs the length; an iterator that cannot tell it is
+        // The default chunk size needs the length; an iterator that cannot tell it is
         // read once into memory for it. With a chunk size given, it streams (as `imap`'s
         // input does, a bounded window ahead of the results).
         let sized = |len: usize, chunksize| {
@@ -1054,7 +1058,7 @@ impl PoolBuilder {
     /// means) and the security note: Redis must be private to the cluster.
     ///
     /// `processes` is then how many chunks the pool keeps in Redis at once (its window;
-    /// default 16), which also sets Python's default chunk size as the number of workers
+    /// default 16), which also sets the default chunk size as the number of workers
     /// does locally.
     pub fn redis(mut self, url: impl Into<String>) -> PoolBuilder {
         self.cluster.url = Some(url.into());
