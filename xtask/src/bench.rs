@@ -205,7 +205,7 @@ fn workloads() -> Vec<Workload> {
                 derive: per_second(1_000_000.0),
                 unit: "items/s",
             },
-            target: ">= 60M/s",
+            target: ">= 150M/s shm, >= 25x both",
         },
         Workload {
             name: "W3 map 1M tiny items vs ProcessPoolExecutor.map (items/s)",
@@ -247,7 +247,7 @@ fn workloads() -> Vec<Workload> {
                 derive: mib64,
                 unit: "MiB/s",
             },
-            target: ">= 1.5 GiB/s pipe, >= 4 GiB/s shm",
+            target: ">= 2.5 GiB/s pipe, >= 8 GiB/s shm",
         },
         Workload {
             name: "W5 Pipe 10k x 1 KiB, duplex (msgs/s)",
