@@ -11,6 +11,8 @@ mod payload;
 mod sleepers;
 mod worker;
 
+pub(crate) use self::payload::encode_chunk;
+
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -703,7 +705,7 @@ impl Pool {
 
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
-    fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
+    fn payload<A: Serialize>(&self, args: &[A]) -> Result<Payload, Error> {
         let payload = Payload::encode(args, self.backend.spare())?;
         if !payload.fds.is_empty() && self.backend.is_cluster() {
             return Err(Error::InvalidArgument(
@@ -891,7 +893,7 @@ impl PoolBuilder {
         // The arguments may hold handles (Python's `initargs=(lock,)`): every worker inherits
         // their descriptors when it starts.
         let setup = Call::new(f).and_then(|call| {
-            let (bytes, fds) = crate::handles::encode(std::slice::from_ref(&args))?;
+            let (bytes, fds) = payload::encode_chunk(std::slice::from_ref(&args), None)?;
             Ok((call, bytes, fds))
         });
         self.initializer = Some(setup);

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::bulk::{self, PlainOf};
 use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 
 /// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
@@ -33,18 +34,12 @@ pub(crate) struct Payload {
 }
 
 impl Payload {
-    /// Encodes `value` into a buffer from `spare`, collecting the handles' descriptors.
-    pub(crate) fn encode<T: serde::Serialize + ?Sized>(
-        value: &T,
+    /// Encodes a chunk of arguments into a buffer from `spare` (see [`encode_chunk`]).
+    pub(crate) fn encode<A: serde::Serialize>(
+        items: &[A],
         spare: &SpareBuffers,
     ) -> Result<Payload, Error> {
-        if let Some(items) = byte_vecs(value) {
-            return Ok(Payload {
-                bytes: Arc::new(encode_byte_vecs(items, spare.take())),
-                fds: Arc::default(),
-            });
-        }
-        let (bytes, fds) = crate::handles::encode_into(value, spare.take())?;
+        let (bytes, fds) = encode_chunk(items, spare.take())?;
         Ok(Payload {
             bytes: Arc::new(bytes),
             fds: Arc::new(fds),
@@ -52,35 +47,46 @@ impl Payload {
     }
 }
 
-/// A chunk of `Vec<u8>` arguments (a `Vec<Vec<u8>>` or a `[Vec<u8>]`, which is what the pool
-/// encodes), seen as such; `None` for a chunk of anything else.
-fn byte_vecs<T: ?Sized>(value: &T) -> Option<&[Vec<u8>]> {
-    let id = type_id_of::<T>();
-    if id == TypeId::of::<Vec<Vec<u8>>>() {
-        // SAFETY: `T` is `Vec<Vec<u8>>` (same `TypeId`, and the type has no lifetime that
-        // erasing could have hidden).
-        Some(unsafe { &*std::ptr::from_ref(value).cast::<Vec<Vec<u8>>>() })
-    } else if id == TypeId::of::<[Vec<u8>]>() {
-        let len = std::mem::size_of_val(value) / std::mem::size_of::<Vec<u8>>();
-        // SAFETY: `T` is `[Vec<u8>]`, as above: `value` points to `len` vectors (its size
-        // over theirs), borrowed for as long as `value` is.
-        Some(unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<Vec<u8>>(), len)
-        })
+/// Encodes a chunk of arguments, into `buffer` if there is one, collecting the descriptors
+/// of the handles inside them: in the bulk layout if `A` has one (see [`crate::bulk`]),
+/// else in postcard's, each after the byte that says which.
+pub(crate) fn encode_chunk<A: serde::Serialize>(
+    items: &[A],
+    buffer: Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error> {
+    if let Some(plain) = PlainOf::<A>::get() {
+        let mut bytes = buffer.unwrap_or_default();
+        bytes.clear();
+        bulk::put_items(plain, items, &mut bytes);
+        return Ok((bytes, Vec::new()));
+    }
+    if let Some(items) = byte_vecs(items) {
+        return Ok((encode_byte_vecs(items, buffer), Vec::new()));
+    }
+    crate::handles::encode_into(items, buffer, &[bulk::SERDE])
+}
+
+/// A chunk of `Vec<u8>` arguments, seen as such; `None` for a chunk of anything else.
+fn byte_vecs<A>(items: &[A]) -> Option<&[Vec<u8>]> {
+    if type_id_of::<A>() == TypeId::of::<Vec<u8>>() {
+        // SAFETY: `A` is `Vec<u8>` (same `TypeId`, and the type has no lifetime that erasing
+        // could have hidden), so the slice is one of `Vec<u8>`s.
+        Some(unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<Vec<u8>>(), items.len()) })
     } else {
         None
     }
 }
 
 /// Encodes a chunk of `Vec<u8>` arguments as postcard encodes the sequence (a varint count,
-/// then each vector's varint length and bytes), one copy per vector instead of a call per
-/// byte (see `task::ItemCodec`), into `buffer` if there is one.
+/// then each vector's varint length and bytes) after the tag of that layout, one copy per
+/// vector instead of a call per byte (see `task::ItemCodec`), into `buffer` if there is one.
 fn encode_byte_vecs(items: &[Vec<u8>], buffer: Option<Vec<u8>>) -> Vec<u8> {
     use serde::Serializer;
     let mut bytes = buffer.unwrap_or_default();
     bytes.clear();
     // A varint of a `usize` takes at most 10 bytes.
-    bytes.reserve(10 + items.iter().map(|v| 10 + v.len()).sum::<usize>());
+    bytes.reserve(11 + items.iter().map(|v| 10 + v.len()).sum::<usize>());
+    bytes.push(bulk::SERDE);
     let mut encoder = postcard::Serializer {
         output: Appender(&mut bytes),
     };
@@ -112,13 +118,18 @@ fn decode_ahead<R: DeserializeOwned + Send + 'static>(
         outcomes: 0,
     };
     // As many as the results say they are; checked against the chunk when it is taken.
-    let items = postcard::take_from_bytes::<u64>(body)
-        .ok()
-        .and_then(|(n, _)| u32::try_from(n).ok())
-        .unwrap_or(0);
+    let (items, serde) = match body.split_first() {
+        Some((&bulk::SERDE, rest)) => (postcard::take_from_bytes::<u64>(rest).ok(), true),
+        Some((&bulk::BULK, rest)) => (bulk::take_u64(rest).ok(), false),
+        _ => (None, false),
+    };
+    let items = items.and_then(|(n, _)| u32::try_from(n).ok()).unwrap_or(0);
     // Every outcome takes at least a byte (its variant): a count the body cannot hold is
-    // hostile, and reserving for it would abort the process, not fail the chunk.
-    chunk.reserve((items as usize).min(body.len()));
+    // hostile, and reserving for it would abort the process, not fail the chunk. Bulk
+    // values arrive as one vector, which needs no room here.
+    if serde {
+        chunk.reserve((items as usize).min(body.len()));
+    }
     let mut pushed = 0;
     if let Err(error) = decode_each(body, items, pid, &mut pushed, &mut chunk) {
         chunk.fail(items - pushed, &error);
@@ -139,6 +150,16 @@ impl<R> Outcomes<R> for DecodedChunk<R> {
     fn push_ok(&mut self, value: R) {
         self.values.push(value);
         self.outcomes += 1;
+    }
+
+    fn extend_ok(&mut self, mut values: Vec<R>) {
+        // A bulk chunk's values come as one vector, kept as it is when it is all of them.
+        self.outcomes += values.len() as u32;
+        if self.values.is_empty() {
+            self.values = values;
+        } else {
+            self.values.append(&mut values);
+        }
     }
 
     fn push(&mut self, outcome: Result<R, Error>) {
@@ -258,12 +279,78 @@ fn decode_each<R: DeserializeOwned>(
     pushed: &mut u32,
     into: &mut impl Outcomes<R>,
 ) -> Result<(), Error> {
-    // serde's loop alone unless the results are byte vectors (see `task::run_chunk`).
-    if ItemCodec::<R>::new().is_byte_vec() {
-        decode_each_as::<R, true>(body, items, pid, pushed, into)
-    } else {
-        decode_each_as::<R, false>(body, items, pid, pushed, into)
+    let tag_error = |tag| {
+        let e = crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            bulk::BulkError::Tag(tag),
+        );
+        Err(Error::Codec(e))
+    };
+    match body.split_first() {
+        Some((&bulk::SERDE, body)) => {
+            // serde's loop alone unless the results are byte vectors (see `task::run_chunk`).
+            if ItemCodec::<R>::new().is_byte_vec() {
+                decode_each_as::<R, true>(body, items, pid, pushed, into)
+            } else {
+                decode_each_as::<R, false>(body, items, pid, pushed, into)
+            }
+        }
+        Some((&bulk::BULK, body)) => match PlainOf::<R>::get() {
+            Some(plain) => decode_bulk(plain, body, items, pid, pushed, into),
+            None => tag_error(bulk::BULK),
+        },
+        Some((&tag, _)) => tag_error(tag),
+        None => Err(Error::Codec(crate::error::CodecError::new(
+            "a chunk's results were cut short",
+        ))),
     }
+}
+
+/// [`decode_each`] for a chunk in the bulk layout (`body`: the bytes after the tag), all
+/// checked before the first outcome is handed on.
+fn decode_bulk<R>(
+    plain: PlainOf<R>,
+    body: &[u8],
+    items: u32,
+    pid: u32,
+    pushed: &mut u32,
+    into: &mut impl Outcomes<R>,
+) -> Result<(), Error> {
+    let results = bulk::take_results(plain, body).map_err(|e| {
+        Error::Codec(crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            e,
+        ))
+    })?;
+    if results.count != u64::from(items) {
+        return Err(Error::Codec(crate::error::CodecError::new(
+            "a chunk came back with the wrong number of results",
+        )));
+    }
+    *pushed = items;
+    if results.panics.is_empty() {
+        into.extend_ok(results.values);
+        return Ok(());
+    }
+    let mut values = results.values.into_iter();
+    let mut at = 0;
+    for (index, p) in results.panics {
+        // Indices increase and stay below the count (checked by the decoding).
+        for value in values.by_ref().take((index - at) as usize) {
+            into.push_ok(value);
+        }
+        into.push(Err(Error::Panicked {
+            message: p.message,
+            location: p.location,
+            pid,
+            backtrace: p.backtrace,
+        }));
+        at = index + 1;
+    }
+    for value in values {
+        into.push_ok(value);
+    }
+    Ok(())
 }
 
 /// [`decode_each`]'s loop; `BULK`: as in `task::ItemCodec`.
@@ -485,10 +572,15 @@ impl SpareBuffers {
 mod tests {
     use super::*;
 
+    /// Bytes in postcard's layout, after its tag.
+    fn serde_chunk<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        postcard::to_extend(value, vec![bulk::SERDE]).unwrap()
+    }
+
     /// A chunk's results as a worker encodes them.
     fn frame(results: &[Result<u64, Panic>]) -> ChunkResult {
         ChunkResult::Bytes {
-            frame: postcard::to_stdvec(results).unwrap(),
+            frame: serde_chunk(results),
             body_at: 0,
             pid: 42,
         }
@@ -504,7 +596,7 @@ mod tests {
 
     /// A chunk's results as a reader thread decodes them ahead.
     fn decoded_ahead(results: &[Result<u64, Panic>]) -> ChunkResult {
-        let body = postcard::to_stdvec(results).unwrap();
+        let body = serde_chunk(results);
         ChunkResult::Decoded(decoder::<u64>()(&body, 42))
     }
 
@@ -544,7 +636,7 @@ mod tests {
         let mut strings: Vec<Result<String, Error>> = Vec::new();
         decoded_ahead(&[Ok(1)]).into_outcomes::<String>(1, &mut strings);
         assert!(matches!(&strings[..], [Err(Error::Codec(_))]));
-        let mut cut = postcard::to_stdvec(&[Ok::<u64, Panic>(1), Ok(300)][..]).unwrap();
+        let mut cut = serde_chunk(&[Ok::<u64, Panic>(1), Ok(300)][..]);
         cut.pop();
         let mut all: Vec<Result<u64, Error>> = Vec::new();
         ChunkResult::Decoded(decoder::<u64>()(&cut, 42)).into_outcomes::<u64>(2, &mut all);
@@ -613,13 +705,13 @@ mod tests {
     fn chunks_of_byte_vectors_are_encoded_as_postcard_encodes_them() {
         let spare = SpareBuffers::default();
         let items: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; i * 100]).collect();
-        let wire = postcard::to_stdvec(&items).unwrap();
+        let wire = serde_chunk(&items);
         assert_eq!(*Payload::encode(&items, &spare).unwrap().bytes, wire);
         assert_eq!(*Payload::encode(&items[..], &spare).unwrap().bytes, wire);
         let one = std::slice::from_ref(&items[3]);
         assert_eq!(
             *Payload::encode(one, &spare).unwrap().bytes,
-            postcard::to_stdvec(one).unwrap()
+            serde_chunk(one)
         );
         assert!(byte_vecs(&items).is_some());
         assert!(byte_vecs(&vec![vec![1u16]]).is_none());
@@ -633,19 +725,19 @@ mod tests {
     fn byte_vector_results_decode_in_bulk_and_hostile_ones_fail_typed() {
         let results: Vec<Result<Vec<u8>, Panic>> =
             vec![Ok(vec![1, 2, 3]), Err(panic("p")), Ok(vec![9; 1000])];
-        let body = postcard::to_stdvec(&results).unwrap();
+        let body = serde_chunk(&results);
         let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
         ChunkResult::Decoded(decoder::<Vec<u8>>()(&body, 1)).into_outcomes(3, &mut all);
         assert_eq!(all[0].as_ref().unwrap(), &[1, 2, 3]);
         assert!(matches!(all[1], Err(Error::Panicked { .. })));
         assert_eq!(all[2].as_ref().unwrap(), &vec![9; 1000]);
         // A length past the end fails that item and the rest, typed.
-        let hostile = [2, 0, 200, 1, 1, 0, 1];
+        let hostile = [bulk::SERDE, 2, 0, 200, 1, 1, 0, 1];
         // A count far beyond what the bytes hold (u32::MAX results in 7 bytes): typed
         // errors, no attempt to reserve for them.
         let mut huge: Vec<Result<Vec<u8>, Error>> = Vec::new();
         ChunkResult::Decoded(decoder::<Vec<u8>>()(
-            &[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0],
+            &[bulk::SERDE, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0],
             1,
         ))
         .into_outcomes(1, &mut huge);
