@@ -222,6 +222,10 @@ tuple! {
 /// How one plain type travels, through functions monomorphized once, in the table.
 struct Plain {
     size: usize,
+    /// Whether a value's bytes in memory are its wire bytes (see [`raw`]).
+    raw: bool,
+    /// Checks that every `size` bytes are a value; the first that is not, if any.
+    check: fn(&[u8]) -> Result<(), usize>,
     /// Appends `n` values (at the pointer) as wire bytes.
     encode: unsafe fn(*const u8, usize, &mut Vec<u8>),
     /// Writes the values of `bytes` (a multiple of `size` long) at the pointer, or says
@@ -276,11 +280,26 @@ unsafe fn decode<T: Fixed>(bytes: &[u8], out: *mut u8) -> Result<(), usize> {
     Ok(())
 }
 
+fn check<T: Fixed>(bytes: &[u8]) -> Result<(), usize> {
+    if T::ANY_BITS {
+        return Ok(());
+    }
+    match bytes
+        .chunks_exact(T::SIZE)
+        .position(|b| T::get(b).is_none())
+    {
+        Some(bad) => Err(bad),
+        None => Ok(()),
+    }
+}
+
 fn entry<T: Fixed>() -> (TypeId, Plain) {
     (
         TypeId::of::<T>(),
         Plain {
             size: T::SIZE,
+            raw: raw::<T>(),
+            check: check::<T>,
             encode: encode::<T>,
             decode: decode::<T>,
         },
@@ -356,8 +375,8 @@ impl<T> PlainOf<T> {
         unsafe { (self.plain.encode)(values.as_ptr().cast(), values.len(), out) }
     }
 
-    /// The `count` values at the front of `bytes`, and the bytes after them.
-    pub(crate) fn take(self, count: u64, bytes: &[u8]) -> Result<(Vec<T>, &[u8]), BulkError> {
+    /// The `count` values' bytes at the front of `bytes` (not checked), and the bytes after.
+    pub(crate) fn split(self, count: u64, bytes: &[u8]) -> Result<(&[u8], &[u8]), BulkError> {
         let size = self.plain.size;
         let len = usize::try_from(count)
             .ok()
@@ -368,17 +387,149 @@ impl<T> PlainOf<T> {
                 size,
                 len: bytes.len(),
             })?;
-        let (items, rest) = bytes.split_at(len);
-        // `count` values fit in the bytes received (checked above), so this allocation is
-        // bounded by what was received.
-        let mut values = Vec::<T>::with_capacity(len / size);
-        // SAFETY: the entry is `T`'s (see `put`); `items` is `len / size` values long, for
-        // which `values` has room; `set_len` follows only their writing, all of them.
-        unsafe {
-            (self.plain.decode)(items, values.as_mut_ptr().cast()).map_err(BulkError::Invalid)?;
-            values.set_len(len / size);
+        Ok(bytes.split_at(len))
+    }
+
+    /// Appends the values of `bytes` (a multiple of the size long, as [`PlainOf::split`]
+    /// gives) to `values`; nothing if one is invalid.
+    pub(crate) fn append(self, bytes: &[u8], values: &mut Vec<T>) -> Result<(), BulkError> {
+        let size = self.plain.size;
+        if bytes.len() % size != 0 {
+            return Err(BulkError::Length {
+                count: (bytes.len() / size) as u64,
+                size,
+                len: bytes.len(),
+            });
         }
-        Ok((values, rest))
+        let n = bytes.len() / size;
+        // Bounded by the bytes received.
+        values.reserve(n);
+        let at = values.len();
+        // SAFETY: the entry is `T`'s (see `put`); `bytes` is `n` values long, for which
+        // `values` has room after its `at` values; `set_len` follows only their writing, all
+        // of them.
+        unsafe {
+            (self.plain.decode)(bytes, values.as_mut_ptr().add(at).cast())
+                .map_err(BulkError::Invalid)?;
+            values.set_len(at + n);
+        }
+        Ok(())
+    }
+}
+
+/// The items of a chunk of arguments, read in place when their memory is their wire bytes,
+/// else decoded into a vector first.
+pub(crate) enum Items<'b, T> {
+    /// Checked bytes of a raw type, read one value at a time.
+    Raw { bytes: &'b [u8], _t: PhantomData<T> },
+    /// Decoded values.
+    Decoded(std::vec::IntoIter<T>),
+}
+
+impl<T> Iterator for Items<'_, T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Items::Raw { bytes, .. } => {
+                let size = std::mem::size_of::<T>();
+                let (value, rest) = bytes.split_at_checked(size)?;
+                *bytes = rest;
+                // SAFETY: `Items::Raw` is made only for a raw type of the table (its memory
+                // is its `size_of` wire bytes), from bytes checked to be values of it; the
+                // read is unaligned, as the chunk's bytes may be.
+                Some(unsafe { value.as_ptr().cast::<T>().read_unaligned() })
+            }
+            Items::Decoded(values) => values.next(),
+        }
+    }
+}
+
+/// The items of a bulk chunk of arguments, given the bytes after its tag, and their count;
+/// all of the bytes must be items.
+pub(crate) fn items<T>(plain: PlainOf<T>, bytes: &[u8]) -> Result<(u64, Items<'_, T>), BulkError> {
+    let (count, rest) = take_u64(bytes)?;
+    let (items, after) = plain.split(count, rest)?;
+    if !after.is_empty() {
+        return Err(BulkError::Length {
+            count,
+            size: plain.plain.size,
+            len: rest.len(),
+        });
+    }
+    if plain.plain.raw {
+        (plain.plain.check)(items).map_err(BulkError::Invalid)?;
+        return Ok((
+            count,
+            Items::Raw {
+                bytes: items,
+                _t: PhantomData,
+            },
+        ));
+    }
+    let mut values = Vec::new();
+    plain.append(items, &mut values)?;
+    Ok((count, Items::Decoded(values.into_iter())))
+}
+
+/// Writes a chunk of results in the bulk layout, value by value.
+pub(crate) struct ResultWriter<T> {
+    plain: PlainOf<T>,
+    /// The values, for a type that is not raw (written out at the end).
+    values: Vec<T>,
+    panics: u64,
+}
+
+impl<T> ResultWriter<T> {
+    /// Starts a chunk of `count` results in `out` (emptied).
+    pub(crate) fn new(plain: PlainOf<T>, count: u64, out: &mut Vec<u8>) -> ResultWriter<T> {
+        out.clear();
+        out.push(BULK);
+        out.extend_from_slice(&count.to_le_bytes());
+        // The count of panics, written by `finish`.
+        out.extend_from_slice(&0u64.to_le_bytes());
+        if plain.plain.raw {
+            // Room for every value at once, up to a bound (a count is bounded by the bytes
+            // of its arguments, not by those of its results).
+            let bytes =
+                usize::try_from(count).map_or(usize::MAX, |n| n.saturating_mul(plain.plain.size));
+            out.reserve(bytes.min(64 << 20));
+        }
+        ResultWriter {
+            plain,
+            values: Vec::new(),
+            panics: 0,
+        }
+    }
+
+    /// Appends the next value.
+    #[inline]
+    pub(crate) fn push(&mut self, value: T, out: &mut Vec<u8>) {
+        if !self.plain.plain.raw {
+            return self.values.push(value);
+        }
+        let size = std::mem::size_of::<T>();
+        out.reserve(size);
+        let at = out.len();
+        // SAFETY: a raw type's memory is its `size_of` wire bytes, all initialized (no
+        // padding); `out` has room for them after its `at` bytes (reserved above).
+        unsafe {
+            out.as_mut_ptr().add(at).cast::<T>().write_unaligned(value);
+            out.set_len(at + size);
+        }
+    }
+
+    /// The item at `index` panicked: `push` was not called for it.
+    pub(crate) fn panicked(&mut self) {
+        self.panics += 1;
+    }
+
+    /// Writes the values not yet written and the count of panics; the panics themselves
+    /// follow, appended by the caller.
+    pub(crate) fn finish(self, out: &mut Vec<u8>) {
+        self.plain.put(&self.values, out);
+        out[9..17].copy_from_slice(&self.panics.to_le_bytes());
     }
 }
 
@@ -390,34 +541,76 @@ pub(crate) fn put_items<T>(plain: PlainOf<T>, items: &[T], out: &mut Vec<u8>) {
     plain.put(items, out);
 }
 
+/// Appends a chunk of arguments in the bulk layout, read from `items` as they are written
+/// (no vector of them first); their count.
+pub(crate) fn put_iter<T>(
+    plain: PlainOf<T>,
+    items: impl Iterator<Item = T>,
+    out: &mut Vec<u8>,
+) -> u64 {
+    let start = out.len();
+    out.push(BULK);
+    // The count, written at the end.
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut count = 0u64;
+    if plain.plain.raw {
+        let size = std::mem::size_of::<T>();
+        let mut items = items;
+        let (lo, hi) = items.size_hint();
+        if hi == Some(lo) {
+            // A told length (bounded by `take` in case it is wrong): written in one pass,
+            // without a check of the room per item.
+            out.reserve(lo.saturating_mul(size));
+            let at = out.len();
+            let base = out.as_mut_ptr();
+            let mut written = 0;
+            for item in items.by_ref().take(lo) {
+                // SAFETY: as in `ResultWriter::push`; `written < lo`, and `out` has room
+                // for `lo` values after its `at` bytes (reserved above).
+                unsafe {
+                    base.add(at + written * size)
+                        .cast::<T>()
+                        .write_unaligned(item)
+                };
+                written += 1;
+            }
+            // SAFETY: the `written` values after `at` were written above.
+            unsafe { out.set_len(at + written * size) };
+            count = written as u64;
+        }
+        for item in items {
+            out.reserve(size);
+            let at = out.len();
+            // SAFETY: as in `ResultWriter::push`.
+            unsafe {
+                out.as_mut_ptr().add(at).cast::<T>().write_unaligned(item);
+                out.set_len(at + size);
+            }
+            count += 1;
+        }
+    } else {
+        let values: Vec<T> = items.collect();
+        count = values.len() as u64;
+        plain.put(&values, out);
+    }
+    out[start + 1..start + 9].copy_from_slice(&count.to_le_bytes());
+    count
+}
+
 /// Reads a `u64` (little-endian) from the front of `bytes`.
 pub(crate) fn take_u64(bytes: &[u8]) -> Result<(u64, &[u8]), BulkError> {
     let (head, rest) = bytes.split_first_chunk::<8>().ok_or(BulkError::Truncated)?;
     Ok((u64::from_le_bytes(*head), rest))
 }
 
-/// The items of a bulk chunk of arguments, given the bytes after its tag; all of the bytes
-/// must be items.
-pub(crate) fn take_items<T>(plain: PlainOf<T>, bytes: &[u8]) -> Result<Vec<T>, BulkError> {
-    let (count, rest) = take_u64(bytes)?;
-    let (items, after) = plain.take(count, rest)?;
-    if !after.is_empty() {
-        return Err(BulkError::Length {
-            count,
-            size: plain.plain.size,
-            len: rest.len(),
-        });
-    }
-    Ok(items)
-}
-
-/// A bulk chunk of results, decoded.
+/// A bulk chunk of results, read.
 #[derive(Debug)]
-pub(crate) struct BulkResults<R> {
+pub(crate) struct BulkResults<'b> {
     /// How many items the chunk had.
     pub(crate) count: u64,
-    /// The values of the items that did not panic, in order.
-    pub(crate) values: Vec<R>,
+    /// The bytes of the values of the items that did not panic, in order, as many as they
+    /// are (not yet checked: [`PlainOf::append`] does).
+    pub(crate) values: &'b [u8],
     /// The items that panicked (strictly increasing indices below `count`), and why.
     pub(crate) panics: Vec<(u64, Panic)>,
 }
@@ -427,11 +620,11 @@ pub(crate) struct BulkResults<R> {
 pub(crate) fn take_results<R>(
     plain: PlainOf<R>,
     bytes: &[u8],
-) -> Result<BulkResults<R>, BulkError> {
+) -> Result<BulkResults<'_>, BulkError> {
     let (count, rest) = take_u64(bytes)?;
     let (panicked, rest) = take_u64(rest)?;
     let ok = count.checked_sub(panicked).ok_or(BulkError::Panics)?;
-    let (values, mut rest) = plain.take(ok, rest)?;
+    let (values, mut rest) = plain.split(ok, rest)?;
     // Each panic takes at least two bytes: a count the bytes cannot hold is refused before
     // anything is reserved for it.
     if panicked > rest.len() as u64 {
@@ -465,6 +658,11 @@ pub(crate) fn take_results<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The items of a bulk chunk of arguments (the bytes after the tag), collected.
+    fn take_items<T>(plain: PlainOf<T>, bytes: &[u8]) -> Result<Vec<T>, BulkError> {
+        items(plain, bytes).map(|(_, items)| items.collect())
+    }
 
     /// Round trip through the bulk layout, against postcard's.
     fn round_trip<T>(values: &[T])

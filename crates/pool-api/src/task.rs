@@ -186,10 +186,8 @@ where
     };
     match (tag, PlainOf::<A>::get()) {
         (bulk::BULK, Some(plain)) => {
-            let items = bulk::take_items(plain, body).map_err(|e| cannot_decode(&e))?;
-            let len = items.len() as u64;
-            let mut items = items.into_iter();
-            // The count is the vector's length: `next` never runs out.
+            let (len, mut items) = bulk::items(plain, body).map_err(|e| cannot_decode(&e))?;
+            // The count is checked against the bytes: `next` never runs out.
             let next = |_| items.next().ok_or_else(|| cannot_decode(&"too few items"));
             if ItemCodec::<R>::new().byte_vec {
                 run_items::<A, R, true>(len, next, out, &f, results)
@@ -265,22 +263,20 @@ where
     out.clear();
     if let Some(plain) = results {
         // The values of the items that did not panic, in one array, then the panics with
-        // their items' indices (see `crate::bulk`). A hostile count is bounded by the
-        // chunk's bytes before it gets here, except for zero-sized arguments: the vector
-        // grows as items come, from a bounded start.
-        let mut values = Vec::with_capacity(len.min(1 << 20) as usize);
+        // their items' indices (see `crate::bulk`).
+        let mut writer = bulk::ResultWriter::new(plain, len, out);
         let mut panics = Vec::new();
         for i in 0..len {
             let item = next(i)?;
             match catch(|| f(item)) {
-                Ok(value) => values.push(value),
-                Err(panic) => panics.push((i, panic)),
+                Ok(value) => writer.push(value, out),
+                Err(panic) => {
+                    writer.panicked();
+                    panics.push((i, panic));
+                }
             }
         }
-        out.push(bulk::BULK);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(panics.len() as u64).to_le_bytes());
-        plain.put(&values, out);
+        writer.finish(out);
         let mut encoder = postcard::Serializer {
             output: Appender(out),
         };
@@ -668,7 +664,14 @@ pub(crate) fn decode_results<R: DeserializeOwned>(
                     e,
                 ))
             })?;
-            let mut values = results.values.into_iter();
+            let mut values = Vec::new();
+            plain.append(results.values, &mut values).map_err(|e| {
+                Error::Codec(crate::error::CodecError::caused_by(
+                    "decoding a chunk's results",
+                    e,
+                ))
+            })?;
+            let mut values = values.into_iter();
             let mut panics = results.panics.into_iter().peekable();
             let mut all = Vec::with_capacity(values.len() + panics.len());
             for i in 0..results.count {

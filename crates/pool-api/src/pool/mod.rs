@@ -696,6 +696,17 @@ impl Pool {
         max_items: u32,
         items: &mut (impl Iterator<Item = A> + ?Sized),
     ) -> Result<(), Error> {
+        if let Some(plain) = crate::bulk::PlainOf::<A>::get() {
+            // Written as they are read: no vector of the items, one copy.
+            let mut bytes = self.backend.spare().take().unwrap_or_default();
+            let n = crate::bulk::put_iter(plain, items.take(max_items as usize), &mut bytes);
+            let payload = Payload {
+                bytes: Arc::new(bytes),
+                fds: Arc::default(),
+            };
+            self.backend.pulled(chunk, n as u32, payload);
+            return Ok(());
+        }
         let batch: Vec<A> = items.take(max_items as usize).collect();
         let n = batch.len() as u32;
         let payload = self.payload(&batch)?;
@@ -1206,6 +1217,14 @@ impl<I: Iterator> Iterator for Counted<I> {
         match self {
             Counted::Told(items) => items.next(),
             Counted::Read(items) => items.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // A chunk of plain items is written in one pass when its length is known.
+        match self {
+            Counted::Told(items) => items.size_hint(),
+            Counted::Read(items) => items.size_hint(),
         }
     }
 }

@@ -101,7 +101,9 @@ fn encode_byte_vecs(items: &[Vec<u8>], buffer: Option<Vec<u8>>) -> Vec<u8> {
 /// Decodes a chunk's encoded results (`body`, from the worker whose pid is given) into a
 /// [`DecodedChunk`] of the job's result type, on the thread that received them (see
 /// [`ChunkResult::Decoded`]).
-pub(crate) type Decoder = fn(body: &[u8], pid: u32) -> Box<dyn Any + Send>;
+/// `None` for a chunk in the bulk layout: its values are copied once, by the job's caller,
+/// straight into the vector it returns, which decoding ahead would make two copies.
+pub(crate) type Decoder = fn(body: &[u8], pid: u32) -> Option<Box<dyn Any + Send>>;
 
 /// The [`Decoder`] of jobs whose results are `R`s.
 pub(crate) fn decoder<R: DeserializeOwned + Send + 'static>() -> Decoder {
@@ -111,7 +113,10 @@ pub(crate) fn decoder<R: DeserializeOwned + Send + 'static>() -> Decoder {
 fn decode_ahead<R: DeserializeOwned + Send + 'static>(
     body: &[u8],
     pid: u32,
-) -> Box<dyn Any + Send> {
+) -> Option<Box<dyn Any + Send>> {
+    if body.first() == Some(&bulk::BULK) {
+        return None;
+    }
     let mut chunk = DecodedChunk::<R> {
         values: Vec::new(),
         failures: Vec::new(),
@@ -134,7 +139,7 @@ fn decode_ahead<R: DeserializeOwned + Send + 'static>(
     if let Err(error) = decode_each(body, items, pid, &mut pushed, &mut chunk) {
         chunk.fail(items - pushed, &error);
     }
-    Box::new(chunk)
+    Some(Box::new(chunk))
 }
 
 /// A chunk's outcomes, decoded: the values of the items that succeeded, in order, and the
@@ -327,12 +332,22 @@ fn decode_bulk<R>(
             "a chunk came back with the wrong number of results",
         )));
     }
-    *pushed = items;
+    let invalid = |e| {
+        Error::Codec(crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            e,
+        ))
+    };
     if results.panics.is_empty() {
-        into.extend_ok(results.values);
+        // Straight into the caller's vector, when it has one (`FirstError`: `map`).
+        into.extend_plain(plain, results.values).map_err(invalid)?;
+        *pushed = items;
         return Ok(());
     }
-    let mut values = results.values.into_iter();
+    let mut values = Vec::new();
+    plain.append(results.values, &mut values).map_err(invalid)?;
+    *pushed = items;
+    let mut values = values.into_iter();
     let mut at = 0;
     for (index, p) in results.panics {
         // Indices increase and stay below the count (checked by the decoding).
@@ -433,6 +448,15 @@ pub(crate) trait Outcomes<R> {
         }
     }
 
+    /// The next items all succeeded, with the values of these bytes in the bulk layout
+    /// (see [`crate::bulk`]); none of them if one is invalid.
+    fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
+        let mut values = Vec::new();
+        plain.append(bytes, &mut values)?;
+        self.extend_ok(values);
+        Ok(())
+    }
+
     /// Room for `n` more outcomes is wanted.
     fn reserve(&mut self, _n: usize) {}
 
@@ -496,6 +520,14 @@ impl<R> Outcomes<R> for FirstError<R> {
         if self.error.is_none() {
             self.values.append(&mut values);
         }
+    }
+
+    fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
+        if self.error.is_none() {
+            // One copy, from the received bytes into the vector `map` returns.
+            plain.append(bytes, &mut self.values)?;
+        }
+        Ok(())
     }
 
     fn reserve(&mut self, n: usize) {
@@ -597,7 +629,7 @@ mod tests {
     /// A chunk's results as a reader thread decodes them ahead.
     fn decoded_ahead(results: &[Result<u64, Panic>]) -> ChunkResult {
         let body = serde_chunk(results);
-        ChunkResult::Decoded(decoder::<u64>()(&body, 42))
+        ChunkResult::Decoded(decoder::<u64>()(&body, 42).unwrap())
     }
 
     #[test]
@@ -639,7 +671,7 @@ mod tests {
         let mut cut = serde_chunk(&[Ok::<u64, Panic>(1), Ok(300)][..]);
         cut.pop();
         let mut all: Vec<Result<u64, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<u64>()(&cut, 42)).into_outcomes::<u64>(2, &mut all);
+        ChunkResult::Decoded(decoder::<u64>()(&cut, 42).unwrap()).into_outcomes::<u64>(2, &mut all);
         assert!(
             all[0].is_ok() && matches!(all[1], Err(Error::Codec(_))),
             "{all:?}"
@@ -727,7 +759,7 @@ mod tests {
             vec![Ok(vec![1, 2, 3]), Err(panic("p")), Ok(vec![9; 1000])];
         let body = serde_chunk(&results);
         let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<Vec<u8>>()(&body, 1)).into_outcomes(3, &mut all);
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(&body, 1).unwrap()).into_outcomes(3, &mut all);
         assert_eq!(all[0].as_ref().unwrap(), &[1, 2, 3]);
         assert!(matches!(all[1], Err(Error::Panicked { .. })));
         assert_eq!(all[2].as_ref().unwrap(), &vec![9; 1000]);
@@ -736,14 +768,13 @@ mod tests {
         // A count far beyond what the bytes hold (u32::MAX results in 7 bytes): typed
         // errors, no attempt to reserve for them.
         let mut huge: Vec<Result<Vec<u8>, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<Vec<u8>>()(
-            &[bulk::SERDE, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0],
-            1,
-        ))
+        ChunkResult::Decoded(
+            decoder::<Vec<u8>>()(&[bulk::SERDE, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0], 1).unwrap(),
+        )
         .into_outcomes(1, &mut huge);
         assert!(huge.iter().all(|r| r.is_err()), "{huge:?}");
         let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<Vec<u8>>()(&hostile, 1)).into_outcomes(2, &mut all);
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(&hostile, 1).unwrap()).into_outcomes(2, &mut all);
         assert!(
             all.iter().all(|r| matches!(r, Err(Error::Codec(_)))),
             "{all:?}"
