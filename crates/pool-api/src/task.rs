@@ -887,6 +887,141 @@ mod tests {
         assert!(add.run(&chunk, &mut out).is_err());
     }
 
+    fn swap((a, b): (u32, f32)) -> (f32, u32) {
+        (b, a)
+    }
+
+    fn describe((a, b): (u32, f32)) -> String {
+        format!("{a}:{}", b.to_bits())
+    }
+
+    fn not(b: bool) -> bool {
+        !b
+    }
+
+    /// A chunk of arguments as the pool encodes it.
+    fn chunk_of<A: Serialize>(items: &[A]) -> Vec<u8> {
+        crate::pool::encode_chunk(items, None).unwrap().0
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "makes a Call: resolving a function id reads the executable's program headers (dl_iterate_phdr), which Miri cannot call"
+    )]
+    fn the_bulk_and_the_varint_paths_give_the_same_results() {
+        let (bulk_call, serde_call) = (Call::new(swap).unwrap(), Call::new(describe).unwrap());
+        // A fixed seed: the same inputs in every run; any bits, NaNs included.
+        let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+            proptest::test_runner::Config::default(),
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            ),
+        );
+        let items = proptest::collection::vec(
+            (
+                proptest::prelude::any::<u32>(),
+                proptest::prelude::any::<u32>(),
+            ),
+            0..300,
+        );
+        runner
+            .run(&items, |raw| {
+                let items: Vec<(u32, f32)> =
+                    raw.iter().map(|&(a, b)| (a, f32::from_bits(b))).collect();
+                let bulk = chunk_of(&items);
+                let serde = serde_chunk(&items);
+                proptest::prop_assert_eq!(bulk[0], bulk::BULK);
+                proptest::prop_assert_eq!(serde[0], bulk::SERDE);
+                // Plain results (bulk), from arguments in either layout: the same bytes.
+                let (mut from_bulk, mut from_serde) = (Vec::new(), Vec::new());
+                bulk_call.run(&bulk, &mut from_bulk).unwrap();
+                bulk_call.run(&serde, &mut from_serde).unwrap();
+                proptest::prop_assert_eq!(&from_bulk, &from_serde);
+                proptest::prop_assert_eq!(from_bulk.first(), Some(&bulk::BULK));
+                let back: Vec<(u32, u32)> = decode_results::<(f32, u32)>(&from_bulk)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.map(|(f, a)| (f.to_bits(), a)).unwrap())
+                    .collect();
+                let want: Vec<(u32, u32)> = raw.iter().map(|&(a, b)| (b, a)).collect();
+                proptest::prop_assert_eq!(back, want);
+                // Results in postcard's layout, from arguments in either layout.
+                bulk_call.run(&bulk, &mut from_bulk).unwrap();
+                serde_call.run(&bulk, &mut from_bulk).unwrap();
+                serde_call.run(&serde, &mut from_serde).unwrap();
+                proptest::prop_assert_eq!(&from_bulk, &from_serde);
+                proptest::prop_assert_eq!(from_bulk.first(), Some(&bulk::SERDE));
+                let strings: Vec<String> = decode_results::<String>(&from_bulk)
+                    .unwrap()
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+                let want: Vec<String> = items.iter().copied().map(describe).collect();
+                proptest::prop_assert_eq!(strings, want);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "makes a Call: resolving a function id reads the executable's program headers (dl_iterate_phdr), which Miri cannot call"
+    )]
+    fn hostile_bulk_chunks_fail_the_chunk_typed() {
+        let mut out = Vec::new();
+        let nots = Call::new(not).unwrap();
+        let good = chunk_of(&[true, false]);
+        nots.run(&good, &mut out).unwrap();
+        let results: Vec<bool> = decode_results::<bool>(&out)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(results, [false, true]);
+        // A bad bool, an unknown tag, a cut chunk, a count the bytes do not hold.
+        let mut bad = good.clone();
+        *bad.last_mut().unwrap() = 2;
+        let message = nots.run(&bad, &mut out).unwrap_err();
+        assert!(message.contains("item 1"), "{message}");
+        let mut unknown = good.clone();
+        unknown[0] = 7;
+        assert!(nots.run(&unknown, &mut out).is_err());
+        assert!(nots.run(&good[..good.len() - 1], &mut out).is_err());
+        assert!(nots.run(&good[..4], &mut out).is_err());
+        let mut more = good.clone();
+        more[1] = 3;
+        assert!(nots.run(&more, &mut out).is_err());
+        // The bulk tag for a type that has no bulk layout.
+        let strings = Call::new(|s: String| s.len()).unwrap();
+        assert!(
+            strings
+                .run(&[bulk::BULK, 0, 0, 0, 0, 0, 0, 0, 0], &mut out)
+                .is_err()
+        );
+        // Results: the same checks, typed errors.
+        let codec_error =
+            |bytes: &[u8]| matches!(decode_results::<bool>(bytes), Err(Error::Codec(_)));
+        let mut results = Vec::new();
+        nots.run(&good, &mut results).unwrap();
+        let mut bad = results.clone();
+        *bad.last_mut().unwrap() = 9;
+        assert!(codec_error(&bad));
+        assert!(codec_error(&results[..results.len() - 1]));
+        let mut unknown = results.clone();
+        unknown[0] = 2;
+        assert!(codec_error(&unknown));
+        assert!(matches!(
+            decode_results::<String>(&results),
+            Err(Error::Codec(_))
+        ));
+        // More panics than items.
+        let mut panics = results.clone();
+        panics[9] = 3;
+        assert!(codec_error(&panics));
+    }
+
     #[test]
     fn frames_split_back_into_header_and_body() {
         let mut frame = header_bytes(&FromWorker::Finished { job: 3, index: 4 }).unwrap();

@@ -746,7 +746,7 @@ mod tests {
             serde_chunk(one)
         );
         assert!(byte_vecs(&items).is_some());
-        assert!(byte_vecs(&vec![vec![1u16]]).is_none());
+        assert!(byte_vecs(&[vec![1u16]]).is_none());
         assert!(byte_vecs(&[vec![(1u8,)]][..]).is_none());
         // Into a kept buffer, whatever it held.
         let kept = vec![0xAA; 1 << 20];
@@ -795,6 +795,84 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    /// A bulk chunk of results as a worker writes it.
+    fn bulk_frame(values: &[u64], panics: &[(u64, Panic)], count: u64) -> Vec<u8> {
+        let plain = PlainOf::<u64>::get().unwrap();
+        let mut out = Vec::new();
+        let mut writer = bulk::ResultWriter::new(plain, count, &mut out);
+        for &v in values {
+            writer.push(v, &mut out);
+        }
+        for _ in panics {
+            writer.panicked();
+        }
+        writer.finish(&mut out);
+        for p in panics {
+            out.extend(postcard::to_stdvec(p).unwrap());
+        }
+        out
+    }
+
+    fn outcomes(frame: Vec<u8>, items: u32) -> Vec<Result<u64, Error>> {
+        let mut all = Vec::new();
+        let result = ChunkResult::Bytes {
+            frame,
+            body_at: 0,
+            pid: 5,
+        };
+        result.decode_into(items, &mut all);
+        all
+    }
+
+    #[test]
+    fn bulk_results_decode_with_panics_in_place_and_hostile_ones_fail_typed() {
+        let frame = bulk_frame(&[10, 30], &[(1, panic("two"))], 3);
+        assert!(decoder::<u64>()(&frame, 5).is_none(), "not decoded ahead");
+        let all = outcomes(frame.clone(), 3);
+        assert_eq!(all[0].as_ref().unwrap(), &10);
+        assert!(
+            matches!(&all[1], Err(Error::Panicked { message, pid: 5, .. }) if message == "two")
+        );
+        assert_eq!(all[2].as_ref().unwrap(), &30);
+        let mut values = FirstError::new();
+        outcomes(bulk_frame(&[1, 2], &[], 2), 2)
+            .into_iter()
+            .for_each(|o| values.push(o));
+        let ok = bulk_frame(&[1, 2], &[], 2);
+        ChunkResult::Bytes {
+            frame: ok.clone(),
+            body_at: 0,
+            pid: 1,
+        }
+        .decode_into(2, &mut values);
+        assert_eq!(values.into_result().unwrap(), [1, 2, 1, 2]);
+        let all_codec = |all: Vec<Result<u64, Error>>| {
+            all.len() == 3 && all.iter().all(|r| matches!(r, Err(Error::Codec(_))))
+        };
+        // The wrong count, a cut chunk, trailing bytes, an unknown tag, panics out of order
+        // or past the end: every item fails, typed.
+        assert!(all_codec(outcomes(bulk_frame(&[1, 2], &[], 2), 3)));
+        assert!(all_codec(outcomes(frame[..frame.len() - 1].to_vec(), 3)));
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(all_codec(outcomes(longer, 3)));
+        let mut unknown = frame.clone();
+        unknown[0] = 9;
+        assert!(all_codec(outcomes(unknown, 3)));
+        let twice = bulk_frame(&[1], &[(1, panic("a")), (1, panic("b"))], 3);
+        assert!(all_codec(outcomes(twice, 3)));
+        let past = bulk_frame(&[1, 2], &[(3, panic("a"))], 3);
+        assert!(all_codec(outcomes(past, 3)));
+        let mut strings: Vec<Result<String, Error>> = Vec::new();
+        ChunkResult::Bytes {
+            frame,
+            body_at: 0,
+            pid: 1,
+        }
+        .decode_into(3, &mut strings);
+        assert!(strings.iter().all(|r| matches!(r, Err(Error::Codec(_)))));
     }
 
     fn payload(capacity: usize) -> Payload {
