@@ -3,7 +3,7 @@
 //! `pool_api`'s `bulk` module), chosen without the caller asking, and come back equal to
 //! what the functions compute here, on both transports, through every way of submitting.
 
-use pool_api::{Error, Pool, Process, TransportKind};
+use pool_api::{Bytes, Error, Pool, Process, TransportKind};
 
 fn pool(transport: TransportKind) -> Pool {
     Pool::builder()
@@ -145,4 +145,44 @@ fn a_process_takes_and_returns_plain_values() {
     assert_eq!(p.join().unwrap(), 81);
     let p = Process::new(fails_on_seven, 7).unwrap().start().unwrap();
     assert!(matches!(p.join(), Err(Error::Panicked { .. })));
+}
+
+fn checksum(data: Vec<u8>) -> u64 {
+    data.iter().map(|&b| u64::from(b)).sum::<u64>() + data.len() as u64
+}
+
+fn checksum_bytes(data: Bytes) -> u64 {
+    checksum(data.0)
+}
+
+fn reverse(mut data: Vec<u8>) -> Vec<u8> {
+    data.reverse();
+    data
+}
+
+/// Byte vectors are sent from where they are (no encoding copy), including chunks larger
+/// than a shared-memory ring.
+#[test]
+fn byte_vectors_travel_whole_in_chunks_of_any_size() {
+    each_transport(|transport| {
+        let pool = pool(transport);
+        let sizes = [0usize, 1, 300, 1 << 20, 5 << 20, 5 << 20, 7, 3 << 20];
+        let inputs: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j * 7) as u8).collect())
+            .collect();
+        let want: Vec<u64> = inputs.iter().cloned().map(checksum).collect();
+        for chunksize in [1, 3, 8] {
+            let got = pool
+                .map_chunked(checksum, inputs.clone(), chunksize)
+                .unwrap();
+            assert_eq!(got, want, "{transport:?} chunks of {chunksize}");
+            let bytes: Vec<Bytes> = inputs.iter().cloned().map(Bytes).collect();
+            let got = pool.map_chunked(checksum_bytes, bytes, chunksize).unwrap();
+            assert_eq!(got, want, "{transport:?} Bytes in chunks of {chunksize}");
+        }
+        let got = pool.map(reverse, inputs.clone()).unwrap();
+        assert_eq!(got, inputs.into_iter().map(reverse).collect::<Vec<_>>());
+    });
 }

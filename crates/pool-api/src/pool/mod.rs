@@ -702,9 +702,21 @@ impl Pool {
             let n = crate::bulk::put_iter(plain, items.take(max_items as usize), &mut bytes);
             let payload = Payload {
                 bytes: Arc::new(bytes),
+                gathered: Arc::default(),
                 fds: Arc::default(),
             };
             self.backend.pulled(chunk, n as u32, payload);
+            return Ok(());
+        }
+        if payload::is_byte_vec::<A>() && !self.backend.is_cluster() {
+            // Moved, not encoded: the link sends them where they are (a cluster's chunk is
+            // one block of bytes in Redis, so it encodes them).
+            let vecs: Vec<Vec<u8>> = items
+                .take(max_items as usize)
+                .filter_map(|item| payload::into_byte_vec(item).ok())
+                .collect();
+            let n = vecs.len() as u32;
+            self.backend.pulled(chunk, n, Payload::gather(vecs));
             return Ok(());
         }
         let batch: Vec<A> = items.take(max_items as usize).collect();

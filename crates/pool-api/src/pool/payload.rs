@@ -29,11 +29,61 @@ use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 /// clone: a requeued chunk is sent again from the same payload.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Payload {
+    /// The encoded chunk; for a chunk of gathered byte vectors, the bytes around them.
     pub(crate) bytes: Arc<Vec<u8>>,
+    /// Byte vectors sent where they are, between pieces of `bytes` (see [`Payload::parts`]).
+    pub(crate) gathered: Arc<Gathered>,
     pub(crate) fds: Arc<Vec<std::os::fd::OwnedFd>>,
 }
 
+/// The byte vectors of a chunk (`Vec<u8>` or [`crate::Bytes`] arguments), moved from the
+/// caller's input and sent from there: item `i` follows `bytes[..cuts[i]]`.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    items: Vec<Vec<u8>>,
+    cuts: Vec<usize>,
+}
+
 impl Payload {
+    /// A chunk of byte vectors, in postcard's layout as [`encode_byte_vecs`] writes it, but
+    /// with the vectors kept where they are: the link sends the pieces in one message
+    /// ([`Payload::parts`]), so their bytes are copied once, into the channel, instead of
+    /// into a buffer first.
+    pub(crate) fn gather(items: Vec<Vec<u8>>) -> Payload {
+        let mut bytes = Vec::with_capacity(11 + 10 * items.len());
+        let mut cuts = Vec::with_capacity(items.len());
+        bytes.push(bulk::SERDE);
+        let mut encoder = postcard::Serializer {
+            output: Appender(&mut bytes),
+        };
+        // Writing into a vector cannot fail.
+        let _ = serde::Serialize::serialize(&items.len(), &mut encoder);
+        for item in &items {
+            let _ = serde::Serialize::serialize(&item.len(), &mut encoder);
+            cuts.push(encoder.output.0.len());
+        }
+        Payload {
+            bytes: Arc::new(bytes),
+            gathered: Arc::new(Gathered { items, cuts }),
+            fds: Arc::default(),
+        }
+    }
+
+    /// The message's pieces, in order: the encoded bytes, or, for gathered byte vectors,
+    /// each vector after the bytes before it.
+    pub(crate) fn parts(&self) -> Vec<&[u8]> {
+        let Gathered { items, cuts } = &*self.gathered;
+        let mut parts = Vec::with_capacity(2 * items.len() + 1);
+        let mut at = 0;
+        for (item, &cut) in items.iter().zip(cuts) {
+            parts.push(&self.bytes[at..cut]);
+            parts.push(&item[..]);
+            at = cut;
+        }
+        parts.push(&self.bytes[at..]);
+        parts
+    }
+
     /// Encodes a chunk of arguments into a buffer from `spare` (see [`encode_chunk`]).
     pub(crate) fn encode<A: serde::Serialize>(
         items: &[A],
@@ -42,6 +92,7 @@ impl Payload {
         let (bytes, fds) = encode_chunk(items, spare.take())?;
         Ok(Payload {
             bytes: Arc::new(bytes),
+            gathered: Arc::default(),
             fds: Arc::new(fds),
         })
     }
@@ -64,6 +115,29 @@ pub(crate) fn encode_chunk<A: serde::Serialize>(
         return Ok((encode_byte_vecs(items, buffer), Vec::new()));
     }
     crate::handles::encode_into(items, buffer, &[bulk::SERDE])
+}
+
+/// Moves the byte vector out of `item`, if `A` is `Vec<u8>` or [`crate::Bytes`]; else
+/// hands the item back.
+pub(crate) fn into_byte_vec<A>(item: A) -> Result<Vec<u8>, A> {
+    let id = type_id_of::<A>();
+    let item = std::mem::ManuallyDrop::new(item);
+    if id == TypeId::of::<Vec<u8>>() {
+        // SAFETY: `A` is `Vec<u8>` (same `TypeId`, no lifetime erased); it is moved out of
+        // the `ManuallyDrop`, which does not drop it again.
+        Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*item).cast::<Vec<u8>>()) })
+    } else if id == TypeId::of::<crate::Bytes>() {
+        // SAFETY: as above, `A` is `Bytes`.
+        Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*item).cast::<crate::Bytes>()) }.0)
+    } else {
+        Err(std::mem::ManuallyDrop::into_inner(item))
+    }
+}
+
+/// Whether `A` is `Vec<u8>` or [`crate::Bytes`] (see [`into_byte_vec`]).
+pub(crate) fn is_byte_vec<A>() -> bool {
+    let id = type_id_of::<A>();
+    id == TypeId::of::<Vec<u8>>() || id == TypeId::of::<crate::Bytes>()
 }
 
 /// A chunk of `Vec<u8>` arguments, seen as such; `None` for a chunk of anything else.
@@ -754,6 +828,29 @@ mod tests {
     }
 
     #[test]
+    fn gathered_byte_vectors_send_the_bytes_they_would_be_encoded_to() {
+        let items: Vec<Vec<u8>> = [0usize, 1, 127, 128, 70_000]
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 3) as u8).collect())
+            .collect();
+        let wire = serde_chunk(&items);
+        let gathered = Payload::gather(items.clone());
+        assert_eq!(gathered.parts().concat(), wire);
+        assert_eq!(gathered.parts().len(), 2 * items.len() + 1);
+        assert_eq!(
+            Payload::gather(Vec::new()).parts().concat(),
+            serde_chunk(&[0u8; 0][..])
+        );
+        let encoded = Payload::encode(&items, &SpareBuffers::default()).unwrap();
+        assert_eq!(encoded.parts(), [&wire[..]]);
+        // Moved out of either type; other types are handed back.
+        assert_eq!(into_byte_vec(vec![1u8, 2]), Ok(vec![1, 2]));
+        assert_eq!(into_byte_vec(crate::Bytes(vec![3])), Ok(vec![3]));
+        assert_eq!(into_byte_vec(vec![1u16]), Err(vec![1u16]));
+        assert!(is_byte_vec::<crate::Bytes>() && !is_byte_vec::<Vec<u16>>());
+    }
+
+    #[test]
     fn byte_vector_results_decode_in_bulk_and_hostile_ones_fail_typed() {
         let results: Vec<Result<Vec<u8>, Panic>> =
             vec![Ok(vec![1, 2, 3]), Err(panic("p")), Ok(vec![9; 1000])];
@@ -878,6 +975,7 @@ mod tests {
     fn payload(capacity: usize) -> Payload {
         Payload {
             bytes: Arc::new(Vec::with_capacity(capacity)),
+            gathered: Arc::default(),
             fds: Arc::default(),
         }
     }
@@ -890,6 +988,7 @@ mod tests {
         let at = first.as_ptr();
         spare.give_back(Payload {
             bytes: Arc::new(first),
+            gathered: Arc::default(),
             fds: Arc::default(),
         });
         assert_eq!(spare.kept(), 1);
@@ -900,17 +999,18 @@ mod tests {
         assert_eq!(spare.kept(), 0, "small buffers go back to the allocator");
     }
 
-    fn len(data: crate::Bytes) -> usize {
+    fn len(data: Vec<u32>) -> usize {
         data.len()
     }
 
     #[test]
     #[cfg_attr(miri, ignore = "starts a Pool: worker processes, pipes, pidfds")]
     fn a_pool_keeps_the_buffers_of_its_ended_chunks() {
+        // Large items that are encoded (byte vectors are sent where they are instead).
         let pool = crate::Pool::new(1).unwrap();
-        let items: Vec<crate::Bytes> = (0..6).map(|_| crate::Bytes(vec![1; 512 << 10])).collect();
+        let items: Vec<Vec<u32>> = (0..6).map(|_| vec![u32::MAX; 128 << 10]).collect();
         let lengths = pool.map_chunked(len, items, 1).unwrap();
-        assert_eq!(lengths, [512 << 10; 6]);
+        assert_eq!(lengths, [128 << 10; 6]);
         assert!(pool.local().spare().kept() >= 1, "no buffer came back");
     }
 
