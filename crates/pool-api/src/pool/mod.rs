@@ -524,8 +524,8 @@ impl Pool {
         let mut chunks = VecDeque::new();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let batch: Vec<A> = items.by_ref().take(chunksize as usize).collect();
-            chunks.push_back((batch.len() as u32, self.payload(&batch)?));
+            let batch = items.by_ref().take(chunksize as usize);
+            chunks.push_back(self.owned_payload(batch)?);
         }
         let spec = JobSpec::new(
             Input::Sized {
@@ -683,10 +683,26 @@ impl Pool {
                 }
             }
         }
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        let (n, payload) = self.owned_payload(batch.into_iter())?;
         self.backend.pulled(chunk, n, payload);
         Ok(panicked)
+    }
+
+    /// A chunk of owned arguments, encoded, or, for byte vectors, moved into the payload
+    /// and sent from where they are (see `Payload::gather`; a cluster's chunk is one block of
+    /// bytes in Redis, so there they are encoded); with its count of items.
+    fn owned_payload<A: Serialize>(
+        &self,
+        items: impl Iterator<Item = A>,
+    ) -> Result<(u32, Payload), Error> {
+        if payload::is_byte_vec::<A>() && !self.backend.is_cluster() {
+            let vecs: Vec<Vec<u8>> = items
+                .filter_map(|item| payload::into_byte_vec(item).ok())
+                .collect();
+            return Ok((vecs.len() as u32, Payload::gather(vecs)));
+        }
+        let batch: Vec<A> = items.collect();
+        Ok((batch.len() as u32, self.payload(&batch)?))
     }
 
     /// Reads up to `max_items` items and hands them to the pool as `chunk`.
@@ -708,20 +724,7 @@ impl Pool {
             self.backend.pulled(chunk, n as u32, payload);
             return Ok(());
         }
-        if payload::is_byte_vec::<A>() && !self.backend.is_cluster() {
-            // Moved, not encoded: the link sends them where they are (a cluster's chunk is
-            // one block of bytes in Redis, so it encodes them).
-            let vecs: Vec<Vec<u8>> = items
-                .take(max_items as usize)
-                .filter_map(|item| payload::into_byte_vec(item).ok())
-                .collect();
-            let n = vecs.len() as u32;
-            self.backend.pulled(chunk, n, Payload::gather(vecs));
-            return Ok(());
-        }
-        let batch: Vec<A> = items.take(max_items as usize).collect();
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        let (n, payload) = self.owned_payload(items.take(max_items as usize))?;
         self.backend.pulled(chunk, n, payload);
         Ok(())
     }
