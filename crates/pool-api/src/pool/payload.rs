@@ -231,16 +231,6 @@ impl<R> Outcomes<R> for DecodedChunk<R> {
         self.outcomes += 1;
     }
 
-    fn extend_ok(&mut self, mut values: Vec<R>) {
-        // A bulk chunk's values come as one vector, kept as it is when it is all of them.
-        self.outcomes += values.len() as u32;
-        if self.values.is_empty() {
-            self.values = values;
-        } else {
-            self.values.append(&mut values);
-        }
-    }
-
     fn push(&mut self, outcome: Result<R, Error>) {
         match outcome {
             Ok(value) => self.push_ok(value),
