@@ -11,6 +11,8 @@ mod payload;
 mod sleepers;
 mod worker;
 
+pub(crate) use self::payload::encode_chunk;
+
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -526,8 +528,8 @@ impl Pool {
         let mut chunks = VecDeque::new();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let batch: Vec<A> = items.by_ref().take(chunksize as usize).collect();
-            chunks.push_back((batch.len() as u32, self.payload(&batch)?));
+            let batch = items.by_ref().take(chunksize as usize);
+            chunks.push_back(self.owned_payload(batch)?);
         }
         let spec = JobSpec::new(
             Input::Sized {
@@ -685,10 +687,26 @@ impl Pool {
                 }
             }
         }
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        let (n, payload) = self.owned_payload(batch.into_iter())?;
         self.backend.pulled(chunk, n, payload);
         Ok(panicked)
+    }
+
+    /// A chunk of owned arguments, encoded, or, for byte vectors, moved into the payload
+    /// and sent from where they are (see `Payload::gather`; a cluster's chunk is one block of
+    /// bytes in Redis, so there they are encoded); with its count of items.
+    fn owned_payload<A: Serialize>(
+        &self,
+        items: impl Iterator<Item = A>,
+    ) -> Result<(u32, Payload), Error> {
+        if payload::is_byte_vec::<A>() && !self.backend.is_cluster() {
+            let vecs: Vec<Vec<u8>> = items
+                .filter_map(|item| payload::into_byte_vec(item).ok())
+                .collect();
+            return Ok((vecs.len() as u32, Payload::gather(vecs)));
+        }
+        let batch: Vec<A> = items.collect();
+        Ok((batch.len() as u32, self.payload(&batch)?))
     }
 
     /// Reads up to `max_items` items and hands them to the pool as `chunk`.
@@ -698,16 +716,26 @@ impl Pool {
         max_items: u32,
         items: &mut (impl Iterator<Item = A> + ?Sized),
     ) -> Result<(), Error> {
-        let batch: Vec<A> = items.take(max_items as usize).collect();
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        if let Some(plain) = crate::bulk::PlainOf::<A>::get() {
+            // Written as they are read: no vector of the items, one copy.
+            let mut bytes = self.backend.spare().take().unwrap_or_default();
+            let n = crate::bulk::put_iter(plain, items.take(max_items as usize), &mut bytes);
+            let payload = Payload {
+                bytes: Arc::new(bytes),
+                gathered: Arc::default(),
+                fds: Arc::default(),
+            };
+            self.backend.pulled(chunk, n as u32, payload);
+            return Ok(());
+        }
+        let (n, payload) = self.owned_payload(items.take(max_items as usize))?;
         self.backend.pulled(chunk, n, payload);
         Ok(())
     }
 
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
-    fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
+    fn payload<A: Serialize>(&self, args: &[A]) -> Result<Payload, Error> {
         let payload = Payload::encode(args, self.backend.spare())?;
         if !payload.fds.is_empty() && self.backend.is_cluster() {
             return Err(Error::InvalidArgument(
@@ -895,7 +923,7 @@ impl PoolBuilder {
         // The arguments may hold handles (Python's `initargs=(lock,)`): every worker inherits
         // their descriptors when it starts.
         let setup = Call::new(f).and_then(|call| {
-            let (bytes, fds) = crate::handles::encode(std::slice::from_ref(&args))?;
+            let (bytes, fds) = payload::encode_chunk(std::slice::from_ref(&args), None)?;
             Ok((call, bytes, fds))
         });
         self.initializer = Some(setup);
@@ -1208,6 +1236,14 @@ impl<I: Iterator> Iterator for Counted<I> {
         match self {
             Counted::Told(items) => items.next(),
             Counted::Read(items) => items.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // A chunk of plain items is written in one pass when its length is known.
+        match self {
+            Counted::Told(items) => items.size_hint(),
+            Counted::Read(items) => items.size_hint(),
         }
     }
 }
