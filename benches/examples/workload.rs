@@ -10,6 +10,13 @@
 //! `Vec<u8>`, `w4echo` and `w4vececho` send the data back (results as large as the arguments),
 //! `w4c1` is `w4` with chunk size 1.
 //!
+//! W3 maps `POOL_W3_ITEMS` items (default 1 000 000) in chunks of `POOL_W3_CHUNK` (default:
+//! the pool's default chunk size), to see how the cost grows with the work:
+//!
+//! ```text
+//! POOL_W3_ITEMS=100000000 POOL_W3_CHUNK=125000 target/release/examples/workload w3 shm 3
+//! ```
+//!
 //! It prints the minimum and the median time of a round (the minimum is the steadiest figure
 //! on a shared machine). Criterion (`cargo xtask bench`) remains the measurement of record;
 //! this is the loop to put under `perf` or to compare two builds in a minute.
@@ -62,11 +69,14 @@ fn main() {
             .expect("pool")
     });
     let pool = || pool.as_ref().expect("a pool");
+    let env_number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let w3_items = env_number("POOL_W3_ITEMS").unwrap_or(1_000_000);
+    let w3_chunk = env_number("POOL_W3_CHUNK").map(|c| c as usize);
     let (unit, per_round): (&str, f64) = match workload {
         "w1" => ("pools", 1.0),
         "w2" => ("calls", 10_000.0),
         "w2b" => ("tasks", 10_000.0),
-        "w3" => ("items", 1e6),
+        "w3" => ("items", w3_items as f64),
         "w3c1" => ("items", 1e5),
         "w4" | "w4c1" | "w4vec" | "w4echo" | "w4vececho" => ("MiB", 64.0),
         "w5" => ("msgs", 10_000.0),
@@ -118,7 +128,10 @@ fn main() {
                     .collect();
                 results.into_iter().for_each(|r| r.get().unwrap());
             }
-            "w3" => drop(pool().map(square, 0..1_000_000u64).unwrap()),
+            "w3" => match w3_chunk {
+                Some(chunk) => drop(pool().map_chunked(square, 0..w3_items, chunk).unwrap()),
+                None => drop(pool().map(square, 0..w3_items).unwrap()),
+            },
             "w3c1" => drop(pool().map_chunked(square, 0..100_000u64, 1).unwrap()),
             "w4" => drop(pool().map(len, input).unwrap()),
             "w4echo" => drop(pool().map(echo, input).unwrap()),

@@ -1,7 +1,9 @@
 """The benchmark workloads (W1-W8) on CPython's multiprocessing, for `cargo xtask bench`.
 
-Prints one JSON object per line: {"workload": ..., "variant": ..., "value": ..., "unit": ...}.
-`--quick` runs smaller counts. The definitions mirror pool's criterion benches.
+Prints one JSON object per line: {"workload": ..., "variant": ..., "value": ..., "unit": ...},
+or {"workload": ..., "variant": ..., "skipped": reason} for a figure it chose not to measure.
+`--quick` runs smaller counts. The definitions mirror pool's criterion benches, and the
+groups w3growth, imap, poolstart and idle mirror `benches/benches/growth.rs`.
 """
 import json
 import multiprocessing as mp
@@ -16,6 +18,10 @@ QUICK = "--quick" in sys.argv
 
 def emit(workload, variant, value, unit):
     print(json.dumps({"workload": workload, "variant": variant, "value": value, "unit": unit}), flush=True)
+
+
+def skip(workload, variant, reason):
+    print(json.dumps({"workload": workload, "variant": variant, "skipped": reason}), flush=True)
 
 
 def noop(_=None):
@@ -211,7 +217,136 @@ def w8_process(method):
     emit("W8 Process start + join", method, statistics.median(runs) * 1e3, "ms")
 
 
+# What growth.rs divides item counts by under --quick.
+SCALE = 10 if QUICK else 1
+# Items per imap chunk, as growth.rs has it.
+IMAP_CHUNK = 10_000
+
+
+def mem_available_gib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / (1 << 20)
+    return 0.0
+
+
+def proc_kib(path, field):
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def w3_growth():
+    with mp.get_context("fork").Pool(2) as pool:
+        pool.map(square, range(1_000_000 // SCALE))
+        for label, n, rounds in (("1M", 1_000_000, 3), ("10M", 10_000_000, 2), ("100M", 100_000_000, 1)):
+            n //= SCALE
+            if QUICK:
+                rounds = 1
+            # A list of n results holds ~40 bytes an item (a pointer and an int object):
+            # ~4 GB at 100 M, and as much again while map joins the chunks' lists.
+            need = n * 80 / (1 << 30) + 1
+            if mem_available_gib() < need:
+                skip("W3 growth", label, "needs %.0f GiB, %.0f available" % (need, mem_available_gib()))
+                continue
+            runs = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                out = pool.map(square, range(n))
+                runs.append(time.perf_counter() - t)
+                assert len(out) == n
+                del out
+            emit("W3 growth", label, statistics.median(runs) * 1e9 / n, "ns/item")
+
+
+def imap_child(n):
+    """One imap measurement in a process of its own: items/s and this process's peak RSS."""
+    with mp.get_context("fork").Pool(2) as pool:
+        t = time.perf_counter()
+        count = 0
+        for _ in pool.imap(square, range(n), chunksize=IMAP_CHUNK):
+            count += 1
+        rate = n / (time.perf_counter() - t)
+        assert count == n
+    print(rate, proc_kib("/proc/self/status", "VmHWM:"), flush=True)
+
+
+def w_imap():
+    import subprocess
+    for label, n in (("1M", 1_000_000), ("100M", 100_000_000)):
+        n //= SCALE
+        out = subprocess.run([sys.executable, __file__, "imapchild", str(n)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        emit("imap growth", label + " rate", float(out[0]), "items/s")
+        emit("imap growth", label + " peak RSS", int(out[1]) / 1024, "MiB")
+
+
+_BARRIER = None
+
+
+def arm(barrier):
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def meet(_):
+    _BARRIER.wait(120)
+    return os.getpid()
+
+
+def start_round(ctx, n):
+    barrier = ctx.Barrier(n)
+    t = time.perf_counter()
+    pool = ctx.Pool(n, initializer=arm, initargs=(barrier,))
+    pids = set(pool.map(meet, range(n), chunksize=1))
+    ms = (time.perf_counter() - t) * 1e3
+    assert len(pids) == n
+    pool.terminate()
+    pool.join()
+    return ms
+
+
+def w_pool_start():
+    for method in ("spawn", "forkserver"):
+        ctx = mp.get_context(method)
+        # The forkserver starts on first use: that start belongs to no pool's figure.
+        start_round(ctx, 2)
+        for n in (2, 16, 64):
+            runs = [start_round(ctx, n) for _ in range(1 if QUICK else 3)]
+            emit("Pool(n) start", "%s %d" % (method, n), statistics.median(runs), "ms")
+
+
+def echo(b):
+    return b
+
+
+def idle_figures(pid):
+    # As growth.rs reads ours: half a second after the worker's last answer.
+    time.sleep(0.5)
+    path = "/proc/%d/smaps_rollup" % pid
+    return proc_kib(path, "Rss:") / 1024, proc_kib(path, "Private_Dirty:") / 1024
+
+
+def w_idle():
+    with mp.get_context("fork").Pool(1) as pool:
+        pid = pool.apply(getpid)
+        rss, private = idle_figures(pid)
+        emit("idle worker", "fresh RSS", rss, "MiB")
+        emit("idle worker", "fresh Private_Dirty", private, "MiB")
+        assert len(pool.apply(echo, (b"\x07" * (64 << 20),))) == 64 << 20
+        assert pool.apply(getpid) == pid
+        rss, private = idle_figures(pid)
+        emit("idle worker", "after 64 MiB RSS", rss, "MiB")
+        emit("idle worker", "after 64 MiB Private_Dirty", private, "MiB")
+
+
 def main():
+    if sys.argv[1:2] == ["imapchild"]:
+        imap_child(int(sys.argv[2]))
+        return
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
     def wanted(name):
         return not only or name in only
@@ -223,13 +358,14 @@ def main():
     if wanted("w1"):
         for method in ("fork", "forkserver", "spawn"):
             w1_startup(method)
-    with mp.get_context("fork").Pool(2) as pool:
-        if wanted("w2"):
-            w2_apply(pool)
-        if wanted("w3"):
-            w3_map(pool)
-        if wanted("w4"):
-            w4_payloads(pool)
+    if any(wanted(g) for g in ("w2", "w3", "w4")):
+        with mp.get_context("fork").Pool(2) as pool:
+            if wanted("w2"):
+                w2_apply(pool)
+            if wanted("w3"):
+                w3_map(pool)
+            if wanted("w4"):
+                w4_payloads(pool)
     if wanted("w2"):
         w2_executor()
     if wanted("w3"):
@@ -240,6 +376,14 @@ def main():
         w6_queue()
     if wanted("w7"):
         w7_lock()
+    if wanted("w3growth"):
+        w3_growth()
+    if wanted("imap"):
+        w_imap()
+    if wanted("poolstart"):
+        w_pool_start()
+    if wanted("idle"):
+        w_idle()
 
 
 if __name__ == "__main__":

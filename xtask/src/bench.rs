@@ -3,7 +3,14 @@
 //!
 //! Timings on a shared machine drift, so both sides of each workload run back to back, and
 //! what counts is their ratio. The CPython side is `benches/python/mp_bench.py`; the Rust side
-//! is read from criterion's own estimates (`target/criterion/<group>/<bench>/new/`), medians.
+//! is read from criterion's own estimates (`target/criterion/<group>/<bench>/new/`), medians,
+//! and, for the benches with their own harness (`latency`, `cluster`, `growth`), from the
+//! figures they write to `target/bench/`.
+//!
+//! The cost-growth rows (issue 22) come from `growth`: W3's time per item at 1M, 10M and 100M
+//! items, `imap`'s rate and its process's peak RSS at 1M and 100M items, `Pool(n)`'s start
+//! until all n workers answered, and an idle worker's memory. Under the table, the growth
+//! from 1M to 100M items is printed as a ratio.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +18,12 @@ use std::process::Command;
 
 /// A CPython figure, keyed by workload and variant.
 type PythonFigure = ((String, String), Figure);
+
+/// What `mp_bench.py` prints: a figure, or why it did not measure one.
+enum PythonLine {
+    Figure(PythonFigure),
+    Skipped((String, String), String),
+}
 
 /// One measured figure.
 #[derive(Clone, Debug)]
@@ -49,6 +62,38 @@ fn per_second(items: f64) -> fn(f64) -> f64 {
         200_000 => |s| 200_000.0 / s,
         1_000_000 => |s| 1_000_000.0 / s,
         _ => |s| 1.0 / s,
+    }
+}
+
+/// Row names the growth summary under the table looks up.
+const W3_1M: &str = "W3 map 1M tiny items, time per item (ns/item, lower is better)";
+const W3_100M: &str = "W3 map 100M tiny items, time per item (ns/item, lower is better)";
+const IMAP_1M_RSS: &str = "imap 1M tiny items, its process's peak RSS (MiB, lower is better)";
+const IMAP_100M_RSS: &str = "imap 100M tiny items, its process's peak RSS (MiB, lower is better)";
+
+/// A row of `benches/benches/growth.rs`, whose figures are already in the row's unit:
+/// `ids` are `transport.key` in `target/bench/<group>.json`, pipe then shm.
+fn growth(
+    name: &'static str,
+    python: (&'static str, &'static str),
+    python_group: &'static str,
+    group: &'static str,
+    ids: [&'static str; 2],
+    unit: &'static str,
+    target: &'static str,
+) -> Workload {
+    Workload {
+        name,
+        python,
+        python_group,
+        rust: RustSide {
+            bench_file: "growth",
+            group,
+            ids: [("pipe", ids[0]), ("shm", ids[1])],
+            derive: |x| x,
+            unit,
+        },
+        target,
     }
 }
 
@@ -160,7 +205,7 @@ fn workloads() -> Vec<Workload> {
                 derive: per_second(1_000_000.0),
                 unit: "items/s",
             },
-            target: ">= 60M/s",
+            target: ">= 150M/s shm, >= 25x both",
         },
         Workload {
             name: "W3 map 1M tiny items vs ProcessPoolExecutor.map (items/s)",
@@ -202,7 +247,7 @@ fn workloads() -> Vec<Workload> {
                 derive: mib64,
                 unit: "MiB/s",
             },
-            target: ">= 1.5 GiB/s pipe, >= 4 GiB/s shm",
+            target: ">= 2.5 GiB/s pipe, >= 8 GiB/s shm",
         },
         Workload {
             name: "W5 Pipe 10k x 1 KiB, duplex (msgs/s)",
@@ -417,6 +462,165 @@ fn workloads() -> Vec<Workload> {
             },
             target: "<= 100 ms",
         },
+        growth(
+            W3_1M,
+            ("W3 growth", "1M"),
+            "w3growth",
+            "w3_growth",
+            ["pipe.1M_ns_per_item", "shm.1M_ns_per_item"],
+            "ns/item",
+            ">= 150M/s shm, >= 25x",
+        ),
+        growth(
+            "W3 map 10M tiny items, time per item (ns/item, lower is better)",
+            ("W3 growth", "10M"),
+            "w3growth",
+            "w3_growth",
+            ["pipe.10M_ns_per_item", "shm.10M_ns_per_item"],
+            "ns/item",
+            "within 20% of 1M's",
+        ),
+        growth(
+            W3_100M,
+            ("W3 growth", "100M"),
+            "w3growth",
+            "w3_growth",
+            ["pipe.100M_ns_per_item", "shm.100M_ns_per_item"],
+            "ns/item",
+            "within 20% of 1M's",
+        ),
+        growth(
+            "imap 1M tiny items, chunks of 10k, consumed as they come (items/s)",
+            ("imap growth", "1M rate"),
+            "imap",
+            "imap_memory",
+            ["pipe.1M_per_s", "shm.1M_per_s"],
+            "items/s",
+            "-",
+        ),
+        growth(
+            "imap 100M tiny items, chunks of 10k, consumed as they come (items/s)",
+            ("imap growth", "100M rate"),
+            "imap",
+            "imap_memory",
+            ["pipe.100M_per_s", "shm.100M_per_s"],
+            "items/s",
+            "-",
+        ),
+        growth(
+            IMAP_1M_RSS,
+            ("imap growth", "1M peak RSS"),
+            "imap",
+            "imap_memory",
+            ["pipe.1M_hwm_mib", "shm.1M_hwm_mib"],
+            "MiB",
+            "-",
+        ),
+        growth(
+            IMAP_100M_RSS,
+            ("imap growth", "100M peak RSS"),
+            "imap",
+            "imap_memory",
+            ["pipe.100M_hwm_mib", "shm.100M_hwm_mib"],
+            "MiB",
+            "flat: as 1M's",
+        ),
+        growth(
+            "Pool(2) start to all 2 answered, spawn (ms, lower is better)",
+            ("Pool(n) start", "spawn 2"),
+            "poolstart",
+            "pool_start",
+            ["pipe.spawn_2_ms", "shm.spawn_2_ms"],
+            "ms",
+            "-",
+        ),
+        growth(
+            "Pool(16) start to all 16 answered, spawn (ms, lower is better)",
+            ("Pool(n) start", "spawn 16"),
+            "poolstart",
+            "pool_start",
+            ["pipe.spawn_16_ms", "shm.spawn_16_ms"],
+            "ms",
+            "-",
+        ),
+        growth(
+            "Pool(64) start to all 64 answered, spawn (ms, lower is better)",
+            ("Pool(n) start", "spawn 64"),
+            "poolstart",
+            "pool_start",
+            ["pipe.spawn_64_ms", "shm.spawn_64_ms"],
+            "ms",
+            "-",
+        ),
+        growth(
+            "Pool(2) start to all 2 answered, forkserver (ms, lower is better)",
+            ("Pool(n) start", "forkserver 2"),
+            "poolstart",
+            "pool_start",
+            ["pipe.forkserver_2_ms", "shm.forkserver_2_ms"],
+            "ms",
+            "-",
+        ),
+        growth(
+            "Pool(16) start to all 16 answered, forkserver (ms, lower is better)",
+            ("Pool(n) start", "forkserver 16"),
+            "poolstart",
+            "pool_start",
+            ["pipe.forkserver_16_ms", "shm.forkserver_16_ms"],
+            "ms",
+            "-",
+        ),
+        growth(
+            "Pool(64) start to all 64 answered, forkserver (ms, lower is better)",
+            ("Pool(n) start", "forkserver 64"),
+            "poolstart",
+            "pool_start",
+            ["pipe.forkserver_64_ms", "shm.forkserver_64_ms"],
+            "ms",
+            "-",
+        ),
+        growth(
+            "Idle worker RSS, right after start (MiB, lower is better)",
+            ("idle worker", "fresh RSS"),
+            "idle",
+            "idle_memory",
+            ["pipe.fresh_rss_mib", "shm.fresh_rss_mib"],
+            "MiB",
+            "-",
+        ),
+        growth(
+            "Idle worker Private_Dirty, right after start (MiB, lower is better)",
+            ("idle worker", "fresh Private_Dirty"),
+            "idle",
+            "idle_memory",
+            [
+                "pipe.fresh_private_dirty_mib",
+                "shm.fresh_private_dirty_mib",
+            ],
+            "MiB",
+            "<= 2 MB",
+        ),
+        growth(
+            "Idle worker RSS, after a 64 MiB task (MiB, lower is better)",
+            ("idle worker", "after 64 MiB RSS"),
+            "idle",
+            "idle_memory",
+            ["pipe.after_64mib_rss_mib", "shm.after_64mib_rss_mib"],
+            "MiB",
+            "-",
+        ),
+        growth(
+            "Idle worker Private_Dirty, after a 64 MiB task (MiB, lower is better)",
+            ("idle worker", "after 64 MiB Private_Dirty"),
+            "idle",
+            "idle_memory",
+            [
+                "pipe.after_64mib_private_dirty_mib",
+                "shm.after_64mib_private_dirty_mib",
+            ],
+            "MiB",
+            "<= 2 MB",
+        ),
     ]
 }
 
@@ -440,6 +644,7 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
         println!("python3 is missing: the CPython column stays empty.");
     }
     let mut python_figures: BTreeMap<(String, String), Figure> = BTreeMap::new();
+    let mut python_skipped: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut done_python = std::collections::BTreeSet::new();
     let mut done_rust = std::collections::BTreeSet::new();
     let mut rows = Vec::new();
@@ -447,8 +652,15 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
         // Interleave: this workload's CPython side, then its Rust side. W9's "CPython side"
         // is the best of its Python peers (`cluster_peers.rs`).
         if python && !w.python_group.is_empty() && done_python.insert(w.python_group) {
-            for (key, fig) in run_python(&root, w.python_group, quick)? {
-                python_figures.insert(key, fig);
+            for line in run_python(&root, w.python_group, quick)? {
+                match line {
+                    PythonLine::Figure((key, fig)) => {
+                        python_figures.insert(key, fig);
+                    }
+                    PythonLine::Skipped(key, why) => {
+                        python_skipped.insert(key, why);
+                    }
+                }
             }
         }
         let bench_key = (w.rust.bench_file, w.rust.group);
@@ -471,9 +683,9 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
             }
             status(&mut cmd)?;
         }
-        let cpython = python_figures
-            .get(&(w.python.0.to_string(), w.python.1.to_string()))
-            .cloned();
+        let key = (w.python.0.to_string(), w.python.1.to_string());
+        let cpython = python_figures.get(&key).cloned();
+        let skipped = python_skipped.get(&key).cloned();
         let mut ours = Vec::new();
         for (column, id) in w.rust.ids {
             let fig = if id.is_empty() {
@@ -486,14 +698,14 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
             };
             ours.push((column, fig));
         }
-        rows.push((w, cpython, ours));
+        rows.push((w, cpython, ours, skipped));
     }
-    print_table(&rows);
+    print_table(&rows, quick);
     write_json(&root, &rows)?;
     // CI judges no timing, but a bench that produced no figure is broken.
     let missing: Vec<String> = rows
         .iter()
-        .flat_map(|(w, _, ours)| {
+        .flat_map(|(w, _, ours, _)| {
             ours.iter()
                 .zip(w.rust.ids)
                 .filter(|((_, fig), (_, id))| fig.is_none() && !id.is_empty())
@@ -524,7 +736,7 @@ fn python_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>, String> {
+fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonLine>, String> {
     if group == "w9" {
         return Ok(w9_peers(root, quick));
     }
@@ -571,7 +783,7 @@ fn run_python(root: &Path, group: &str, quick: bool) -> Result<Vec<PythonFigure>
 
 /// W9's Python peers, full mode only; without them (quick mode, or they failed: the reason
 /// is printed) W9's peer column stays empty and the rest of the table is unaffected.
-fn w9_peers(root: &Path, quick: bool) -> Vec<PythonFigure> {
+fn w9_peers(root: &Path, quick: bool) -> Vec<PythonLine> {
     if quick {
         println!("W9's Python peers run in full mode only (they install Celery, RQ and Ray).");
         return Vec::new();
@@ -600,13 +812,20 @@ fn w9_peers(root: &Path, quick: bool) -> Vec<PythonFigure> {
     }
 }
 
-/// `{"workload": "...", "variant": "...", "value": 1.5, "unit": "..."}`, as mp_bench.py prints.
-fn parse_python_line(line: &str) -> Option<PythonFigure> {
+/// `{"workload": "...", "variant": "...", "value": 1.5, "unit": "..."}`, or
+/// `{"workload": "...", "variant": "...", "skipped": "why"}`, as mp_bench.py prints.
+fn parse_python_line(line: &str) -> Option<PythonLine> {
     let text = |key: &str| -> Option<String> {
         let start = line.find(&format!("\"{key}\": \""))? + key.len() + 5;
         let end = start + line[start..].find('"')?;
         Some(line[start..end].to_string())
     };
+    if let Some(why) = text("skipped") {
+        return Some(PythonLine::Skipped(
+            (text("workload")?, text("variant")?),
+            why,
+        ));
+    }
     let start = line.find("\"value\": ")? + 9;
     let end = start + line[start..].find([',', '}'])?;
     let value: f64 = line[start..end].trim().parse().ok()?;
@@ -618,12 +837,14 @@ fn parse_python_line(line: &str) -> Option<PythonFigure> {
         "MiB/s" => "MiB/s",
         "msgs/s" => "msgs/s",
         "ops/s" => "ops/s",
+        "ns/item" => "ns/item",
+        "MiB" => "MiB",
         _ => return None,
     };
-    Some((
+    Some(PythonLine::Figure((
         (text("workload")?, text("variant")?),
         Figure { value, unit },
-    ))
+    )))
 }
 
 /// Criterion's median estimate for `group/id`, in seconds.
@@ -636,6 +857,12 @@ fn rust_seconds(root: &Path, rust: &RustSide, id: &str) -> Option<f64> {
         let json = std::fs::read_to_string(root.join("target/bench/cluster.json")).ok()?;
         return number_in(&json, column, key);
     }
+    if rust.bench_file == "growth" {
+        // Written in the row's unit by benches/benches/growth.rs, one file per group.
+        let (column, key) = id.split_once('.')?;
+        let path = root.join(format!("target/bench/{}.json", rust.group));
+        return number_in(&std::fs::read_to_string(path).ok()?, column, key);
+    }
     if rust.bench_file != "latency" {
         return median_seconds(root, rust.group, id);
     }
@@ -644,9 +871,20 @@ fn rust_seconds(root: &Path, rust: &RustSide, id: &str) -> Option<f64> {
     Some(number_in(&json, transport, key)? / 1e6)
 }
 
+/// Where criterion writes its estimates, found as criterion finds it: `$CRITERION_HOME`, else
+/// `$CARGO_TARGET_DIR/criterion`, else the workspace's `target/criterion`.
+fn criterion_dir(root: &Path) -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        PathBuf::from(home)
+    } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        PathBuf::from(target).join("criterion")
+    } else {
+        root.join("target/criterion")
+    }
+}
+
 fn median_seconds(root: &Path, group: &str, id: &str) -> Option<f64> {
-    let path: PathBuf = root
-        .join("target/criterion")
+    let path: PathBuf = criterion_dir(root)
         .join(group)
         .join(id)
         .join("new/estimates.json");
@@ -665,22 +903,28 @@ fn number_in(json: &str, section: &str, key: &str) -> Option<f64> {
 }
 
 fn lower_is_better(unit: &str) -> bool {
-    unit == "ms" || unit == "us"
+    matches!(unit, "ms" | "us" | "ns/item" | "MiB")
 }
 
 fn show(f: &Option<Figure>) -> String {
     match f {
         None => "–".into(),
+        // A time per item reads better beside the rate it makes.
+        Some(f) if f.unit == "ns/item" => {
+            format!("{:.2} ns/item ({:.1} M/s)", f.value, 1e3 / f.value)
+        }
         Some(f) if f.value >= 1e6 => format!("{:.2} M{}", f.value / 1e6, f.unit),
         Some(f) if f.value >= 1e4 => format!("{:.0} k{}", f.value / 1e3, f.unit),
         Some(f) => format!("{:.2} {}", f.value, f.unit),
     }
 }
 
+/// A workload, CPython's figure, ours by column, and why CPython's is missing if it said.
 type Row = (
     Workload,
     Option<Figure>,
     Vec<(&'static str, Option<Figure>)>,
+    Option<String>,
 );
 
 /// How many times better than CPython the better of our columns is.
@@ -703,18 +947,22 @@ fn ratio(cpython: &Option<Figure>, ours: &[(&'static str, Option<Figure>)]) -> O
     })
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], quick: bool) {
     println!();
     println!(
         "| workload | CPython 3 multiprocessing | pool (pipe) | pool (shm) | pool vs CPython | target |"
     );
     println!("|---|---|---|---|---|---|");
-    for (w, cpython, ours) in rows {
+    for (w, cpython, ours, skipped) in rows {
         let r = ratio(cpython, ours).map_or("–".into(), |r| format!("{r:.1}x"));
+        let cpython = match (cpython, skipped) {
+            (None, Some(why)) => format!("not run: {why}"),
+            _ => show(cpython),
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} |",
             w.name,
-            show(cpython),
+            cpython,
             show(&ours[0].1),
             show(&ours[1].1),
             r,
@@ -728,6 +976,45 @@ fn print_table(rows: &[Row]) {
     println!(
         "(W9's columns are the local Pool(2) (pipe) and the cluster pool over loopback Redis with one host of 2 workers; its CPython column holds the best of its Python peers, Celery 5, RQ and Ray's Pool with 2 workers each (full mode only; which peer is printed above the table).)"
     );
+    for line in growth_summary(rows) {
+        println!("{line}");
+    }
+    if quick {
+        println!(
+            "(--quick: the W3 growth and imap rows ran a tenth of the items their names say, one round each.)"
+        );
+    }
+}
+
+/// How the cost grows: W3's time per item at 100M over 1M's, and imap's peak RSS at 100M over
+/// 1M's, for CPython and each of our columns (the issue wants both flat: within 20%, and flat).
+fn growth_summary(rows: &[Row]) -> Vec<String> {
+    let find = |name: &str| rows.iter().find(|r| r.0.name == name);
+    let mut lines = Vec::new();
+    for (what, small, large) in [
+        ("W3 time per item, 100M over 1M", W3_1M, W3_100M),
+        ("imap peak RSS, 100M over 1M", IMAP_1M_RSS, IMAP_100M_RSS),
+    ] {
+        let (Some(small), Some(large)) = (find(small), find(large)) else {
+            continue;
+        };
+        let growth = |a: &Option<Figure>, b: &Option<Figure>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}x", b.value / a.value),
+            _ => "–".into(),
+        };
+        let ours: Vec<String> = small
+            .2
+            .iter()
+            .zip(&large.2)
+            .map(|((column, a), (_, b))| format!("{column} {}", growth(a, b)))
+            .collect();
+        lines.push(format!(
+            "({what}: CPython {}, {})",
+            growth(&small.1, &large.1),
+            ours.join(", ")
+        ));
+    }
+    lines
 }
 
 fn write_json(root: &Path, rows: &[Row]) -> Result<(), String> {
@@ -738,7 +1025,7 @@ fn write_json(root: &Path, rows: &[Row]) -> Result<(), String> {
             .map_or("null".to_string(), |f| format!("{}", f.value))
     };
     let mut out = String::from("[\n");
-    for (i, (w, cpython, ours)) in rows.iter().enumerate() {
+    for (i, (w, cpython, ours, _)) in rows.iter().enumerate() {
         out.push_str(&format!(
             "  {{\"workload\": {:?}, \"unit\": {:?}, \"cpython\": {}, \"pool_pipe\": {}, \"pool_shm\": {}}}{}\n",
             w.name,
@@ -771,12 +1058,58 @@ mod tests {
     #[test]
     fn python_lines_parse() {
         let line = r#"{"workload": "W6 Queue small items", "variant": "", "value": 145000.5, "unit": "items/s"}"#;
-        let ((w, v), f) = parse_python_line(line).unwrap();
+        let Some(PythonLine::Figure(((w, v), f))) = parse_python_line(line) else {
+            panic!("a figure");
+        };
         assert_eq!(
             (w.as_str(), v.as_str(), f.value, f.unit),
             ("W6 Queue small items", "", 145000.5, "items/s")
         );
         assert!(parse_python_line("garbage").is_none());
+        let line = r#"{"workload": "W3 growth", "variant": "100M", "skipped": "needs 8 GiB, 3 available"}"#;
+        let Some(PythonLine::Skipped((w, v), why)) = parse_python_line(line) else {
+            panic!("a skipped figure");
+        };
+        assert_eq!(
+            (w.as_str(), v.as_str(), why.as_str()),
+            ("W3 growth", "100M", "needs 8 GiB, 3 available")
+        );
+        let line =
+            r#"{"workload": "idle worker", "variant": "fresh RSS", "value": 13.5, "unit": "MiB"}"#;
+        assert!(matches!(
+            parse_python_line(line),
+            Some(PythonLine::Figure((_, Figure { unit: "MiB", .. })))
+        ));
+    }
+
+    #[test]
+    fn growth_is_the_ratio_of_the_large_run_to_the_small_one() {
+        let fig = |value| {
+            Some(Figure {
+                value,
+                unit: "ns/item",
+            })
+        };
+        let row = |name: &'static str, c, pipe, shm| -> Row {
+            let w = growth(name, ("", ""), "", "", ["", ""], "ns/item", "-");
+            (
+                w,
+                fig(c),
+                vec![("pipe", fig(pipe)), ("shm", fig(shm))],
+                None,
+            )
+        };
+        let rows = [
+            row(W3_1M, 100.0, 10.0, 8.0),
+            row(W3_100M, 150.0, 11.0, 10.0),
+        ];
+        assert_eq!(
+            growth_summary(&rows),
+            ["(W3 time per item, 100M over 1M: CPython 1.50x, pipe 1.10x, shm 1.25x)"]
+        );
+        // A per-item time is lower-is-better, and shown with its rate.
+        assert_eq!(ratio(&fig(100.0), &rows[0].2), Some(12.5));
+        assert_eq!(show(&fig(8.0)), "8.00 ns/item (125.0 M/s)");
     }
 
     #[test]

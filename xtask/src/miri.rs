@@ -2,7 +2,7 @@
 //! behaviour: out-of-bounds or dangling accesses, misaligned or invalid values, data races
 //! between threads, leaks) on what it can run: pool-core's tests (the scheduler is pure), and
 //! the pure helpers of pool-ipc and pool-api (framing, the function-id codec, the task and
-//! payload codecs, the error types). What spawns processes or uses futexes, memfds, mmap or
+//! payload codecs, the bulk layout, the error types). What spawns processes or uses futexes, memfds, mmap or
 //! sockets cannot run under Miri: such tests in these modules say so beside them with
 //! `#[cfg_attr(miri, ignore = "...")]`.
 //!
@@ -40,7 +40,7 @@ const RUNS: &[Run] = &[
     Run {
         package: "pool-api",
         targets: &["--lib"],
-        filters: &["task::", "error::", "pool::payload::", "bytes::"],
+        filters: &["task::", "error::", "pool::payload::", "bytes::", "bulk::"],
     },
 ];
 

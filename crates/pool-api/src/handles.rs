@@ -26,15 +26,18 @@ thread_local! {
     static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
-/// Encodes `value`, collecting the descriptors of the handles inside it.
+/// Encodes `value`, collecting the descriptors of the handles inside it (tests: chunks are
+/// encoded by `pool::encode_chunk`, after their layout tag).
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
-    encode_into(value, None)
+    encode_into(value, None, &[])
 }
 
-/// [`encode`], into `buffer` (emptied) if one is given.
+/// [`encode`], after `prefix`, into `buffer` (emptied) if one is given.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buffer: Option<Vec<u8>>,
+    prefix: &[u8],
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
     let mut bytes = match buffer {
         // Most likely the buffer of a chunk like this one: as large as needed already.
@@ -44,8 +47,11 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         }
         // Measured first so that a large value is written once, not copied as its buffer
         // grows. A value holding handles cannot be measured without the sink: it starts small.
-        None => Vec::with_capacity(postcard::experimental::serialized_size(value).unwrap_or(0)),
+        None => Vec::with_capacity(
+            prefix.len() + postcard::experimental::serialized_size(value).unwrap_or(0),
+        ),
     };
+    bytes.extend_from_slice(prefix);
     let sink = Armed::sink();
     let encoded = value.serialize(&mut postcard::Serializer {
         output: crate::task::Appender(&mut bytes),

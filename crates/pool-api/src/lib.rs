@@ -29,6 +29,7 @@
 // A `--cfg loom` build (the models) leaves the real futex and much else unused.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+mod bulk;
 mod bytes;
 #[cfg(feature = "cluster")]
 pub mod cluster;

@@ -198,7 +198,7 @@ impl Process {
     {
         let name = format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed));
         let call = Call::new(target)?;
-        let (args, fds) = handles::encode(std::slice::from_ref(&args))?;
+        let (args, fds) = crate::pool::encode_chunk(std::slice::from_ref(&args), None)?;
         Ok(Process {
             name: name.clone(),
             daemon: false,
@@ -254,7 +254,9 @@ impl Process {
     {
         let run = move |channel: &mut pool_ipc::Channel| {
             let outcome = task::catch(target);
-            match postcard::to_stdvec(std::slice::from_ref(&outcome)) {
+            // In postcard's layout, after its tag (see `crate::bulk`).
+            let tagged = vec![crate::bulk::SERDE];
+            match postcard::to_extend(std::slice::from_ref(&outcome), tagged) {
                 Ok(encoded) => send_outcome(channel, &encoded),
                 Err(_) => 1,
             }

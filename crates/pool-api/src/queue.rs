@@ -1253,6 +1253,7 @@ mod tests {
         let config = ProptestConfig {
             cases,
             failure_persistence: None,
+            rng_seed: pool_testkit::proptest_seed(),
             ..ProptestConfig::default()
         };
         let input = (

@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::bulk::{self, PlainOf};
 use crate::error::codec;
 
 /// The uniform signature of trampolines: the address of the user's function (0 for one that
@@ -165,28 +166,55 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
 /// Runs `f` on every item of an encoded chunk (a sequence of `A`s), writing the encoded
 /// sequence of `Result<R, Panic>`s to `out`.
 ///
-/// Items are decoded, run and encoded one at a time: no vector of arguments or of results
-/// exists, which for a chunk of many small items is most of the work saved (a `Result<R,
-/// Panic>` is several times the size of a small `R`).
+/// The chunk's first byte says its layout ([`bulk::SERDE`] or [`bulk::BULK`], see
+/// [`crate::bulk`]); the results take the bulk layout whenever `R` has one. In postcard's
+/// layout, items are decoded, run and encoded one at a time: no vector of arguments or of
+/// results exists, which for a chunk of many small items is most of the work saved (a
+/// `Result<R, Panic>` is several times the size of a small `R`).
 fn run_chunk<A, R>(chunk: &[u8], out: &mut Vec<u8>, f: impl Fn(A) -> R) -> Result<(), String>
 where
     A: DeserializeOwned,
     R: Serialize,
 {
-    // Two copies of the loop: one that may take the bulk path, and serde's alone, which a map
-    // of small items runs (a bulk check in its loop, even never taken, cost W3 a fifth).
-    if ItemCodec::<A>::new().byte_vec || ItemCodec::<R>::new().byte_vec {
-        run_items::<A, R, true>(chunk, out, &f)
-    } else {
-        run_items::<A, R, false>(chunk, out, &f)
+    let cannot_decode = |e: &dyn std::fmt::Display| {
+        let what = std::any::type_name::<A>();
+        format!("cannot decode the chunk's arguments as {what}: {e}")
+    };
+    let results = PlainOf::<R>::get();
+    let Some((&tag, body)) = chunk.split_first() else {
+        return Err(cannot_decode(&"the chunk is empty"));
+    };
+    match (tag, PlainOf::<A>::get()) {
+        (bulk::BULK, Some(plain)) => {
+            let (len, mut items) = bulk::items(plain, body).map_err(|e| cannot_decode(&e))?;
+            // The count is checked against the bytes: `next` never runs out.
+            let next = |_| items.next().ok_or_else(|| cannot_decode(&"too few items"));
+            if ItemCodec::<R>::new().byte_vec {
+                run_items::<A, R, true>(len, next, out, &f, results)
+            } else {
+                run_items::<A, R, false>(len, next, out, &f, results)
+            }
+        }
+        (bulk::SERDE, _) => {
+            // Two copies of the loop: one that may take the byte vectors' path, and serde's
+            // alone (a check in a loop over small items, even never taken, cost a fifth).
+            if ItemCodec::<A>::new().byte_vec || ItemCodec::<R>::new().byte_vec {
+                run_serde::<A, R, true>(body, out, &f, results)
+            } else {
+                run_serde::<A, R, false>(body, out, &f, results)
+            }
+        }
+        (tag, _) => Err(cannot_decode(&bulk::BulkError::Tag(tag))),
     }
 }
 
-/// [`run_chunk`]'s loop; `BULK`: byte vectors may take the bulk path (see [`ItemCodec`]).
-fn run_items<A, R, const BULK: bool>(
+/// [`run_chunk`] for a chunk in postcard's layout (`chunk`: the bytes after the tag);
+/// `BULK`: byte vectors may take their path (see [`ItemCodec`]).
+fn run_serde<A, R, const BULK: bool>(
     chunk: &[u8],
     out: &mut Vec<u8>,
     f: &impl Fn(A) -> R,
+    results: Option<PlainOf<R>>,
 ) -> Result<(), String>
 where
     A: DeserializeOwned,
@@ -197,31 +225,77 @@ where
         let what = std::any::type_name::<A>();
         format!("cannot decode the chunk's argument {i} as {what}: {e}")
     };
+    // A sequence's length is the same varint as a `u64`.
+    let (len, mut items) = postcard::take_from_bytes::<u64>(chunk)
+        .map_err(|e| format!("cannot decode the chunk's count of arguments: {e}"))?;
+    let args = ItemCodec::<A, BULK>::new();
+    // serde's path reads on from one decoder (no cursor to hand back per item: a map of small
+    // items is mostly this loop); the byte vectors' path from `items`.
+    let mut decoder = postcard::Deserializer::from_bytes(items);
+    let next = |i| {
+        if args.bulk() {
+            let (item, rest) = args.take(items).map_err(|e| cannot_decode(i, e))?;
+            items = rest;
+            Ok(item)
+        } else {
+            A::deserialize(&mut decoder).map_err(|e| cannot_decode(i, e))
+        }
+    };
+    run_items::<A, R, BULK>(len, next, out, f, results)
+}
+
+/// [`run_chunk`]'s loop over `len` items, each from `next`; the results in the bulk layout
+/// if `results` is `R`'s, else in postcard's (`BULK`: byte vectors may take their path).
+fn run_items<A, R, const BULK: bool>(
+    len: u64,
+    mut next: impl FnMut(u64) -> Result<A, String>,
+    out: &mut Vec<u8>,
+    f: &impl Fn(A) -> R,
+    results: Option<PlainOf<R>>,
+) -> Result<(), String>
+where
+    R: Serialize,
+{
     let cannot_encode = |i: u64, e: postcard::Error| {
         let what = std::any::type_name::<R>();
         format!("cannot encode the result of the chunk's item {i} as {what}: {e}")
     };
-    // A sequence's length is the same varint as a `u64`.
-    let (len, mut items) = postcard::take_from_bytes::<u64>(chunk)
-        .map_err(|e| format!("cannot decode the chunk's count of arguments: {e}"))?;
     out.clear();
+    if let Some(plain) = results {
+        // The values of the items that did not panic, in one array, then the panics with
+        // their items' indices (see `crate::bulk`).
+        let mut writer = bulk::ResultWriter::new(plain, len, out);
+        let mut panics = Vec::new();
+        for i in 0..len {
+            let item = next(i)?;
+            match catch(|| f(item)) {
+                Ok(value) => writer.push(value, out),
+                Err(panic) => {
+                    writer.panicked();
+                    panics.push((i, panic));
+                }
+            }
+        }
+        writer.finish(out);
+        let mut encoder = postcard::Serializer {
+            output: Appender(out),
+        };
+        for (i, panic) in &panics {
+            (i, panic)
+                .serialize(&mut encoder)
+                .map_err(|e| cannot_encode(*i, e))?;
+        }
+        return Ok(());
+    }
+    out.push(bulk::SERDE);
     let mut encoder = postcard::Serializer {
         output: Appender(out),
     };
     len.serialize(&mut encoder)
         .map_err(|e| format!("cannot encode the count of results: {e}"))?;
-    let (args, results) = (ItemCodec::<A, BULK>::new(), ItemCodec::<R, BULK>::new());
-    // serde's path reads on from one decoder (no cursor to hand back per item: a map of small
-    // items is mostly this loop); the bulk path from `items`.
-    let mut decoder = postcard::Deserializer::from_bytes(items);
+    let results = ItemCodec::<R, BULK>::new();
     for i in 0..len {
-        let item = if args.bulk() {
-            let (item, rest) = args.take(items).map_err(|e| cannot_decode(i, e))?;
-            items = rest;
-            item
-        } else {
-            A::deserialize(&mut decoder).map_err(|e| cannot_decode(i, e))?
-        };
+        let item = next(i)?;
         // A `Result<R, Panic>` as postcard writes it (the variant's index, one byte, then the
         // value), written by hand: serde's enum path was a fifth of a worker's time on small
         // results. The parent reads it back by hand too (`payload::decode_each`).
@@ -543,28 +617,90 @@ pub(crate) fn split_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<(T, &[u8]
 }
 
 /// Whether the first outcome of an encoded chunk of results is a value (not a panic), read
-/// without decoding the value.
+/// without decoding the value. For a chunk in the bulk layout: whether no item panicked,
+/// the same for the one outcome of a `Process`, the only caller.
 pub(crate) fn outcome_is_value(bytes: &[u8]) -> Result<bool, Error> {
-    let (len, rest) =
-        postcard::take_from_bytes::<u64>(bytes).map_err(codec("decoding the count of outcomes"))?;
-    match (len, rest.first()) {
-        (0, _) | (_, None) => Err(Error::Codec(crate::error::CodecError::new(
-            "no outcome in the results",
+    let none = || Error::Codec(crate::error::CodecError::new("no outcome in the results"));
+    match bytes.split_first() {
+        Some((&bulk::SERDE, body)) => {
+            let (len, rest) = postcard::take_from_bytes::<u64>(body)
+                .map_err(codec("decoding the count of outcomes"))?;
+            match (len, rest.first()) {
+                (0, _) | (_, None) => Err(none()),
+                (_, Some(tag)) => Ok(*tag == 0),
+            }
+        }
+        Some((&bulk::BULK, body)) => {
+            let bulk_error = |e| crate::error::CodecError::caused_by("decoding the outcomes", e);
+            let (len, rest) = bulk::take_u64(body).map_err(bulk_error)?;
+            let (panics, _) = bulk::take_u64(rest).map_err(bulk_error)?;
+            // Whether nothing panicked, which for the one outcome of a `Process` (the
+            // only caller) is whether it is a value.
+            match len {
+                0 => Err(none()),
+                _ => Ok(panics == 0),
+            }
+        }
+        Some((&tag, _)) => Err(Error::Codec(crate::error::CodecError::caused_by(
+            "decoding the outcomes",
+            bulk::BulkError::Tag(tag),
         ))),
-        (_, Some(tag)) => Ok(*tag == 0),
+        None => Err(none()),
     }
 }
 
-/// Decodes a chunk's results.
+/// Decodes a chunk's results, in either layout.
 pub(crate) fn decode_results<R: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<Vec<Result<R, Panic>>, Error> {
-    Ok(postcard::from_bytes(bytes).map_err(codec("decoding a chunk's results"))?)
+    match (bytes.split_first(), PlainOf::<R>::get()) {
+        (Some((&bulk::SERDE, body)), _) => {
+            Ok(postcard::from_bytes(body).map_err(codec("decoding a chunk's results"))?)
+        }
+        (Some((&bulk::BULK, body)), Some(plain)) => {
+            let results = bulk::take_results(plain, body).map_err(|e| {
+                Error::Codec(crate::error::CodecError::caused_by(
+                    "decoding a chunk's results",
+                    e,
+                ))
+            })?;
+            let mut values = Vec::new();
+            plain.append(results.values, &mut values).map_err(|e| {
+                Error::Codec(crate::error::CodecError::caused_by(
+                    "decoding a chunk's results",
+                    e,
+                ))
+            })?;
+            let mut values = values.into_iter();
+            let mut panics = results.panics.into_iter().peekable();
+            let mut all = Vec::with_capacity(values.len() + panics.len());
+            for i in 0..results.count {
+                match panics.next_if(|(at, _)| *at == i) {
+                    Some((_, panic)) => all.push(Err(panic)),
+                    // As many values as items that did not panic (checked by the decoding).
+                    None => all.extend(values.next().map(Ok)),
+                }
+            }
+            Ok(all)
+        }
+        (Some((&tag, _)), _) => Err(Error::Codec(crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            bulk::BulkError::Tag(tag),
+        ))),
+        (None, _) => Err(Error::Codec(crate::error::CodecError::new(
+            "decoding a chunk's results: no bytes",
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chunk in postcard's layout, after its tag.
+    fn serde_chunk<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        postcard::to_extend(value, vec![bulk::SERDE]).unwrap()
+    }
 
     fn add((a, b): (u32, u32)) -> u32 {
         a + b
@@ -690,8 +826,7 @@ mod tests {
         let call = Call::new(double).unwrap();
         let items = vec![vec![1u8, 2], vec![], vec![7; 300]];
         let mut out = Vec::new();
-        call.run(&postcard::to_stdvec(&items).unwrap(), &mut out)
-            .unwrap();
+        call.run(&serde_chunk(&items), &mut out).unwrap();
         let results: Vec<Vec<u8>> = decode_results::<Vec<u8>>(&out)
             .unwrap()
             .into_iter()
@@ -710,7 +845,7 @@ mod tests {
     )]
     fn a_call_runs_its_function_over_a_chunk() {
         let call = Call::new(add).unwrap();
-        let chunk = postcard::to_stdvec(&vec![(1u32, 2u32), (3, 4)]).unwrap();
+        let chunk = serde_chunk(&vec![(1u32, 2u32), (3, 4)]);
         let mut out = Vec::new();
         call.run(&chunk, &mut out).unwrap();
         let results: Vec<Result<u32, Panic>> = decode_results(&out).unwrap();
@@ -720,9 +855,7 @@ mod tests {
         star.run(&chunk, &mut out).unwrap();
         assert_eq!(decode_results::<u32>(&out).unwrap().len(), 2);
         let closure = Call::new(|x: u32| x * 10).unwrap();
-        closure
-            .run(&postcard::to_stdvec(&vec![4u32]).unwrap(), &mut out)
-            .unwrap();
+        closure.run(&serde_chunk(&vec![4u32]), &mut out).unwrap();
         assert_eq!(
             decode_results::<u32>(&out).unwrap()[0].as_ref().unwrap(),
             &40
@@ -742,17 +875,151 @@ mod tests {
         // `()` takes no bytes: the count, not the bytes left, says how many items there are.
         let call = Call::new(seven).unwrap();
         let mut out = Vec::new();
-        call.run(&postcard::to_stdvec(&vec![(), (), ()]).unwrap(), &mut out)
-            .unwrap();
+        call.run(&serde_chunk(&vec![(), (), ()]), &mut out).unwrap();
         let results = decode_results::<u8>(&out).unwrap();
         assert_eq!(results.len(), 3);
         assert!(results.iter().all(|r| matches!(r, Ok(7))));
         // A chunk cut short is an error, not fewer results.
         assert!(call.run(&[], &mut out).is_err());
         let add = Call::new(add).unwrap();
-        let mut chunk = postcard::to_stdvec(&vec![(1u32, 2u32), (3, 4)]).unwrap();
+        let mut chunk = serde_chunk(&vec![(1u32, 2u32), (3, 4)]);
         chunk.pop();
         assert!(add.run(&chunk, &mut out).is_err());
+    }
+
+    fn swap((a, b): (u32, f32)) -> (f32, u32) {
+        (b, a)
+    }
+
+    fn describe((a, b): (u32, f32)) -> String {
+        format!("{a}:{}", b.to_bits())
+    }
+
+    fn not(b: bool) -> bool {
+        !b
+    }
+
+    /// A chunk of arguments as the pool encodes it.
+    fn chunk_of<A: Serialize>(items: &[A]) -> Vec<u8> {
+        crate::pool::encode_chunk(items, None).unwrap().0
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "makes a Call: resolving a function id reads the executable's program headers (dl_iterate_phdr), which Miri cannot call"
+    )]
+    fn the_bulk_and_the_varint_paths_give_the_same_results() {
+        let (bulk_call, serde_call) = (Call::new(swap).unwrap(), Call::new(describe).unwrap());
+        // A fixed seed: the same inputs in every run; any bits, NaNs included.
+        let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+            proptest::test_runner::Config::default(),
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            ),
+        );
+        let items = proptest::collection::vec(
+            (
+                proptest::prelude::any::<u32>(),
+                proptest::prelude::any::<u32>(),
+            ),
+            0..300,
+        );
+        runner
+            .run(&items, |raw| {
+                let items: Vec<(u32, f32)> =
+                    raw.iter().map(|&(a, b)| (a, f32::from_bits(b))).collect();
+                let bulk = chunk_of(&items);
+                let serde = serde_chunk(&items);
+                proptest::prop_assert_eq!(bulk[0], bulk::BULK);
+                proptest::prop_assert_eq!(serde[0], bulk::SERDE);
+                // Plain results (bulk), from arguments in either layout: the same bytes.
+                let (mut from_bulk, mut from_serde) = (Vec::new(), Vec::new());
+                bulk_call.run(&bulk, &mut from_bulk).unwrap();
+                bulk_call.run(&serde, &mut from_serde).unwrap();
+                proptest::prop_assert_eq!(&from_bulk, &from_serde);
+                proptest::prop_assert_eq!(from_bulk.first(), Some(&bulk::BULK));
+                let back: Vec<(u32, u32)> = decode_results::<(f32, u32)>(&from_bulk)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.map(|(f, a)| (f.to_bits(), a)).unwrap())
+                    .collect();
+                let want: Vec<(u32, u32)> = raw.iter().map(|&(a, b)| (b, a)).collect();
+                proptest::prop_assert_eq!(back, want);
+                // Results in postcard's layout, from arguments in either layout.
+                bulk_call.run(&bulk, &mut from_bulk).unwrap();
+                serde_call.run(&bulk, &mut from_bulk).unwrap();
+                serde_call.run(&serde, &mut from_serde).unwrap();
+                proptest::prop_assert_eq!(&from_bulk, &from_serde);
+                proptest::prop_assert_eq!(from_bulk.first(), Some(&bulk::SERDE));
+                let strings: Vec<String> = decode_results::<String>(&from_bulk)
+                    .unwrap()
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+                let want: Vec<String> = items.iter().copied().map(describe).collect();
+                proptest::prop_assert_eq!(strings, want);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "makes a Call: resolving a function id reads the executable's program headers (dl_iterate_phdr), which Miri cannot call"
+    )]
+    fn hostile_bulk_chunks_fail_the_chunk_typed() {
+        let mut out = Vec::new();
+        let nots = Call::new(not).unwrap();
+        let good = chunk_of(&[true, false]);
+        nots.run(&good, &mut out).unwrap();
+        let results: Vec<bool> = decode_results::<bool>(&out)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(results, [false, true]);
+        // A bad bool, an unknown tag, a cut chunk, a count the bytes do not hold.
+        let mut bad = good.clone();
+        *bad.last_mut().unwrap() = 2;
+        let message = nots.run(&bad, &mut out).unwrap_err();
+        assert!(message.contains("item 1"), "{message}");
+        let mut unknown = good.clone();
+        unknown[0] = 7;
+        assert!(nots.run(&unknown, &mut out).is_err());
+        assert!(nots.run(&good[..good.len() - 1], &mut out).is_err());
+        assert!(nots.run(&good[..4], &mut out).is_err());
+        let mut more = good.clone();
+        more[1] = 3;
+        assert!(nots.run(&more, &mut out).is_err());
+        // The bulk tag for a type that has no bulk layout.
+        let strings = Call::new(|s: String| s.len()).unwrap();
+        assert!(
+            strings
+                .run(&[bulk::BULK, 0, 0, 0, 0, 0, 0, 0, 0], &mut out)
+                .is_err()
+        );
+        // Results: the same checks, typed errors.
+        let codec_error =
+            |bytes: &[u8]| matches!(decode_results::<bool>(bytes), Err(Error::Codec(_)));
+        let mut results = Vec::new();
+        nots.run(&good, &mut results).unwrap();
+        let mut bad = results.clone();
+        *bad.last_mut().unwrap() = 9;
+        assert!(codec_error(&bad));
+        assert!(codec_error(&results[..results.len() - 1]));
+        let mut unknown = results.clone();
+        unknown[0] = 2;
+        assert!(codec_error(&unknown));
+        assert!(matches!(
+            decode_results::<String>(&results),
+            Err(Error::Codec(_))
+        ));
+        // More panics than items.
+        let mut panics = results.clone();
+        panics[9] = 3;
+        assert!(codec_error(&panics));
     }
 
     #[test]
@@ -775,6 +1042,7 @@ mod tests {
         let config = ProptestConfig {
             cases,
             failure_persistence: None,
+            rng_seed: pool_testkit::proptest_seed(),
             ..ProptestConfig::default()
         };
         let frame = prop_oneof![

@@ -124,10 +124,22 @@ fn create_in_worker(name: String) {
     std::mem::forget(SharedMemory::create_named(&name, 4096).unwrap());
 }
 
-/// A `Process` target: creates a tracked segment and hangs.
+/// What `create_and_hang` writes into its segment once `create_named` has returned.
+const REGISTERED: &[u8] = b"registered";
+
+/// A `Process` target: creates a tracked segment, says so in it, and hangs.
 fn create_and_hang(name: String) {
-    let _shm = SharedMemory::create_named(&name, 4096).unwrap();
+    let shm = SharedMemory::create_named(&name, 4096).unwrap();
+    // The segment's name appears in /dev/shm before `create_named` registers it with the
+    // tracker; a child killed in between leaks it (documented). The marker tells the test
+    // that the registration is done.
+    shm.write(0, REGISTERED).unwrap();
     std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Whether the segment `name` holds `REGISTERED` (read through /dev/shm).
+fn registered(name: &str) -> bool {
+    std::fs::read(Path::new("/dev/shm").join(name)).is_ok_and(|bytes| bytes.starts_with(REGISTERED))
 }
 
 /// A child started with `die_with_parent(false)`, so that it outlives its program's main
@@ -179,7 +191,7 @@ fn helper() {
                 .unwrap()
                 .start()
                 .unwrap();
-            assert!(eventually(|| dev_shm_has(&format!("{name}-child"))));
+            assert!(eventually(|| registered(&format!("{name}-child"))));
             ready("");
             hang();
         }

@@ -60,8 +60,8 @@ impl JobSpec {
 pub enum Input {
     /// One item, already encoded by the driver (`apply`, `apply_async`).
     Single,
-    /// A known number of items (`map`, `starmap`). `chunksize: None` picks Python's default,
-    /// [`default_chunksize`](crate::default_chunksize). Zero items finish the job at once.
+    /// A known number of items (`map`, `starmap`). `chunksize: None` picks Python's default
+    /// capped for huge inputs, [`default_chunksize`](crate::default_chunksize). Zero items finish the job at once.
     Sized {
         /// Number of items.
         items: u64,

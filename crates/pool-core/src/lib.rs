@@ -50,7 +50,7 @@ mod time;
 pub use command::{
     ChunkFailure, ChunkOutcome, Command, ExitStatus, Lifecycle, ProtocolViolation, StateError,
 };
-pub use config::{Config, ConfigError, default_chunksize};
+pub use config::{Config, ConfigError, MAX_DEFAULT_CHUNKSIZE, default_chunksize};
 pub use ids::{Chunk, ChunkId, JobId, WorkerId};
 pub use job::{Delivery, Input, JobSpec, SubmitError};
 pub use scheduler::{Scheduler, Stats, WorkerState};

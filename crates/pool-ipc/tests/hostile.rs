@@ -104,6 +104,7 @@ fn chaos_hostile_streams_give_messages_or_typed_errors() {
     let config = ProptestConfig {
         cases,
         failure_persistence: None,
+        rng_seed: pool_testkit::proptest_seed(),
         ..ProptestConfig::default()
     };
     let input = (proptest::collection::vec(piece(), 0..12), any::<bool>());
@@ -206,6 +207,7 @@ fn chaos_hostile_bootstraps_are_refused_with_a_typed_exit() {
     let config = ProptestConfig {
         cases,
         failure_persistence: None,
+        rng_seed: pool_testkit::proptest_seed(),
         ..ProptestConfig::default()
     };
     proptest::test_runner::TestRunner::new(config)

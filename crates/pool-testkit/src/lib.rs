@@ -33,6 +33,19 @@ pub fn scale(ci: u64, full: u64) -> u64 {
     if is_full() { full } else { ci }
 }
 
+/// The seed of the chaos suite's property tests: fixed in the CI-sized run, so that
+/// `cargo test` is deterministic (a failure there is reproduced by running it again), and
+/// random in the long run, whose point is to explore inputs no earlier run tried (proptest
+/// prints the shrunk failing input, which is what reproduces it).
+pub fn proptest_seed() -> proptest::test_runner::RngSeed {
+    use proptest::test_runner::RngSeed;
+    if is_full() {
+        RngSeed::Random
+    } else {
+        RngSeed::Fixed(0x706f_6f6c_6368_616f)
+    }
+}
+
 /// Prints one test's figures as `CHAOS <test> key=value ...` on stderr (shown by libtest
 /// with `--nocapture`, or when the test fails).
 pub fn report(test: &str, figures: &[(&str, u64)]) {

@@ -685,7 +685,7 @@ impl Shared {
             let decoder = state.jobs.get(&job).and_then(|j| j.decoder());
             (decoder, state.pids.get(&worker).copied().unwrap_or(0))
         };
-        decoder.map(|decode| ChunkResult::Decoded(decode(&frame[body_at..], pid)))
+        decoder.and_then(|decode| decode(&frame[body_at..], pid).map(ChunkResult::Decoded))
     }
 
     /// One message of `worker`'s, under the state lock.

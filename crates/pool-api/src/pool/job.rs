@@ -335,7 +335,7 @@ mod tests {
     /// A chunk's results as a worker encodes them.
     fn frame(results: &[Result<u64, Panic>]) -> ChunkResult {
         ChunkResult::Bytes {
-            frame: postcard::to_stdvec(results).unwrap(),
+            frame: postcard::to_extend(results, vec![crate::bulk::SERDE]).unwrap(),
             body_at: 0,
             pid: 42,
         }

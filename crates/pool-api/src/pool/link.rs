@@ -252,12 +252,16 @@ fn send_all(link: &WorkerLink, batch: &mut VecDeque<Outgoing>, wait: bool) -> bo
             Outgoing::Task { header, body } if wait => {
                 use std::os::fd::AsFd;
                 let fds: Vec<_> = body.fds.iter().map(AsFd::as_fd).collect();
+                let mut parts = vec![&header[..]];
+                parts.extend(body.parts());
                 sender
-                    .send_parts_with_fds(&[header, &body.bytes], &fds, None)
+                    .send_parts_with_fds(&parts, &fds, None)
                     .map(|()| true)
             }
             Outgoing::Task { header, body } if body.fds.is_empty() => {
-                sender.try_send_parts(&[header, &body.bytes])
+                let mut parts = vec![&header[..]];
+                parts.extend(body.parts());
+                sender.try_send_parts(&parts)
             }
             // Descriptors travel over a socket only, and a socket send may wait.
             Outgoing::Task { .. } => Ok(false),

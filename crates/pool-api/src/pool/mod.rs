@@ -11,6 +11,8 @@ mod payload;
 mod sleepers;
 mod worker;
 
+pub(crate) use self::payload::encode_chunk;
+
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -303,6 +305,10 @@ impl Pool {
     /// Applies `f` to every item, in chunks spread over the workers, and returns the results
     /// in input order. Input is read as it is dispatched.
     ///
+    /// Chunks are of Python's default size, `ceil(len / (4 × processes))`, but at most
+    /// [`pool_core::MAX_DEFAULT_CHUNKSIZE`] items, so that a huge input keeps its cost per
+    /// item and does not hold chunks of millions of items at once.
+    ///
     /// Like Python, it waits for every chunk; unlike Python, which raises whichever failure
     /// arrived first, on failure it returns the error of the *lowest-index* failed item (the
     /// same error every time). [`Pool::map_results`] gives every item's own outcome.
@@ -316,7 +322,7 @@ impl Pool {
     }
 
     /// [`Pool::map`] with an explicit chunk size (0 is an error). Unlike `map`, which needs
-    /// the input's length for Python's default chunk size (an iterator that cannot tell it is
+    /// the input's length for the default chunk size (an iterator that cannot tell it is
     /// read into memory first), this reads any input as the work goes, a bounded window of
     /// chunks ahead.
     pub fn map_chunked<A, R, I>(
@@ -412,7 +418,7 @@ impl Pool {
     {
         let mut items = items.into_iter();
         let (lo, hi) = items.size_hint();
-        // Python's default chunk size needs the length; an iterator that cannot tell it is
+        // The default chunk size needs the length; an iterator that cannot tell it is
         // read once into memory for it. With a chunk size given, it streams (as `imap`'s
         // input does, a bounded window ahead of the results).
         let sized = |len: usize, chunksize| {
@@ -522,8 +528,8 @@ impl Pool {
         let mut chunks = VecDeque::new();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let batch: Vec<A> = items.by_ref().take(chunksize as usize).collect();
-            chunks.push_back((batch.len() as u32, self.payload(&batch)?));
+            let batch = items.by_ref().take(chunksize as usize);
+            chunks.push_back(self.owned_payload(batch)?);
         }
         let spec = JobSpec::new(
             Input::Sized {
@@ -681,10 +687,26 @@ impl Pool {
                 }
             }
         }
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        let (n, payload) = self.owned_payload(batch.into_iter())?;
         self.backend.pulled(chunk, n, payload);
         Ok(panicked)
+    }
+
+    /// A chunk of owned arguments, encoded, or, for byte vectors, moved into the payload
+    /// and sent from where they are (see `Payload::gather`; a cluster's chunk is one block of
+    /// bytes in Redis, so there they are encoded); with its count of items.
+    fn owned_payload<A: Serialize>(
+        &self,
+        items: impl Iterator<Item = A>,
+    ) -> Result<(u32, Payload), Error> {
+        if payload::is_byte_vec::<A>() && !self.backend.is_cluster() {
+            let vecs: Vec<Vec<u8>> = items
+                .filter_map(|item| payload::into_byte_vec(item).ok())
+                .collect();
+            return Ok((vecs.len() as u32, Payload::gather(vecs)));
+        }
+        let batch: Vec<A> = items.collect();
+        Ok((batch.len() as u32, self.payload(&batch)?))
     }
 
     /// Reads up to `max_items` items and hands them to the pool as `chunk`.
@@ -694,16 +716,26 @@ impl Pool {
         max_items: u32,
         items: &mut (impl Iterator<Item = A> + ?Sized),
     ) -> Result<(), Error> {
-        let batch: Vec<A> = items.take(max_items as usize).collect();
-        let n = batch.len() as u32;
-        let payload = self.payload(&batch)?;
+        if let Some(plain) = crate::bulk::PlainOf::<A>::get() {
+            // Written as they are read: no vector of the items, one copy.
+            let mut bytes = self.backend.spare().take().unwrap_or_default();
+            let n = crate::bulk::put_iter(plain, items.take(max_items as usize), &mut bytes);
+            let payload = Payload {
+                bytes: Arc::new(bytes),
+                gathered: Arc::default(),
+                fds: Arc::default(),
+            };
+            self.backend.pulled(chunk, n as u32, payload);
+            return Ok(());
+        }
+        let (n, payload) = self.owned_payload(items.take(max_items as usize))?;
         self.backend.pulled(chunk, n, payload);
         Ok(())
     }
 
     /// Encodes a chunk's arguments. Handles inside them (a `Lock`, a `Queue`, ...) travel
     /// with the task as descriptors, which only the `pipe` transport can carry.
-    fn payload<T: Serialize + ?Sized>(&self, args: &T) -> Result<Payload, Error> {
+    fn payload<A: Serialize>(&self, args: &[A]) -> Result<Payload, Error> {
         let payload = Payload::encode(args, self.backend.spare())?;
         if !payload.fds.is_empty() && self.backend.is_cluster() {
             return Err(Error::InvalidArgument(
@@ -897,7 +929,7 @@ impl PoolBuilder {
         // The arguments may hold handles (Python's `initargs=(lock,)`): every worker inherits
         // their descriptors when it starts.
         let setup = Call::new(f).and_then(|call| {
-            let (bytes, fds) = crate::handles::encode(std::slice::from_ref(&args))?;
+            let (bytes, fds) = payload::encode_chunk(std::slice::from_ref(&args), None)?;
             Ok((call, bytes, fds))
         });
         self.initializer = Some(setup);
@@ -1060,7 +1092,7 @@ impl PoolBuilder {
     /// means) and the security note: Redis must be private to the cluster.
     ///
     /// `processes` is then how many chunks the pool keeps in Redis at once (its window;
-    /// default 16), which also sets Python's default chunk size as the number of workers
+    /// default 16), which also sets the default chunk size as the number of workers
     /// does locally.
     pub fn redis(mut self, url: impl Into<String>) -> PoolBuilder {
         std::hint::black_box(crate::cluster::KEEP_HOOK);
@@ -1228,6 +1260,14 @@ impl<I: Iterator> Iterator for Counted<I> {
         match self {
             Counted::Told(items) => items.next(),
             Counted::Read(items) => items.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // A chunk of plain items is written in one pass when its length is known.
+        match self {
+            Counted::Told(items) => items.size_hint(),
+            Counted::Read(items) => items.size_hint(),
         }
     }
 }

@@ -22,65 +22,145 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::bulk::{self, PlainOf};
 use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 
 /// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
 /// clone: a requeued chunk is sent again from the same payload.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Payload {
+    /// The encoded chunk; for a chunk of gathered byte vectors, the bytes around them.
     pub(crate) bytes: Arc<Vec<u8>>,
+    /// Byte vectors sent where they are, between pieces of `bytes` (see [`Payload::parts`]).
+    pub(crate) gathered: Arc<Gathered>,
     pub(crate) fds: Arc<Vec<std::os::fd::OwnedFd>>,
 }
 
+/// The byte vectors of a chunk (`Vec<u8>` or [`crate::Bytes`] arguments), moved from the
+/// caller's input and sent from there: item `i` follows `bytes[..cuts[i]]`.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    items: Vec<Vec<u8>>,
+    cuts: Vec<usize>,
+}
+
 impl Payload {
-    /// Encodes `value` into a buffer from `spare`, collecting the handles' descriptors.
-    pub(crate) fn encode<T: serde::Serialize + ?Sized>(
-        value: &T,
+    /// A chunk of byte vectors, in postcard's layout as [`encode_byte_vecs`] writes it, but
+    /// with the vectors kept where they are: the link sends the pieces in one message
+    /// ([`Payload::parts`]), so their bytes are copied once, into the channel, instead of
+    /// into a buffer first.
+    pub(crate) fn gather(items: Vec<Vec<u8>>) -> Payload {
+        let mut bytes = Vec::with_capacity(11 + 10 * items.len());
+        let mut cuts = Vec::with_capacity(items.len());
+        bytes.push(bulk::SERDE);
+        let mut encoder = postcard::Serializer {
+            output: Appender(&mut bytes),
+        };
+        // Writing into a vector cannot fail.
+        let _ = serde::Serialize::serialize(&items.len(), &mut encoder);
+        for item in &items {
+            let _ = serde::Serialize::serialize(&item.len(), &mut encoder);
+            cuts.push(encoder.output.0.len());
+        }
+        Payload {
+            bytes: Arc::new(bytes),
+            gathered: Arc::new(Gathered { items, cuts }),
+            fds: Arc::default(),
+        }
+    }
+
+    /// The message's pieces, in order: the encoded bytes, or, for gathered byte vectors,
+    /// each vector after the bytes before it.
+    pub(crate) fn parts(&self) -> Vec<&[u8]> {
+        let Gathered { items, cuts } = &*self.gathered;
+        let mut parts = Vec::with_capacity(2 * items.len() + 1);
+        let mut at = 0;
+        for (item, &cut) in items.iter().zip(cuts) {
+            parts.push(&self.bytes[at..cut]);
+            parts.push(&item[..]);
+            at = cut;
+        }
+        parts.push(&self.bytes[at..]);
+        parts
+    }
+
+    /// Encodes a chunk of arguments into a buffer from `spare` (see [`encode_chunk`]).
+    pub(crate) fn encode<A: serde::Serialize>(
+        items: &[A],
         spare: &SpareBuffers,
     ) -> Result<Payload, Error> {
-        if let Some(items) = byte_vecs(value) {
-            return Ok(Payload {
-                bytes: Arc::new(encode_byte_vecs(items, spare.take())),
-                fds: Arc::default(),
-            });
-        }
-        let (bytes, fds) = crate::handles::encode_into(value, spare.take())?;
+        let (bytes, fds) = encode_chunk(items, spare.take())?;
         Ok(Payload {
             bytes: Arc::new(bytes),
+            gathered: Arc::default(),
             fds: Arc::new(fds),
         })
     }
 }
 
-/// A chunk of `Vec<u8>` arguments (a `Vec<Vec<u8>>` or a `[Vec<u8>]`, which is what the pool
-/// encodes), seen as such; `None` for a chunk of anything else.
-fn byte_vecs<T: ?Sized>(value: &T) -> Option<&[Vec<u8>]> {
-    let id = type_id_of::<T>();
-    if id == TypeId::of::<Vec<Vec<u8>>>() {
-        // SAFETY: `T` is `Vec<Vec<u8>>` (same `TypeId`, and the type has no lifetime that
-        // erasing could have hidden).
-        Some(unsafe { &*std::ptr::from_ref(value).cast::<Vec<Vec<u8>>>() })
-    } else if id == TypeId::of::<[Vec<u8>]>() {
-        let len = std::mem::size_of_val(value) / std::mem::size_of::<Vec<u8>>();
-        // SAFETY: `T` is `[Vec<u8>]`, as above: `value` points to `len` vectors (its size
-        // over theirs), borrowed for as long as `value` is.
-        Some(unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<Vec<u8>>(), len)
-        })
+/// Encodes a chunk of arguments, into `buffer` if there is one, collecting the descriptors
+/// of the handles inside them: in the bulk layout if `A` has one (see [`crate::bulk`]),
+/// else in postcard's, each after the byte that says which.
+pub(crate) fn encode_chunk<A: serde::Serialize>(
+    items: &[A],
+    buffer: Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error> {
+    if let Some(plain) = PlainOf::<A>::get() {
+        let mut bytes = buffer.unwrap_or_default();
+        bytes.clear();
+        bulk::put_items(plain, items, &mut bytes);
+        return Ok((bytes, Vec::new()));
+    }
+    if let Some(items) = byte_vecs(items) {
+        return Ok((encode_byte_vecs(items, buffer), Vec::new()));
+    }
+    crate::handles::encode_into(items, buffer, &[bulk::SERDE])
+}
+
+/// Moves the byte vector out of `item`, if `A` is `Vec<u8>` or [`crate::Bytes`]; else
+/// hands the item back.
+pub(crate) fn into_byte_vec<A>(item: A) -> Result<Vec<u8>, A> {
+    let id = type_id_of::<A>();
+    let item = std::mem::ManuallyDrop::new(item);
+    if id == TypeId::of::<Vec<u8>>() {
+        // SAFETY: `A` is `Vec<u8>` (same `TypeId`, no lifetime erased); it is moved out of
+        // the `ManuallyDrop`, which does not drop it again.
+        Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*item).cast::<Vec<u8>>()) })
+    } else if id == TypeId::of::<crate::Bytes>() {
+        // SAFETY: as above, `A` is `Bytes`.
+        Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*item).cast::<crate::Bytes>()) }.0)
+    } else {
+        Err(std::mem::ManuallyDrop::into_inner(item))
+    }
+}
+
+/// Whether `A` is `Vec<u8>` or [`crate::Bytes`] (see [`into_byte_vec`]).
+pub(crate) fn is_byte_vec<A>() -> bool {
+    let id = type_id_of::<A>();
+    id == TypeId::of::<Vec<u8>>() || id == TypeId::of::<crate::Bytes>()
+}
+
+/// A chunk of `Vec<u8>` arguments, seen as such; `None` for a chunk of anything else.
+fn byte_vecs<A>(items: &[A]) -> Option<&[Vec<u8>]> {
+    if type_id_of::<A>() == TypeId::of::<Vec<u8>>() {
+        // SAFETY: `A` is `Vec<u8>` (same `TypeId`, and the type has no lifetime that erasing
+        // could have hidden), so the slice is one of `Vec<u8>`s.
+        Some(unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<Vec<u8>>(), items.len()) })
     } else {
         None
     }
 }
 
 /// Encodes a chunk of `Vec<u8>` arguments as postcard encodes the sequence (a varint count,
-/// then each vector's varint length and bytes), one copy per vector instead of a call per
-/// byte (see `task::ItemCodec`), into `buffer` if there is one.
+/// then each vector's varint length and bytes) after the tag of that layout, one copy per
+/// vector instead of a call per byte (see `task::ItemCodec`), into `buffer` if there is one.
 fn encode_byte_vecs(items: &[Vec<u8>], buffer: Option<Vec<u8>>) -> Vec<u8> {
     use serde::Serializer;
     let mut bytes = buffer.unwrap_or_default();
     bytes.clear();
     // A varint of a `usize` takes at most 10 bytes.
-    bytes.reserve(10 + items.iter().map(|v| 10 + v.len()).sum::<usize>());
+    bytes.reserve(11 + items.iter().map(|v| 10 + v.len()).sum::<usize>());
+    bytes.push(bulk::SERDE);
     let mut encoder = postcard::Serializer {
         output: Appender(&mut bytes),
     };
@@ -95,7 +175,9 @@ fn encode_byte_vecs(items: &[Vec<u8>], buffer: Option<Vec<u8>>) -> Vec<u8> {
 /// Decodes a chunk's encoded results (`body`, from the worker whose pid is given) into a
 /// [`DecodedChunk`] of the job's result type, on the thread that received them (see
 /// [`ChunkResult::Decoded`]).
-pub(crate) type Decoder = fn(body: &[u8], pid: u32) -> Box<dyn Any + Send>;
+/// `None` for a chunk in the bulk layout: its values are copied once, by the job's caller,
+/// straight into the vector it returns, which decoding ahead would make two copies.
+pub(crate) type Decoder = fn(body: &[u8], pid: u32) -> Option<Box<dyn Any + Send>>;
 
 /// The [`Decoder`] of jobs whose results are `R`s.
 pub(crate) fn decoder<R: DeserializeOwned + Send + 'static>() -> Decoder {
@@ -105,25 +187,33 @@ pub(crate) fn decoder<R: DeserializeOwned + Send + 'static>() -> Decoder {
 fn decode_ahead<R: DeserializeOwned + Send + 'static>(
     body: &[u8],
     pid: u32,
-) -> Box<dyn Any + Send> {
+) -> Option<Box<dyn Any + Send>> {
+    if body.first() == Some(&bulk::BULK) {
+        return None;
+    }
     let mut chunk = DecodedChunk::<R> {
         values: Vec::new(),
         failures: Vec::new(),
         outcomes: 0,
     };
     // As many as the results say they are; checked against the chunk when it is taken.
-    let items = postcard::take_from_bytes::<u64>(body)
-        .ok()
-        .and_then(|(n, _)| u32::try_from(n).ok())
-        .unwrap_or(0);
+    let (items, serde) = match body.split_first() {
+        Some((&bulk::SERDE, rest)) => (postcard::take_from_bytes::<u64>(rest).ok(), true),
+        Some((&bulk::BULK, rest)) => (bulk::take_u64(rest).ok(), false),
+        _ => (None, false),
+    };
+    let items = items.and_then(|(n, _)| u32::try_from(n).ok()).unwrap_or(0);
     // Every outcome takes at least a byte (its variant): a count the body cannot hold is
-    // hostile, and reserving for it would abort the process, not fail the chunk.
-    chunk.reserve((items as usize).min(body.len()));
+    // hostile, and reserving for it would abort the process, not fail the chunk. Bulk
+    // values arrive as one vector, which needs no room here.
+    if serde {
+        chunk.reserve((items as usize).min(body.len()));
+    }
     let mut pushed = 0;
     if let Err(error) = decode_each(body, items, pid, &mut pushed, &mut chunk) {
         chunk.fail(items - pushed, &error);
     }
-    Box::new(chunk)
+    Some(Box::new(chunk))
 }
 
 /// A chunk's outcomes, decoded: the values of the items that succeeded, in order, and the
@@ -258,12 +348,88 @@ fn decode_each<R: DeserializeOwned>(
     pushed: &mut u32,
     into: &mut impl Outcomes<R>,
 ) -> Result<(), Error> {
-    // serde's loop alone unless the results are byte vectors (see `task::run_chunk`).
-    if ItemCodec::<R>::new().is_byte_vec() {
-        decode_each_as::<R, true>(body, items, pid, pushed, into)
-    } else {
-        decode_each_as::<R, false>(body, items, pid, pushed, into)
+    let tag_error = |tag| {
+        let e = crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            bulk::BulkError::Tag(tag),
+        );
+        Err(Error::Codec(e))
+    };
+    match body.split_first() {
+        Some((&bulk::SERDE, body)) => {
+            // serde's loop alone unless the results are byte vectors (see `task::run_chunk`).
+            if ItemCodec::<R>::new().is_byte_vec() {
+                decode_each_as::<R, true>(body, items, pid, pushed, into)
+            } else {
+                decode_each_as::<R, false>(body, items, pid, pushed, into)
+            }
+        }
+        Some((&bulk::BULK, body)) => match PlainOf::<R>::get() {
+            Some(plain) => decode_bulk(plain, body, items, pid, pushed, into),
+            None => tag_error(bulk::BULK),
+        },
+        Some((&tag, _)) => tag_error(tag),
+        None => Err(Error::Codec(crate::error::CodecError::new(
+            "a chunk's results were cut short",
+        ))),
     }
+}
+
+/// [`decode_each`] for a chunk in the bulk layout (`body`: the bytes after the tag), all
+/// checked before the first outcome is handed on.
+fn decode_bulk<R>(
+    plain: PlainOf<R>,
+    body: &[u8],
+    items: u32,
+    pid: u32,
+    pushed: &mut u32,
+    into: &mut impl Outcomes<R>,
+) -> Result<(), Error> {
+    let results = bulk::take_results(plain, body).map_err(|e| {
+        Error::Codec(crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            e,
+        ))
+    })?;
+    if results.count != u64::from(items) {
+        return Err(Error::Codec(crate::error::CodecError::new(
+            "a chunk came back with the wrong number of results",
+        )));
+    }
+    let invalid = |e| {
+        Error::Codec(crate::error::CodecError::caused_by(
+            "decoding a chunk's results",
+            e,
+        ))
+    };
+    if results.panics.is_empty() {
+        // Straight into the caller's vector, when it has one (`FirstError`: `map`).
+        into.extend_plain(plain, results.values).map_err(invalid)?;
+        *pushed = items;
+        return Ok(());
+    }
+    let mut values = Vec::new();
+    plain.append(results.values, &mut values).map_err(invalid)?;
+    *pushed = items;
+    let mut values = values.into_iter();
+    let mut at = 0;
+    for (index, p) in results.panics {
+        // Indices increase and stay below the count (checked by the decoding).
+        for value in values.by_ref().take((index - at) as usize) {
+            into.push_ok(value);
+        }
+        into.push(Err(Error::Panicked {
+            message: p.message,
+            location: p.location,
+            pid,
+            backtrace: p.backtrace,
+        }));
+        at = index + 1;
+    }
+    for value in values {
+        into.push_ok(value);
+    }
+    Ok(())
 }
 
 /// [`decode_each`]'s loop; `BULK`: as in `task::ItemCodec`.
@@ -346,6 +512,15 @@ pub(crate) trait Outcomes<R> {
         }
     }
 
+    /// The next items all succeeded, with the values of these bytes in the bulk layout
+    /// (see [`crate::bulk`]); none of them if one is invalid.
+    fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
+        let mut values = Vec::new();
+        plain.append(bytes, &mut values)?;
+        self.extend_ok(values);
+        Ok(())
+    }
+
     /// Room for `n` more outcomes is wanted.
     fn reserve(&mut self, _n: usize) {}
 
@@ -409,6 +584,14 @@ impl<R> Outcomes<R> for FirstError<R> {
         if self.error.is_none() {
             self.values.append(&mut values);
         }
+    }
+
+    fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
+        if self.error.is_none() {
+            // One copy, from the received bytes into the vector `map` returns.
+            plain.append(bytes, &mut self.values)?;
+        }
+        Ok(())
     }
 
     fn reserve(&mut self, n: usize) {
@@ -485,10 +668,15 @@ impl SpareBuffers {
 mod tests {
     use super::*;
 
+    /// Bytes in postcard's layout, after its tag.
+    fn serde_chunk<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        postcard::to_extend(value, vec![bulk::SERDE]).unwrap()
+    }
+
     /// A chunk's results as a worker encodes them.
     fn frame(results: &[Result<u64, Panic>]) -> ChunkResult {
         ChunkResult::Bytes {
-            frame: postcard::to_stdvec(results).unwrap(),
+            frame: serde_chunk(results),
             body_at: 0,
             pid: 42,
         }
@@ -504,8 +692,8 @@ mod tests {
 
     /// A chunk's results as a reader thread decodes them ahead.
     fn decoded_ahead(results: &[Result<u64, Panic>]) -> ChunkResult {
-        let body = postcard::to_stdvec(results).unwrap();
-        ChunkResult::Decoded(decoder::<u64>()(&body, 42))
+        let body = serde_chunk(results);
+        ChunkResult::Decoded(decoder::<u64>()(&body, 42).unwrap())
     }
 
     #[test]
@@ -544,10 +732,10 @@ mod tests {
         let mut strings: Vec<Result<String, Error>> = Vec::new();
         decoded_ahead(&[Ok(1)]).into_outcomes::<String>(1, &mut strings);
         assert!(matches!(&strings[..], [Err(Error::Codec(_))]));
-        let mut cut = postcard::to_stdvec(&[Ok::<u64, Panic>(1), Ok(300)][..]).unwrap();
+        let mut cut = serde_chunk(&[Ok::<u64, Panic>(1), Ok(300)][..]);
         cut.pop();
         let mut all: Vec<Result<u64, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<u64>()(&cut, 42)).into_outcomes::<u64>(2, &mut all);
+        ChunkResult::Decoded(decoder::<u64>()(&cut, 42).unwrap()).into_outcomes::<u64>(2, &mut all);
         assert!(
             all[0].is_ok() && matches!(all[1], Err(Error::Codec(_))),
             "{all:?}"
@@ -613,16 +801,16 @@ mod tests {
     fn chunks_of_byte_vectors_are_encoded_as_postcard_encodes_them() {
         let spare = SpareBuffers::default();
         let items: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; i * 100]).collect();
-        let wire = postcard::to_stdvec(&items).unwrap();
+        let wire = serde_chunk(&items);
         assert_eq!(*Payload::encode(&items, &spare).unwrap().bytes, wire);
         assert_eq!(*Payload::encode(&items[..], &spare).unwrap().bytes, wire);
         let one = std::slice::from_ref(&items[3]);
         assert_eq!(
             *Payload::encode(one, &spare).unwrap().bytes,
-            postcard::to_stdvec(one).unwrap()
+            serde_chunk(one)
         );
         assert!(byte_vecs(&items).is_some());
-        assert!(byte_vecs(&vec![vec![1u16]]).is_none());
+        assert!(byte_vecs(&[vec![1u16]]).is_none());
         assert!(byte_vecs(&[vec![(1u8,)]][..]).is_none());
         // Into a kept buffer, whatever it held.
         let kept = vec![0xAA; 1 << 20];
@@ -630,28 +818,50 @@ mod tests {
     }
 
     #[test]
+    fn gathered_byte_vectors_send_the_bytes_they_would_be_encoded_to() {
+        let items: Vec<Vec<u8>> = [0usize, 1, 127, 128, 70_000]
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 3) as u8).collect())
+            .collect();
+        let wire = serde_chunk(&items);
+        let gathered = Payload::gather(items.clone());
+        assert_eq!(gathered.parts().concat(), wire);
+        assert_eq!(gathered.parts().len(), 2 * items.len() + 1);
+        assert_eq!(
+            Payload::gather(Vec::new()).parts().concat(),
+            serde_chunk(&[0u8; 0][..])
+        );
+        let encoded = Payload::encode(&items, &SpareBuffers::default()).unwrap();
+        assert_eq!(encoded.parts(), [&wire[..]]);
+        // Moved out of either type; other types are handed back.
+        assert_eq!(into_byte_vec(vec![1u8, 2]), Ok(vec![1, 2]));
+        assert_eq!(into_byte_vec(crate::Bytes(vec![3])), Ok(vec![3]));
+        assert_eq!(into_byte_vec(vec![1u16]), Err(vec![1u16]));
+        assert!(is_byte_vec::<crate::Bytes>() && !is_byte_vec::<Vec<u16>>());
+    }
+
+    #[test]
     fn byte_vector_results_decode_in_bulk_and_hostile_ones_fail_typed() {
         let results: Vec<Result<Vec<u8>, Panic>> =
             vec![Ok(vec![1, 2, 3]), Err(panic("p")), Ok(vec![9; 1000])];
-        let body = postcard::to_stdvec(&results).unwrap();
+        let body = serde_chunk(&results);
         let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<Vec<u8>>()(&body, 1)).into_outcomes(3, &mut all);
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(&body, 1).unwrap()).into_outcomes(3, &mut all);
         assert_eq!(all[0].as_ref().unwrap(), &[1, 2, 3]);
         assert!(matches!(all[1], Err(Error::Panicked { .. })));
         assert_eq!(all[2].as_ref().unwrap(), &vec![9; 1000]);
         // A length past the end fails that item and the rest, typed.
-        let hostile = [2, 0, 200, 1, 1, 0, 1];
+        let hostile = [bulk::SERDE, 2, 0, 200, 1, 1, 0, 1];
         // A count far beyond what the bytes hold (u32::MAX results in 7 bytes): typed
         // errors, no attempt to reserve for them.
         let mut huge: Vec<Result<Vec<u8>, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<Vec<u8>>()(
-            &[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0],
-            1,
-        ))
+        ChunkResult::Decoded(
+            decoder::<Vec<u8>>()(&[bulk::SERDE, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0], 1).unwrap(),
+        )
         .into_outcomes(1, &mut huge);
         assert!(huge.iter().all(|r| r.is_err()), "{huge:?}");
         let mut all: Vec<Result<Vec<u8>, Error>> = Vec::new();
-        ChunkResult::Decoded(decoder::<Vec<u8>>()(&hostile, 1)).into_outcomes(2, &mut all);
+        ChunkResult::Decoded(decoder::<Vec<u8>>()(&hostile, 1).unwrap()).into_outcomes(2, &mut all);
         assert!(
             all.iter().all(|r| matches!(r, Err(Error::Codec(_)))),
             "{all:?}"
@@ -674,9 +884,88 @@ mod tests {
             .unwrap();
     }
 
+    /// A bulk chunk of results as a worker writes it.
+    fn bulk_frame(values: &[u64], panics: &[(u64, Panic)], count: u64) -> Vec<u8> {
+        let plain = PlainOf::<u64>::get().unwrap();
+        let mut out = Vec::new();
+        let mut writer = bulk::ResultWriter::new(plain, count, &mut out);
+        for &v in values {
+            writer.push(v, &mut out);
+        }
+        for _ in panics {
+            writer.panicked();
+        }
+        writer.finish(&mut out);
+        for p in panics {
+            out.extend(postcard::to_stdvec(p).unwrap());
+        }
+        out
+    }
+
+    fn outcomes(frame: Vec<u8>, items: u32) -> Vec<Result<u64, Error>> {
+        let mut all = Vec::new();
+        let result = ChunkResult::Bytes {
+            frame,
+            body_at: 0,
+            pid: 5,
+        };
+        result.decode_into(items, &mut all);
+        all
+    }
+
+    #[test]
+    fn bulk_results_decode_with_panics_in_place_and_hostile_ones_fail_typed() {
+        let frame = bulk_frame(&[10, 30], &[(1, panic("two"))], 3);
+        assert!(decoder::<u64>()(&frame, 5).is_none(), "not decoded ahead");
+        let all = outcomes(frame.clone(), 3);
+        assert_eq!(all[0].as_ref().unwrap(), &10);
+        assert!(
+            matches!(&all[1], Err(Error::Panicked { message, pid: 5, .. }) if message == "two")
+        );
+        assert_eq!(all[2].as_ref().unwrap(), &30);
+        let mut values = FirstError::new();
+        outcomes(bulk_frame(&[1, 2], &[], 2), 2)
+            .into_iter()
+            .for_each(|o| values.push(o));
+        let ok = bulk_frame(&[1, 2], &[], 2);
+        ChunkResult::Bytes {
+            frame: ok.clone(),
+            body_at: 0,
+            pid: 1,
+        }
+        .decode_into(2, &mut values);
+        assert_eq!(values.into_result().unwrap(), [1, 2, 1, 2]);
+        let all_codec = |all: Vec<Result<u64, Error>>| {
+            all.len() == 3 && all.iter().all(|r| matches!(r, Err(Error::Codec(_))))
+        };
+        // The wrong count, a cut chunk, trailing bytes, an unknown tag, panics out of order
+        // or past the end: every item fails, typed.
+        assert!(all_codec(outcomes(bulk_frame(&[1, 2], &[], 2), 3)));
+        assert!(all_codec(outcomes(frame[..frame.len() - 1].to_vec(), 3)));
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(all_codec(outcomes(longer, 3)));
+        let mut unknown = frame.clone();
+        unknown[0] = 9;
+        assert!(all_codec(outcomes(unknown, 3)));
+        let twice = bulk_frame(&[1], &[(1, panic("a")), (1, panic("b"))], 3);
+        assert!(all_codec(outcomes(twice, 3)));
+        let past = bulk_frame(&[1, 2], &[(3, panic("a"))], 3);
+        assert!(all_codec(outcomes(past, 3)));
+        let mut strings: Vec<Result<String, Error>> = Vec::new();
+        ChunkResult::Bytes {
+            frame,
+            body_at: 0,
+            pid: 1,
+        }
+        .decode_into(3, &mut strings);
+        assert!(strings.iter().all(|r| matches!(r, Err(Error::Codec(_)))));
+    }
+
     fn payload(capacity: usize) -> Payload {
         Payload {
             bytes: Arc::new(Vec::with_capacity(capacity)),
+            gathered: Arc::default(),
             fds: Arc::default(),
         }
     }
@@ -689,6 +978,7 @@ mod tests {
         let at = first.as_ptr();
         spare.give_back(Payload {
             bytes: Arc::new(first),
+            gathered: Arc::default(),
             fds: Arc::default(),
         });
         assert_eq!(spare.kept(), 1);
@@ -699,17 +989,18 @@ mod tests {
         assert_eq!(spare.kept(), 0, "small buffers go back to the allocator");
     }
 
-    fn len(data: crate::Bytes) -> usize {
+    fn len(data: Vec<u32>) -> usize {
         data.len()
     }
 
     #[test]
     #[cfg_attr(miri, ignore = "starts a Pool: worker processes, pipes, pidfds")]
     fn a_pool_keeps_the_buffers_of_its_ended_chunks() {
+        // Large items that are encoded (byte vectors are sent where they are instead).
         let pool = crate::Pool::new(1).unwrap();
-        let items: Vec<crate::Bytes> = (0..6).map(|_| crate::Bytes(vec![1; 512 << 10])).collect();
+        let items: Vec<Vec<u32>> = (0..6).map(|_| vec![u32::MAX; 128 << 10]).collect();
         let lengths = pool.map_chunked(len, items, 1).unwrap();
-        assert_eq!(lengths, [512 << 10; 6]);
+        assert_eq!(lengths, [128 << 10; 6]);
         assert!(pool.local().spare().kept() >= 1, "no buffer came back");
     }
 

@@ -246,7 +246,7 @@ impl ThreadPool {
     {
         let mut items = items.into_iter();
         let (lo, hi) = items.size_hint();
-        // A length must be known for Python's default chunk size; an iterator that cannot tell
+        // A length must be known for the default chunk size; an iterator that cannot tell
         // is read once into memory.
         let (len, items): (usize, Box<dyn Iterator<Item = A> + '_>) = if hi == Some(lo) {
             (lo, Box::new(items))
