@@ -15,6 +15,8 @@
 //! - `send` returns once the whole message is in the channel (not when the peer has read it);
 //!   it blocks while the channel is full, up to its deadline.
 //! - `recv_into` replaces the buffer's contents with the next message, reusing its capacity.
+//! - `recv_with` hands the next message to a reader piecewise (each part copied once, straight
+//!   into where the reader wants it), never past its end, and consumes what is left unread.
 //! - A peer that closes its end or dies gives [`RecvError::Disconnected`] /
 //!   [`SendError::Disconnected`] once the messages already sent are read — never a hang. For
 //!   `shm`, death is noticed by whoever watches the peer process (a pidfd), which calls

@@ -15,6 +15,11 @@ use super::ring::Ring;
 use super::wait::{Spinner, block_on, wake_all, wake_if_waiting};
 use crate::transport::{self, DEFAULT_MAX_MESSAGE, RecvError};
 
+/// A part of a message read piecewise at least this long gives its bytes back to the writer
+/// at once (smaller ones when the message ends, or when the reader waits): the reader may
+/// work on a large part a while before it reads on.
+const PUBLISH_AFTER: usize = 64 << 10;
+
 /// Why a receiver stopped for good.
 #[derive(Clone, Copy, Debug)]
 enum Failed {
@@ -233,6 +238,10 @@ impl ShmReceiver {
                 // Let the writer refill the ring while we copy the next piece.
                 self.publish();
             }
+        }
+        if dst.len() >= PUBLISH_AFTER {
+            // A large part: let the writer refill the ring while the reader works on it.
+            self.publish();
         }
         Ok(())
     }
