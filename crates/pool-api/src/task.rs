@@ -36,8 +36,19 @@ use crate::bulk::{self, PlainOf};
 use crate::error::codec;
 
 /// The uniform signature of trampolines: the address of the user's function (0 for one that
-/// needs none), the encoded chunk, and where to write the encoded results.
-pub(crate) type Trampoline = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), String>;
+/// needs none), the chunk, and where to write the encoded results.
+pub(crate) type Trampoline = fn(usize, Input<'_, '_>, &mut Vec<u8>) -> Result<(), String>;
+
+/// A chunk of arguments as a worker hands it to a trampoline.
+pub(crate) enum Input<'a, 'm> {
+    /// Encoded, in either layout (see [`crate::bulk`]).
+    Encoded(&'a [u8]),
+    /// The rest of a message from the parent holding a chunk of byte vectors (`Vec<u8>` or
+    /// [`crate::Bytes`] arguments) in postcard's layout (see `ToWorker::Task`): each item is
+    /// read straight out of the channel into its own vector just before it runs (one copy,
+    /// into memory the allocator hands back item after item, still in cache).
+    ByteVecs(&'a mut pool_ipc::MessageReader<'m>),
+}
 
 /// A task function as it travels to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +182,11 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
 /// layout, items are decoded, run and encoded one at a time: no vector of arguments or of
 /// results exists, which for a chunk of many small items is most of the work saved (a
 /// `Result<R, Panic>` is several times the size of a small `R`).
-fn run_chunk<A, R>(chunk: &[u8], out: &mut Vec<u8>, f: impl Fn(A) -> R) -> Result<(), String>
+fn run_chunk<A, R>(
+    input: Input<'_, '_>,
+    out: &mut Vec<u8>,
+    f: impl Fn(A) -> R,
+) -> Result<(), String>
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -181,6 +196,26 @@ where
         format!("cannot decode the chunk's arguments as {what}: {e}")
     };
     let results = PlainOf::<R>::get();
+    let chunk = match input {
+        Input::Encoded(chunk) => chunk,
+        Input::ByteVecs(reader) => {
+            if !crate::pool::is_byte_vec::<A>() {
+                return Err(cannot_decode(&"byte vectors came for a type that is none"));
+            }
+            let len = byte_vecs::begin(reader).map_err(|e| cannot_decode(&e))?;
+            let mut next = |_| {
+                let item = byte_vecs::next(reader).map_err(|e| cannot_decode(&e))?;
+                // `A` is a byte vector type (checked above): the conversion cannot fail.
+                crate::pool::from_byte_vec::<A>(item)
+                    .map_err(|_| cannot_decode(&"not a byte vector type"))
+            };
+            return if ItemCodec::<R>::new().byte_vec {
+                run_items::<A, R, true>(len, &mut next, out, &f, results)
+            } else {
+                run_items::<A, R, false>(len, &mut next, out, &f, results)
+            };
+        }
+    };
     let Some((&tag, body)) = chunk.split_first() else {
         return Err(cannot_decode(&"the chunk is empty"));
     };
@@ -315,6 +350,54 @@ where
         }
     }
     Ok(())
+}
+
+/// A chunk of byte vectors read from a message piecewise, as postcard lays it out (after
+/// [`bulk::SERDE`], a varint count, then each vector's varint length and bytes): each vector
+/// straight out of the channel into its own allocation. Hostile bytes are typed errors: a
+/// length past the message's end is refused before anything is allocated for it, and a
+/// message cut short ends the chunk.
+pub(crate) mod byte_vecs {
+    use pool_ipc::MessageReader;
+
+    use crate::bulk;
+
+    /// Reads the chunk's layout tag and count of items.
+    pub(crate) fn begin(r: &mut MessageReader<'_>) -> Result<u64, String> {
+        let mut tag = [0u8];
+        r.read_exact(&mut tag).map_err(|e| e.to_string())?;
+        if tag[0] != bulk::SERDE {
+            return Err(bulk::BulkError::Tag(tag[0]).to_string());
+        }
+        varint(r)
+    }
+
+    /// Reads the next item.
+    pub(crate) fn next(r: &mut MessageReader<'_>) -> Result<Vec<u8>, String> {
+        let len = varint(r)?;
+        let len = usize::try_from(len).map_err(|_| format!("a length of {len} bytes"))?;
+        let mut item = Vec::new();
+        r.read_to_vec(&mut item, len).map_err(|e| e.to_string())?;
+        Ok(item)
+    }
+
+    /// Reads a varint `u64` as postcard writes it (seven bits a byte, least significant
+    /// first, at most ten bytes).
+    fn varint(r: &mut MessageReader<'_>) -> Result<u64, String> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let mut byte = [0u8];
+            r.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            if i == 9 && byte[0] > 1 {
+                break;
+            }
+            value |= u64::from(byte[0] & 0x7f) << (7 * i);
+            if byte[0] & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a varint longer than 64 bits".into())
+    }
 }
 
 /// Encodes and decodes values of one type `T` as postcard does, with a bulk path for byte
@@ -467,7 +550,7 @@ impl postcard::ser_flavors::Flavor for Appender<'_> {
     }
 }
 
-fn trampoline<A, R>(function: usize, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+fn trampoline<A, R>(function: usize, chunk: Input<'_, '_>, out: &mut Vec<u8>) -> Result<(), String>
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -478,7 +561,7 @@ where
     run_chunk(chunk, out, f)
 }
 
-fn star_trampoline<F, T, R>(_: usize, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+fn star_trampoline<F, T, R>(_: usize, chunk: Input<'_, '_>, out: &mut Vec<u8>) -> Result<(), String>
 where
     F: StarFn<T, R> + Copy + 'static,
     T: DeserializeOwned,
@@ -488,7 +571,7 @@ where
     run_chunk(chunk, out, |t| f.call_with(t))
 }
 
-fn nullary_trampoline(function: usize, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+fn nullary_trampoline(function: usize, _: Input<'_, '_>, _: &mut Vec<u8>) -> Result<(), String> {
     // SAFETY: `function` is the address of a `fn()`: `Call::new_nullary` took it from one, in
     // this same build (checked at spawn).
     let f = unsafe { std::mem::transmute::<usize, fn()>(function) };
@@ -530,11 +613,16 @@ impl Call {
 
     /// Runs the call on an encoded chunk, in a worker.
     pub(crate) fn run(&self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.run_input(Input::Encoded(chunk), out)
+    }
+
+    /// Runs the call on a chunk, in a worker.
+    pub(crate) fn run_input(&self, input: Input<'_, '_>, out: &mut Vec<u8>) -> Result<(), String> {
         // SAFETY: the id was made from a `Trampoline` in the parent, of this same build
         // (checked at spawn), so the address is that function.
         let t: Trampoline =
             unsafe { std::mem::transmute::<usize, Trampoline>(self.trampoline.addr()) };
-        t(self.function.map_or(0, FnId::addr), chunk, out)
+        t(self.function.map_or(0, FnId::addr), input, out)
     }
 }
 
@@ -547,6 +635,10 @@ pub(crate) enum ToWorker {
         index: u32,
         call: Call,
         fds: u32,
+        /// The items are byte vectors (`Vec<u8>` or [`crate::Bytes`]) in postcard's layout:
+        /// the worker reads each straight out of the channel into its own vector, instead of
+        /// receiving the chunk into a buffer and copying each out of it.
+        byte_vecs: bool,
     },
     /// Exit once the tasks before this message are done.
     Retire,
@@ -1068,5 +1160,119 @@ mod tests {
             "hostile-protocol",
             &[("inputs", u64::from(cases)), ("panics", 0)],
         );
+    }
+
+    fn lengths(v: Vec<Vec<u8>>) -> usize {
+        v.len()
+    }
+
+    fn byte_len(v: Vec<u8>) -> u64 {
+        v.len() as u64
+    }
+
+    fn bytes_len(v: crate::Bytes) -> u64 {
+        v.len() as u64
+    }
+
+    fn echo(v: Vec<u8>) -> Vec<u8> {
+        v
+    }
+
+    /// Sends `message` through a real channel of `kind` and runs `call` on it as a worker
+    /// runs a task of byte vectors: each item read straight out of the channel. The message
+    /// that follows must still arrive whole, whatever the chunk held.
+    fn run_streamed(
+        kind: pool_ipc::TransportKind,
+        call: Call,
+        message: &[u8],
+    ) -> (Result<(), String>, Vec<u8>) {
+        let (mut a, mut b) = pool_ipc::Channel::pair(kind).unwrap();
+        let message = message.to_vec();
+        let sender = std::thread::spawn(move || {
+            a.send(&message, None).unwrap();
+            a.send(b"next", None).unwrap();
+            a
+        });
+        let mut out = Vec::new();
+        let ran = b
+            .recv_with(|r| call.run_input(Input::ByteVecs(r), &mut out))
+            .unwrap();
+        let _a = sender.join().unwrap();
+        let mut next = Vec::new();
+        b.recv_into(&mut next, None).unwrap();
+        assert_eq!(next, b"next", "the next message is intact");
+        (ran, out)
+    }
+
+    #[test]
+    fn byte_vectors_are_read_straight_out_of_the_channel_on_both_transports() {
+        use pool_ipc::TransportKind::{Pipe, Shm};
+        // Items larger than the ring's quarter and the pipe's staging buffer, and empty ones.
+        let items: Vec<Vec<u8>> = vec![vec![1; 3 << 20], Vec::new(), (0..=255).collect()];
+        let chunk = crate::pool::encode_chunk(&items, None).unwrap().0;
+        for kind in [Pipe, Shm] {
+            let (ran, out) = run_streamed(kind, Call::new(byte_len as fn(_) -> _).unwrap(), &chunk);
+            ran.unwrap();
+            let got: Vec<u64> = decode_results::<u64>(&out)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(got, [3 << 20, 0, 256], "{kind:?}");
+            let (ran, _) = run_streamed(kind, Call::new(bytes_len as fn(_) -> _).unwrap(), &chunk);
+            ran.unwrap();
+            let (ran, out) = run_streamed(kind, Call::new(echo as fn(_) -> _).unwrap(), &chunk);
+            ran.unwrap();
+            let got: Vec<Vec<u8>> = decode_results::<Vec<u8>>(&out)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(got, items, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_streamed_byte_vectors_fail_the_chunk_with_a_typed_message() {
+        use pool_ipc::TransportKind::{Pipe, Shm};
+        let tag = bulk::SERDE;
+        let cases: &[(&str, Vec<u8>, &str)] = &[
+            // Two items announced, the second's length past the message's end.
+            (
+                "a length past the end",
+                vec![tag, 2, 1, 9, 0xff, 0xff, 0xff, 0x7f, 1],
+                "past the message's end",
+            ),
+            // Three items announced, one there.
+            (
+                "a chunk cut short",
+                vec![tag, 3, 1, 9],
+                "past the message's end",
+            ),
+            ("a bad tag", vec![7, 1, 1, 9], "tag"),
+            (
+                "an endless varint",
+                [vec![tag], vec![0xff; 11]].concat(),
+                "longer than 64 bits",
+            ),
+            (
+                "a huge count",
+                vec![tag, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1],
+                "past the message's end",
+            ),
+            ("nothing at all", Vec::new(), "past the message's end"),
+        ];
+        for kind in [Pipe, Shm] {
+            for (what, message, says) in cases {
+                let (ran, _) =
+                    run_streamed(kind, Call::new(byte_len as fn(_) -> _).unwrap(), message);
+                let err = ran.expect_err(what);
+                assert!(err.contains(says), "{kind:?}, {what}: {err}");
+            }
+            // Byte vectors for a function whose argument is none.
+            let chunk = crate::pool::encode_chunk(&[vec![1u8]], None).unwrap().0;
+            let (ran, _) = run_streamed(kind, Call::new(lengths as fn(_) -> _).unwrap(), &chunk);
+            assert!(ran.unwrap_err().contains("type that is none"));
+        }
     }
 }

@@ -49,7 +49,10 @@ pub use start::{
     ChildMain, ChildStart, EXIT_BOOTSTRAP_FAILED, SpawnError, SpawnOptions, Spawned, StartMethod,
     fork, is_spawned_child, spawn,
 };
-pub use transport::{Channel, PeerDeath, Receiver, RecvError, SendError, Sender, TransportKind};
+pub use transport::{
+    Channel, MessageReader, PeerDeath, ReadError, Receiver, RecvError, SendError, Sender,
+    TransportKind,
+};
 
 /// Waits until at least one of `fds` is readable (data, end of file, or for a pidfd: the
 /// process exited) or `deadline` passes; returns the indices of the readable ones (empty on

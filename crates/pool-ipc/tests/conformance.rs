@@ -10,7 +10,9 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pool_ipc::{Channel, ChildStart, RecvError, SendError, SpawnOptions, TransportKind, spawn};
+use pool_ipc::{
+    Channel, ChildStart, ReadError, RecvError, SendError, SpawnOptions, TransportKind, spawn,
+};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -276,6 +278,94 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn a_message_is_read_piecewise_and_what_is_left_is_skipped() {
+                let (mut a, mut b) = pair();
+                // Larger than the shm ring and the pipe's staging buffer, so parts wrap and
+                // arrive while they are read.
+                let big = pattern(9 << 20, 5);
+                let sender = thread::spawn(move || {
+                    a.send_parts(&[b"head", &big, b"tail"], soon()).unwrap();
+                    a.send(b"untouched", soon()).unwrap();
+                    a.send(b"next", soon()).unwrap();
+                    (a, big)
+                });
+                let (head, body, rest) = b
+                    .recv_with(|r| {
+                        let mut head = [0u8; 4];
+                        r.read_exact(&mut head).unwrap();
+                        let mut body = vec![7u8];
+                        r.read_to_vec(&mut body, 9 << 20).unwrap();
+                        (head, body, r.remaining())
+                    })
+                    .unwrap();
+                let (_a, big) = sender.join().unwrap();
+                assert_eq!(&head, b"head");
+                assert_eq!(body[0], 7, "appended after what the vector held");
+                assert!(body[1..] == big[..]);
+                assert_eq!(rest, 4);
+                // A message left unread entirely is consumed too.
+                b.recv_with(|_| ()).unwrap();
+                let mut buf = Vec::new();
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(buf, b"next");
+            }
+
+            #[test]
+            fn a_read_past_the_end_is_refused_and_the_stream_stays_in_step() {
+                let (mut a, mut b) = pair();
+                a.send(b"short", soon()).unwrap();
+                a.send(b"after", soon()).unwrap();
+                let refused = b
+                    .recv_with(|r| {
+                        let mut v = Vec::new();
+                        let refused = r.read_to_vec(&mut v, 1 << 40);
+                        let mut six = [0u8; 6];
+                        (refused, r.read_exact(&mut six), v.capacity(), r.remaining())
+                    })
+                    .unwrap();
+                assert_eq!(
+                    refused,
+                    (
+                        Err(ReadError::PastEnd {
+                            want: 1 << 40,
+                            left: 5
+                        }),
+                        Err(ReadError::PastEnd { want: 6, left: 5 }),
+                        0,
+                        5
+                    )
+                );
+                let mut buf = Vec::new();
+                b.recv_into(&mut buf, soon()).unwrap();
+                assert_eq!(buf, b"after");
+            }
+
+            #[test]
+            fn a_peer_killed_mid_message_read_piecewise_is_a_disconnect() {
+                let mut spawned =
+                    spawn(sends_forever, b"", &SpawnOptions::new().transport($kind)).unwrap();
+                let death = spawned.channel.peer_death();
+                let (_tx, mut rx) = spawned.channel.split();
+                let receiver = thread::spawn(move || {
+                    rx.recv_with(|r| {
+                        let mut v = Vec::new();
+                        let len = r.remaining();
+                        (r.read_to_vec(&mut v, len), v.len())
+                    })
+                });
+                thread::sleep(Duration::from_millis(100));
+                spawned.child.kill().unwrap();
+                spawned
+                    .child
+                    .wait_timeout(GENEROUS)
+                    .unwrap()
+                    .expect("child exited");
+                death.notify();
+                let r = receiver.join().unwrap();
+                assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
+            }
+
+            #[test]
             fn a_peer_killed_mid_message_is_a_disconnect_not_a_hang() {
                 let mut spawned =
                     spawn(sends_forever, b"", &SpawnOptions::new().transport($kind)).unwrap();
@@ -413,6 +503,24 @@ mod pipe_raw {
                 .send_parts_with_fds(&[b"x"], &[w.as_fd()], soon())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_message_cut_short_read_piecewise_is_a_disconnect() {
+        let (mut raw, mut chan) = raw_pair();
+        // Claims 8 GiB (under the default limit), sends 10 bytes, then hangs up: a reader
+        // that believes the length is stopped by the disconnect, having reserved little.
+        raw.write_all(&(8u64 << 30).to_le_bytes()).unwrap();
+        raw.write_all(&[1; 10]).unwrap();
+        drop(raw);
+        let got = chan.recv_with(|r| {
+            let mut v = Vec::new();
+            let len = r.remaining();
+            let read = r.read_to_vec(&mut v, len);
+            assert!(v.capacity() <= 128 << 20, "reserved {} bytes", v.capacity());
+            read
+        });
+        assert!(matches!(got, Err(RecvError::Disconnected)), "{got:?}");
     }
 
     #[test]

@@ -450,6 +450,7 @@ impl Shared {
                         index: chunk.id.index,
                         call: job.call,
                         fds: body.fds.len() as u32,
+                        byte_vecs: body.is_gathered(),
                     };
                     match task::header_bytes(&msg) {
                         Ok(header) => {

@@ -11,7 +11,7 @@ mod payload;
 mod sleepers;
 mod worker;
 
-pub(crate) use self::payload::encode_chunk;
+pub(crate) use self::payload::{encode_chunk, from_byte_vec, is_byte_vec};
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;

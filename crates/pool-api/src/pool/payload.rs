@@ -84,6 +84,11 @@ impl Payload {
         parts
     }
 
+    /// Whether the chunk is byte vectors gathered by [`Payload::gather`] (at least one).
+    pub(crate) fn is_gathered(&self) -> bool {
+        !self.gathered.items.is_empty()
+    }
+
     /// Encodes a chunk of arguments into a buffer from `spare` (see [`encode_chunk`]).
     pub(crate) fn encode<A: serde::Serialize>(
         items: &[A],
@@ -131,6 +136,24 @@ pub(crate) fn into_byte_vec<A>(item: A) -> Result<Vec<u8>, A> {
         Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*item).cast::<crate::Bytes>()) }.0)
     } else {
         Err(std::mem::ManuallyDrop::into_inner(item))
+    }
+}
+
+/// Makes an `A` of a byte vector, if `A` is `Vec<u8>` or [`crate::Bytes`] (the inverse of
+/// [`into_byte_vec`]); else hands the vector back.
+pub(crate) fn from_byte_vec<A>(bytes: Vec<u8>) -> Result<A, Vec<u8>> {
+    let id = type_id_of::<A>();
+    if id == TypeId::of::<Vec<u8>>() {
+        let bytes = std::mem::ManuallyDrop::new(bytes);
+        // SAFETY: `A` is `Vec<u8>` (same `TypeId`, no lifetime erased); the vector is moved
+        // out of the `ManuallyDrop`, which does not drop it again.
+        Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*bytes).cast::<A>()) })
+    } else if id == TypeId::of::<crate::Bytes>() {
+        let bytes = std::mem::ManuallyDrop::new(crate::Bytes(bytes));
+        // SAFETY: as above, `A` is `Bytes`.
+        Ok(unsafe { std::ptr::read(std::ptr::from_ref(&*bytes).cast::<A>()) })
+    } else {
+        Err(bytes)
     }
 }
 
@@ -838,6 +861,12 @@ mod tests {
         assert_eq!(into_byte_vec(crate::Bytes(vec![3])), Ok(vec![3]));
         assert_eq!(into_byte_vec(vec![1u16]), Err(vec![1u16]));
         assert!(is_byte_vec::<crate::Bytes>() && !is_byte_vec::<Vec<u16>>());
+        assert_eq!(from_byte_vec::<Vec<u8>>(vec![4]), Ok(vec![4]));
+        assert_eq!(
+            from_byte_vec::<crate::Bytes>(vec![5]),
+            Ok(crate::Bytes(vec![5]))
+        );
+        assert_eq!(from_byte_vec::<Vec<u16>>(vec![6]), Err(vec![6]));
     }
 
     #[test]

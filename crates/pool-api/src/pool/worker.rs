@@ -16,7 +16,7 @@ use pool_ipc::ChildStart;
 use serde::{Deserialize, Serialize};
 
 use crate::process;
-use crate::task::{self, Call, FromWorker, Panic, ToWorker};
+use crate::task::{self, Call, FromWorker, Input, Panic, ToWorker};
 
 /// What a worker is started with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +82,78 @@ fn release(buf: &mut Vec<u8>, out: &mut Vec<u8>) {
     pool_ipc::os::release_free_memory();
 }
 
+/// What one message from the parent came to.
+enum Received {
+    /// A message other than a task of byte vectors; its body is in the receive buffer.
+    Message(ToWorker),
+    /// A task of byte vectors, run while it was received: each item was read straight out
+    /// of the channel into its own vector just before it ran (see `task::Input::ByteVecs`).
+    Ran {
+        job: u64,
+        index: u32,
+        ran: Result<(), String>,
+    },
+    /// The parent is gone.
+    Gone,
+}
+
+/// Reads a message's header (see [`task::header_bytes`]) into `head` and decodes it.
+fn read_header(r: &mut pool_ipc::MessageReader<'_>, head: &mut Vec<u8>) -> Option<ToWorker> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).ok()?;
+    head.clear();
+    r.read_to_vec(head, u32::from_le_bytes(len) as usize).ok()?;
+    postcard::from_bytes(head).ok()
+}
+
+/// Tells the parent that the chunk `job`/`index` starts, together with the report of the
+/// task held back (its results in `out`), if any; false once the parent is gone.
+fn report_start(held: &mut Option<(u64, u32)>, job: u64, index: u32, out: &[u8]) -> bool {
+    match held.take() {
+        Some((done_job, done_index)) => send(
+            &FromWorker::FinishedThenStarted {
+                job: done_job,
+                index: done_index,
+                next_job: job,
+                next_index: index,
+            },
+            out,
+        ),
+        None => send(&FromWorker::Started { job, index }, &[]),
+    }
+}
+
+/// Reports how the chunk `job`/`index` ran: held back (in `held`) if the next task is
+/// already here (`next_here`), so that both reports share a message; false once the parent
+/// is gone.
+fn report_end(
+    held: &mut Option<(u64, u32)>,
+    next_here: bool,
+    job: u64,
+    index: u32,
+    ran: Result<(), String>,
+    out: &[u8],
+) -> bool {
+    match ran {
+        // The next task is already here, whole: report this one together with its start.
+        // Otherwise report now, so the result is not held up (by a large next task still
+        // arriving, say).
+        Ok(()) if next_here => {
+            *held = Some((job, index));
+            true
+        }
+        Ok(()) => send(&FromWorker::Finished { job, index }, out),
+        Err(message) => send(
+            &FromWorker::Failed {
+                job,
+                index,
+                message,
+            },
+            &[],
+        ),
+    }
+}
+
 /// The entry point of pool workers (a `pool_ipc::ChildMain`).
 pub(crate) fn worker_main(start: ChildStart) -> i32 {
     task::install_panic_hook();
@@ -112,6 +184,7 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
         return 0;
     }
     let mut buf = Vec::new();
+    let mut head = Vec::new();
     // A finished task's report, held back while the next task is already arriving, so that
     // "finished N" and "started N+1" share one message (one write instead of two). Its
     // results are in `out`.
@@ -126,12 +199,38 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                 Err(_) => return 0,
             }
         }
-        if rx.recv_into(&mut buf, None).is_err() {
+        let received = rx.recv_with(|r| {
+            let msg = read_header(r, &mut head)?;
+            if let ToWorker::Task {
+                job,
+                index,
+                call,
+                fds: 0,
+                byte_vecs: true,
+            } = msg
+            {
+                if !report_start(&mut held, job, index, &out) {
+                    return Some(Received::Gone);
+                }
+                let ran = call.run_input(Input::ByteVecs(r), &mut out);
+                return Some(Received::Ran { job, index, ran });
+            }
+            buf.clear();
+            let rest = r.remaining();
+            r.read_to_vec(&mut buf, rest).ok()?;
+            Some(Received::Message(msg))
+        });
+        let msg = match received {
             // The parent is gone (or closed our channel): nothing more to do.
-            return 0;
-        }
-        let Ok((msg, body)) = task::split_frame::<ToWorker>(&buf) else {
-            return EXIT_PROTOCOL;
+            Err(_) | Ok(Some(Received::Gone)) => return 0,
+            Ok(None) => return EXIT_PROTOCOL,
+            Ok(Some(Received::Ran { job, index, ran })) => {
+                if !report_end(&mut held, rx.has_message(), job, index, ran, &out) {
+                    return 0;
+                }
+                continue;
+            }
+            Ok(Some(Received::Message(msg))) => msg,
         };
         match msg {
             ToWorker::Task {
@@ -139,50 +238,18 @@ pub(crate) fn worker_main(start: ChildStart) -> i32 {
                 index,
                 call,
                 fds,
+                byte_vecs: _,
             } => {
                 // The descriptors of the handles in the arguments came with the message.
                 let Some(fds) = rx.take_fds(fds as usize) else {
                     return EXIT_PROTOCOL;
                 };
-                let report = match held.take() {
-                    Some((done_job, done_index)) => FromWorker::FinishedThenStarted {
-                        job: done_job,
-                        index: done_index,
-                        next_job: job,
-                        next_index: index,
-                    },
-                    None => FromWorker::Started { job, index },
-                };
-                let results: &[u8] = if matches!(report, FromWorker::Started { .. }) {
-                    &[]
-                } else {
-                    &out
-                };
-                if !send(&report, results) {
+                if !report_start(&mut held, job, index, &out) {
                     return 0;
                 }
-                match crate::handles::with_descriptors(fds, || call.run(body, &mut out)) {
-                    // The next task is already here, whole: report this one together with
-                    // its start. Otherwise report now, so the result is not held up (by a
-                    // large next task still arriving, say).
-                    Ok(()) if rx.has_message() => held = Some((job, index)),
-                    Ok(()) => {
-                        if !send(&FromWorker::Finished { job, index }, &out) {
-                            return 0;
-                        }
-                    }
-                    Err(message) => {
-                        if !send(
-                            &FromWorker::Failed {
-                                job,
-                                index,
-                                message,
-                            },
-                            &[],
-                        ) {
-                            return 0;
-                        }
-                    }
+                let ran = crate::handles::with_descriptors(fds, || call.run(&buf, &mut out));
+                if !report_end(&mut held, rx.has_message(), job, index, ran, &out) {
+                    return 0;
                 }
             }
             ToWorker::Retire => {

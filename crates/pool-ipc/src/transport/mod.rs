@@ -15,6 +15,8 @@
 //! - `send` returns once the whole message is in the channel (not when the peer has read it);
 //!   it blocks while the channel is full, up to its deadline.
 //! - `recv_into` replaces the buffer's contents with the next message, reusing its capacity.
+//! - `recv_with` hands the next message to a reader piecewise (each part copied once, straight
+//!   into where the reader wants it), never past its end, and consumes what is left unread.
 //! - A peer that closes its end or dies gives [`RecvError::Disconnected`] /
 //!   [`SendError::Disconnected`] once the messages already sent are read — never a hang. For
 //!   `shm`, death is noticed by whoever watches the peer process (a pidfd), which calls
@@ -209,6 +211,14 @@ impl Channel {
         scratch: &mut Vec<u8>,
     ) -> Result<Result<usize, Vec<u8>>, RecvError> {
         self.receiver.recv_into_slice(dst, scratch)
+    }
+
+    /// Receives one message piecewise; see [`Receiver::recv_with`].
+    pub fn recv_with<T>(
+        &mut self,
+        read: impl FnOnce(&mut MessageReader<'_>) -> T,
+    ) -> Result<T, RecvError> {
+        self.receiver.recv_with(read)
     }
 
     /// Receives one message; see [`Receiver::recv_into`].
@@ -412,6 +422,180 @@ impl Receiver {
                 Ok(fit(scratch, dst))
             }
         }
+    }
+    /// Receives the next message piecewise: `read` is handed a [`MessageReader`] over it and
+    /// reads its bytes in parts of the lengths it picks, each straight into the destination
+    /// it picks (one copy out of the ring or the socket, no receive buffer). Blocks until
+    /// the parts arrive or the peer is gone. What `read` leaves unread is consumed, so the
+    /// next receive starts at the next message whatever `read` did.
+    ///
+    /// `Ok` with what `read` returned once the whole message is consumed; `Err` if the
+    /// message could not be received whole (the error a receive would give: the peer went
+    /// away in the middle of it, say), after `read`'s reads saw [`ReadError::Transport`].
+    /// A message begun by a receive that timed out is completed whole first, then read from
+    /// memory.
+    pub fn recv_with<T>(
+        &mut self,
+        read: impl FnOnce(&mut MessageReader<'_>) -> T,
+    ) -> Result<T, RecvError> {
+        let mut whole = Vec::new();
+        let (source, left) = match &mut self.flavor {
+            ReceiverFlavor::Shm(r) if r.has_pending() => {
+                r.recv_into(&mut whole, None)?;
+                let left = whole.len();
+                (Source::Slice(&whole), left)
+            }
+            ReceiverFlavor::Shm(r) => {
+                let left = r.begin_message()?;
+                (Source::Shm(r), left)
+            }
+            ReceiverFlavor::Pipe(r) => {
+                let left = r.begin_message()?;
+                (Source::Pipe(r), left)
+            }
+        };
+        let mut reader = MessageReader {
+            source,
+            left,
+            failed: None,
+        };
+        let value = read(&mut reader);
+        reader.finish()?;
+        Ok(value)
+    }
+}
+
+/// A message being received piecewise (see [`Receiver::recv_with`]): its bytes are read in
+/// order, each part into a destination of the reader's choosing, and never past the
+/// message's end.
+#[derive(Debug)]
+pub struct MessageReader<'r> {
+    source: Source<'r>,
+    /// Bytes of the message not read yet.
+    left: usize,
+    /// Why the message cannot be received whole, once a read found out.
+    failed: Option<RecvError>,
+}
+
+#[derive(Debug)]
+enum Source<'r> {
+    Pipe(&'r mut pipe::PipeReceiver),
+    Shm(&'r mut shm::ShmReceiver),
+    Slice(&'r [u8]),
+}
+
+/// Why a [`MessageReader`] read nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The part asked for goes past the message's end (a length inside the message claims
+    /// more than the message holds). Nothing was consumed; the message may still be read.
+    #[error("a read of {want} bytes past the message's end ({left} bytes left)")]
+    PastEnd {
+        /// The bytes asked for.
+        want: usize,
+        /// The bytes left in the message.
+        left: usize,
+    },
+    /// The message could not be received whole; [`Receiver::recv_with`] returns why.
+    #[error("the message could not be received")]
+    Transport,
+}
+
+impl MessageReader<'_> {
+    /// The bytes of the message not read yet.
+    pub fn remaining(&self) -> usize {
+        self.left
+    }
+
+    /// Reads the next `dst.len()` bytes of the message into `dst`.
+    pub fn read_exact(&mut self, dst: &mut [u8]) -> Result<(), ReadError> {
+        // SAFETY: a `MaybeUninit<u8>` has the layout of a `u8`, and the reads below only
+        // write initialised bytes into it, so `dst` stays initialised.
+        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [std::mem::MaybeUninit<u8>]) };
+        self.read_uninit(dst)
+    }
+
+    /// Appends the next `len` bytes of the message to `dst`. The vector grows as bytes
+    /// arrive (in steps of at most 64 MiB), so a message whose sender died in the middle of
+    /// it costs no more than what arrived.
+    pub fn read_to_vec(&mut self, dst: &mut Vec<u8>, len: usize) -> Result<(), ReadError> {
+        self.check(len)?;
+        let mut done = 0;
+        while done < len {
+            let step = frame::reserve_step(len as u64, done);
+            dst.reserve_exact(step);
+            let spare = &mut dst.spare_capacity_mut()[..step];
+            self.read_uninit(spare)?;
+            // SAFETY: `read_uninit` initialised those `step` bytes of the spare capacity.
+            unsafe { dst.set_len(dst.len() + step) };
+            done += step;
+        }
+        Ok(())
+    }
+
+    fn check(&self, want: usize) -> Result<(), ReadError> {
+        if self.failed.is_some() {
+            return Err(ReadError::Transport);
+        }
+        if want > self.left {
+            return Err(ReadError::PastEnd {
+                want,
+                left: self.left,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the next `dst.len()` bytes of the message into `dst`, initialising it.
+    fn read_uninit(&mut self, dst: &mut [std::mem::MaybeUninit<u8>]) -> Result<(), ReadError> {
+        self.check(dst.len())?;
+        let result = match &mut self.source {
+            Source::Pipe(r) => r.read_part(dst),
+            Source::Shm(r) => r.read_part(dst),
+            Source::Slice(bytes) => {
+                let (part, rest) = bytes.split_at(dst.len());
+                for (to, from) in dst.iter_mut().zip(part) {
+                    to.write(*from);
+                }
+                *bytes = rest;
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.left -= dst.len();
+                Ok(())
+            }
+            Err(err) => {
+                self.failed = Some(err);
+                Err(ReadError::Transport)
+            }
+        }
+    }
+
+    /// Consumes what was not read, and ends the message.
+    fn finish(self) -> Result<(), RecvError> {
+        let MessageReader {
+            source,
+            left,
+            failed,
+        } = self;
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        match source {
+            Source::Pipe(r) => {
+                r.skip_part(left)?;
+                r.end_message();
+            }
+            Source::Shm(r) => {
+                r.skip_part(left)?;
+                r.end_message();
+            }
+            Source::Slice(_) => {}
+        }
+        Ok(())
     }
 }
 

@@ -368,6 +368,102 @@ impl PipeReceiver {
         Ok(())
     }
 
+    /// Starts receiving the next message piecewise: waits for its header, checks its length
+    /// against the limit and consumes it. The caller then reads exactly that many bytes with
+    /// [`PipeReceiver::read_part`] and [`PipeReceiver::skip_part`], and ends with
+    /// [`PipeReceiver::end_message`].
+    pub(crate) fn begin_message(&mut self) -> Result<usize, RecvError> {
+        if self.broken {
+            return Err(RecvError::Corrupt(
+                "a previous receive was cut short by its deadline",
+            ));
+        }
+        while self.buffered() < HEADER {
+            self.fill(None, HEADER - self.buffered())?;
+        }
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(&self.staging[self.start..self.start + HEADER]);
+        let len = frame::body_len(header, self.max_message)?;
+        let len = usize::try_from(len).map_err(|_| RecvError::TooLarge {
+            len,
+            limit: usize::MAX as u64,
+        })?;
+        self.start += HEADER;
+        self.mid_message = true;
+        Ok(len)
+    }
+
+    /// Receives the next `dst.len()` bytes of the message begun with
+    /// [`PipeReceiver::begin_message`] into `dst` (the caller keeps within the message's
+    /// length): what is staged first, then a large part straight from the socket, a small
+    /// one through the staging buffer (so that the next message's header comes along).
+    pub(crate) fn read_part(
+        &mut self,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<(), RecvError> {
+        let result = self.read_part_inner(dst);
+        self.cut_if_failed(&result);
+        result
+    }
+
+    fn read_part_inner(&mut self, dst: &mut [std::mem::MaybeUninit<u8>]) -> Result<(), RecvError> {
+        let mut done = 0;
+        while done < dst.len() {
+            let left = dst.len() - done;
+            if self.buffered() == 0 {
+                if left >= STAGING {
+                    done += recv_some(&self.stream, &mut dst[done..], None)?;
+                    continue;
+                }
+                self.fill(None, 1)?;
+            }
+            let take = self.buffered().min(left);
+            let from = &self.staging[self.start..self.start + take];
+            let to = &mut dst[done..done + take];
+            // SAFETY: `from` and `to` are `take` bytes each, one in our staging buffer, the
+            // other in the caller's slice (borrowed mutably, so not overlapping); a
+            // `MaybeUninit<u8>` has the layout of a `u8`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().cast::<u8>(), take)
+            };
+            self.start += take;
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Consumes the next `len` bytes of the message being read, through the staging buffer.
+    pub(crate) fn skip_part(&mut self, len: usize) -> Result<(), RecvError> {
+        let mut done = 0;
+        let mut result = Ok(());
+        while done < len {
+            if self.buffered() == 0 {
+                if let Err(err) = self.fill(None, 1) {
+                    result = Err(err);
+                    break;
+                }
+            }
+            let take = self.buffered().min(len - done);
+            self.start += take;
+            done += take;
+        }
+        self.cut_if_failed(&result);
+        result
+    }
+
+    /// A message cut short by anything but the peer's going away leaves the stream out of
+    /// step: later receives refuse it.
+    fn cut_if_failed(&mut self, result: &Result<(), RecvError>) {
+        if matches!(result, Err(err) if !matches!(err, RecvError::Disconnected)) {
+            self.broken = true;
+        }
+    }
+
+    /// Ends a message read piecewise.
+    pub(crate) fn end_message(&mut self) {
+        self.mid_message = false;
+    }
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }

@@ -15,6 +15,11 @@ use super::ring::Ring;
 use super::wait::{Spinner, block_on, wake_all, wake_if_waiting};
 use crate::transport::{self, DEFAULT_MAX_MESSAGE, RecvError};
 
+/// A part of a message read piecewise at least this long gives its bytes back to the writer
+/// at once (smaller ones when the message ends, or when the reader waits): the reader may
+/// work on a large part a while before it reads on.
+const PUBLISH_AFTER: usize = 64 << 10;
+
 /// Why a receiver stopped for good.
 #[derive(Clone, Copy, Debug)]
 enum Failed {
@@ -189,6 +194,73 @@ impl ShmReceiver {
         }
         self.publish();
         Ok(Ok(len))
+    }
+
+    /// Whether a message begun by a receive that timed out waits to be completed (it is
+    /// received whole with [`ShmReceiver::recv_into`], not piecewise).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Starts receiving the next message piecewise: waits for its length prefix, checks it
+    /// against the limit and consumes it. The caller then reads exactly that many bytes with
+    /// [`ShmReceiver::read_part`] and [`ShmReceiver::skip_part`], and ends with
+    /// [`ShmReceiver::end_message`]. Not for a receiver with a pending message.
+    pub(crate) fn begin_message(&mut self) -> Result<usize, RecvError> {
+        if let Some(failed) = self.failed {
+            return Err(failed.into());
+        }
+        debug_assert!(self.pending.is_none());
+        self.take_length(None)
+    }
+
+    /// Copies the next `dst.len()` bytes of the message begun with
+    /// [`ShmReceiver::begin_message`] out of the ring into `dst` (the caller keeps within
+    /// the message's length), blocking until they arrive or the peer is gone.
+    pub(crate) fn read_part(
+        &mut self,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<(), RecvError> {
+        let mut done = 0;
+        while done < dst.len() {
+            let available = self.wait_for_data(1, None)?;
+            let n = available.min(dst.len() - done).min(self.ring.step);
+            let to = &mut dst[done..done + n];
+            // SAFETY: `n <= available` published bytes from `read` on, `n <= capacity`; the
+            // destination is `n` bytes of the caller's slice, outside the mapping.
+            unsafe {
+                self.ring
+                    .copy_out(self.read, to.as_mut_ptr().cast::<u8>(), n)
+            };
+            self.read = self.read.wrapping_add(n as u64);
+            done += n;
+            if done < dst.len() {
+                // Let the writer refill the ring while we copy the next piece.
+                self.publish();
+            }
+        }
+        if dst.len() >= PUBLISH_AFTER {
+            // A large part: let the writer refill the ring while the reader works on it.
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Consumes the next `len` bytes of the message being read without copying them.
+    pub(crate) fn skip_part(&mut self, len: usize) -> Result<(), RecvError> {
+        let mut done = 0;
+        while done < len {
+            let available = self.wait_for_data(1, None)?;
+            let n = available.min(len - done);
+            self.read = self.read.wrapping_add(n as u64);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Ends a message read piecewise: its bytes go back to the writer.
+    pub(crate) fn end_message(&mut self) {
+        self.publish();
     }
 
     /// Waits for the next message's length prefix and consumes it; the length is checked
