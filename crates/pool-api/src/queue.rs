@@ -67,7 +67,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use pool_ipc::shared::{SharedRegion, SharedWindow, futex_wait, futex_wake};
+use pool_ipc::shared::{
+    SharedRegion, SharedWindow, copy_from_shared, copy_to_shared, futex_wait, futex_wake,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -385,10 +387,12 @@ unsafe fn write(data: &SharedWindow, at: u64, bytes: &[u8]) {
     let first = bytes.len().min(size - start);
     let data = data.as_ptr();
     // SAFETY: both ranges lie inside the ring (`start + first <= size`, the rest wraps to
-    // the start and is shorter than the ring); the caller owns them.
+    // the start and is shorter than the ring); the caller owns them. The copies are atomic
+    // on the ring's side: a lock holder killed and taken over may leave a peer that ignores
+    // the lock, and that must not be a data race.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(start), first);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), data, bytes.len() - first);
+        copy_to_shared(bytes.as_ptr(), data.add(start), first);
+        copy_to_shared(bytes.as_ptr().add(first), data, bytes.len() - first);
     }
 }
 
@@ -403,8 +407,8 @@ unsafe fn read(data: &SharedWindow, at: u64, out: &mut [u8]) {
     let data = data.as_ptr();
     // SAFETY: as in `write`.
     unsafe {
-        std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
-        std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+        copy_from_shared(data.add(start), out.as_mut_ptr(), first);
+        copy_from_shared(data, out.as_mut_ptr().add(first), out.len() - first);
     }
 }
 
