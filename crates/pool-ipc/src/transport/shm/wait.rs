@@ -165,8 +165,13 @@ pub(super) fn block_on<T, E: From<io::Error>>(
     spinner.miss();
 
     loop {
-        // Announce the sleep, then look again (the SeqCst fence pairs with the waker's).
-        word.store(1, Ordering::Relaxed);
+        // Announce the sleep, then look again (the SeqCst fence pairs with the waker's). A
+        // swap, not a store: a read-modify-write comes after the waker's swap that cleared
+        // our previous announcement in the flag's modification order, which C++ also gives a
+        // plain store of ours that follows it, but loom does not (its modification order is
+        // partial: the waker's next load could read its own old 0, a lost wake-up the real
+        // machine cannot have). Only the sleeping path pays for it, before a system call.
+        word.swap(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         match check() {
             Ok(None) => {}
