@@ -270,16 +270,17 @@ mod tests {
             0, 1, 3, 7, 8, 9, 15, 16, 31, 32, 33, 39, 40, 63, 64, 65, 100, 128, 190, 300, 2047,
             2048, 2100,
         ] {
-            for shared_off in 0..8 {
+            for shared_off in 0..8usize {
                 for private_off in 0..8 {
-                    let mut shared = words(275);
+                    let size = (shared_off + len).div_ceil(8) * 8 + 8;
+                    let mut shared = words(size / 8);
                     let base = shared.as_mut_ptr().cast::<u8>();
                     let src = &pattern[private_off..private_off + len];
-                    // SAFETY: `shared` has 2200 bytes, `shared_off + len < 2200`; single thread.
+                    // SAFETY: `shared` has `size > shared_off + len` bytes; single thread.
                     unsafe { copy_to_shared(src.as_ptr(), base.add(shared_off), len) };
                     let bytes = shared.as_ptr().cast::<u8>();
                     // SAFETY: as above, a read of bytes we own.
-                    let view = unsafe { std::slice::from_raw_parts(bytes, 2200) };
+                    let view = unsafe { std::slice::from_raw_parts(bytes, size) };
                     assert_eq!(&view[shared_off..shared_off + len], src);
                     assert!(view[..shared_off].iter().all(|&b| b == 0), "before");
                     assert!(view[shared_off + len..].iter().all(|&b| b == 0), "after");
@@ -309,30 +310,31 @@ mod tests {
     /// hostile writer scribbling on published bytes) and as `SharedMemory` users may. Miri
     /// accepts it: every shared access is atomic. The same test with `ptr::copy_nonoverlapping`
     /// in place of the two functions is reported by Miri as "Undefined Behavior: Data race
-    /// detected between (1) non-atomic write on thread ... and (2) non-atomic read on
-    /// thread ...".
+    /// detected between (1) non-atomic read on thread ... and (2) non-atomic write on thread
+    /// ...".
     #[test]
     fn concurrent_copies_are_not_data_races() {
         const LEN: usize = 61;
         let shared = Arc::new(Shared((0..9).map(|_| AtomicU64::new(0)).collect()));
-        let base = shared.0.as_ptr().cast::<u8>() as usize;
         let rounds = if cfg!(miri) { 4 } else { 200 };
         let writer = {
             let shared = Arc::clone(&shared);
             thread::spawn(move || {
-                let _keep = &shared;
+                // Atomics: writing through a pointer from a shared borrow is allowed.
+                let base = shared.0.as_ptr().cast::<u8>().cast_mut();
                 for round in 0..rounds {
                     let src = [round as u8; LEN];
                     // SAFETY: 61 bytes from offset 3 lie inside the 72-byte buffer, which
-                    // `_keep` keeps alive; the other thread only copies atomically.
-                    unsafe { copy_to_shared(src.as_ptr(), (base as *mut u8).add(3), LEN) };
+                    // `shared` keeps alive; the other thread only copies atomically.
+                    unsafe { copy_to_shared(src.as_ptr(), base.add(3), LEN) };
                 }
             })
         };
+        let base = shared.0.as_ptr().cast::<u8>();
         for _ in 0..rounds {
             let mut out = [0u8; LEN];
             // SAFETY: as in the writer.
-            unsafe { copy_from_shared((base as *const u8).add(3), out.as_mut_ptr(), LEN) };
+            unsafe { copy_from_shared(base.add(3), out.as_mut_ptr(), LEN) };
             // Torn values are allowed (nothing orders the two), out-of-thin-air ones not.
             assert!(out.iter().all(|&b| (b as usize) < rounds));
         }
