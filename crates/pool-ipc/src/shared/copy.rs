@@ -271,7 +271,8 @@ mod tests {
             2048, 2100,
         ] {
             for shared_off in 0..8usize {
-                for private_off in 0..8 {
+                // Under Miri (some 1000 times slower) two private offsets stand for all.
+                for private_off in (0..8).filter(|o| !cfg!(miri) || o % 5 == 0) {
                     let size = (shared_off + len).div_ceil(8) * 8 + 8;
                     let mut shared = words(size / 8);
                     let base = shared.as_mut_ptr().cast::<u8>();
