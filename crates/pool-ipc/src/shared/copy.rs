@@ -171,7 +171,7 @@ pub unsafe fn copy_from_shared(src: *const u8, dst: *mut u8, len: usize) {
         (src.add(done), dst.add(done), len - done)
     };
     let head = head_len(src, len);
-    // SAFETY (all blocks below): every offset stays below `len`, inside both ranges (the
+    // SAFETY: every offset stays below `len`, inside both ranges (the
     // caller's promise); `src + head` is 8-byte aligned, so each word is an aligned
     // `AtomicU64` there; `AtomicU8` has no alignment need; the shared side is only accessed
     // atomically, the private side only by us.
@@ -219,7 +219,7 @@ pub unsafe fn copy_to_shared(src: *const u8, dst: *mut u8, len: usize) {
         (src.add(done), dst.add(done), len - done)
     };
     let head = head_len(dst, len);
-    // SAFETY (all blocks below): as in `copy_from_shared`, with the roles swapped: `dst +
+    // SAFETY: as in `copy_from_shared`, with the roles swapped: `dst +
     // head` is 8-byte aligned and only accessed atomically.
     unsafe {
         for i in 0..head {
