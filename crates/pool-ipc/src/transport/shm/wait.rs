@@ -165,12 +165,18 @@ pub(super) fn block_on<T, E: From<io::Error>>(
     spinner.miss();
 
     loop {
-        // Announce the sleep, then look again (the SeqCst fence pairs with the waker's). A
-        // swap, not a store: a read-modify-write comes after the waker's swap that cleared
-        // our previous announcement in the flag's modification order, which C++ also gives a
-        // plain store of ours that follows it, but loom does not (its modification order is
-        // partial: the waker's next load could read its own old 0, a lost wake-up the real
-        // machine cannot have). Only the sleeping path pays for it, before a system call.
+        // Announce the sleep, then look again (the SeqCst fence pairs with the waker's).
+        //
+        // Under loom the announcement is a swap: loom's modification order is partial, so
+        // after the waker's swap(0) cleared our previous announcement, loom lets the waker's
+        // next load read its own 0 rather than this 1, a lost wake-up that C++ rules out (the
+        // swap sits right after the 1 it read in the flag's modification order, so this
+        // later store of ours follows it, and the fences then make the waker see it). A swap
+        // here costs W5 a third of its rate (the receiver sleeps on most messages), so the
+        // real build keeps the store.
+        #[cfg(not(loom))]
+        word.store(1, Ordering::Relaxed);
+        #[cfg(loom)]
         word.swap(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         match check() {
