@@ -1,8 +1,8 @@
 //! `cargo xtask loom [--quick]`: the loom models of the shared-memory protocols (the
-//! primitives of pool-api `src/sync/`, the Pool's sleeper counter, the shm ring of pool-ipc),
-//! built with `--cfg loom` (which swaps std's atomics and the futex for loom's, see each
-//! crate's `src/loom`) in their own target directory, so that the normal build's artifacts
-//! stay valid.
+//! primitives of pool-api `src/sync/`, the Pool's sleeper counter and writer-asleep flag, the
+//! Queue's records, the shm ring of pool-ipc), built with `--cfg loom` (which swaps std's
+//! atomics and the futex for loom's, see each crate's `src/loom`) in their own target
+//! directory, so that the normal build's artifacts stay valid.
 //!
 //! Loom explores every interleaving up to a bound on preemptions (`LOOM_MAX_PREEMPTIONS`):
 //! the full run uses [`FULL`], `--quick` (CI) uses [`QUICK`]. A model that fails prints

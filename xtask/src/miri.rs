@@ -35,7 +35,7 @@ const RUNS: &[Run] = &[
     Run {
         package: "pool-ipc",
         targets: &["--lib"],
-        filters: &["transport::frame::", "code::"],
+        filters: &["transport::frame::", "code::", "shared::copy::"],
     },
     Run {
         package: "pool-api",

@@ -24,6 +24,12 @@ pub(crate) mod sync {
     pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 }
 
+#[cfg(loom)]
+pub(crate) use loom::thread::yield_now;
+/// Lets another thread run (loom's, which lets the model run the other threads, under loom).
+#[cfg(not(loom))]
+pub(crate) use std::thread::yield_now;
+
 /// The shared futex, with a deadline.
 #[cfg(not(loom))]
 pub(crate) mod futex {

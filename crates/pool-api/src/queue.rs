@@ -63,16 +63,17 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use pool_ipc::shared::{SharedRegion, SharedWindow, futex_wait, futex_wake};
+use pool_ipc::shared::{SharedRegion, SharedWindow, copy_from_shared, copy_to_shared};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CodecError, PutError, QueueError};
 use crate::handles;
+use crate::loom::futex::{futex_wait, futex_wake};
+use crate::loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::sync::{RawLock, SyncError};
 
 const MAGIC: u64 = 0x706f_6f6c_7175_6575;
@@ -93,9 +94,11 @@ struct Header {
     /// The ring's size now: a power of two, changed only by a growth, under the lock.
     capacity: AtomicU64,
     maxsize: AtomicU64,
-    lock: AtomicU32,
+    /// The lock's word and owner record: std's atomics also under loom, where the queue's
+    /// lock is not modelled (its model takes a modelled `Lock` instead).
+    lock: std::sync::atomic::AtomicU32,
     _pad: AtomicU32,
-    lock_owner: AtomicU64,
+    lock_owner: std::sync::atomic::AtomicU64,
     head: AtomicU64,
     tail: AtomicU64,
     count: AtomicU64,
@@ -385,10 +388,12 @@ unsafe fn write(data: &SharedWindow, at: u64, bytes: &[u8]) {
     let first = bytes.len().min(size - start);
     let data = data.as_ptr();
     // SAFETY: both ranges lie inside the ring (`start + first <= size`, the rest wraps to
-    // the start and is shorter than the ring); the caller owns them.
+    // the start and is shorter than the ring); the caller owns them. The copies are atomic
+    // on the ring's side: a lock holder killed and taken over may leave a peer that ignores
+    // the lock, and that must not be a data race.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(start), first);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), data, bytes.len() - first);
+        copy_to_shared(bytes.as_ptr(), data.add(start), first);
+        copy_to_shared(bytes.as_ptr().add(first), data, bytes.len() - first);
     }
 }
 
@@ -403,9 +408,55 @@ unsafe fn read(data: &SharedWindow, at: u64, out: &mut [u8]) {
     let data = data.as_ptr();
     // SAFETY: as in `write`.
     unsafe {
-        std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
-        std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+        copy_from_shared(data.add(start), out.as_mut_ptr(), first);
+        copy_from_shared(data, out.as_mut_ptr().add(first), out.len() - first);
     }
+}
+
+/// Copies the record of `bytes` (its `u64` length, then its bytes) into the ring at `tail`
+/// with `write`; the caller holds the lock and `[tail, tail + record_len)` is free. Nothing
+/// others read changes: [`publish_record`] is the step that makes the record queued, so a
+/// producer killed between the two left the queue as it was.
+fn write_record(tail: u64, bytes: &[u8], write: impl Fn(u64, &[u8])) {
+    write(tail, &(bytes.len() as u64).to_le_bytes());
+    write(tail + 8, bytes);
+}
+
+/// Makes the record written up to `new_tail` queued: the positions, the count and the
+/// getters' futex word, in that order, the copies before them (`Release`, for a reader of
+/// `tail` without the lock; the lock orders them for the next holder).
+fn publish_record(h: &Header, new_tail: u64) {
+    h.tail.store(new_tail, Ordering::Release);
+    h.count.fetch_add(1, Ordering::Relaxed);
+    h.unfinished.fetch_add(1, Ordering::Relaxed);
+    h.put_seq.fetch_add(1, Ordering::Release);
+}
+
+/// Copies the oldest record out of `[head, tail)` with `read` (which reads queued bytes
+/// only) and removes it: the record's bytes and the new head. The caller holds the lock.
+/// Removing is the last step: a consumer killed before it leaves the item queued.
+fn take_record(
+    h: &Header,
+    head: u64,
+    tail: u64,
+    read: impl Fn(u64, &mut [u8]),
+) -> Result<(Vec<u8>, u64), QueueError> {
+    if tail - head < 8 {
+        return Err(QueueError::Corrupt("positions out of range"));
+    }
+    let mut len = [0u8; 8];
+    read(head, &mut len);
+    let len = u64::from_le_bytes(len);
+    if len > tail - head - 8 {
+        return Err(QueueError::Corrupt("a record longer than the queued data"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    read(head + 8, &mut bytes);
+    let new_head = head + record_len(len as usize);
+    h.head.store(new_head, Ordering::Release);
+    h.count.fetch_sub(1, Ordering::Relaxed);
+    h.get_seq.fetch_add(1, Ordering::Release);
+    Ok((bytes, new_head))
 }
 
 /// How long a `put` or `get` may wait for the queue's lock: as long as for room or an item,
@@ -650,15 +701,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Err(QueueError::Corrupt("ring size out of range"));
         }
         // SAFETY: the lock is held and `[tail, tail + need)` is free (checked above).
-        unsafe {
-            write(&data, tail, &(bytes.len() as u64).to_le_bytes());
-            write(&data, tail + 8, bytes);
-        }
-        // Publishing is the last step: a producer killed before it changed nothing.
-        h.tail.store(new_tail, Ordering::Release);
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.unfinished.fetch_add(1, Ordering::Relaxed);
-        h.put_seq.fetch_add(1, Ordering::Release);
+        write_record(tail, bytes, |at, part| unsafe { write(&data, at, part) });
+        publish_record(h, new_tail);
         Ok(true)
     }
 
@@ -737,24 +781,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Ok(None);
         }
         let (head, tail) = positions(&data, h)?;
-        if tail - head < 8 {
-            return Err(QueueError::Corrupt("positions out of range"));
-        }
-        let mut len = [0u8; 8];
-        // SAFETY: the lock is held and at least 8 bytes are queued at `head` (checked above).
-        unsafe { read(&data, head, &mut len) };
-        let len = u64::from_le_bytes(len);
-        if len > tail - head - 8 {
-            return Err(QueueError::Corrupt("a record longer than the queued data"));
-        }
-        let mut bytes = vec![0u8; len as usize];
-        // SAFETY: the lock is held and `len` bytes are queued after the length (checked).
-        unsafe { read(&data, head + 8, &mut bytes) };
-        // Removing is the last step: a consumer killed before it leaves the item queued.
-        let new_head = head + record_len(len as usize);
-        h.head.store(new_head, Ordering::Release);
-        h.count.fetch_sub(1, Ordering::Relaxed);
-        h.get_seq.fetch_add(1, Ordering::Release);
+        // SAFETY: the lock is held; `take_record` reads only queued bytes of `[head, tail)`,
+        // which lie in the ring (`positions` checked them against its size).
+        let (bytes, new_head) =
+            take_record(h, head, tail, |at, out| unsafe { read(&data, at, out) })?;
         ring.discard_consumed(&data, new_head);
         Ok(Some(bytes))
     }
@@ -932,6 +962,160 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
                 return Ok(h.unfinished.load(Ordering::Acquire) == 0);
             }
         }
+    }
+}
+
+/// The model of the queue's records (`cargo xtask loom`): the real [`write_record`],
+/// [`publish_record`] and [`take_record`] over a header of loom's atomics and a 64-byte ring
+/// of loom cells, under a modelled [`Lock`](crate::Lock) (the queue's own lock word is not
+/// modelled; `Lock` is the same lock over the facade). Producer 1 puts an item; producer 2
+/// takes the lock, copies its item and dies before publishing it (a thread that stops
+/// there, holding the lock); a consumer takes what it finds meanwhile, the main thread the
+/// rest. Only producer 1's item is ever taken, once and whole: producer 2's bytes are never
+/// seen (a torn or phantom item fails the assertions; a byte read without happens-before
+/// from its write is a loom data race), and the lock it died holding is taken over.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use ::loom::cell::UnsafeCell;
+    use ::loom::sync::Arc;
+    use ::loom::thread;
+
+    use super::{Header, publish_record, record_len, take_record, write_record};
+    use crate::Lock;
+    use crate::loom::model;
+    use crate::loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    const SIZE: u64 = 64;
+
+    struct Ring {
+        h: Header,
+        data: Vec<UnsafeCell<u8>>,
+    }
+
+    // SAFETY: the cells are accessed under the lock, as the queue's ring is; loom reports
+    // any access that races with another.
+    unsafe impl Sync for Ring {}
+    // SAFETY: as above.
+    unsafe impl Send for Ring {}
+
+    impl Ring {
+        fn new() -> Ring {
+            let (u32s, u64s) = (|| AtomicU32::new(0), || AtomicU64::new(0));
+            Ring {
+                h: Header {
+                    magic: u64s(),
+                    capacity: AtomicU64::new(SIZE),
+                    maxsize: u64s(),
+                    lock: std::sync::atomic::AtomicU32::new(0),
+                    _pad: u32s(),
+                    lock_owner: std::sync::atomic::AtomicU64::new(0),
+                    head: u64s(),
+                    tail: u64s(),
+                    count: u64s(),
+                    discarded: u64s(),
+                    put_seq: u32s(),
+                    get_seq: u32s(),
+                    getters: u32s(),
+                    putters: u32s(),
+                    unfinished: u64s(),
+                    done_seq: u32s(),
+                    joiners: u32s(),
+                    limit: AtomicU64::new(SIZE),
+                },
+                data: (0..SIZE).map(|_| UnsafeCell::new(0)).collect(),
+            }
+        }
+
+        fn write(&self, at: u64, bytes: &[u8]) {
+            for (i, &b) in bytes.iter().enumerate() {
+                let cell = &self.data[((at + i as u64) % SIZE) as usize];
+                // SAFETY: see the impl of Sync (checked by loom).
+                cell.with_mut(|p| unsafe { *p = b });
+            }
+        }
+
+        fn read(&self, at: u64, out: &mut [u8]) {
+            for (i, b) in out.iter_mut().enumerate() {
+                let cell = &self.data[((at + i as u64) % SIZE) as usize];
+                // SAFETY: as above.
+                *b = cell.with(|p| unsafe { *p });
+            }
+        }
+
+        /// `put_locked`'s record steps; with `die`, the producer stops between the copy and
+        /// the publication (its process dies there).
+        fn put(&self, item: &[u8], die: bool) {
+            let tail = self.h.tail.load(Ordering::Relaxed);
+            write_record(tail, item, |at, part| self.write(at, part));
+            if die {
+                model::exit();
+                return;
+            }
+            publish_record(&self.h, tail + record_len(item.len()));
+        }
+
+        /// `take_locked`'s record steps.
+        fn take(&self) -> Option<Vec<u8>> {
+            if self.h.count.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let head = self.h.head.load(Ordering::Relaxed);
+            let tail = self.h.tail.load(Ordering::Relaxed);
+            let (bytes, _) = take_record(&self.h, head, tail, |at, out| self.read(at, out))
+                .expect("a well-formed record");
+            Some(bytes)
+        }
+    }
+
+    fn spawn_as<T: Send + 'static>(
+        pid: u32,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        thread::spawn(move || {
+            model::act_as(pid, pid);
+            f()
+        })
+    }
+
+    #[test]
+    fn a_producer_killed_between_copy_and_publish_leaves_no_item() {
+        ::loom::model(|| {
+            let lock = Lock::new().unwrap();
+            let ring = Arc::new(Ring::new());
+            let producer = {
+                let (lock, ring) = (lock.clone(), ring.clone());
+                spawn_as(1, move || {
+                    let _ = lock.acquire().unwrap();
+                    ring.put(&[1, 1, 1], false);
+                    lock.release().unwrap();
+                })
+            };
+            let killed = {
+                let (lock, ring) = (lock.clone(), ring.clone());
+                spawn_as(2, move || {
+                    let _ = lock.acquire().unwrap();
+                    ring.put(&[2, 2, 2, 2, 2], true);
+                })
+            };
+            let consumer = {
+                let (lock, ring) = (lock.clone(), ring.clone());
+                spawn_as(3, move || {
+                    let _ = lock.acquire().unwrap();
+                    let got = ring.take();
+                    lock.release().unwrap();
+                    got
+                })
+            };
+            producer.join().unwrap();
+            killed.join().unwrap();
+            let got = consumer.join().unwrap();
+            let _ = lock.acquire().unwrap();
+            let rest = ring.take();
+            assert_eq!(ring.take(), None, "producer 2's item never queued");
+            lock.release().unwrap();
+            let taken: Vec<_> = got.into_iter().chain(rest).collect();
+            assert_eq!(taken, [vec![1, 1, 1]], "producer 1's item once, whole");
+        });
     }
 }
 

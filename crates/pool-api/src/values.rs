@@ -567,10 +567,11 @@ impl SharedMemory {
     /// [`Lock`](crate::Lock) passed along with the segment.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), ShmError> {
         self.check(offset, buf.len())?;
-        // SAFETY: the range is inside the mapping (checked); a raw copy forms no reference to
-        // the shared bytes, which another process may be writing.
+        // SAFETY: the range is inside the mapping (checked); the copy's accesses to the
+        // shared bytes, which another process may be writing, are atomic: torn values, no
+        // data race.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            pool_ipc::shared::copy_from_shared(
                 self.region.as_ptr().add(offset),
                 buf.as_mut_ptr(),
                 buf.len(),
@@ -584,7 +585,7 @@ impl SharedMemory {
         self.check(offset, data.len())?;
         // SAFETY: as in `read`.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            pool_ipc::shared::copy_to_shared(
                 data.as_ptr(),
                 self.region.as_ptr().add(offset),
                 data.len(),

@@ -6,6 +6,8 @@
 //! the shared (not process-private) futex, so waiters in different processes meet on the same
 //! word. [`ProcessIdentity`] names a process by pid *and* start time, so that the owner of a
 //! lock who died is never confused with a new process that got its pid.
+//! [`copy_from_shared`] and [`copy_to_shared`] move bytes out of and into memory another
+//! process may be writing at the same time, without a data race.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -14,6 +16,9 @@ use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
 use crate::sys;
+
+mod copy;
+pub use copy::{copy_from_shared, copy_to_shared};
 
 /// A region of memory shared between processes (an anonymous memfd, mapped shared).
 #[derive(Debug)]

@@ -61,7 +61,7 @@ use pool_ipc::{Child, Killer, SpawnError, SpawnOptions, TransportKind};
 use super::callbacks::CallbackRunner;
 use super::job::{JobShared, Source};
 use super::link::{
-    CALLER_SPIN, Claim, MAY_BLOCK_SENDING, Outbox, Outgoing, Received, RxEnd, RxSlot, WorkerLink,
+    CALLER_SPIN, Claim, MAY_BLOCK_SENDING, Mailbox, Outgoing, Received, RxEnd, RxSlot, WorkerLink,
     drain, forbid_blocking_sends, writer,
 };
 use super::payload::{ChunkResult, Payload, SpareBuffers};
@@ -992,8 +992,7 @@ fn start_worker(shared: &Arc<Shared>, worker: WorkerId) {
             let link = Arc::new(WorkerLink {
                 pid: spawned.child.pid(),
                 killer,
-                outbox: Mutex::new(Outbox::default()),
-                ready: Condvar::new(),
+                outbox: Mailbox::new(),
                 sender: Mutex::new(tx),
                 receiving: Mutex::new(RxSlot::default()),
                 resume: Condvar::new(),

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use pool_ipc::Killer;
 
+use crate::loom;
+
 use super::payload::{ChunkResult, Payload};
 use crate::task::{self, FromWorker, ToWorker};
 
@@ -24,9 +26,7 @@ use crate::task::{self, FromWorker, ToWorker};
 pub(crate) struct WorkerLink {
     pub(super) pid: u32,
     pub(super) killer: Killer,
-    pub(super) outbox: Mutex<Outbox>,
-    /// Wakes the worker's writer thread.
-    pub(super) ready: Condvar,
+    pub(super) outbox: Mailbox,
     /// The sending half; taken by whoever drains the outbox (`Outbox::draining`).
     pub(super) sender: Mutex<pool_ipc::Sender>,
     /// The receiving half while its reader thread has stepped aside (see the driver's
@@ -63,14 +63,24 @@ pub(super) enum RxEnd {
     Untrusted,
 }
 
+/// What waits to be sent to a worker, and the writer thread's sleep on it: the one protocol
+/// of this file with a "wake only a sleeper" flag (`writer_asleep`), over the loom facade's
+/// `Mutex` and `Condvar` so that its model (`loom_tests` below) runs this very code.
+#[derive(Debug)]
+pub(super) struct Mailbox {
+    state: loom::sync::Mutex<Outbox>,
+    /// Wakes the worker's writer thread.
+    ready: loom::sync::Condvar,
+}
+
 #[derive(Debug, Default)]
-pub(super) struct Outbox {
+struct Outbox {
     queue: VecDeque<Outgoing>,
     /// Someone is sending this worker's messages: others leave theirs in the queue, which
     /// keeps them in order.
     draining: bool,
     closed: bool,
-    /// The writer thread sleeps on `ready` (see [`WorkerLink::wake_writer`]).
+    /// The writer thread sleeps on `ready` (see [`Mailbox::wake_writer`]).
     writer_asleep: bool,
 }
 
@@ -80,6 +90,99 @@ impl Outbox {
         !self.closed && (self.queue.is_empty() || self.draining)
     }
 }
+
+impl Mailbox {
+    pub(super) fn new() -> Mailbox {
+        Mailbox {
+            state: loom::sync::Mutex::new(Outbox::default()),
+            ready: loom::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> loom::sync::MutexGuard<'_, Outbox> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, msg: Outgoing) {
+        self.lock().queue.push_back(msg);
+    }
+
+    /// Wakes the writer thread if it sleeps. It marks itself asleep under the lock after
+    /// finding nothing to do, so a message pushed under that lock before this call is
+    /// either seen by it or finds it marked; no futex call is made for a writer awake.
+    fn wake_writer(&self) {
+        let asleep = self.lock().writer_asleep;
+        if asleep {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Stops the writer thread (the worker is gone).
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Takes the queue to send it: `Err` once the worker is gone, `Ok(None)` if someone
+    /// else is sending (it, or the writer thread, sends what is queued).
+    fn take_for_drain(&self) -> Result<Option<VecDeque<Outgoing>>, Closed> {
+        let mut outbox = self.lock();
+        if outbox.closed {
+            return Err(Closed);
+        }
+        if outbox.draining {
+            return Ok(None);
+        }
+        outbox.draining = true;
+        Ok(Some(std::mem::take(&mut outbox.queue)))
+    }
+
+    /// Ends a drain: what `batch` still holds goes back first (or, with `ok` false, the
+    /// worker is gone and nothing stays), and the writer is woken if it sleeps with
+    /// messages queued.
+    fn end_drain(&self, mut batch: VecDeque<Outgoing>, ok: bool) {
+        let wake = {
+            let mut outbox = self.lock();
+            outbox.draining = false;
+            if ok {
+                // What was not sent goes before what was queued meanwhile.
+                batch.append(&mut outbox.queue);
+                outbox.queue = batch;
+            } else {
+                outbox.queue.clear();
+            }
+            !outbox.queue.is_empty() && outbox.writer_asleep
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The writer thread waits until there is something for it to send (`true`) or the
+    /// worker is gone (`false`).
+    fn wait_for_work(&self) -> bool {
+        let mut outbox = self.lock();
+        // Before sleeping, yield a few times: on a machine with fewer CPUs than ready
+        // threads the reader that will hand over the next task is often running right
+        // then, and a condvar sleep costs a wake-up per task (W2b, pipelined apply_async).
+        let mut yields = WRITER_YIELDS;
+        while outbox.idle() && yields > 0 {
+            yields -= 1;
+            drop(outbox);
+            loom::yield_now();
+            outbox = self.lock();
+        }
+        while outbox.idle() {
+            outbox.writer_asleep = true;
+            outbox = self.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
+            outbox.writer_asleep = false;
+        }
+        !outbox.closed
+    }
+}
+
+/// The worker is gone: its outbox takes nothing more.
+struct Closed;
 
 thread_local! {
     /// Whether this thread may block sending to a worker. Never a thread that receives from
@@ -164,32 +267,18 @@ impl WorkerLink {
         }
     }
 
-    /// Wakes the writer thread if it sleeps. It marks itself asleep under the outbox's lock
-    /// after finding nothing to do, so a message pushed under that lock before this call is
-    /// either seen by it or finds it marked; no futex call is made for a writer awake.
+    /// Wakes the writer thread if it sleeps (see [`Mailbox::wake_writer`]).
     pub(super) fn wake_writer(&self) {
-        let asleep = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .writer_asleep;
-        if asleep {
-            self.ready.notify_one();
-        }
+        self.outbox.wake_writer();
     }
 
     pub(super) fn push(&self, msg: Outgoing) {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queue
-            .push_back(msg);
+        self.outbox.push(msg);
     }
 
     /// Stops the writer thread (the worker is gone).
     pub(super) fn close(&self) {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        self.ready.notify_one();
+        self.outbox.close();
     }
 }
 
@@ -215,30 +304,13 @@ pub(super) enum Outgoing {
 /// module documentation), it sends only the messages the channel takes at once; the rest stays
 /// first in the outbox, for the writer thread, woken for it.
 pub(super) fn drain(link: &WorkerLink, wait: bool) -> bool {
-    let mut batch = {
-        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        if outbox.draining || outbox.closed {
-            return !outbox.closed;
-        }
-        outbox.draining = true;
-        std::mem::take(&mut outbox.queue)
+    let mut batch = match link.outbox.take_for_drain() {
+        Ok(Some(batch)) => batch,
+        Ok(None) => return true,
+        Err(Closed) => return false,
     };
     let ok = send_all(link, &mut batch, wait);
-    let wake = {
-        let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        outbox.draining = false;
-        if ok {
-            // What was not sent goes before what was queued meanwhile.
-            batch.append(&mut outbox.queue);
-            outbox.queue = batch;
-        } else {
-            outbox.queue.clear();
-        }
-        !outbox.queue.is_empty() && outbox.writer_asleep
-    };
-    if wake {
-        link.ready.notify_one();
-    }
+    link.outbox.end_drain(batch, ok);
     ok
 }
 
@@ -287,28 +359,7 @@ fn send_all(link: &WorkerLink, batch: &mut VecDeque<Outgoing>, wait: bool) -> bo
 
 /// A worker's writer thread: drains its outbox whenever told to, until the worker is gone.
 pub(super) fn writer(link: Arc<WorkerLink>) {
-    loop {
-        {
-            let mut outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            // Before sleeping, yield a few times: on a machine with fewer CPUs than ready
-            // threads the reader that will hand over the next task is often running right
-            // then, and a condvar sleep costs a wake-up per task (W2b, pipelined apply_async).
-            let mut yields = WRITER_YIELDS;
-            while outbox.idle() && yields > 0 {
-                yields -= 1;
-                drop(outbox);
-                std::thread::yield_now();
-                outbox = link.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            }
-            while outbox.idle() {
-                outbox.writer_asleep = true;
-                outbox = link.ready.wait(outbox).unwrap_or_else(|e| e.into_inner());
-                outbox.writer_asleep = false;
-            }
-            if outbox.closed {
-                return;
-            }
-        }
+    while link.outbox.wait_for_work() {
         if !drain(&link, true) {
             return;
         }
@@ -349,3 +400,67 @@ pub(super) const CALLER_SPIN: Duration = Duration::from_micros(50);
 /// receives again (see the driver's "Receiving"): the longest an idle worker's death goes
 /// unseen.
 const PARK_AT_MOST: Duration = Duration::from_millis(10);
+
+/// The model of the writer's asleep flag (`cargo xtask loom`): the real [`Mailbox`], a writer
+/// thread running [`Mailbox::wait_for_work`] as [`writer`] does (sending a batch is counting
+/// it), a caller that queues a message and wakes the writer only if the flag says it sleeps
+/// (`apply_async`), and a reader thread that must not block: it takes the queue, sends
+/// nothing (the channel is full) and puts it back. Every message is sent although the wakes
+/// are skipped whenever the flag says nobody sleeps: a writer asleep with messages queued
+/// is a loom deadlock (the main thread waits for the count).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::collections::VecDeque;
+
+    use ::loom::sync::{Arc, Condvar, Mutex};
+    use ::loom::thread;
+
+    use super::{Mailbox, Outgoing};
+
+    #[test]
+    fn writer_asleep_flag_loses_no_message() {
+        ::loom::model(|| {
+            let mailbox = Arc::new(Mailbox::new());
+            let sent = Arc::new((Mutex::new(0usize), Condvar::new()));
+            let writer = {
+                let (mailbox, sent) = (mailbox.clone(), sent.clone());
+                thread::spawn(move || {
+                    while mailbox.wait_for_work() {
+                        if let Ok(Some(batch)) = mailbox.take_for_drain() {
+                            let n = batch.len();
+                            mailbox.end_drain(VecDeque::new(), true);
+                            *sent.0.lock().unwrap() += n;
+                            sent.1.notify_all();
+                        }
+                    }
+                })
+            };
+            let caller = {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || {
+                    mailbox.push(Outgoing::Retire);
+                    mailbox.wake_writer();
+                })
+            };
+            let reader = {
+                let mailbox = mailbox.clone();
+                thread::spawn(move || {
+                    mailbox.push(Outgoing::Retire);
+                    if let Ok(Some(batch)) = mailbox.take_for_drain() {
+                        mailbox.end_drain(batch, true);
+                    }
+                })
+            };
+            caller.join().unwrap();
+            reader.join().unwrap();
+            let mut count = sent.0.lock().unwrap();
+            while *count < 2 {
+                count = sent.1.wait(count).unwrap();
+            }
+            assert_eq!(*count, 2, "each message sent once");
+            drop(count);
+            mailbox.close();
+            writer.join().unwrap();
+        });
+    }
+}

@@ -282,8 +282,8 @@ impl RawLock<'_> {
     }
 }
 
-/// Under loom, the lock of `queue.rs` and `values.rs`, which keep std's atomics and are not
-/// modelled: it only has to compile.
+/// Under loom, the lock of `queue.rs` and `values.rs`, whose lock words keep std's atomics
+/// and are not modelled (the Queue's model takes a modelled `Lock`): it only has to compile.
 #[cfg(loom)]
 pub(crate) struct UnmodelledRawLock<'a> {
     pub(crate) word: &'a std::sync::atomic::AtomicU32,

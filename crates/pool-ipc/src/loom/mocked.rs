@@ -128,6 +128,20 @@ pub mod sync {
                         after_store(order);
                         r
                     }
+                    pub fn fetch_update(
+                        &self,
+                        set_order: Ordering,
+                        fetch_order: Ordering,
+                        f: impl FnMut($t) -> Option<$t>,
+                    ) -> Result<$t, $t> {
+                        // It starts with a load.
+                        before_load(fetch_order);
+                        let r = self.0.fetch_update(set_order, fetch_order, f);
+                        if r.is_ok() {
+                            after_store(set_order);
+                        }
+                        r
+                    }
                 }
             };
         }

@@ -1,4 +1,6 @@
-//! The facade in a normal build: std's atomics and the real futex.
+//! The facade in a normal build: std's atomics, hints and the real futex.
+
+pub(crate) use std::thread::yield_now;
 
 pub(crate) mod sync {
     pub(crate) mod atomic {

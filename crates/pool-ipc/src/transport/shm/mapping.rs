@@ -1,6 +1,11 @@
 //! A channel's memfd, mapped in this process: created and initialised by the first end,
 //! opened and validated by the second (see "Trust" in the module documentation), unmapped
 //! when its last user is dropped; and [`ShmPeerDeath`], which marks the peer dead in it.
+//!
+//! Under `--cfg loom` the mapping is the model's instead (`model`): the same headers, of
+//! loom's atomics, in ordinary memory, and the ring data as loom cells, so that a model sees
+//! every ordering the real channel relies on (a byte read without happens-before from its
+//! write is a loom data race).
 
 use std::fmt;
 use std::io;
@@ -16,8 +21,12 @@ use super::layout::{
 use super::wait::wake_all;
 use crate::sys;
 
+#[cfg(loom)]
+pub(super) use model::{Mapping, create_mapping};
+
 /// A `MAP_SHARED` mapping of a channel's memfd, unmapped on drop. Shared (through an `Arc`)
 /// by the two halves of an end and its [`ShmPeerDeath`] handles.
+#[cfg(not(loom))]
 pub(super) struct Mapping {
     base: NonNull<u8>,
     len: usize,
@@ -28,10 +37,13 @@ pub(super) struct Mapping {
 // SAFETY: the mapping is plain memory that lives until drop. Everything reached through it
 // is either atomics (the headers) or ring data whose accesses the ring protocol confines to
 // one side at a time, through raw pointers only; so it may be used and dropped on any thread.
+#[cfg(not(loom))]
 unsafe impl Send for Mapping {}
 // SAFETY: as above; `&Mapping` only hands out `&` to atomics and raw data pointers.
+#[cfg(not(loom))]
 unsafe impl Sync for Mapping {}
 
+#[cfg(not(loom))]
 impl Mapping {
     /// Maps `len` bytes of `fd`, read-write and shared.
     fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
@@ -70,7 +82,9 @@ impl Mapping {
                 .add(DATA_OFFSET + (index & 1) * self.capacity)
         }
     }
+}
 
+impl Mapping {
     /// Marks the peer dead on both rings and wakes every sleeper.
     pub(super) fn declare_dead(&self) {
         for index in 0..2 {
@@ -87,6 +101,7 @@ impl Mapping {
     }
 }
 
+#[cfg(not(loom))]
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `base`/`len` are exactly what mmap returned, and this is the last owner
@@ -96,15 +111,18 @@ impl Drop for Mapping {
 }
 
 /// The size of the mapping for a given ring capacity.
+#[cfg(not(loom))]
 pub(super) fn mapping_len(capacity: usize) -> usize {
     DATA_OFFSET + 2 * capacity
 }
 
+#[cfg(not(loom))]
 fn valid_capacity(capacity: usize) -> bool {
     capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
 }
 
 /// A new, initialised, sealed memfd mapping.
+#[cfg(not(loom))]
 pub(super) fn create_mapping(capacity: usize) -> io::Result<(Mapping, OwnedFd)> {
     if !valid_capacity(capacity) {
         return Err(io::Error::new(
@@ -126,6 +144,7 @@ pub(super) fn create_mapping(capacity: usize) -> io::Result<(Mapping, OwnedFd)> 
     Ok((map, fd))
 }
 
+#[cfg(not(loom))]
 impl Mapping {
     /// Maps a channel's memfd made by another process, trusting nothing in it: the file must
     /// be a memfd sealed against shrinking, and its header must carry the right magic and
@@ -190,5 +209,93 @@ impl fmt::Debug for ShmPeerDeath {
         f.debug_struct("ShmPeerDeath")
             .field("notified", &dead)
             .finish_non_exhaustive()
+    }
+}
+
+/// The model's mapping: the headers and the data in ordinary memory, of loom's types.
+#[cfg(loom)]
+mod model {
+    use std::io;
+    use std::os::fd::OwnedFd;
+
+    use loom::cell::UnsafeCell;
+
+    use super::super::layout::{GlobalHeader, ReaderLine, RingHeader, StateLine, WriterLine};
+    use crate::loom::sync::atomic::{AtomicU32, AtomicU64};
+
+    /// A channel's shared memory in a model: both rings' headers and data.
+    pub(in super::super) struct Mapping {
+        global: GlobalHeader,
+        rings: [RingHeader; 2],
+        /// Each ring's bytes, one loom cell each: loom checks that every read of a byte
+        /// happens-after its last write, and no two accesses race.
+        data: [Box<[UnsafeCell<u8>]>; 2],
+        pub(in super::super) capacity: usize,
+    }
+
+    // SAFETY: the headers are atomics; the data cells are accessed as the ring protocol
+    // allows (one side at a time), which is what the models check: loom reports any access
+    // to a cell that races with another.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mapping {}
+
+    fn ring_header() -> RingHeader {
+        RingHeader {
+            writer: WriterLine {
+                write_pos: AtomicU64::new(0),
+                space_waiter: AtomicU32::new(0),
+            },
+            reader: ReaderLine {
+                read_pos: AtomicU64::new(0),
+                data_waiter: AtomicU32::new(0),
+            },
+            state: StateLine {
+                state: AtomicU32::new(0),
+            },
+        }
+    }
+
+    impl Mapping {
+        /// A fresh channel's memory with rings of `capacity` bytes (a power of two; no
+        /// lower bound, so that a model's ring fills and wraps in a few messages).
+        pub(in super::super) fn model(capacity: usize) -> Mapping {
+            assert!(capacity.is_power_of_two());
+            let data = || (0..capacity).map(|_| UnsafeCell::new(0)).collect();
+            Mapping {
+                global: GlobalHeader {
+                    magic: AtomicU64::new(0),
+                    version: AtomicU32::new(0),
+                    opened: AtomicU32::new(1),
+                    capacity: AtomicU64::new(capacity as u64),
+                },
+                rings: [ring_header(), ring_header()],
+                data: [data(), data()],
+                capacity,
+            }
+        }
+
+        pub(in super::super) fn global(&self) -> &GlobalHeader {
+            &self.global
+        }
+
+        pub(in super::super) fn ring(&self, index: usize) -> &RingHeader {
+            &self.rings[index & 1]
+        }
+
+        /// Ring `index`'s bytes.
+        pub(in super::super) fn cells(&self, index: usize) -> &[UnsafeCell<u8>] {
+            &self.data[index & 1]
+        }
+
+        /// Models have no memfd to open.
+        pub(in super::super) fn open_checked(_fd: &OwnedFd) -> io::Result<Mapping> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// Models have no memfd: they build the mapping with [`Mapping::model`].
+    pub(in super::super) fn create_mapping(_capacity: usize) -> io::Result<(Mapping, OwnedFd)> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 }

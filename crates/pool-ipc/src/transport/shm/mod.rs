@@ -60,7 +60,9 @@
 //! bytes really arrive. The opener validates the header (magic, version, a power-of-two
 //! capacity consistent with the file size) and requires the memfd to be sealed against
 //! shrinking, so the creator cannot make our mapping fault (`SIGBUS`) under us. Data bytes
-//! the peer scribbles on while we copy them only change the values we read.
+//! are copied in and out with atomic word accesses (`shared::copy_from_shared` and
+//! `copy_to_shared`), so bytes the peer scribbles on while we copy them only change the
+//! values we read: no data race, no undefined behaviour.
 //!
 //! # Death
 //!
@@ -86,11 +88,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 mod layout;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod mapping;
 mod receiver;
 mod ring;
 mod sender;
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
 mod wait;
 
@@ -115,7 +119,10 @@ impl ShmChannel {
     /// mapping. `capacity` is the size of each direction's ring: a power of two, at least
     /// 4096 and at most 1 GiB ([`DEFAULT_RING_CAPACITY`] is a good choice).
     pub fn pair(capacity: usize) -> io::Result<(ShmChannel, ShmChannel)> {
+        #[cfg(not(loom))]
         let (map, _fd) = create_mapping(capacity)?;
+        #[cfg(loom)]
+        let map = Mapping::model(capacity);
         map.global().opened.store(1, Ordering::Relaxed);
         let map = Arc::new(map);
         let a = ShmChannel::from_mapping(Arc::clone(&map), 0)?;

@@ -1,6 +1,10 @@
 //! How one side waits for the other (see "Waiting" in the module documentation): an adaptive
 //! spin, a few yields, then a sleep on a shared futex; and the wake-ups that pair with that
 //! sleep without a system call on the fast path.
+//!
+//! Under `--cfg loom` there is no clock: a wait does not spin (the spin only looks at the
+//! ring more often before the same sleep) and yields exactly [`YIELDS`] times, so that every
+//! run of a model takes the same steps, and the futex is the facade's model.
 
 use crate::loom::sync::atomic::{AtomicU32, Ordering, fence};
 use std::io;
@@ -8,7 +12,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use crate::loom::sys;
+use crate::loom::{sys, yield_now};
 use crate::transport::YIELD_FOR;
 
 /// Spinning budget bounds. On two cores a long spin steals the very CPU the peer needs.
@@ -84,7 +88,9 @@ impl Spinner {
     }
 
     fn budget(&self) -> Duration {
-        if let Some(fixed) = self.fixed {
+        if cfg!(loom) {
+            Duration::ZERO
+        } else if let Some(fixed) = self.fixed {
             fixed
         } else if !spinning_pays() {
             Duration::ZERO
@@ -148,9 +154,9 @@ pub(super) fn block_on<T, E: From<io::Error>>(
     let yield_until = start + YIELD_FOR;
     let yield_until = deadline.map_or(yield_until, |deadline| deadline.min(yield_until));
     let mut yields = 0;
-    while yields < YIELDS || Instant::now() < yield_until {
+    while yields < YIELDS || (!cfg!(loom) && Instant::now() < yield_until) {
         yields += 1;
-        std::thread::yield_now();
+        yield_now();
         if let Some(ready) = check()? {
             spinner.hit(start.elapsed());
             return Ok(ready);
@@ -160,7 +166,18 @@ pub(super) fn block_on<T, E: From<io::Error>>(
 
     loop {
         // Announce the sleep, then look again (the SeqCst fence pairs with the waker's).
+        //
+        // Under loom the announcement is a swap: loom's modification order is partial, so
+        // after the waker's swap(0) cleared our previous announcement, loom lets the waker's
+        // next load read its own 0 rather than this 1, a lost wake-up that C++ rules out (the
+        // swap sits right after the 1 it read in the flag's modification order, so this
+        // later store of ours follows it, and the fences then make the waker see it). A swap
+        // here costs W5 a third of its rate (the receiver sleeps on most messages), so the
+        // real build keeps the store.
+        #[cfg(not(loom))]
         word.store(1, Ordering::Relaxed);
+        #[cfg(loom)]
+        word.swap(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         match check() {
             Ok(None) => {}
