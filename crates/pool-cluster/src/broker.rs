@@ -470,29 +470,26 @@ impl Broker {
         chunks: &[Submission<'_>],
         sent: &[usize],
     ) -> Result<Vec<Option<EntryId>>, SubmitError> {
-        let tries_text = self.options.tries.to_string();
         let mut pipe = redis::pipe();
         for &at in sent {
             let c = &chunks[at];
-            let (job_text, index_text) = (c.job.to_string(), c.index.to_string());
-            let fields = wire::chunk_fields(
+            let head = wire::chunk_head(
                 &self.options.fingerprint,
-                &job_text,
-                &index_text,
-                &tries_text,
+                c.job,
+                c.index,
+                self.options.tries,
                 c.call,
-                c.payload,
             );
             // NOMKSTREAM: a pool whose keys are gone is not silently recreated without its
             // group and TTL.
-            let xadd = pipe
-                .cmd("XADD")
+            pipe.cmd("XADD")
                 .arg(&self.keys.chunks)
                 .arg("NOMKSTREAM")
-                .arg("*");
-            for (name, value) in fields {
-                xadd.arg(name).arg(value);
-            }
+                .arg("*")
+                .arg(wire::HEAD)
+                .arg(head)
+                .arg(wire::DATA)
+                .arg(c.payload);
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
         let replies = lock(&self.tx).pipe(&pipe).map_err(SubmitError::Redis)?;
@@ -578,7 +575,7 @@ impl Broker {
             reading.last_result = reading.last_result.max(id);
             reading.read_ids.push(id);
             let decoded = fields
-                .ok_or(EntryError::Missing("v"))
+                .ok_or(EntryError::Missing(wire::HEAD))
                 .and_then(wire::decode_result);
             match decoded {
                 Ok(completion) => {
