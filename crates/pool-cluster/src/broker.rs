@@ -221,8 +221,9 @@ struct Reading {
     conn: Conn,
     /// The last result entry read.
     last_result: EntryId,
-    /// Result entries read and not yet deleted (deleted with the next read).
-    read_ids: Vec<EntryId>,
+    /// Whether result entries were read and not yet deleted: all entries up to
+    /// `last_result` go with the next read.
+    untrimmed: bool,
     /// Decoded outcomes (or errors) not yet handed out.
     ready: VecDeque<Result<Completion, RecvError>>,
 }
@@ -334,7 +335,7 @@ impl Broker {
             rx: Mutex::new(Reading {
                 conn: reader,
                 last_result: EntryId { ms: 0, seq: 0 },
-                read_ids: Vec::new(),
+                untrimmed: false,
                 ready: VecDeque::new(),
             }),
         })
@@ -536,14 +537,28 @@ impl Broker {
         }
     }
 
-    /// One XREAD of the results stream, deleting what the previous read took.
+    /// One XREAD of the results stream, deleting what the previous reads took.
+    ///
+    /// Deleted with `XTRIM MINID` (every entry below the one after the last read), not with
+    /// `XDEL` of each id read: XREAD hands out entries in id order and each one is read once,
+    /// so the two delete the same entries, but XDEL looks each id up from the start of its
+    /// stream node (up to 100 entries walked per id) while XTRIM drops whole nodes and walks
+    /// at most one.
     fn read_results(&self, reading: &mut Reading, block: Duration) -> Result<(), RecvError> {
         let mut pipe = redis::pipe();
-        let deletes = !reading.read_ids.is_empty();
-        if deletes {
-            pipe.cmd("XDEL")
+        if reading.untrimmed {
+            let last = reading.last_result;
+            let above = match last.seq.checked_add(1) {
+                Some(seq) => EntryId { ms: last.ms, seq },
+                None => EntryId {
+                    ms: last.ms.saturating_add(1),
+                    seq: 0,
+                },
+            };
+            pipe.cmd("XTRIM")
                 .arg(&self.keys.results)
-                .arg(&reading.read_ids[..])
+                .arg("MINID")
+                .arg(above)
                 .ignore();
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
@@ -558,7 +573,7 @@ impl Broker {
             .conn
             .pipe_blocking(&pipe, block)
             .map_err(RecvError::Redis)?;
-        reading.read_ids.clear();
+        reading.untrimmed = false;
         if beat && !self.heartbeat_held(&replies) {
             return Err(RecvError::Lost);
         }
@@ -573,7 +588,7 @@ impl Broker {
         let mut book = lock(&self.book);
         for (id, fields) in items {
             reading.last_result = reading.last_result.max(id);
-            reading.read_ids.push(id);
+            reading.untrimmed = true;
             let decoded = fields
                 .ok_or(EntryError::Missing(wire::HEAD))
                 .and_then(wire::decode_result);
