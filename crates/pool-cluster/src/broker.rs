@@ -537,6 +537,20 @@ impl Broker {
         }
     }
 
+    /// The next outcome already read from Redis by [`recv`](Broker::recv), if there is one
+    /// and it is an outcome (an error stays for `recv` to return): for a receiver that
+    /// handles the outcomes of one read together. Never waits on Redis; waits only for a
+    /// `recv` under way in another thread.
+    pub fn recv_buffered(&self) -> Option<Completion> {
+        let mut reading = lock(&self.rx);
+        if !matches!(reading.ready.front(), Some(Ok(_))) {
+            return None;
+        }
+        let next = reading.ready.pop_front()?.ok()?;
+        self.buffered.fetch_sub(1, Ordering::AcqRel);
+        Some(next)
+    }
+
     /// One XREAD of the results stream, deleting what the previous reads took.
     ///
     /// Deleted with `XTRIM MINID` (every entry below the one after the last read), not with

@@ -636,3 +636,34 @@ fn a_dead_redis_is_a_typed_error_in_bounded_time() {
     worker.complete(&entry, Ok(b"")).unwrap();
     recv_n(&mut client, 1, Duration::from_secs(5));
 }
+
+#[test]
+fn outcomes_of_one_read_are_handed_out_by_recv_then_recv_buffered() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let client = broker(&url, "buffered");
+    let mut worker = consumer(&url, "buffered", "h1/w0", LONG);
+    for index in 0..3 {
+        client.submit(1, index, b"f", b"").unwrap();
+    }
+    for _ in 0..3 {
+        let entry = worker.claim(BLOCK).unwrap().expect("a chunk");
+        worker.complete(&entry, Ok(b"")).unwrap();
+    }
+    let mut con = plain(&url);
+    wait_until(LONG, "the three outcomes are written", || {
+        redis::cmd("XLEN")
+            .arg("pool:{buffered}:results")
+            .query::<u64>(&mut con)
+            .unwrap()
+            == 3
+    });
+    // Nothing read yet: recv_buffered does not read Redis.
+    assert_eq!(client.recv_buffered(), None);
+    let first = client.recv(LONG).unwrap().expect("an outcome");
+    let rest: Vec<_> = std::iter::from_fn(|| client.recv_buffered()).collect();
+    let mut indices: Vec<u32> = [first].iter().chain(&rest).map(|c| c.index).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, [0, 1, 2]);
+    assert_eq!(client.outstanding(), 0);
+}
