@@ -600,13 +600,17 @@ fn chaos_garbage_written_into_the_pools_streams_is_dropped_and_the_pool_goes_on(
     assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
     let mut con = cluster.redis();
     let junk: [&[&[u8]]; 5] = [
-        &[b"job", b"999999", b"idx", b"0"],
+        &[
+            b"h",
+            &[0x3f, 0x42, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            b"d",
+            b"",
+        ],
         &[b"v", b"1", b"job", b"x"],
         &[b"data", &[0xff; 4096]],
         &[b"", b""],
-        &[
-            b"v", b"9", b"fp", b"short", b"job", b"1", b"idx", b"1", b"tries", b"0",
-        ],
+        // Job 1, index 1 (little-endian), format version 9.
+        &[b"h", &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9], b"d", b""],
     ];
     let mut written = 0u64;
     for stream in ["chunks", "results"] {

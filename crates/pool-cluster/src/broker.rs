@@ -221,8 +221,9 @@ struct Reading {
     conn: Conn,
     /// The last result entry read.
     last_result: EntryId,
-    /// Result entries read and not yet deleted (deleted with the next read).
-    read_ids: Vec<EntryId>,
+    /// Whether result entries were read and not yet deleted: all entries up to
+    /// `last_result` go with the next read.
+    untrimmed: bool,
     /// Decoded outcomes (or errors) not yet handed out.
     ready: VecDeque<Result<Completion, RecvError>>,
 }
@@ -334,7 +335,7 @@ impl Broker {
             rx: Mutex::new(Reading {
                 conn: reader,
                 last_result: EntryId { ms: 0, seq: 0 },
-                read_ids: Vec::new(),
+                untrimmed: false,
                 ready: VecDeque::new(),
             }),
         })
@@ -470,29 +471,26 @@ impl Broker {
         chunks: &[Submission<'_>],
         sent: &[usize],
     ) -> Result<Vec<Option<EntryId>>, SubmitError> {
-        let tries_text = self.options.tries.to_string();
         let mut pipe = redis::pipe();
         for &at in sent {
             let c = &chunks[at];
-            let (job_text, index_text) = (c.job.to_string(), c.index.to_string());
-            let fields = wire::chunk_fields(
+            let head = wire::chunk_head(
                 &self.options.fingerprint,
-                &job_text,
-                &index_text,
-                &tries_text,
+                c.job,
+                c.index,
+                self.options.tries,
                 c.call,
-                c.payload,
             );
             // NOMKSTREAM: a pool whose keys are gone is not silently recreated without its
             // group and TTL.
-            let xadd = pipe
-                .cmd("XADD")
+            pipe.cmd("XADD")
                 .arg(&self.keys.chunks)
                 .arg("NOMKSTREAM")
-                .arg("*");
-            for (name, value) in fields {
-                xadd.arg(name).arg(value);
-            }
+                .arg("*")
+                .arg(wire::HEAD)
+                .arg(head)
+                .arg(wire::DATA)
+                .arg(c.payload);
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
         let replies = lock(&self.tx).pipe(&pipe).map_err(SubmitError::Redis)?;
@@ -539,14 +537,42 @@ impl Broker {
         }
     }
 
-    /// One XREAD of the results stream, deleting what the previous read took.
+    /// The next outcome already read from Redis by [`recv`](Broker::recv), if there is one
+    /// and it is an outcome (an error stays for `recv` to return): for a receiver that
+    /// handles the outcomes of one read together. Never waits on Redis; waits only for a
+    /// `recv` under way in another thread.
+    pub fn recv_buffered(&self) -> Option<Completion> {
+        let mut reading = lock(&self.rx);
+        if !matches!(reading.ready.front(), Some(Ok(_))) {
+            return None;
+        }
+        let next = reading.ready.pop_front()?.ok()?;
+        self.buffered.fetch_sub(1, Ordering::AcqRel);
+        Some(next)
+    }
+
+    /// One XREAD of the results stream, deleting what the previous reads took.
+    ///
+    /// Deleted with `XTRIM MINID` (every entry below the one after the last read), not with
+    /// `XDEL` of each id read: XREAD hands out entries in id order and each one is read once,
+    /// so the two delete the same entries, but XDEL looks each id up from the start of its
+    /// stream node (up to 100 entries walked per id) while XTRIM drops whole nodes and walks
+    /// at most one.
     fn read_results(&self, reading: &mut Reading, block: Duration) -> Result<(), RecvError> {
         let mut pipe = redis::pipe();
-        let deletes = !reading.read_ids.is_empty();
-        if deletes {
-            pipe.cmd("XDEL")
+        if reading.untrimmed {
+            let last = reading.last_result;
+            let above = match last.seq.checked_add(1) {
+                Some(seq) => EntryId { ms: last.ms, seq },
+                None => EntryId {
+                    ms: last.ms.saturating_add(1),
+                    seq: 0,
+                },
+            };
+            pipe.cmd("XTRIM")
                 .arg(&self.keys.results)
-                .arg(&reading.read_ids[..])
+                .arg("MINID")
+                .arg(above)
                 .ignore();
         }
         let beat = self.add_heartbeat_if_due(&mut pipe);
@@ -561,7 +587,7 @@ impl Broker {
             .conn
             .pipe_blocking(&pipe, block)
             .map_err(RecvError::Redis)?;
-        reading.read_ids.clear();
+        reading.untrimmed = false;
         if beat && !self.heartbeat_held(&replies) {
             return Err(RecvError::Lost);
         }
@@ -576,9 +602,9 @@ impl Broker {
         let mut book = lock(&self.book);
         for (id, fields) in items {
             reading.last_result = reading.last_result.max(id);
-            reading.read_ids.push(id);
+            reading.untrimmed = true;
             let decoded = fields
-                .ok_or(EntryError::Missing("v"))
+                .ok_or(EntryError::Missing(wire::HEAD))
                 .and_then(wire::decode_result);
             match decoded {
                 Ok(completion) => {

@@ -378,8 +378,8 @@ impl Consumer {
         result: Result<&[u8], &[u8]>,
     ) -> Result<(), ConsumerError> {
         let (kind, data) = match result {
-            Ok(data) => ("ok", data),
-            Err(data) => ("err", data),
+            Ok(data) => (wire::KIND_OK, data),
+            Err(data) => (wire::KIND_ERR, data),
         };
         let read_next =
             self.stashed.is_none() && !self.check_own && Instant::now() < self.next_reclaim;
@@ -465,7 +465,7 @@ impl Consumer {
         job: u64,
         index: u32,
         deliveries: u32,
-        kind: &str,
+        kind: u8,
         data: &[u8],
     ) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
@@ -493,7 +493,7 @@ impl Consumer {
         job: u64,
         index: u32,
         deliveries: u32,
-        kind: &str,
+        kind: u8,
         data: &[u8],
     ) {
         // NOMKSTREAM: the outcome of a chunk whose client is gone is not written into a new
@@ -502,19 +502,9 @@ impl Consumer {
             .arg(&self.keys.results)
             .arg("NOMKSTREAM")
             .arg("*")
-            .arg("v")
-            .arg("1")
-            .arg("job")
-            .arg(job)
-            .arg("idx")
-            .arg(index)
-            .arg("kind")
-            .arg(kind)
-            .arg("by")
-            .arg(&self.name)
-            .arg("n")
-            .arg(deliveries)
-            .arg("data")
+            .arg(wire::HEAD)
+            .arg(wire::result_head(job, index, deliveries, kind, &self.name))
+            .arg(wire::DATA)
             .arg(data)
             .ignore();
         pipe.cmd("XACK")
@@ -811,7 +801,7 @@ impl Consumer {
         match bad.at {
             Some((job, index)) => {
                 let why = bad.error.to_string();
-                self.write_parts(id, job, index, 1, "malformed", why.as_bytes())
+                self.write_parts(id, job, index, 1, wire::KIND_MALFORMED, why.as_bytes())
             }
             None => self.ack(id),
         }

@@ -3,11 +3,13 @@
 //! Anyone who can write to the Redis instance can write any entry into a pool's streams, so
 //! everything read from Redis is untrusted: every reply is walked as a `redis::Value` with
 //! its shape checked, every field is looked up by name, checked for presence, uniqueness and
-//! length, and every number is parsed strictly. What does not fit becomes an
-//! [`EntryError`]; nothing here indexes, unwraps or allocates from a length it was told.
+//! length. What does not fit becomes an [`EntryError`]; nothing here indexes, unwraps or
+//! allocates from a length it was told.
 //!
-//! Numbers are written as decimal ASCII so that an entry reads naturally in `redis-cli`;
-//! bytes (the call, the payload, an outcome) are stored as they are.
+//! An entry has two fields: `h`, its head (fixed-width little-endian numbers, then a call or a
+//! consumer name), and `d`, its bytes (a payload or an outcome's data). Two fields rather than
+//! one per number, because redis-server walks every field of every entry between a stream
+//! node's start and the id it reads from: fewer fields are less of its time per chunk.
 
 use std::fmt;
 
@@ -15,8 +17,8 @@ use redis::Value;
 
 use crate::keys::Fingerprint;
 
-/// The format version written into every entry as field `v`.
-const VERSION: &[u8] = b"1";
+/// The format version written into every entry's head.
+const VERSION: u8 = 2;
 
 /// The most field pairs an entry of ours has, with room to spare; a longer entry is refused
 /// before its fields are looked at.
@@ -83,7 +85,7 @@ pub enum EntryError {
         why: &'static str,
     },
     /// The entry was written in another format version.
-    #[error("the entry's format version is {0:?}, not 1")]
+    #[error("the entry's format version is {0}, not 2")]
     Version(String),
 }
 
@@ -145,58 +147,68 @@ pub struct Completion {
     pub deliveries: u32,
 }
 
-/// The fields of a chunk entry, in the order XADD writes them.
-pub(crate) fn chunk_fields<'a>(
-    fingerprint: &'a Fingerprint,
-    job: &'a str,
-    index: &'a str,
-    tries: &'a str,
-    call: &'a [u8],
-    payload: &'a [u8],
-) -> [(&'static str, &'a [u8]); 7] {
-    [
-        ("v", VERSION),
-        ("fp", &fingerprint.0),
-        ("job", job.as_bytes()),
-        ("idx", index.as_bytes()),
-        ("tries", tries.as_bytes()),
-        ("call", call),
-        ("data", payload),
-    ]
+/// The length of a chunk's head before its call: job, index, version, tries, fingerprint.
+const CHUNK_HEAD: usize = 8 + 4 + 1 + 4 + 32;
+
+/// The length of an outcome's head before its consumer name: job, index, version,
+/// deliveries, kind.
+const RESULT_HEAD: usize = 8 + 4 + 1 + 4 + 1;
+
+/// The head of a chunk entry: `JOB (u64) IDX (u32) VERSION (u8) TRIES (u32) FP (32 bytes)`,
+/// numbers little-endian, then the call. Job and index come first in every version so that a
+/// chunk in another format still gets an outcome.
+pub(crate) fn chunk_head(
+    fingerprint: &Fingerprint,
+    job: u64,
+    index: u32,
+    tries: u32,
+    call: &[u8],
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(CHUNK_HEAD + call.len());
+    head.extend_from_slice(&job.to_le_bytes());
+    head.extend_from_slice(&index.to_le_bytes());
+    head.push(VERSION);
+    head.extend_from_slice(&tries.to_le_bytes());
+    head.extend_from_slice(&fingerprint.0);
+    head.extend_from_slice(call);
+    head
 }
 
 /// A chunk entry's fields, decoded. `deliveries` is filled in by the caller, who knows it
 /// from the pending list. The call and payload are moved out of `fields`, not copied (a
 /// payload may be megabytes).
 pub(crate) fn decode_chunk(id: EntryId, mut fields: FieldList) -> Result<Entry, Bad> {
-    let f = Fields::new(&fields, &["v", "fp", "job", "idx", "tries", "call", "data"])?;
+    let f = Fields::new(&fields, &[HEAD, DATA])?;
+    let head = f.get(HEAD)?;
+    f.get(DATA)?;
     // Job and index first: with them a malformed chunk can still get an outcome.
-    let job = f.number("job")?;
-    let index = f.number("idx")?;
+    let (job, index, version) = place(head)?;
     let at = Some((job, index));
     let rest = || -> Result<(Fingerprint, u32), EntryError> {
-        let version = f.get("v")?;
         if version != VERSION {
-            return Err(EntryError::Version(text(version)));
+            return Err(EntryError::Version(version.to_string()));
         }
-        let fingerprint =
-            Fingerprint(f.get("fp")?.try_into().map_err(|_| EntryError::Invalid {
-                field: "fp",
-                why: "not 32 bytes",
-            })?);
-        let tries = f.number("tries")?;
+        let Some(fixed) = head.get(13..CHUNK_HEAD) else {
+            return Err(EntryError::Invalid {
+                field: HEAD,
+                why: "shorter than a chunk's head (49 bytes)",
+            });
+        };
+        let (tries, fingerprint) = fixed.split_at(4);
+        let tries = u32::from_le_bytes(tries.try_into().unwrap_or_default());
         if tries == 0 {
             return Err(EntryError::Invalid {
-                field: "tries",
-                why: "zero",
+                field: HEAD,
+                why: "tries is zero",
             });
         }
-        f.get("call")?;
-        f.get("data")?;
-        Ok((fingerprint, tries))
+        Ok((
+            Fingerprint(fingerprint.try_into().unwrap_or_default()),
+            tries,
+        ))
     };
     let (fingerprint, tries) = rest().map_err(|error| Bad { at, error })?;
-    // `call` and `data` are there (checked above) and once (`Fields::new`).
+    // Both fields are there (checked above) and once (`Fields::new`).
     let mut take = |name: &str| {
         fields
             .iter_mut()
@@ -204,6 +216,9 @@ pub(crate) fn decode_chunk(id: EntryId, mut fields: FieldList) -> Result<Entry, 
             .map(|(_, v)| std::mem::take(v))
             .unwrap_or_default()
     };
+    let mut call = take(HEAD);
+    // Shifts the call to the front in place: no allocation per chunk.
+    call.drain(..CHUNK_HEAD);
     Ok(Entry {
         id,
         job,
@@ -211,9 +226,30 @@ pub(crate) fn decode_chunk(id: EntryId, mut fields: FieldList) -> Result<Entry, 
         fingerprint,
         tries,
         deliveries: 1,
-        call: take("call"),
-        payload: take("data"),
+        call,
+        payload: take(DATA),
     })
+}
+
+/// The name of the field that holds an entry's head (numbers, then a call or a name).
+pub(crate) const HEAD: &str = "h";
+
+/// The name of the field that holds an entry's bytes (a payload or an outcome).
+pub(crate) const DATA: &str = "d";
+
+/// The job, index and version that open a head of any version.
+fn place(head: &[u8]) -> Result<(u64, u32, u8), EntryError> {
+    match (head.get(..8), head.get(8..12), head.get(12)) {
+        (Some(job), Some(index), Some(&version)) => Ok((
+            u64::from_le_bytes(job.try_into().unwrap_or_default()),
+            u32::from_le_bytes(index.try_into().unwrap_or_default()),
+            version,
+        )),
+        _ => Err(EntryError::Invalid {
+            field: HEAD,
+            why: "shorter than 13 bytes",
+        }),
+    }
 }
 
 /// A chunk entry that could not be decoded, with its job and index when those were readable.
@@ -229,15 +265,46 @@ impl From<EntryError> for Bad {
     }
 }
 
-/// The kind and data fields of an outcome.
-pub(crate) fn outcome_parts(outcome: &Outcome) -> (&'static str, &[u8]) {
+/// The kind byte and the data of an outcome.
+pub(crate) fn outcome_parts(outcome: &Outcome) -> (u8, &[u8]) {
     match outcome {
-        Outcome::Ok(data) => ("ok", data),
-        Outcome::Failed(data) => ("err", data),
-        Outcome::WorkerLost => ("lost", b""),
-        Outcome::Poisoned { .. } => ("poisoned", b""),
-        Outcome::Malformed(why) => ("malformed", why.as_bytes()),
+        Outcome::Ok(data) => (KIND_OK, data),
+        Outcome::Failed(data) => (KIND_ERR, data),
+        Outcome::WorkerLost => (KIND_LOST, b""),
+        Outcome::Poisoned { .. } => (KIND_POISONED, b""),
+        Outcome::Malformed(why) => (KIND_MALFORMED, why.as_bytes()),
     }
+}
+
+/// The kind byte of an [`Outcome::Ok`].
+pub(crate) const KIND_OK: u8 = 0;
+/// The kind byte of an [`Outcome::Failed`].
+pub(crate) const KIND_ERR: u8 = 1;
+/// The kind byte of an [`Outcome::WorkerLost`].
+const KIND_LOST: u8 = 2;
+/// The kind byte of an [`Outcome::Poisoned`].
+const KIND_POISONED: u8 = 3;
+/// The kind byte of an [`Outcome::Malformed`].
+pub(crate) const KIND_MALFORMED: u8 = 4;
+
+/// The head of an outcome entry: `JOB (u64) IDX (u32) VERSION (u8) DELIVERIES (u32) KIND
+/// (u8)`, numbers little-endian, kind 0 ok, 1 err, 2 lost, 3 poisoned, 4 malformed; then the
+/// name of the consumer that wrote it.
+pub(crate) fn result_head(
+    job: u64,
+    index: u32,
+    deliveries: u32,
+    kind: u8,
+    consumer: &str,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(RESULT_HEAD + consumer.len());
+    head.extend_from_slice(&job.to_le_bytes());
+    head.extend_from_slice(&index.to_le_bytes());
+    head.push(VERSION);
+    head.extend_from_slice(&deliveries.to_le_bytes());
+    head.push(kind);
+    head.extend_from_slice(consumer.as_bytes());
+    head
 }
 
 /// A result entry's fields, decoded.
@@ -245,16 +312,22 @@ pub(crate) fn outcome_parts(outcome: &Outcome) -> (&'static str, &[u8]) {
 /// Takes the fields by value: the data (a chunk's results, up to megabytes) is moved into the
 /// outcome, not copied.
 pub(crate) fn decode_result(mut fields: FieldList) -> Result<Completion, EntryError> {
-    let f = Fields::new(&fields, &["v", "job", "idx", "kind", "by", "n", "data"])?;
-    let version = f.get("v")?;
+    let f = Fields::new(&fields, &[HEAD, DATA])?;
+    let head = f.get(HEAD)?;
+    let data = f.get(DATA)?;
+    let (job, index, version) = place(head)?;
     if version != VERSION {
-        return Err(EntryError::Version(text(version)));
+        return Err(EntryError::Version(version.to_string()));
     }
-    let job = f.number("job")?;
-    let index = f.number("idx")?;
-    let deliveries = f.number("n")?;
-    let consumer = f.text("by")?;
-    f.get("data")?;
+    let Some(fixed) = head.get(13..RESULT_HEAD) else {
+        return Err(EntryError::Invalid {
+            field: HEAD,
+            why: "shorter than an outcome's head (18 bytes)",
+        });
+    };
+    let (deliveries, kind) = fixed.split_at(4);
+    let deliveries = u32::from_le_bytes(deliveries.try_into().unwrap_or_default());
+    let consumer = text_of(HEAD, head.get(RESULT_HEAD..).unwrap_or_default())?;
     enum Kind {
         Ok,
         Err,
@@ -262,24 +335,24 @@ pub(crate) fn decode_result(mut fields: FieldList) -> Result<Completion, EntryEr
         Poisoned,
         Malformed(String),
     }
-    let kind = match f.get("kind")? {
-        b"ok" => Kind::Ok,
-        b"err" => Kind::Err,
-        b"lost" => Kind::Lost,
-        b"poisoned" => Kind::Poisoned,
-        b"malformed" => Kind::Malformed(f.text("data")?),
+    let kind = match kind.first().copied().unwrap_or(u8::MAX) {
+        KIND_OK => Kind::Ok,
+        KIND_ERR => Kind::Err,
+        KIND_LOST => Kind::Lost,
+        KIND_POISONED => Kind::Poisoned,
+        KIND_MALFORMED => Kind::Malformed(text_of(DATA, data)?),
         _ => {
             return Err(EntryError::Invalid {
-                field: "kind",
-                why: "not one of ok, err, lost, poisoned, malformed",
+                field: HEAD,
+                why: "its kind is not one of ok, err, lost, poisoned, malformed",
             });
         }
     };
-    // `data` is there (checked above) and once (`Fields::new`).
+    // `d` is there (checked above) and once (`Fields::new`).
     let mut take_data = || {
         fields
             .iter_mut()
-            .find(|(n, _)| n.as_slice() == b"data")
+            .find(|(n, _)| n.as_slice() == DATA.as_bytes())
             .map(|(_, v)| std::mem::take(v))
             .unwrap_or_default()
     };
@@ -296,6 +369,20 @@ pub(crate) fn decode_result(mut fields: FieldList) -> Result<Completion, EntryEr
         outcome,
         consumer,
         deliveries,
+    })
+}
+
+/// Text read from an entry: UTF-8, at most [`MAX_TEXT`] bytes.
+fn text_of(field: &'static str, bytes: &[u8]) -> Result<String, EntryError> {
+    if bytes.len() > MAX_TEXT {
+        return Err(EntryError::Invalid {
+            field,
+            why: "text longer than 1024 bytes",
+        });
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|_| EntryError::Invalid {
+        field,
+        why: "text not UTF-8",
     })
 }
 
@@ -327,29 +414,6 @@ impl<'a> Fields<'a> {
             .find(|(n, _)| n.as_slice() == name.as_bytes())
             .map(|(_, v)| v.as_slice())
             .ok_or(EntryError::Missing(name))
-    }
-
-    fn number<T: TryFrom<u64>>(&self, name: &'static str) -> Result<T, EntryError> {
-        parse_u64(self.get(name)?)
-            .and_then(|n| T::try_from(n).ok())
-            .ok_or(EntryError::Invalid {
-                field: name,
-                why: "not a decimal number in range",
-            })
-    }
-
-    fn text(&self, name: &'static str) -> Result<String, EntryError> {
-        let bytes = self.get(name)?;
-        if bytes.len() > MAX_TEXT {
-            return Err(EntryError::Invalid {
-                field: name,
-                why: "longer than 1024 bytes",
-            });
-        }
-        String::from_utf8(bytes.to_vec()).map_err(|_| EntryError::Invalid {
-            field: name,
-            why: "not UTF-8",
-        })
     }
 }
 
@@ -517,18 +581,18 @@ pub(crate) fn pending_reply(value: Value) -> Result<Vec<Pending>, EntryError> {
 mod tests {
     use super::*;
 
-    fn owned(pairs: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
-            .collect()
+    fn chunk(head: Vec<u8>, data: &[u8]) -> FieldList {
+        vec![
+            (HEAD.as_bytes().to_vec(), head),
+            (DATA.as_bytes().to_vec(), data.to_vec()),
+        ]
     }
 
     #[test]
     fn a_chunk_round_trips() {
         let fp = Fingerprint([7; 32]);
-        let fields = chunk_fields(&fp, "42", "3", "2", b"f", b"args");
-        let entry = decode_chunk(EntryId { ms: 1, seq: 0 }, owned(&fields)).unwrap();
+        let fields = chunk(chunk_head(&fp, 42, 3, 2, b"f"), b"args");
+        let entry = decode_chunk(EntryId { ms: 1, seq: 0 }, fields).unwrap();
         assert_eq!((entry.job, entry.index, entry.tries), (42, 3, 2));
         assert_eq!(
             (entry.fingerprint, &entry.call[..], &entry.payload[..]),
@@ -537,18 +601,44 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_round_trips() {
+        for outcome in [
+            Outcome::Ok(b"r".to_vec()),
+            Outcome::Failed(b"e".to_vec()),
+            Outcome::WorkerLost,
+            Outcome::Poisoned { deliveries: 4 },
+            Outcome::Malformed("why".into()),
+        ] {
+            let (kind, data) = outcome_parts(&outcome);
+            let fields = chunk(result_head(u64::MAX, 9, 4, kind, "h/w0"), data);
+            let c = decode_result(fields).unwrap();
+            assert_eq!((c.job, c.index, c.deliveries), (u64::MAX, 9, 4));
+            assert_eq!((c.outcome, &c.consumer[..]), (outcome, "h/w0"));
+        }
+    }
+
+    #[test]
     fn bad_chunks_are_typed_errors_with_their_place_when_known() {
         let fp = Fingerprint([7; 32]);
-        let good = owned(&chunk_fields(&fp, "42", "3", "1", b"f", b""));
+        let good = chunk(chunk_head(&fp, 42, 3, 1, b""), b"");
         let id = EntryId { ms: 1, seq: 0 };
         let mut short_fp = good.clone();
-        short_fp[1].1.pop();
+        short_fp[0].1.pop();
         let bad = decode_chunk(id, short_fp).unwrap_err();
         assert_eq!(bad.at, Some((42, 3)));
-        assert!(matches!(bad.error, EntryError::Invalid { field: "fp", .. }));
-        let mut huge = good.clone();
-        huge[3].1 = b"4294967296".to_vec();
-        assert!(decode_chunk(id, huge).unwrap_err().at.is_none());
+        assert!(matches!(bad.error, EntryError::Invalid { field: "h", .. }));
+        let mut version = good.clone();
+        version[0].1[12] = 1;
+        let bad = decode_chunk(id, version).unwrap_err();
+        assert_eq!(
+            (bad.at, bad.error),
+            (Some((42, 3)), EntryError::Version("1".into()))
+        );
+        let zero_tries = chunk(chunk_head(&fp, 42, 3, 0, b""), b"");
+        assert_eq!(decode_chunk(id, zero_tries).unwrap_err().at, Some((42, 3)));
+        let mut short = good.clone();
+        short[0].1.truncate(12);
+        assert!(decode_chunk(id, short).unwrap_err().at.is_none());
         let mut twice = good.clone();
         twice.push(twice[0].clone());
         assert!(matches!(
@@ -557,11 +647,29 @@ mod tests {
         ));
         assert!(matches!(
             decode_chunk(id, good[1..].to_vec()).unwrap_err().error,
-            EntryError::Missing("v")
+            EntryError::Missing("h")
         ));
         for number in [&b"-1"[..], b"+1", b"", b"1 ", b"99999999999999999999999"] {
             assert_eq!(parse_u64(number), None, "{number:?}");
         }
+    }
+
+    #[test]
+    fn bad_outcomes_are_typed_errors() {
+        let good = result_head(1, 2, 1, KIND_OK, "h/w0");
+        let mut unknown_kind = good.clone();
+        unknown_kind[17] = 9;
+        let long_name = result_head(1, 2, 1, KIND_OK, &"x".repeat(MAX_TEXT + 1));
+        let mut not_utf8 = good.clone();
+        not_utf8.push(0xff);
+        for head in [good[..17].to_vec(), unknown_kind, long_name, not_utf8] {
+            assert!(matches!(
+                decode_result(chunk(head, b"")),
+                Err(EntryError::Invalid { field: "h", .. })
+            ));
+        }
+        let malformed = result_head(1, 2, 1, KIND_MALFORMED, "h/w0");
+        assert!(decode_result(chunk(malformed, &[0xff])).is_err());
     }
 
     #[test]

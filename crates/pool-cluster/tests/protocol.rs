@@ -277,48 +277,24 @@ fn garbage_entries_are_typed_errors_and_everyone_goes_on() {
     let client = broker(&url, "garbage");
     let mut worker = consumer(&url, "garbage", "h1/w0", LONG);
     let mut con = plain(&url);
-    let fp = FP.0.to_vec();
+    // A chunk's head as the format has it: job, index (le), version, tries (le), fingerprint.
+    let head = |job: u64, index: u32, version: u8, tries: u32, fp: &[u8]| {
+        let mut h = job.to_le_bytes().to_vec();
+        h.extend_from_slice(&index.to_le_bytes());
+        h.push(version);
+        h.extend_from_slice(&tries.to_le_bytes());
+        h.extend_from_slice(fp);
+        h
+    };
     let garbage: Vec<Vec<(&str, Vec<u8>)>> = vec![
         vec![("hello", b"world".to_vec())],
-        vec![
-            ("v", b"1".to_vec()),
-            ("job", b"-1".to_vec()),
-            ("idx", b"0".to_vec()),
-        ],
-        vec![
-            ("v", b"1".to_vec()),
-            ("job", b"99999999999999999999999".to_vec()),
-            ("idx", b"1".to_vec()),
-        ],
+        vec![("h", vec![1; 12]), ("d", vec![])],
+        vec![("h", head(1, 1, 2, 1, &FP.0)), ("d", vec![]), ("x", vec![])],
         // Job and index readable, the fingerprint too short: a Malformed outcome for (5, 5).
-        vec![
-            ("v", b"1".to_vec()),
-            ("fp", vec![1; 31]),
-            ("job", b"5".to_vec()),
-            ("idx", b"5".to_vec()),
-            ("tries", b"1".to_vec()),
-            ("call", vec![]),
-            ("data", vec![]),
-        ],
-        vec![
-            ("v", b"2".to_vec()),
-            ("fp", fp.clone()),
-            ("job", b"5".to_vec()),
-            ("idx", b"6".to_vec()),
-            ("tries", b"1".to_vec()),
-            ("call", vec![]),
-            ("data", vec![]),
-        ],
-        vec![
-            ("v", b"1".to_vec()),
-            ("fp", fp.clone()),
-            ("job", b"5".to_vec()),
-            ("idx", b"7".to_vec()),
-            ("tries", b"0".to_vec()),
-            ("call", vec![]),
-            ("data", vec![]),
-        ],
-        vec![("v", b"1".to_vec()), ("v", b"1".to_vec())],
+        vec![("h", head(5, 5, 2, 1, &[1; 31])), ("d", vec![])],
+        vec![("h", head(5, 6, 3, 1, &FP.0)), ("d", vec![])],
+        vec![("h", head(5, 7, 2, 0, &FP.0)), ("d", vec![])],
+        vec![("h", vec![1; 49]), ("h", vec![1; 49])],
     ];
     for fields in &garbage {
         let mut cmd = redis::cmd("XADD");
@@ -345,7 +321,7 @@ fn garbage_entries_are_typed_errors_and_everyone_goes_on() {
     let _: String = redis::cmd("XADD")
         .arg("pool:{garbage}:results")
         .arg("*")
-        .arg("kind")
+        .arg("h")
         .arg("ok")
         .query(&mut con)
         .unwrap();
@@ -659,4 +635,35 @@ fn a_dead_redis_is_a_typed_error_in_bounded_time() {
         .expect("the worker reconnected");
     worker.complete(&entry, Ok(b"")).unwrap();
     recv_n(&mut client, 1, Duration::from_secs(5));
+}
+
+#[test]
+fn outcomes_of_one_read_are_handed_out_by_recv_then_recv_buffered() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let client = broker(&url, "buffered");
+    let mut worker = consumer(&url, "buffered", "h1/w0", LONG);
+    for index in 0..3 {
+        client.submit(1, index, b"f", b"").unwrap();
+    }
+    for _ in 0..3 {
+        let entry = worker.claim(BLOCK).unwrap().expect("a chunk");
+        worker.complete(&entry, Ok(b"")).unwrap();
+    }
+    let mut con = plain(&url);
+    wait_until(LONG, "the three outcomes are written", || {
+        redis::cmd("XLEN")
+            .arg("pool:{buffered}:results")
+            .query::<u64>(&mut con)
+            .unwrap()
+            == 3
+    });
+    // Nothing read yet: recv_buffered does not read Redis.
+    assert_eq!(client.recv_buffered(), None);
+    let first = client.recv(LONG).unwrap().expect("an outcome");
+    let rest: Vec<_> = std::iter::from_fn(|| client.recv_buffered()).collect();
+    let mut indices: Vec<u32> = [first].iter().chain(&rest).map(|c| c.index).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, [0, 1, 2]);
+    assert_eq!(client.outstanding(), 0);
 }

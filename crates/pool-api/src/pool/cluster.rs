@@ -712,8 +712,26 @@ impl ClusterShared {
         }
     }
 
-    /// An outcome read from Redis.
-    fn on_completion(&self, completion: Completion) {
+    /// Outcomes read from Redis (those of one read), handed to the scheduler under one lock
+    /// and followed by one drain.
+    fn on_completions(&self, completions: Vec<Completion>) {
+        let results: Vec<_> = completions.into_iter().map(Self::chunk_result).collect();
+        let mut state = self.lock();
+        let now = self.now();
+        for (id, reclaimed, result) in results {
+            if reclaimed && state.slots.contains_key(&id) {
+                state.reclaimed += 1;
+                if matches!(result, ChunkResult::Bytes { .. }) {
+                    state.retried += 1;
+                }
+            }
+            Self::finished(&mut state, id, result, now);
+        }
+        self.drain_and_apply(state);
+    }
+
+    /// A completion's chunk, whether it was reclaimed from another host, and its result.
+    fn chunk_result(completion: Completion) -> (ChunkId, bool, ChunkResult) {
         let id = ChunkId {
             job: JobId(completion.job),
             index: completion.index,
@@ -748,16 +766,7 @@ impl ClusterShared {
             }
             Outcome::Malformed(why) => ChunkResult::Failed(Error::Codec(CodecError::new(why))),
         };
-        let mut state = self.lock();
-        if reclaimed && state.slots.contains_key(&id) {
-            state.reclaimed += 1;
-            if matches!(result, ChunkResult::Bytes { .. }) {
-                state.retried += 1;
-            }
-        }
-        let now = self.now();
-        Self::finished(&mut state, id, result, now);
-        self.drain_and_apply(state);
+        (id, reclaimed, result)
     }
 
     /// While chunks are in Redis, looks (at most every quarter of the start timeout, and
@@ -945,7 +954,15 @@ fn pump(shared: Weak<ClusterShared>) {
         last_beat = Instant::now();
         shared.watch_hosts();
         match shared.broker.recv(wait) {
-            Ok(Some(completion)) => shared.on_completion(completion),
+            Ok(Some(completion)) => {
+                // The rest of the same read under the same lock and drain: one scheduler
+                // pass per read, not per outcome.
+                let mut batch = vec![completion];
+                while let Some(next) = shared.broker.recv_buffered() {
+                    batch.push(next);
+                }
+                shared.on_completions(batch);
+            }
             Ok(None) => {}
             Err(RecvError::Malformed { id, error }) => {
                 crate::log::warning!(%id, %error, "a malformed result entry was dropped");
