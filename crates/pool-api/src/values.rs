@@ -147,15 +147,34 @@ impl<T: Plain> Cells<T> {
             .wrapping_add(i)
     }
 
+    // A raw value (no lock) may be written by another process while this one reads it, as
+    // Python's `RawValue` allows: the slot is copied with atomic accesses (`pool_ipc::shared`),
+    // so that is not a data race. An aligned 8-byte value is one atomic word, never torn.
     fn read(&self, i: usize) -> T {
-        // SAFETY: `slot(i)` is inside the region and aligned; `T: Plain` is valid for any
-        // bytes; a volatile read forms no reference to memory others may write.
-        unsafe { self.slot(i).read_volatile() }
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `slot(i)` is inside the region and aligned, `size_of::<T>()` bytes long;
+        // `out` is private and as long; every byte of `out` is written, and `T: Plain` is
+        // valid for any bytes.
+        unsafe {
+            pool_ipc::shared::copy_from_shared(
+                self.slot(i).cast::<u8>(),
+                out.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of::<T>(),
+            );
+            out.assume_init()
+        }
     }
 
     fn write(&self, i: usize, v: T) {
-        // SAFETY: as in `read`; a volatile write forms no reference.
-        unsafe { self.slot(i).write_volatile(v) }
+        // SAFETY: as in `read`; `v` is a private `Plain` value of `size_of::<T>()` bytes
+        // (no padding, so every byte read from it is initialised).
+        unsafe {
+            pool_ipc::shared::copy_to_shared(
+                (&raw const v).cast::<u8>(),
+                self.slot(i).cast::<u8>(),
+                std::mem::size_of::<T>(),
+            );
+        }
     }
 
     /// Runs `f` under the lock, if there is one.
