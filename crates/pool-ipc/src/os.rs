@@ -39,6 +39,18 @@ pub fn release_free_memory() {
     sys::release_free_memory();
 }
 
+/// Asks the kernel to back the memory of `[start, start + len)` with huge pages (Linux's
+/// `MADV_HUGEPAGE`, for the whole pages inside the range; nothing elsewhere). Only the way the
+/// kernel backs the pages changes, never their contents, and a range that is not mapped is
+/// ignored, so any range may be given.
+///
+/// Fresh memory is faulted in one page at a time: a vector of hundreds of MB that receives
+/// results costs one fault per 4 KiB (~1.5 GiB/s here, more than the results' own copy);
+/// with transparent huge pages in `madvise` mode (a common default) a 2 MiB page needs one.
+pub fn prefer_huge_pages(start: *const u8, len: usize) {
+    sys::prefer_huge_pages(start as usize, len);
+}
+
 /// Registers `f` to run in the child after every `fork` of this process (by
 /// [`fork`](crate::fork), the forkserver or anyone calling the C library's `fork`), before
 /// `fork` returns in the child: the place to forget per-process state (a cached pid) that the
@@ -323,5 +335,49 @@ mod tests {
         assert_eq!(Signal::Term.as_raw(), libc::SIGTERM);
         assert_eq!(i32::from(Signal::Kill), libc::SIGKILL);
         assert_eq!(Signal::try_from(-1), Err(UnknownSignal(-1)));
+    }
+
+    /// The `VmFlags` of the mapping of this process that holds `addr` (`/proc/self/smaps`).
+    fn vm_flags_at(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'));
+            if let Some((lo, hi)) = range.filter(|_| line.contains(' ')) {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&addr);
+                    continue;
+                }
+            }
+            match line.strip_prefix("VmFlags:") {
+                Some(flags) if inside => return flags.to_owned(),
+                _ => {}
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn a_range_asks_for_huge_pages_and_a_bad_one_is_ignored() {
+        // 64 MiB: the C library maps it on its own, so its flags are its own.
+        let buffer = vec![1u8; 64 << 20];
+        let middle = buffer.as_ptr() as usize + (32 << 20);
+        assert!(!vm_flags_at(middle).split_whitespace().any(|f| f == "hg"));
+        prefer_huge_pages(buffer.as_ptr(), buffer.len());
+        assert!(vm_flags_at(middle).split_whitespace().any(|f| f == "hg"));
+        assert_eq!(
+            buffer[middle - buffer.as_ptr() as usize],
+            1,
+            "contents unchanged"
+        );
+        // Not mapped, too short for a whole page, wrapping around: nothing happens.
+        prefer_huge_pages(std::ptr::null(), 1 << 30);
+        prefer_huge_pages(buffer.as_ptr(), 100);
+        prefer_huge_pages(usize::MAX as *const u8, 4096);
     }
 }

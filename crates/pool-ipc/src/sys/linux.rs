@@ -397,6 +397,24 @@ pub(crate) fn release_free_memory() {
     }
 }
 
+pub(crate) fn prefer_huge_pages(start: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let (Some(first), Some(end)) = (start.checked_next_multiple_of(PAGE), start.checked_add(len))
+    else {
+        return;
+    };
+    let end = end & !(PAGE - 1);
+    if end <= first {
+        return;
+    }
+    // SAFETY: `MADV_HUGEPAGE` changes how the kernel backs the pages of the range, never
+    // their contents or protection, so no memory of this process changes under anyone's feet;
+    // a range (partly) not mapped fails with ENOMEM, which changes nothing either.
+    unsafe {
+        libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+    }
+}
+
 /// Registers `f` to run when the process exits through `exit` (returning from `main`
 /// included), as C's `atexit` does.
 pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
