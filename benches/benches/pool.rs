@@ -1,6 +1,7 @@
 //! The Pool's workloads (the definitions of the benchmark issue), for each transport: pool
 //! startup with spawned and with forkserver workers (W1), apply round trip (W2), pipelined apply_async (W2b), map of tiny items with the default
-//! chunk size and with chunk size 1 (W3), map of 1 MiB payloads (W4); and rayon running W3
+//! chunk size and with chunk size 1 (W3), map of 1 MiB payloads, one way and echoed as
+//! `Bytes` and as `Vec<u8>` (W4); and rayon running W3
 //! in-process, as the reference for what processes cost.
 
 #![allow(missing_docs)]
@@ -18,6 +19,14 @@ fn square(x: u64) -> u64 {
 
 fn len(data: Bytes) -> usize {
     data.len()
+}
+
+fn echo(data: Bytes) -> Bytes {
+    data
+}
+
+fn echo_vec(data: Vec<u8>) -> Vec<u8> {
+    data
 }
 
 fn pool(kind: TransportKind) -> Pool {
@@ -138,5 +147,34 @@ fn map_payloads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, w1_startup, apply, map_tiny, map_payloads);
+/// W4 with results: 64 x 1 MiB echoed back, as `Bytes` and as plain `Vec<u8>` (which must
+/// not cost much more than `Bytes`: serde alone would see a sequence of numbers).
+fn map_echo(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w4_echo_64x1MiB");
+    group.sample_size(10).measurement_time(secs(5));
+    group.throughput(Throughput::Bytes(64 << 20));
+    let vecs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 1 << 20]).collect();
+    let bytes: Vec<Bytes> = vecs.iter().cloned().map(Bytes).collect();
+    for kind in [TransportKind::Pipe, TransportKind::Shm] {
+        let p = pool(kind);
+        // Inputs are copied outside the clock, as in `map_payloads`.
+        group.bench_function(format!("{}_bytes", name(kind)), |b| {
+            b.iter_batched(
+                || bytes.clone(),
+                |input| p.map(echo, input).unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+        group.bench_function(format!("{}_vec", name(kind)), |b| {
+            b.iter_batched(
+                || vecs.clone(),
+                |input| p.map(echo_vec, input).unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, w1_startup, apply, map_tiny, map_payloads, map_echo);
 criterion_main!(benches);

@@ -118,6 +118,9 @@ def w4_payloads(pool):
         t = time.perf_counter()
         pool.map(length, buffers, chunksize=chunksize)
         emit("W4 map 64 x 1 MiB", variant, 64 / (time.perf_counter() - t), "MiB/s")
+    t = time.perf_counter()
+    pool.map(echo, buffers)
+    emit("W4 map 64 x 1 MiB", "echoed", 64 / (time.perf_counter() - t), "MiB/s")
 
 
 def pipe_sink(inbox, ack):

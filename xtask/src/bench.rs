@@ -250,6 +250,32 @@ fn workloads() -> Vec<Workload> {
             target: ">= 2.5 GiB/s pipe, >= 8 GiB/s shm",
         },
         Workload {
+            name: "W4 map 64 x 1 MiB echoed back, Bytes (MiB/s)",
+            python: ("W4 map 64 x 1 MiB", "echoed"),
+            python_group: "w4",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w4_echo_64x1MiB",
+                ids: [("pipe", "pipe_bytes"), ("shm", "shm_bytes")],
+                derive: mib64,
+                unit: "MiB/s",
+            },
+            target: "-",
+        },
+        Workload {
+            name: "W4 map 64 x 1 MiB echoed back, Vec<u8> (MiB/s)",
+            python: ("W4 map 64 x 1 MiB", "echoed"),
+            python_group: "w4",
+            rust: RustSide {
+                bench_file: "pool",
+                group: "w4_echo_64x1MiB",
+                ids: [("pipe", "pipe_vec"), ("shm", "shm_vec")],
+                derive: mib64,
+                unit: "MiB/s",
+            },
+            target: "within 1.5x of Bytes",
+        },
+        Workload {
             name: "W5 Pipe 10k x 1 KiB, duplex (msgs/s)",
             python: ("W5 Pipe 1 KiB", "duplex"),
             python_group: "w5",
