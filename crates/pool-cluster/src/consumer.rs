@@ -234,16 +234,7 @@ impl Consumer {
                 }
             }
             let wait = deadline.saturating_duration_since(Instant::now());
-            let mut read = redis::cmd("XREADGROUP");
-            read.arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.name)
-                .arg("COUNT")
-                .arg(1);
-            if !wait.is_zero() {
-                read.arg("BLOCK").arg(millis(wait));
-            }
-            read.arg("STREAMS").arg(&self.keys.chunks).arg(">");
+            let read = self.read_one(">", wait);
             let reply = self.conn.query_blocking(&read, wait).map_err(claim_error)?;
             let items = wire::read_reply(reply).map_err(|error| ClaimError::Malformed {
                 id: EntryId { ms: 0, seq: 0 },
@@ -261,19 +252,27 @@ impl Consumer {
         Ok(None)
     }
 
+    /// `XREADGROUP` of at most one chunk for this consumer: from `start` "0" its own pending
+    /// list (read again), from ">" a new entry; waiting up to `block` for one (none if zero).
+    fn read_one(&self, start: &str, block: Duration) -> redis::Cmd {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(1);
+        if !block.is_zero() {
+            read.arg("BLOCK").arg(millis(block));
+        }
+        read.arg("STREAMS").arg(&self.keys.chunks).arg(start);
+        read
+    }
+
     /// The first entry of this consumer's own pending list, read again (which counts a
     /// delivery), with its delivery count. `None`: the list is empty.
     fn claim_own(&mut self) -> Result<Option<Step>, ClaimError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(&self.keys.chunks)
-            .arg("0");
+        pipe.add_command(self.read_one("0", Duration::ZERO));
         pipe.cmd("XPENDING")
             .arg(&self.keys.chunks)
             .arg(GROUP)
@@ -409,15 +408,7 @@ impl Consumer {
             data,
         );
         pipe.cmd("EXEC");
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(&self.keys.chunks)
-            .arg(">");
+        pipe.add_command(self.read_one(">", Duration::ZERO));
         // Replies one by one: the read may fail (the pool gone: NOGROUP) after the write
         // succeeded, and the write's outcome is the EXEC's alone.
         pipe.ignore_errors();
