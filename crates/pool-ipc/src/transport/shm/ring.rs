@@ -55,7 +55,9 @@ impl Ring {
         // touches these bytes anyway (it should not, per the caller) does so atomically too.
         unsafe {
             copy_to_shared(src.as_ptr(), data.add(offset), first);
-            copy_to_shared(src.as_ptr().add(first), data, src.len() - first);
+            if first < src.len() {
+                copy_to_shared(src.as_ptr().add(first), data, src.len() - first);
+            }
         }
     }
 
@@ -75,7 +77,9 @@ impl Ring {
         // bytes, no invariant, and no data race.
         unsafe {
             copy_from_shared(data.add(offset), dst, first);
-            copy_from_shared(data, dst.add(first), len - first);
+            if first < len {
+                copy_from_shared(data, dst.add(first), len - first);
+            }
         }
     }
 
