@@ -131,10 +131,10 @@ mod x86 {
     /// As [`copy`]; `len <= 16`.
     #[inline(always)]
     unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
-        // SAFETY (all four): each move of `n` bytes starts at 0 or at `len - n` with
-        // `n <= len`, so both stay inside the ranges; general-register moves need no
-        // alignment.
         if len >= 8 {
+            // SAFETY: each move of `n` bytes (here and below) starts at 0 or at `len - n`
+            // with `n <= len`, so both stay inside the ranges (the caller's promise);
+            // general-register moves need no alignment.
             unsafe {
                 asm!(
                     "mov {a}, qword ptr [{s}]",
@@ -485,7 +485,9 @@ mod tests {
             // case; under Miri (some 1000 times slower) fewer offsets stand for all.
             for shared_off in (0..32usize).filter(|o| !cfg!(miri) || *o < 8) {
                 for private_off in (0..8).filter(|o| !cfg!(miri) || o % 5 == 0) {
-                    let size = (shared_off + len).div_ceil(8) * 8 + 8;
+                    // Room after the copy, so that a move past its end shows as touched bytes
+                    // (not as a corrupted heap).
+                    let size = (shared_off + len).div_ceil(8) * 8 + 256;
                     let mut shared = words(size / 8);
                     let base = shared.as_mut_ptr().cast::<u8>();
                     let src = &pattern[private_off..private_off + len];
@@ -498,7 +500,7 @@ mod tests {
                     assert!(view[..shared_off].iter().all(|&b| b == 0), "before");
                     assert!(view[shared_off + len..].iter().all(|&b| b == 0), "after");
 
-                    let mut out = vec![0xAAu8; len + 16];
+                    let mut out = vec![0xAAu8; len + 256];
                     // SAFETY: as above; `out` has `private_off + len` bytes and more.
                     unsafe {
                         from(

@@ -60,8 +60,8 @@
 //! bytes really arrive. The opener validates the header (magic, version, a power-of-two
 //! capacity consistent with the file size) and requires the memfd to be sealed against
 //! shrinking, so the creator cannot make our mapping fault (`SIGBUS`) under us. Data bytes
-//! are copied in and out with atomic word accesses (`shared::copy_from_shared` and
-//! `copy_to_shared`), so bytes the peer scribbles on while we copy them only change the
+//! are copied in and out with single-copy-atomic accesses only (`shared::copy_from_shared`
+//! and `copy_to_shared`), so bytes the peer scribbles on while we copy them only change the
 //! values we read: no data race, no undefined behaviour.
 //!
 //! # Death
