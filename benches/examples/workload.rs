@@ -140,7 +140,12 @@ fn main() {
             "w3local" => drop((0..w3_items).map(square).collect::<Vec<u64>>()),
             "w3rayon" => {
                 use rayon::prelude::*;
-                drop((0..w3_items).into_par_iter().map(square).collect::<Vec<u64>>());
+                drop(
+                    (0..w3_items)
+                        .into_par_iter()
+                        .map(square)
+                        .collect::<Vec<u64>>(),
+                );
             }
             "w3c1" => drop(pool().map_chunked(square, 0..100_000u64, 1).unwrap()),
             "w4" => drop(pool().map(len, input).unwrap()),

@@ -17,6 +17,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -339,13 +340,19 @@ impl ChunkResult {
     }
 
     /// [`ChunkResult::decode_into`], taking the chunk: results decoded ahead are moved out.
+    /// Hands back the received frame, once decoded, for the next one to be received into
+    /// (see [`SpareBuffers::keep_frame`]).
     pub(crate) fn into_outcomes<R: DeserializeOwned + 'static>(
         self,
         items: u32,
         into: &mut impl Outcomes<R>,
-    ) {
+    ) -> Option<Vec<u8>> {
         let ChunkResult::Decoded(decoded) = self else {
-            return self.decode_into(items, into);
+            self.decode_into(items, into);
+            return match self {
+                ChunkResult::Bytes { frame, .. } => Some(frame),
+                _ => None,
+            };
         };
         match decoded.downcast::<DecodedChunk<R>>() {
             Ok(chunk) if chunk.outcomes == items => chunk.replay(into),
@@ -360,6 +367,7 @@ impl ChunkResult {
                 &Error::Codec(crate::error::CodecError::new("results of another type")),
             ),
         }
+        None
     }
 }
 
@@ -665,18 +673,25 @@ const KEPT_BUFFERS: usize = 8;
 /// ...holding at most this much memory.
 const KEPT_BYTES: usize = 64 << 20;
 
-/// The buffers a pool keeps for encoding (see the module documentation).
+/// The buffers a pool keeps for encoding, or for receiving (see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct SpareBuffers {
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// How many buffers `buffers` holds, read without its lock: a receiver of small messages
+    /// that never come back here pays no lock for them.
+    count: AtomicUsize,
 }
 
 impl SpareBuffers {
     /// The most recently kept buffer, emptied, if any. Chunks of one job look alike, so it
     /// is most likely large enough already; encoding into it needs no measuring pass.
     pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         let mut buffer = buffers.pop()?;
+        self.count.store(buffers.len(), Ordering::Relaxed);
         buffer.clear();
         Some(buffer)
     }
@@ -684,9 +699,35 @@ impl SpareBuffers {
     /// Keeps the buffer of an ended chunk's payload, if nothing else still holds it and it is
     /// worth keeping; otherwise drops it.
     pub(crate) fn give_back(&self, payload: Payload) {
-        let Ok(buffer) = Arc::try_unwrap(payload.bytes) else {
-            return;
-        };
+        if let Ok(buffer) = Arc::try_unwrap(payload.bytes) {
+            self.keep(buffer);
+        }
+    }
+
+    /// Keeps a received frame whose results were taken, for [`SpareBuffers::take`] to hand
+    /// to the next receive, if it is worth keeping.
+    ///
+    /// The C library hands a reader thread's megabyte frames fresh from the kernel once the
+    /// results of a map are too large to raise its threshold for giving memory back (a vector
+    /// of 32 MiB or more): each frame then cost 256 page faults, and a map of 100 M `u64`s
+    /// 85,000 of them, on the threads that receive for every worker.
+    pub(crate) fn keep_frame(&self, frame: Vec<u8>) {
+        self.keep(frame);
+    }
+
+    /// A frame received into a buffer from [`SpareBuffers::take`], in a vector of its own
+    /// size if it is small (the buffer is kept again): a small message, handled and kept
+    /// apart from any map's results, must not hold a large buffer.
+    pub(crate) fn fit(&self, frame: Vec<u8>) -> Vec<u8> {
+        if frame.capacity() < KEPT_FROM || frame.len() >= KEPT_FROM {
+            return frame;
+        }
+        let small = frame.clone();
+        self.keep(frame);
+        small
+    }
+
+    fn keep(&self, buffer: Vec<u8>) {
         if buffer.capacity() < KEPT_FROM {
             return;
         }
@@ -694,6 +735,7 @@ impl SpareBuffers {
         let kept: usize = buffers.iter().map(Vec::capacity).sum();
         if buffers.len() < KEPT_BUFFERS && kept + buffer.capacity() <= KEPT_BYTES {
             buffers.push(buffer);
+            self.count.store(buffers.len(), Ordering::Relaxed);
         }
     }
 
