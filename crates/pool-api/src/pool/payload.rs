@@ -584,6 +584,10 @@ impl<R> Outcomes<R> for VecDeque<Result<R, Error>> {
 /// are not kept.
 #[derive(Debug)]
 pub(crate) struct FirstError<R> {
+    /// Faults in the pages of `values`' spare room ahead of the copies into it; declared
+    /// first, so that it is stopped before `values` is freed. Stopped as well before `values`
+    /// could move (more values than the room reserved).
+    prefault: Option<pool_ipc::os::Prefault>,
     values: Vec<R>,
     error: Option<Error>,
 }
@@ -591,15 +595,25 @@ pub(crate) struct FirstError<R> {
 impl<R> FirstError<R> {
     pub(crate) fn new() -> FirstError<R> {
         FirstError {
+            prefault: None,
             values: Vec::new(),
             error: None,
         }
     }
 
-    pub(crate) fn into_result(self) -> Result<Vec<R>, Error> {
+    pub(crate) fn into_result(mut self) -> Result<Vec<R>, Error> {
+        self.prefault = None;
         match self.error {
             None => Ok(self.values),
             Some(e) => Err(e),
+        }
+    }
+
+    /// `n` more values are about to be added: the prefaulting stops first if the vector
+    /// could move for them.
+    fn room_for(&mut self, n: usize) {
+        if self.values.capacity() - self.values.len() < n {
+            self.prefault = None;
         }
     }
 }
@@ -607,18 +621,21 @@ impl<R> FirstError<R> {
 impl<R> Outcomes<R> for FirstError<R> {
     fn push_ok(&mut self, value: R) {
         if self.error.is_none() {
+            self.room_for(1);
             self.values.push(value);
         }
     }
 
     fn extend_ok(&mut self, mut values: Vec<R>) {
         if self.error.is_none() {
+            self.room_for(values.len());
             self.values.append(&mut values);
         }
     }
 
     fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
         if self.error.is_none() {
+            self.room_for(plain.count(bytes));
             // One copy, from the received bytes into the vector `map` returns.
             plain.append(bytes, &mut self.values)?;
         }
@@ -627,15 +644,21 @@ impl<R> Outcomes<R> for FirstError<R> {
 
     fn reserve(&mut self, n: usize) {
         if self.error.is_none() {
-            reserve_large(&mut self.values, n);
+            self.prefault = None;
+            if reserve_large(&mut self.values, n) {
+                let spare = self.values.spare_capacity_mut();
+                let bytes = std::mem::size_of_val(spare);
+                self.prefault = pool_ipc::os::prefault(spare.as_mut_ptr().cast(), bytes);
+            }
         }
     }
 
     fn push(&mut self, outcome: Result<R, Error>) {
         match (outcome, &self.error) {
-            (Ok(value), None) => self.values.push(value),
+            (Ok(value), None) => self.push_ok(value),
             (Err(e), None) => {
                 self.error = Some(e);
+                self.prefault = None;
                 self.values = Vec::new();
             }
             (_, Some(_)) => {}
@@ -653,17 +676,19 @@ impl<R> Outcomes<R> for FirstError<R> {
 const HUGE_PAGES_FROM: usize = 32 << 20;
 
 /// Reserves room for `n` more values; a vector of [`HUGE_PAGES_FROM`] bytes or more asks the
-/// kernel for huge pages. The C library serves allocations that large straight from the
-/// kernel, fresh for every `map`, and filling them costs a page fault per 4 KiB: at 100 M
-/// results of 8 bytes that doubled the time per item against a map of 1 M, whose smaller
-/// vector comes back warm from the heap.
-fn reserve_large<T>(values: &mut Vec<T>, n: usize) {
+/// kernel for huge pages, and says so. The C library serves allocations that large straight
+/// from the kernel, fresh for every `map`, and filling them costs a page fault per 4 KiB: at
+/// 100 M results of 8 bytes that doubled the time per item against a map of 1 M, whose
+/// smaller vector comes back warm from the heap.
+fn reserve_large<T>(values: &mut Vec<T>, n: usize) -> bool {
     let before = values.capacity();
     values.reserve(n);
     let bytes = values.capacity().saturating_mul(std::mem::size_of::<T>());
-    if values.capacity() != before && bytes >= HUGE_PAGES_FROM {
+    let large = values.capacity() != before && bytes >= HUGE_PAGES_FROM;
+    if large {
         pool_ipc::os::prefer_huge_pages(values.as_ptr().cast(), bytes);
     }
+    large
 }
 
 /// Below this, a buffer comes from the allocator and goes back to it.
