@@ -1127,6 +1127,67 @@ mod tests {
     }
 
     #[test]
+    fn received_frames_are_kept_and_small_messages_leave_their_buffer() {
+        let frames = SpareBuffers::default();
+        assert!(frames.take().is_none(), "nothing kept yet");
+        frames.keep_frame(vec![1; 100]);
+        assert!(frames.take().is_none(), "too small to keep");
+        let big = vec![2; KEPT_FROM];
+        let at = big.as_ptr();
+        frames.keep_frame(big);
+        let mut buffer = frames.take().expect("kept");
+        assert!(buffer.is_empty() && buffer.capacity() >= KEPT_FROM);
+        assert_eq!(buffer.as_ptr(), at, "the same memory, received into again");
+        // A large message stays in the buffer it was received into...
+        buffer.resize(KEPT_FROM, 3);
+        let large = frames.fit(buffer);
+        assert_eq!((large.as_ptr(), large.len()), (at, KEPT_FROM));
+        assert_eq!(frames.kept(), 0);
+        // ...a small one moves out of it, and the buffer is kept again.
+        let mut buffer = large;
+        buffer.clear();
+        buffer.extend_from_slice(b"ready");
+        let small = frames.fit(buffer);
+        assert_eq!(small, b"ready");
+        assert!(small.capacity() < KEPT_FROM);
+        assert_eq!(frames.kept(), 1);
+        assert_eq!(frames.take().unwrap().as_ptr(), at);
+    }
+
+    #[test]
+    fn a_large_first_error_prefaults_and_stops_before_its_vector_moves() {
+        let plain = PlainOf::<u64>::get().unwrap();
+        let n = HUGE_PAGES_FROM / 8;
+        let mut values = FirstError::<u64>::new();
+        values.reserve(n);
+        assert!(
+            values.prefault.is_some(),
+            "a vector this large is faulted in ahead"
+        );
+        let bytes: Vec<u8> = (0..n as u64).flat_map(u64::to_le_bytes).collect();
+        values.extend_plain(plain, &bytes).unwrap();
+        assert!(values.prefault.is_some(), "it had room for them");
+        // One more value than reserved: the vector may move, so the thread stops first.
+        values.push_ok(7);
+        assert!(values.prefault.is_none());
+        let values = values.into_result().unwrap();
+        assert_eq!(values.len(), n + 1);
+        assert_eq!((values[12345], values[n]), (12345, 7));
+
+        let mut small = FirstError::<u64>::new();
+        small.reserve(1000);
+        assert!(small.prefault.is_none(), "a small vector is not");
+        let mut failed = FirstError::<u64>::new();
+        failed.reserve(n);
+        failed.push(Err(Error::Cancelled));
+        assert!(
+            failed.prefault.is_none(),
+            "stopped before the vector is freed"
+        );
+        assert!(failed.into_result().is_err());
+    }
+
+    #[test]
     fn what_is_kept_is_bounded() {
         let spare = SpareBuffers::default();
         for _ in 0..3 * KEPT_BUFFERS {
