@@ -128,10 +128,9 @@ impl Backend {
 
     /// Keeps a frame whose results were taken, for the next message to be received into.
     fn frame_back(&self, frame: Option<Vec<u8>>) {
-        match (self, frame) {
-            (Backend::Local(s), Some(frame)) => s.frames().keep_frame(frame),
-            // A cluster's results come from Redis, not into kept buffers.
-            _ => {}
+        // A cluster's results come from Redis, not into kept buffers.
+        if let (Backend::Local(s), Some(frame)) = (self, frame) {
+            s.frames().keep_frame(frame);
         }
     }
 

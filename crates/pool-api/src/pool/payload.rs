@@ -1151,7 +1151,8 @@ mod tests {
         assert_eq!(small, b"ready");
         assert!(small.capacity() < KEPT_FROM);
         assert_eq!(frames.kept(), 1);
-        assert_eq!(frames.take().unwrap().as_ptr(), at);
+        let again = frames.take().unwrap();
+        assert_eq!(again.as_ptr(), at);
     }
 
     #[test]
