@@ -406,47 +406,39 @@ mod tests {
         assert_eq!(Signal::try_from(-1), Err(UnknownSignal(-1)));
     }
 
-    /// The `Rss` of the mapping of this process that holds `addr`, in KiB.
-    fn rss_kib_at(addr: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'));
-            if let Some((lo, hi)) = range.filter(|_| line.contains(' ')) {
-                if let (Ok(lo), Ok(hi)) =
-                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                {
-                    inside = (lo..hi).contains(&addr);
-                    continue;
-                }
-            }
-            match line.strip_prefix("Rss:") {
-                Some(kib) if inside => {
-                    return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
-                }
-                _ => {}
-            }
-        }
-        panic!("no mapping holds {addr:#x}");
+    /// How many of the pages of `[start, start + len)` (whole pages) are in memory
+    /// (`mincore`): the range's own, whatever its neighbours in the same mapping hold.
+    fn resident_pages(start: usize, len: usize) -> usize {
+        const PAGE: usize = 4096;
+        let first = start.next_multiple_of(PAGE);
+        let pages = (start + len - first) / PAGE;
+        let mut flags = vec![0u8; pages];
+        // SAFETY: `mincore` only reads the page tables of the range, mapped (it is the spare
+        // capacity of a live vector), and writes one byte a page into `flags`, `pages` long.
+        let rc = unsafe {
+            libc::mincore(
+                first as *mut libc::c_void,
+                pages * PAGE,
+                flags.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        flags.iter().filter(|&&f| f & 1 == 1).count()
     }
 
     #[test]
     fn prefault_brings_in_a_range_without_changing_it() {
         // 64 MiB, mapped by the C library on its own and not touched yet.
         let mut fresh: Vec<u8> = Vec::with_capacity(64 << 20);
-        let at = fresh.as_ptr() as usize;
-        assert!(rss_kib_at(at) < 1024, "untouched: {} KiB", rss_kib_at(at));
+        let (at, len) = (fresh.as_ptr() as usize, fresh.capacity());
+        assert!(resident_pages(at, len) < 16, "untouched");
         let spare = fresh.spare_capacity_mut();
         prefault(spare.as_mut_ptr().cast(), spare.len())
             .expect("a thread")
             .finish();
         assert!(
-            rss_kib_at(at) >= 64 << 10,
-            "faulted in: {} KiB",
-            rss_kib_at(at)
+            resident_pages(at, len) >= len / 4096 - 1,
+            "faulted in, every page"
         );
 
         let written = vec![7u8; 16 << 20];
