@@ -2,7 +2,10 @@
 //! `benches/python/mp_bench.py`:
 //!
 //! - `w3_growth`: W3's `map` of `u64 -> u64` on `Pool(2)` with the default chunks, at 1 M,
-//!   10 M and 100 M items: the median time per item.
+//!   10 M and 100 M items: the median time per item. Beside it, as a reference, the same map
+//!   in this one process (`local`: `(0..n).map(square).collect()`; `rayon`: the same with
+//!   `into_par_iter`): how the machine's own cost grows, fresh memory for the results
+//!   included.
 //! - `imap_memory`: `imap` over 1 M and 100 M items (chunks of [`IMAP_CHUNK`]), results
 //!   consumed and dropped as they come: items/s and the peak RSS (`VmHWM`) of the process
 //!   that ran it, a child run for just this measurement so that nothing else this bench did
@@ -92,17 +95,57 @@ fn write(group: &str, sections: &[(String, Vec<(String, f64)>)]) {
     .expect("writing the group's json");
 }
 
+/// The sizes `w3_growth` runs: label, items, rounds.
+const W3_SIZES: [(&str, u64, usize); 3] = [
+    ("1M", 1_000_000, 10),
+    ("10M", 10_000_000, 5),
+    ("100M", 100_000_000, 3),
+];
+
+/// W3's map in this process, no pool: the median time per item at each size, as a section.
+fn w3_in_process(
+    section: &str,
+    scale: u64,
+    quick: bool,
+    map: fn(u64) -> Vec<u64>,
+) -> (String, Vec<(String, f64)>) {
+    drop(map(1_000_000 / scale));
+    let mut fields = Vec::new();
+    for (label, items, rounds) in W3_SIZES {
+        let items = items / scale;
+        let rounds = if quick { 1 } else { rounds };
+        let per_item_ns = median(
+            (0..rounds)
+                .map(|_| {
+                    let t = Instant::now();
+                    let out = map(items);
+                    let secs = t.elapsed().as_secs_f64();
+                    assert_eq!(out[3], 9);
+                    secs * 1e9 / items as f64
+                })
+                .collect(),
+        );
+        println!(
+            "w3_growth/{section} (one process, no pool): {label} items: {per_item_ns:.2} ns/item"
+        );
+        fields.push((format!("{label}_ns_per_item"), per_item_ns));
+    }
+    (section.into(), fields)
+}
+
 fn w3_growth(scale: u64, quick: bool) {
-    let mut sections = Vec::new();
+    let mut sections = vec![
+        w3_in_process("local", scale, quick, |n| (0..n).map(square).collect()),
+        w3_in_process("rayon", scale, quick, |n| {
+            use rayon::prelude::*;
+            (0..n).into_par_iter().map(square).collect()
+        }),
+    ];
     for kind in KINDS {
         let pool = pool(kind, 2);
         drop(pool.map(square, 0..1_000_000 / scale).unwrap());
         let mut fields = Vec::new();
-        for (label, items, rounds) in [
-            ("1M", 1_000_000, 10),
-            ("10M", 10_000_000, 5),
-            ("100M", 100_000_000, 3),
-        ] {
+        for (label, items, rounds) in W3_SIZES {
             let items: u64 = items / scale;
             let rounds = if quick { 1 } else { rounds };
             let per_item_ns = median(

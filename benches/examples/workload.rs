@@ -17,6 +17,11 @@
 //! POOL_W3_ITEMS=100000000 POOL_W3_CHUNK=125000 target/release/examples/workload w3 shm 3
 //! ```
 //!
+//! `w3local` and `w3rayon` are the same `u64 -> u64` map in this one process, over the same
+//! `POOL_W3_ITEMS`: `(0..n).map(square).collect()` and rayon's `into_par_iter()`, the
+//! machine's own cost of the work and of the result vector, for the pool's figures to be read
+//! against.
+//!
 //! It prints the minimum and the median time of a round (the minimum is the steadiest figure
 //! on a shared machine). Criterion (`cargo xtask bench`) remains the measurement of record;
 //! this is the loop to put under `perf` or to compare two builds in a minute.
@@ -76,7 +81,7 @@ fn main() {
         "w1" => ("pools", 1.0),
         "w2" => ("calls", 10_000.0),
         "w2b" => ("tasks", 10_000.0),
-        "w3" => ("items", w3_items as f64),
+        "w3" | "w3local" | "w3rayon" => ("items", w3_items as f64),
         "w3c1" => ("items", 1e5),
         "w4" | "w4c1" | "w4vec" | "w4echo" | "w4vececho" => ("MiB", 64.0),
         "w5" => ("msgs", 10_000.0),
@@ -84,7 +89,7 @@ fn main() {
         "w8spawn" | "w8fork" => ("processes", 1.0),
         other => {
             eprintln!(
-                "unknown workload {other}: w1, w2, w2b, w3, w3c1, w4, w4c1, w4vec, w4echo, w4vececho, w5, w5big, w8spawn, w8fork"
+                "unknown workload {other}: w1, w2, w2b, w3, w3local, w3rayon, w3c1, w4, w4c1, w4vec, w4echo, w4vececho, w5, w5big, w8spawn, w8fork"
             );
             std::process::exit(2);
         }
@@ -132,6 +137,16 @@ fn main() {
                 Some(chunk) => drop(pool().map_chunked(square, 0..w3_items, chunk).unwrap()),
                 None => drop(pool().map(square, 0..w3_items).unwrap()),
             },
+            "w3local" => drop((0..w3_items).map(square).collect::<Vec<u64>>()),
+            "w3rayon" => {
+                use rayon::prelude::*;
+                drop(
+                    (0..w3_items)
+                        .into_par_iter()
+                        .map(square)
+                        .collect::<Vec<u64>>(),
+                );
+            }
             "w3c1" => drop(pool().map_chunked(square, 0..100_000u64, 1).unwrap()),
             "w4" => drop(pool().map(len, input).unwrap()),
             "w4echo" => drop(pool().map(echo, input).unwrap()),

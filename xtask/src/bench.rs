@@ -727,6 +727,10 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
         rows.push((w, cpython, ours, skipped));
     }
     print_table(&rows, quick);
+    let growth = std::fs::read_to_string(root.join("target/bench/w3_growth.json"));
+    if let Some(line) = growth.ok().and_then(|json| in_process_line(&json)) {
+        println!("{line}");
+    }
     write_json(&root, &rows)?;
     // CI judges no timing, but a bench that produced no figure is broken.
     let missing: Vec<String> = rows
@@ -1058,6 +1062,25 @@ fn growth_summary(rows: &[Row]) -> Vec<String> {
     lines
 }
 
+/// The reference under the growth rows: W3's map in one process, no pool (`local` and `rayon`
+/// in `target/bench/w3_growth.json`), per item at each size and 100M over 1M, for reading
+/// how much of the pool's growth is the machine's own (fresh memory for the results).
+fn in_process_line(json: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for (section, label) in [("local", "collect"), ("rayon", "rayon")] {
+        let at = |size: &str| number_in(json, section, &format!("{size}_ns_per_item"));
+        let (small, mid, large) = (at("1M")?, at("10M")?, at("100M")?);
+        parts.push(format!(
+            "{label} {small:.2} / {mid:.2} / {large:.2} ns/item ({:.2}x)",
+            large / small
+        ));
+    }
+    Some(format!(
+        "(W3 in one process, no pool, 1M / 10M / 100M items (100M over 1M): {})",
+        parts.join("; ")
+    ))
+}
+
 fn write_json(root: &Path, rows: &[Row]) -> Result<(), String> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -1151,6 +1174,19 @@ mod tests {
         // A per-item time is lower-is-better, and shown with its rate.
         assert_eq!(ratio(&fig(100.0), &rows[0].2), Some(12.5));
         assert_eq!(show(&fig(8.0)), "8.00 ns/item (125.0 M/s)");
+    }
+
+    #[test]
+    fn the_in_process_reference_reads_both_sections() {
+        let json = r#"{"local": {"1M_ns_per_item": 0.5, "10M_ns_per_item": 4, "100M_ns_per_item": 5}, "rayon": {"1M_ns_per_item": 0.25, "10M_ns_per_item": 3, "100M_ns_per_item": 2.5}, "pipe": {"1M_ns_per_item": 6}}"#;
+        assert_eq!(
+            in_process_line(json).as_deref(),
+            Some(
+                "(W3 in one process, no pool, 1M / 10M / 100M items (100M over 1M): \
+                 collect 0.50 / 4.00 / 5.00 ns/item (10.00x); rayon 0.25 / 3.00 / 2.50 ns/item (10.00x))"
+            )
+        );
+        assert_eq!(in_process_line(r#"{"pipe": {"1M_ns_per_item": 6}}"#), None);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     callbacks: CallbackRunner,
     /// Buffers of ended chunks, for encoding the next ones.
     spare: SpareBuffers,
+    /// Received frames whose results were taken, for the reader threads to receive into.
+    frames: SpareBuffers,
     /// Messages handled by callers that held a worker's receiving half.
     #[cfg(test)]
     received_by_callers: std::sync::atomic::AtomicU64,
@@ -169,6 +171,7 @@ impl Shared {
             setup,
             callbacks: CallbackRunner::start(),
             spare: SpareBuffers::default(),
+            frames: SpareBuffers::default(),
             #[cfg(test)]
             received_by_callers: std::sync::atomic::AtomicU64::new(0),
         });
@@ -334,6 +337,11 @@ impl Shared {
     /// The buffers that chunks' arguments are encoded into.
     pub(crate) fn spare(&self) -> &SpareBuffers {
         &self.spare
+    }
+
+    /// The buffers that workers' messages are received into.
+    pub(crate) fn frames(&self) -> &SpareBuffers {
+        &self.frames
     }
 
     pub(crate) fn lifecycle(&self) -> Lifecycle {
@@ -768,9 +776,10 @@ impl Shared {
         let mut end = None;
         let mut bytes = 0;
         loop {
-            let mut frame = Vec::new();
+            let mut frame = self.frames.take().unwrap_or_default();
             match rx.recv_into(&mut frame, None) {
                 Ok(()) => {
+                    let frame = self.frames.fit(frame);
                     bytes += frame.len();
                     frames.push(frame);
                 }

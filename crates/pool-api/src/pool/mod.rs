@@ -126,6 +126,14 @@ impl Backend {
         each_driver!(self, s => s.spare())
     }
 
+    /// Keeps a frame whose results were taken, for the next message to be received into.
+    fn frame_back(&self, frame: Option<Vec<u8>>) {
+        // A cluster's results come from Redis, not into kept buffers.
+        if let (Backend::Local(s), Some(frame)) = (self, frame) {
+            s.frames().keep_frame(frame);
+        }
+    }
+
     fn receive_answer(&self, job: &JobShared) {
         match self {
             Backend::Local(s) => s.receive_answer(job),
@@ -420,15 +428,19 @@ impl Pool {
         let (lo, hi) = items.size_hint();
         // The default chunk size needs the length; an iterator that cannot tell it is
         // read once into memory for it. With a chunk size given, it streams (as `imap`'s
-        // input does, a bounded window ahead of the results).
+        // input does).
+        //
+        // Either way input is read a bounded window ahead of the results taken. Without
+        // one, this thread answered every pull first (workers are kept busy that way) and took
+        // no results until the input was all sent: at 100 M `u64`s, 800 MB of results waited
+        // in received frames, each faulted in fresh, before a byte was copied out of them.
         let sized = |len: usize, chunksize| {
             let input = Input::Sized {
                 items: len as u64,
                 chunksize: Some(chunksize),
             };
-            JobSpec::new(input, Delivery::Ordered)
+            JobSpec::new(input, Delivery::Ordered).with_window(self.stream_window())
         };
-        let streamed = hi != Some(lo) && chunksize.is_some();
         let (spec, len, mut items) = match chunksize {
             _ if hi == Some(lo) => (
                 sized(lo, self.chunksize(lo, chunksize)?),
@@ -463,13 +475,12 @@ impl Pool {
                 Wake::Delivered(chunks) => {
                     let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
-                        result.into_outcomes(chunk.items, into);
+                        let frame = result.into_outcomes(chunk.items, into);
+                        self.backend.frame_back(frame);
                     }
-                    if streamed {
-                        // Taken: the window moves on, and more input is read.
-                        self.backend
-                            .with_scheduler(|s, now| s.handle_consumed(job.id, n, now));
-                    }
+                    // Taken: the window moves on, and more input is read.
+                    self.backend
+                        .with_scheduler(|s, now| s.handle_consumed(job.id, n, now));
                 }
                 Wake::Finished => break,
                 Wake::TimedOut => {}
@@ -1495,7 +1506,8 @@ impl<A: Serialize, R: DeserializeOwned + Send + 'static> Iterator for IMap<'_, A
                 Wake::Delivered(chunks) => {
                     let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
-                        result.into_outcomes(chunk.items, &mut self.ready);
+                        let frame = result.into_outcomes(chunk.items, &mut self.ready);
+                        self.pool.backend.frame_back(frame);
                     }
                     let id = self.job.id;
                     self.pool

@@ -17,6 +17,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -339,13 +340,19 @@ impl ChunkResult {
     }
 
     /// [`ChunkResult::decode_into`], taking the chunk: results decoded ahead are moved out.
+    /// Hands back the received frame, once decoded, for the next one to be received into
+    /// (see [`SpareBuffers::keep_frame`]).
     pub(crate) fn into_outcomes<R: DeserializeOwned + 'static>(
         self,
         items: u32,
         into: &mut impl Outcomes<R>,
-    ) {
+    ) -> Option<Vec<u8>> {
         let ChunkResult::Decoded(decoded) = self else {
-            return self.decode_into(items, into);
+            self.decode_into(items, into);
+            return match self {
+                ChunkResult::Bytes { frame, .. } => Some(frame),
+                _ => None,
+            };
         };
         match decoded.downcast::<DecodedChunk<R>>() {
             Ok(chunk) if chunk.outcomes == items => chunk.replay(into),
@@ -360,6 +367,7 @@ impl ChunkResult {
                 &Error::Codec(crate::error::CodecError::new("results of another type")),
             ),
         }
+        None
     }
 }
 
@@ -576,6 +584,10 @@ impl<R> Outcomes<R> for VecDeque<Result<R, Error>> {
 /// are not kept.
 #[derive(Debug)]
 pub(crate) struct FirstError<R> {
+    /// Faults in the pages of `values`' spare room ahead of the copies into it; declared
+    /// first, so that it is stopped before `values` is freed. Stopped as well before `values`
+    /// could move (more values than the room reserved).
+    prefault: Option<pool_ipc::os::Prefault>,
     values: Vec<R>,
     error: Option<Error>,
 }
@@ -583,15 +595,25 @@ pub(crate) struct FirstError<R> {
 impl<R> FirstError<R> {
     pub(crate) fn new() -> FirstError<R> {
         FirstError {
+            prefault: None,
             values: Vec::new(),
             error: None,
         }
     }
 
-    pub(crate) fn into_result(self) -> Result<Vec<R>, Error> {
+    pub(crate) fn into_result(mut self) -> Result<Vec<R>, Error> {
+        self.prefault = None;
         match self.error {
             None => Ok(self.values),
             Some(e) => Err(e),
+        }
+    }
+
+    /// `n` more values are about to be added: the prefaulting stops first if the vector
+    /// could move for them.
+    fn room_for(&mut self, n: usize) {
+        if self.values.capacity() - self.values.len() < n {
+            self.prefault = None;
         }
     }
 }
@@ -599,18 +621,21 @@ impl<R> FirstError<R> {
 impl<R> Outcomes<R> for FirstError<R> {
     fn push_ok(&mut self, value: R) {
         if self.error.is_none() {
+            self.room_for(1);
             self.values.push(value);
         }
     }
 
     fn extend_ok(&mut self, mut values: Vec<R>) {
         if self.error.is_none() {
+            self.room_for(values.len());
             self.values.append(&mut values);
         }
     }
 
     fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
         if self.error.is_none() {
+            self.room_for(plain.count(bytes));
             // One copy, from the received bytes into the vector `map` returns.
             plain.append(bytes, &mut self.values)?;
         }
@@ -619,15 +644,21 @@ impl<R> Outcomes<R> for FirstError<R> {
 
     fn reserve(&mut self, n: usize) {
         if self.error.is_none() {
-            reserve_large(&mut self.values, n);
+            self.prefault = None;
+            if reserve_large(&mut self.values, n) {
+                let spare = self.values.spare_capacity_mut();
+                let bytes = std::mem::size_of_val(spare);
+                self.prefault = pool_ipc::os::prefault(spare.as_mut_ptr().cast(), bytes);
+            }
         }
     }
 
     fn push(&mut self, outcome: Result<R, Error>) {
         match (outcome, &self.error) {
-            (Ok(value), None) => self.values.push(value),
+            (Ok(value), None) => self.push_ok(value),
             (Err(e), None) => {
                 self.error = Some(e);
+                self.prefault = None;
                 self.values = Vec::new();
             }
             (_, Some(_)) => {}
@@ -645,17 +676,19 @@ impl<R> Outcomes<R> for FirstError<R> {
 const HUGE_PAGES_FROM: usize = 32 << 20;
 
 /// Reserves room for `n` more values; a vector of [`HUGE_PAGES_FROM`] bytes or more asks the
-/// kernel for huge pages. The C library serves allocations that large straight from the
-/// kernel, fresh for every `map`, and filling them costs a page fault per 4 KiB: at 100 M
-/// results of 8 bytes that doubled the time per item against a map of 1 M, whose smaller
-/// vector comes back warm from the heap.
-fn reserve_large<T>(values: &mut Vec<T>, n: usize) {
+/// kernel for huge pages, and says so. The C library serves allocations that large straight
+/// from the kernel, fresh for every `map`, and filling them costs a page fault per 4 KiB: at
+/// 100 M results of 8 bytes that doubled the time per item against a map of 1 M, whose
+/// smaller vector comes back warm from the heap.
+fn reserve_large<T>(values: &mut Vec<T>, n: usize) -> bool {
     let before = values.capacity();
     values.reserve(n);
     let bytes = values.capacity().saturating_mul(std::mem::size_of::<T>());
-    if values.capacity() != before && bytes >= HUGE_PAGES_FROM {
+    let large = values.capacity() != before && bytes >= HUGE_PAGES_FROM;
+    if large {
         pool_ipc::os::prefer_huge_pages(values.as_ptr().cast(), bytes);
     }
+    large
 }
 
 /// Below this, a buffer comes from the allocator and goes back to it.
@@ -665,18 +698,25 @@ const KEPT_BUFFERS: usize = 8;
 /// ...holding at most this much memory.
 const KEPT_BYTES: usize = 64 << 20;
 
-/// The buffers a pool keeps for encoding (see the module documentation).
+/// The buffers a pool keeps for encoding, or for receiving (see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct SpareBuffers {
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// How many buffers `buffers` holds, read without its lock: a receiver of small messages
+    /// that never come back here pays no lock for them.
+    count: AtomicUsize,
 }
 
 impl SpareBuffers {
     /// The most recently kept buffer, emptied, if any. Chunks of one job look alike, so it
     /// is most likely large enough already; encoding into it needs no measuring pass.
     pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         let mut buffer = buffers.pop()?;
+        self.count.store(buffers.len(), Ordering::Relaxed);
         buffer.clear();
         Some(buffer)
     }
@@ -684,9 +724,35 @@ impl SpareBuffers {
     /// Keeps the buffer of an ended chunk's payload, if nothing else still holds it and it is
     /// worth keeping; otherwise drops it.
     pub(crate) fn give_back(&self, payload: Payload) {
-        let Ok(buffer) = Arc::try_unwrap(payload.bytes) else {
-            return;
-        };
+        if let Ok(buffer) = Arc::try_unwrap(payload.bytes) {
+            self.keep(buffer);
+        }
+    }
+
+    /// Keeps a received frame whose results were taken, for [`SpareBuffers::take`] to hand
+    /// to the next receive, if it is worth keeping.
+    ///
+    /// The C library hands a reader thread's megabyte frames fresh from the kernel once the
+    /// results of a map are too large to raise its threshold for giving memory back (a vector
+    /// of 32 MiB or more): each frame then cost 256 page faults, and a map of 100 M `u64`s
+    /// 85,000 of them, on the threads that receive for every worker.
+    pub(crate) fn keep_frame(&self, frame: Vec<u8>) {
+        self.keep(frame);
+    }
+
+    /// A frame received into a buffer from [`SpareBuffers::take`], in a vector of its own
+    /// size if it is small (the buffer is kept again): a small message, handled and kept
+    /// apart from any map's results, must not hold a large buffer.
+    pub(crate) fn fit(&self, frame: Vec<u8>) -> Vec<u8> {
+        if frame.capacity() < KEPT_FROM || frame.len() >= KEPT_FROM {
+            return frame;
+        }
+        let small = frame.clone();
+        self.keep(frame);
+        small
+    }
+
+    fn keep(&self, buffer: Vec<u8>) {
         if buffer.capacity() < KEPT_FROM {
             return;
         }
@@ -694,6 +760,7 @@ impl SpareBuffers {
         let kept: usize = buffers.iter().map(Vec::capacity).sum();
         if buffers.len() < KEPT_BUFFERS && kept + buffer.capacity() <= KEPT_BYTES {
             buffers.push(buffer);
+            self.count.store(buffers.len(), Ordering::Relaxed);
         }
     }
 
@@ -1057,6 +1124,68 @@ mod tests {
         let _in_flight = shared.clone();
         spare.give_back(shared);
         assert_eq!(spare.kept(), 0);
+    }
+
+    #[test]
+    fn received_frames_are_kept_and_small_messages_leave_their_buffer() {
+        let frames = SpareBuffers::default();
+        assert!(frames.take().is_none(), "nothing kept yet");
+        frames.keep_frame(vec![1; 100]);
+        assert!(frames.take().is_none(), "too small to keep");
+        let big = vec![2; KEPT_FROM];
+        let at = big.as_ptr();
+        frames.keep_frame(big);
+        let mut buffer = frames.take().expect("kept");
+        assert!(buffer.is_empty() && buffer.capacity() >= KEPT_FROM);
+        assert_eq!(buffer.as_ptr(), at, "the same memory, received into again");
+        // A large message stays in the buffer it was received into...
+        buffer.resize(KEPT_FROM, 3);
+        let large = frames.fit(buffer);
+        assert_eq!((large.as_ptr(), large.len()), (at, KEPT_FROM));
+        assert_eq!(frames.kept(), 0);
+        // ...a small one moves out of it, and the buffer is kept again.
+        let mut buffer = large;
+        buffer.clear();
+        buffer.extend_from_slice(b"ready");
+        let small = frames.fit(buffer);
+        assert_eq!(small, b"ready");
+        assert!(small.capacity() < KEPT_FROM);
+        assert_eq!(frames.kept(), 1);
+        let again = frames.take().unwrap();
+        assert_eq!(again.as_ptr(), at);
+    }
+
+    #[test]
+    fn a_large_first_error_prefaults_and_stops_before_its_vector_moves() {
+        let plain = PlainOf::<u64>::get().unwrap();
+        let n = HUGE_PAGES_FROM / 8;
+        let mut values = FirstError::<u64>::new();
+        values.reserve(n);
+        assert!(
+            values.prefault.is_some(),
+            "a vector this large is faulted in ahead"
+        );
+        let bytes: Vec<u8> = (0..n as u64).flat_map(u64::to_le_bytes).collect();
+        values.extend_plain(plain, &bytes).unwrap();
+        assert!(values.prefault.is_some(), "it had room for them");
+        // One more value than reserved: the vector may move, so the thread stops first.
+        values.push_ok(7);
+        assert!(values.prefault.is_none());
+        let values = values.into_result().unwrap();
+        assert_eq!(values.len(), n + 1);
+        assert_eq!((values[12345], values[n]), (12345, 7));
+
+        let mut small = FirstError::<u64>::new();
+        small.reserve(1000);
+        assert!(small.prefault.is_none(), "a small vector is not");
+        let mut failed = FirstError::<u64>::new();
+        failed.reserve(n);
+        failed.push(Err(Error::Cancelled));
+        assert!(
+            failed.prefault.is_none(),
+            "stopped before the vector is freed"
+        );
+        assert!(failed.into_result().is_err());
     }
 
     #[test]
