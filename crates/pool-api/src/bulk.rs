@@ -38,6 +38,7 @@
 
 use std::any::TypeId;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
@@ -338,11 +339,35 @@ macro_rules! add_pairs {
     };
 }
 
-static TABLE: LazyLock<HashMap<TypeId, Plain>> = LazyLock::new(|| {
-    let mut table = HashMap::new();
-    with_scalars!(add_scalars!(table;));
-    table
-});
+/// Hashes a [`TypeId`], which is a hash already: as it is, not through SipHash again (the
+/// lookup happens for every chunk, on both sides, and SipHash was most of its time).
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+
+    /// For a `TypeId` that hashes itself as bytes instead (std does not promise how).
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+}
+
+static TABLE: LazyLock<HashMap<TypeId, Plain, BuildHasherDefault<TypeIdHasher>>> =
+    LazyLock::new(|| {
+        let mut table = HashMap::default();
+        with_scalars!(add_scalars!(table;));
+        table
+    });
 
 /// The bulk layout of `T`, for a type in the table: proof that `T` is that [`Fixed`] type.
 pub(crate) struct PlainOf<T> {
@@ -554,6 +579,11 @@ pub(crate) fn put_iter<T>(
     items: impl Iterator<Item = T>,
     out: &mut Vec<u8>,
 ) -> u64 {
+    let (lo, hi) = items.size_hint();
+    // The header and, for a told length, the items: one allocation for a fresh buffer,
+    // where growing it piece by piece took three for a chunk of one item.
+    let told = if hi == Some(lo) { lo } else { 0 };
+    out.reserve(told.saturating_mul(plain.plain.size).saturating_add(9));
     let start = out.len();
     out.push(BULK);
     // The count, written at the end.
@@ -562,11 +592,9 @@ pub(crate) fn put_iter<T>(
     if plain.plain.raw {
         let size = std::mem::size_of::<T>();
         let mut items = items;
-        let (lo, hi) = items.size_hint();
         if hi == Some(lo) {
             // A told length (bounded by `take` in case it is wrong): written in one pass,
-            // without a check of the room per item.
-            out.reserve(lo.saturating_mul(size));
+            // without a check of the room per item (reserved above).
             let at = out.len();
             let base = out.as_mut_ptr();
             let mut written = 0;

@@ -449,7 +449,7 @@ impl Shared {
                         job: chunk.id.job.0,
                         index: chunk.id.index,
                         call: job.call,
-                        fds: body.fds.len() as u32,
+                        fds: body.fds().len() as u32,
                         byte_vecs: body.is_gathered(),
                     };
                     match task::header_bytes(&msg) {
