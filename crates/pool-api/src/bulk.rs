@@ -771,6 +771,27 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_of_told_length_is_written_into_one_allocation() {
+        // A `map` with chunks of one item encodes one chunk per item: a fresh buffer is
+        // sized once for the header and the items, not grown piece by piece.
+        let plain = PlainOf::<u64>::get().unwrap();
+        for n in [0u64, 1, 3, 1000] {
+            let mut out = Vec::new();
+            assert_eq!(put_iter(plain, 0..n, &mut out), n);
+            assert_eq!(out.capacity(), 9 + 8 * n as usize, "{n} items");
+            assert_eq!(
+                take_items(plain, &out[1..]).unwrap(),
+                (0..n).collect::<Vec<_>>()
+            );
+        }
+        // A length not told: still right, however the buffer grew.
+        let mut out = Vec::new();
+        let n = put_iter(plain, (0..10u64).filter(|x| x % 2 == 0), &mut out);
+        assert_eq!(n, 5);
+        assert_eq!(take_items(plain, &out[1..]).unwrap(), [0, 2, 4, 6, 8]);
+    }
+
+    #[test]
     fn hostile_bulk_chunks_are_typed_errors() {
         let plain = PlainOf::<u64>::get().unwrap();
         let mut good = Vec::new();
