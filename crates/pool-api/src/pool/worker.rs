@@ -84,9 +84,9 @@ fn release(buf: &mut Vec<u8>, out: &mut Vec<u8>) {
 
 /// A message up to this long is read whole into the receive buffer, in one read, and its
 /// header decoded from there; a longer one has its header read first, so that a task of
-/// byte vectors can be run while it is read (see [`Received::Ran`]). Reading a small
-/// message in three parts (the header's length, the header, the body) cost a task of one
-/// small item about a tenth more than one read.
+/// byte vectors can be run while it is read (see [`Received::Ran`]). Read in three parts
+/// (the header's length, the header, the body), a task of one small item spent about twice
+/// as long receiving as one read takes (perf, W3 with chunks of one item).
 const READ_WHOLE_UP_TO: usize = 64 << 10;
 
 /// What one message from the parent came to.
