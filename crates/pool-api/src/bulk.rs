@@ -38,6 +38,7 @@
 
 use std::any::TypeId;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
@@ -338,11 +339,35 @@ macro_rules! add_pairs {
     };
 }
 
-static TABLE: LazyLock<HashMap<TypeId, Plain>> = LazyLock::new(|| {
-    let mut table = HashMap::new();
-    with_scalars!(add_scalars!(table;));
-    table
-});
+/// Hashes a [`TypeId`], which is a hash already: as it is, not through SipHash again (the
+/// lookup happens for every chunk, on both sides, and SipHash was most of its time).
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+
+    /// For a `TypeId` that hashes itself as bytes instead (std does not promise how).
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+}
+
+static TABLE: LazyLock<HashMap<TypeId, Plain, BuildHasherDefault<TypeIdHasher>>> =
+    LazyLock::new(|| {
+        let mut table = HashMap::default();
+        with_scalars!(add_scalars!(table;));
+        table
+    });
 
 /// The bulk layout of `T`, for a type in the table: proof that `T` is that [`Fixed`] type.
 pub(crate) struct PlainOf<T> {
@@ -559,6 +584,11 @@ pub(crate) fn put_iter<T>(
     items: impl Iterator<Item = T>,
     out: &mut Vec<u8>,
 ) -> u64 {
+    let (lo, hi) = items.size_hint();
+    // The header and, for a told length, the items: one allocation for a fresh buffer,
+    // where growing it piece by piece took three for a chunk of one item.
+    let told = if hi == Some(lo) { lo } else { 0 };
+    out.reserve(told.saturating_mul(plain.plain.size).saturating_add(9));
     let start = out.len();
     out.push(BULK);
     // The count, written at the end.
@@ -567,11 +597,9 @@ pub(crate) fn put_iter<T>(
     if plain.plain.raw {
         let size = std::mem::size_of::<T>();
         let mut items = items;
-        let (lo, hi) = items.size_hint();
         if hi == Some(lo) {
             // A told length (bounded by `take` in case it is wrong): written in one pass,
-            // without a check of the room per item.
-            out.reserve(lo.saturating_mul(size));
+            // without a check of the room per item (reserved above).
             let at = out.len();
             let base = out.as_mut_ptr();
             let mut written = 0;
@@ -745,6 +773,27 @@ mod tests {
         assert!(raw::<bool>());
         assert!(!raw::<(u8, u64)>(), "padding after the u8");
         assert_eq!(<(u8, u64)>::SIZE, 9);
+    }
+
+    #[test]
+    fn a_chunk_of_told_length_is_written_into_one_allocation() {
+        // A `map` with chunks of one item encodes one chunk per item: a fresh buffer is
+        // sized once for the header and the items, not grown piece by piece.
+        let plain = PlainOf::<u64>::get().unwrap();
+        for n in [0u64, 1, 3, 1000] {
+            let mut out = Vec::new();
+            assert_eq!(put_iter(plain, 0..n, &mut out), n);
+            assert_eq!(out.capacity(), 9 + 8 * n as usize, "{n} items");
+            assert_eq!(
+                take_items(plain, &out[1..]).unwrap(),
+                (0..n).collect::<Vec<_>>()
+            );
+        }
+        // A length not told: still right, however the buffer grew.
+        let mut out = Vec::new();
+        let n = put_iter(plain, (0..10u64).filter(|x| x % 2 == 0), &mut out);
+        assert_eq!(n, 5);
+        assert_eq!(take_items(plain, &out[1..]).unwrap(), [0, 2, 4, 6, 8]);
     }
 
     #[test]

@@ -681,10 +681,17 @@ pub(crate) enum FromWorker {
 /// Encodes `header` followed by `body` as one frame: the header is length-prefixed with a
 /// u32 so that the body can be sent as a separate part, without copying it.
 pub(crate) fn header_bytes<T: Serialize>(header: &T) -> Result<Vec<u8>, Error> {
-    let encoded = postcard::to_stdvec(header).map_err(codec("encoding a message's header"))?;
-    let mut out = Vec::with_capacity(encoded.len() + 4);
-    out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-    out.extend_from_slice(&encoded);
+    // Encoded after room for its length, in one allocation (every message has a header:
+    // a `map` with chunks of one item makes two per item).
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&[0; 4]);
+    header
+        .serialize(&mut postcard::Serializer {
+            output: Appender(&mut out),
+        })
+        .map_err(codec("encoding a message's header"))?;
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
     Ok(out)
 }
 

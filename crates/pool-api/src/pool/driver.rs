@@ -133,6 +133,11 @@ struct State {
 }
 
 /// What draining commands asks to be done once the state lock is released.
+///
+/// Its vectors are reused, one set per thread ([`SPARE_EFFECTS`]): most drains push a link or
+/// a job or two, and fresh vectors cost an allocation and a free each, several per task when
+/// tasks are small (a `map` with chunks of one item drains on the feeding thread and on the
+/// reader for every item).
 #[derive(Default)]
 struct Effects {
     flush: Vec<Arc<WorkerLink>>,
@@ -143,6 +148,51 @@ struct Effects {
     wake: Vec<Arc<JobShared>>,
     /// Jobs that ended, with their callback (already counted as pending, see `CallbackRunner`).
     finished: Vec<(Arc<JobShared>, Option<super::job::Callback>)>,
+}
+
+/// Vectors longer than this are not kept for the next [`Effects`] (a burst of commands, a
+/// pool of many workers shutting down): what is kept per thread stays small.
+const EFFECTS_KEPT_UP_TO: usize = 64;
+
+thread_local! {
+    /// This thread's emptied [`Effects`], for its next drain.
+    static SPARE_EFFECTS: std::cell::Cell<Option<Effects>> = const { std::cell::Cell::new(None) };
+}
+
+impl Effects {
+    /// Empty, with the vectors of this thread's last effects if it kept them.
+    fn new() -> Effects {
+        SPARE_EFFECTS.take().unwrap_or_default()
+    }
+
+    /// Keeps the (emptied) vectors for this thread's next drain, unless one grew large.
+    fn keep(mut self) {
+        let Effects {
+            flush,
+            kick,
+            kill,
+            spawn,
+            wake,
+            finished,
+        } = &mut self;
+        flush.clear();
+        kick.clear();
+        kill.clear();
+        spawn.clear();
+        wake.clear();
+        finished.clear();
+        let largest = [
+            flush.capacity(),
+            kick.capacity(),
+            kill.capacity(),
+            spawn.capacity(),
+            wake.capacity(),
+            finished.capacity(),
+        ];
+        if largest.iter().all(|&c| c <= EFFECTS_KEPT_UP_TO) {
+            SPARE_EFFECTS.set(Some(self));
+        }
+    }
 }
 
 impl Shared {
@@ -415,7 +465,7 @@ impl Shared {
 
     /// Drains the scheduler's commands, recording their effects.
     fn drain(&self, state: &mut State) -> Effects {
-        let mut fx = Effects::default();
+        let mut fx = Effects::new();
         while let Some(cmd) = state.sched.poll_command() {
             match cmd {
                 Command::Spawn { worker } => fx.spawn.push(worker),
@@ -457,7 +507,7 @@ impl Shared {
                         job: chunk.id.job.0,
                         index: chunk.id.index,
                         call: job.call,
-                        fds: body.fds.len() as u32,
+                        fds: body.fds().len() as u32,
                         byte_vecs: body.is_gathered(),
                     };
                     match task::header_bytes(&msg) {
@@ -585,23 +635,25 @@ impl Shared {
     }
 
     /// Carries out effects, outside the state lock.
-    fn apply(&self, fx: Effects) {
+    fn apply(&self, mut fx: Effects) {
         for killer in &fx.kill {
             let _ = killer.kill();
         }
-        for link in dedup(fx.kick) {
+        dedup(&mut fx.kick);
+        for link in &fx.kick {
             link.kick();
         }
         let direct = MAY_BLOCK_SENDING.with(std::cell::Cell::get);
         let ring = self.setup.transport == TransportKind::Shm;
-        for link in dedup(fx.flush) {
+        dedup(&mut fx.flush);
+        for link in &fx.flush {
             if direct {
                 // A caller's thread: send now rather than hop through the writer thread.
-                drain(&link, true);
+                drain(link, true);
             } else if ring {
                 // A reader (or the timer): what fits in the ring now goes now, sparing the
                 // hop through the writer thread, which sends the rest.
-                drain(&link, false);
+                drain(link, false);
             } else {
                 link.wake_writer();
             }
@@ -609,20 +661,22 @@ impl Shared {
         if !fx.spawn.is_empty() {
             let state = self.lock();
             if let Some(spawner) = &state.spawner {
-                for worker in fx.spawn {
+                for &worker in &fx.spawn {
                     let _ = spawner.send(worker);
                 }
             }
         }
-        for job in dedup(fx.wake) {
+        dedup(&mut fx.wake);
+        for job in &fx.wake {
             job.wake();
         }
-        for (job, callback) in fx.finished {
+        for (job, callback) in fx.finished.drain(..) {
             job.wake();
             if let Some(callback) = callback {
                 self.callbacks.run(job, callback);
             }
         }
+        fx.keep();
     }
 
     /// A worker's messages, in the order sent, from whoever holds its receiving half: all
@@ -904,14 +958,17 @@ fn core_status(status: pool_ipc::ExitStatus) -> pool_core::ExitStatus {
     }
 }
 
-fn dedup<T>(items: Vec<Arc<T>>) -> Vec<Arc<T>> {
-    let mut out: Vec<Arc<T>> = Vec::with_capacity(items.len());
-    for item in items {
-        if !out.iter().any(|o| Arc::ptr_eq(o, &item)) {
-            out.push(item);
+/// Removes the repeats of an item (the same `Arc`), keeping the first of each in its place;
+/// in place, as the lists are a few items long.
+fn dedup<T>(items: &mut Vec<Arc<T>>) {
+    let mut kept = 0;
+    for i in 0..items.len() {
+        if !items[..kept].iter().any(|o| Arc::ptr_eq(o, &items[i])) {
+            items.swap(kept, i);
+            kept += 1;
         }
     }
-    out
+    items.truncate(kept);
 }
 
 /// At most this many messages that arrived together are handled under one taking of the
@@ -1130,6 +1187,51 @@ mod tests {
 
     fn double(x: u64) -> u64 {
         2 * x
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_of_each_in_order() {
+        use std::sync::Arc;
+        let (a, b, c) = (Arc::new(1), Arc::new(2), Arc::new(3));
+        let mut items = vec![
+            b.clone(),
+            a.clone(),
+            b.clone(),
+            c.clone(),
+            a.clone(),
+            c.clone(),
+        ];
+        super::dedup(&mut items);
+        let got: Vec<i32> = items.iter().map(|x| **x).collect();
+        assert_eq!(got, [2, 1, 3]);
+        // The same value in another `Arc` is another item.
+        let mut items = vec![a.clone(), Arc::new(1)];
+        super::dedup(&mut items);
+        assert_eq!(items.len(), 2);
+    }
+
+    #[test]
+    fn a_threads_effects_are_reused_emptied_and_large_ones_dropped() {
+        use super::{EFFECTS_KEPT_UP_TO, Effects};
+        let mut fx = Effects::new();
+        fx.spawn.push(pool_core::WorkerId(7));
+        let at = fx.spawn.as_ptr();
+        fx.keep();
+        let again = Effects::new();
+        assert!(again.spawn.is_empty(), "kept emptied");
+        assert_eq!(again.spawn.as_ptr(), at, "the same vector came back");
+        // Another thread has its own.
+        std::thread::spawn(|| assert_eq!(Effects::new().spawn.capacity(), 0))
+            .join()
+            .unwrap();
+        let mut large = again;
+        large.spawn.reserve(EFFECTS_KEPT_UP_TO + 1);
+        large.keep();
+        assert_eq!(
+            Effects::new().spawn.capacity(),
+            0,
+            "a large one is not kept"
+        );
     }
 
     /// After the first `apply` (whose answer the reader thread brings, then steps aside), the

@@ -323,17 +323,13 @@ fn send_all(link: &WorkerLink, batch: &mut VecDeque<Outgoing>, wait: bool) -> bo
         let sent = match msg {
             Outgoing::Task { header, body } if wait => {
                 use std::os::fd::AsFd;
-                let fds: Vec<_> = body.fds.iter().map(AsFd::as_fd).collect();
-                let mut parts = vec![&header[..]];
-                parts.extend(body.parts());
-                sender
-                    .send_parts_with_fds(&parts, &fds, None)
-                    .map(|()| true)
+                let fds: Vec<_> = body.fds().iter().map(AsFd::as_fd).collect();
+                body.with_parts(header, |parts| {
+                    sender.send_parts_with_fds(parts, &fds, None).map(|()| true)
+                })
             }
-            Outgoing::Task { header, body } if body.fds.is_empty() => {
-                let mut parts = vec![&header[..]];
-                parts.extend(body.parts());
-                sender.try_send_parts(&parts)
+            Outgoing::Task { header, body } if body.fds().is_empty() => {
+                body.with_parts(header, |parts| sender.try_send_parts(parts))
             }
             // Descriptors travel over a socket only, and a socket send may wait.
             Outgoing::Task { .. } => Ok(false),

@@ -731,12 +731,8 @@ impl Pool {
             // Written as they are read: no vector of the items, one copy.
             let mut bytes = self.backend.spare().take().unwrap_or_default();
             let n = crate::bulk::put_iter(plain, items.take(max_items as usize), &mut bytes);
-            let payload = Payload {
-                bytes: Arc::new(bytes),
-                gathered: Arc::default(),
-                fds: Arc::default(),
-            };
-            self.backend.pulled(chunk, n as u32, payload);
+            self.backend
+                .pulled(chunk, n as u32, Payload::new(bytes, Vec::new()));
             return Ok(());
         }
         let (n, payload) = self.owned_payload(items.take(max_items as usize))?;
@@ -748,21 +744,21 @@ impl Pool {
     /// with the task as descriptors, which only the `pipe` transport can carry.
     fn payload<A: Serialize>(&self, args: &[A]) -> Result<Payload, Error> {
         let payload = Payload::encode(args, self.backend.spare())?;
-        if !payload.fds.is_empty() && self.backend.is_cluster() {
+        if !payload.fds().is_empty() && self.backend.is_cluster() {
             return Err(Error::InvalidArgument(
                 "handles (Lock, Queue, Pipe ends, SharedMemory, ...) are local to one machine: \
                  they cannot be task arguments on a cluster pool"
                     .into(),
             ));
         }
-        if payload.fds.len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
+        if payload.fds().len() > pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
                 "{} handles in one chunk; at most {} fit in a message: use a smaller chunksize",
-                payload.fds.len(),
+                payload.fds().len(),
                 pool_ipc::transport::pipe::MAX_FDS_PER_MESSAGE
             )));
         }
-        if !payload.fds.is_empty() && self.transport != TransportKind::Pipe {
+        if !payload.fds().is_empty() && self.transport != TransportKind::Pipe {
             return Err(Error::InvalidArgument(
                 "handles (Lock, Queue, Pipe ends, ...) in task arguments need the pipe transport"
                     .into(),

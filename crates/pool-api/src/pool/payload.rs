@@ -28,13 +28,18 @@ use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 
 /// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
 /// clone: a requeued chunk is sent again from the same payload.
+///
+/// Only the bytes take an allocation of their own: most chunks gather no byte vectors and
+/// carry no descriptors, and an empty `Arc` of each cost two allocations and two frees per
+/// chunk, which a `map` with chunks of one item pays per item.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Payload {
     /// The encoded chunk; for a chunk of gathered byte vectors, the bytes around them.
     pub(crate) bytes: Arc<Vec<u8>>,
-    /// Byte vectors sent where they are, between pieces of `bytes` (see [`Payload::parts`]).
-    pub(crate) gathered: Arc<Gathered>,
-    pub(crate) fds: Arc<Vec<std::os::fd::OwnedFd>>,
+    /// Byte vectors sent where they are, between pieces of `bytes` (see
+    /// [`Payload::with_parts`]).
+    gathered: Option<Arc<Gathered>>,
+    fds: Option<Arc<Vec<std::os::fd::OwnedFd>>>,
 }
 
 /// The byte vectors of a chunk (`Vec<u8>` or [`crate::Bytes`] arguments), moved from the
@@ -46,9 +51,18 @@ pub(crate) struct Gathered {
 }
 
 impl Payload {
+    /// A chunk of encoded bytes, with the descriptors of the handles inside it.
+    pub(crate) fn new(bytes: Vec<u8>, fds: Vec<std::os::fd::OwnedFd>) -> Payload {
+        Payload {
+            bytes: Arc::new(bytes),
+            gathered: None,
+            fds: (!fds.is_empty()).then(|| Arc::new(fds)),
+        }
+    }
+
     /// A chunk of byte vectors, in postcard's layout as [`encode_byte_vecs`] writes it, but
     /// with the vectors kept where they are: the link sends the pieces in one message
-    /// ([`Payload::parts`]), so their bytes are copied once, into the channel, instead of
+    /// ([`Payload::with_parts`]), so their bytes are copied once, into the channel, instead of
     /// into a buffer first.
     pub(crate) fn gather(items: Vec<Vec<u8>>) -> Payload {
         let mut bytes = Vec::with_capacity(11 + 10 * items.len());
@@ -65,16 +79,38 @@ impl Payload {
         }
         Payload {
             bytes: Arc::new(bytes),
-            gathered: Arc::new(Gathered { items, cuts }),
-            fds: Arc::default(),
+            gathered: (!items.is_empty()).then(|| Arc::new(Gathered { items, cuts })),
+            fds: None,
         }
     }
 
-    /// The message's pieces, in order: the encoded bytes, or, for gathered byte vectors,
-    /// each vector after the bytes before it.
+    /// The descriptors of the handles inside the arguments.
+    pub(crate) fn fds(&self) -> &[std::os::fd::OwnedFd] {
+        self.fds.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The message's pieces after the header (see [`Payload::with_parts`]).
+    #[cfg(test)]
     pub(crate) fn parts(&self) -> Vec<&[u8]> {
-        let Gathered { items, cuts } = &*self.gathered;
-        let mut parts = Vec::with_capacity(2 * items.len() + 1);
+        let mut parts = Vec::new();
+        self.with_parts(&[], |all| parts.extend_from_slice(&all[1..]));
+        parts
+    }
+
+    /// Calls `f` with the message's pieces, in order: `header`, then the encoded bytes, or,
+    /// for gathered byte vectors, each vector after the bytes before it. A chunk that
+    /// gathers nothing needs no vector of them.
+    pub(crate) fn with_parts<'a, T>(
+        &'a self,
+        header: &'a [u8],
+        f: impl FnOnce(&[&'a [u8]]) -> T,
+    ) -> T {
+        let Some(gathered) = &self.gathered else {
+            return f(&[header, &self.bytes]);
+        };
+        let Gathered { items, cuts } = &**gathered;
+        let mut parts = Vec::with_capacity(2 * items.len() + 2);
+        parts.push(header);
         let mut at = 0;
         for (item, &cut) in items.iter().zip(cuts) {
             parts.push(&self.bytes[at..cut]);
@@ -82,12 +118,12 @@ impl Payload {
             at = cut;
         }
         parts.push(&self.bytes[at..]);
-        parts
+        f(&parts)
     }
 
     /// Whether the chunk is byte vectors gathered by [`Payload::gather`] (at least one).
     pub(crate) fn is_gathered(&self) -> bool {
-        !self.gathered.items.is_empty()
+        self.gathered.is_some()
     }
 
     /// Encodes a chunk of arguments into a buffer from `spare` (see [`encode_chunk`]).
@@ -96,11 +132,7 @@ impl Payload {
         spare: &SpareBuffers,
     ) -> Result<Payload, Error> {
         let (bytes, fds) = encode_chunk(items, spare.take())?;
-        Ok(Payload {
-            bytes: Arc::new(bytes),
-            gathered: Arc::default(),
-            fds: Arc::new(fds),
-        })
+        Ok(Payload::new(bytes, fds))
     }
 }
 
@@ -1076,11 +1108,7 @@ mod tests {
     }
 
     fn payload(capacity: usize) -> Payload {
-        Payload {
-            bytes: Arc::new(Vec::with_capacity(capacity)),
-            gathered: Arc::default(),
-            fds: Arc::default(),
-        }
+        Payload::new(Vec::with_capacity(capacity), Vec::new())
     }
 
     #[test]
@@ -1089,11 +1117,7 @@ mod tests {
         assert!(spare.take().is_none());
         let first = Vec::with_capacity(1 << 20);
         let at = first.as_ptr();
-        spare.give_back(Payload {
-            bytes: Arc::new(first),
-            gathered: Arc::default(),
-            fds: Arc::default(),
-        });
+        spare.give_back(Payload::new(first, Vec::new()));
         assert_eq!(spare.kept(), 1);
         let again = spare.take().unwrap();
         assert_eq!(again.as_ptr(), at, "the same buffer came back");
