@@ -1180,6 +1180,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "madvise (huge pages, MADV_POPULATE_WRITE) on a 32 MiB vector: Miri has no madvise"
+    )]
     fn a_large_first_error_prefaults_and_stops_before_its_vector_moves() {
         let plain = PlainOf::<u64>::get().unwrap();
         let n = HUGE_PAGES_FROM / 8;
