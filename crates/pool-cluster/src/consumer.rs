@@ -236,8 +236,11 @@ impl Consumer {
                 }
             }
             if Instant::now() >= self.next_reclaim {
+                // Set after the takeover succeeded: one that failed (a timeout on a loaded
+                // machine) is due again at the next claim, not half a lease later.
+                let taken = self.take_over()?;
                 self.next_reclaim = Instant::now() + self.lease / 2;
-                if self.take_over()? > 0 {
+                if taken > 0 {
                     continue;
                 }
             }

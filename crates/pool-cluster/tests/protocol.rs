@@ -415,6 +415,38 @@ fn a_chunk_of_another_build_is_parked_never_run_and_found_by_its_build_at_once()
 }
 
 #[test]
+fn a_takeover_that_failed_is_tried_again_at_the_next_claim() {
+    // A worker's user that may not run scripts until the test allows it: its first takeover
+    // fails (as one that times out on a loaded machine does), the next claim's succeeds.
+    let server =
+        RedisServer::start_with(&["--user", "w", "on", ">pw", "~*", "&*", "+@all", "-eval"]);
+    let url = server.url();
+    let client = broker(&url, "retry");
+    client.submit(1, 0, b"f", b"").unwrap();
+    let refusing = ConsumerOptions::new("retry", "h1/w0", OTHER_FP).timeouts(timeouts());
+    let refused = Consumer::join(&url, refusing).unwrap().claim(BLOCK);
+    assert!(
+        matches!(refused, Err(ClaimError::Foreign { .. })),
+        "{refused:?}"
+    );
+    let worker_url = format!("redis://w:pw@127.0.0.1:{}/0", server.port());
+    let mut worker = consumer(&worker_url, "retry", "h2/w0", LONG);
+    let failed = worker.claim(BLOCK);
+    assert!(matches!(failed, Err(ClaimError::Redis(_))), "{failed:?}");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("w")
+        .arg("+eval")
+        .query(&mut plain(&url))
+        .unwrap();
+    let entry = worker
+        .claim(BLOCK)
+        .unwrap()
+        .expect("the takeover was tried again, not put off for half a lease");
+    assert_eq!((entry.job, entry.index, entry.deliveries), (1, 0, 1));
+}
+
+#[test]
 fn a_dead_workers_chunk_fails_at_once_or_goes_to_its_heir() {
     let server = RedisServer::start();
     let url = server.url();
