@@ -3,6 +3,9 @@
 //! waiting for a lease. In a test binary of its own because it installs a global `tracing`
 //! subscriber to read the log.
 
+// The captured log is printed when the test fails.
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::fmt::Write as _;
@@ -47,9 +50,23 @@ impl Subscriber for Capture {
     fn exit(&self, _: &Id) {}
 }
 
+/// Prints the captured log when the test fails, which says what the hosts did.
+struct LogOnFailure;
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for line in LINES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                eprintln!("log: {line}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_foreign_chunk_is_not_run_is_logged_with_both_fingerprints_and_runs_on_its_build() {
     tracing::subscriber::set_global_default(Capture).unwrap();
+    let _log = LogOnFailure;
     let server = RedisServer::start();
     let url = server.url();
     // A lease no run of this test waits out: the chunk reaches its build through the parked

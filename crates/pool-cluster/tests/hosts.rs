@@ -273,7 +273,9 @@ fn a_gone_clients_keys_expire_while_hosts_idle() {
     let server = RedisServer::start();
     let url = server.url();
     let _host = Host::start(&url, host_options("gone", "h1", 2, SHORT_LEASE)).unwrap();
-    let ttl = Duration::from_millis(400);
+    // Long enough that the client's keys outlive a loaded machine's stalls while it uses
+    // them (its heartbeat rides with its commands).
+    let ttl = Duration::from_secs(3);
     let options = BrokerOptions::new("gone", FP).ttl(ttl).timeouts(timeouts());
     let mut client = Broker::connect(&url, options).unwrap();
     client.submit(1, 0, b"echo", b"").unwrap();

@@ -593,7 +593,9 @@ fn an_abandoned_jobs_chunks_are_not_started() {
 fn a_gone_clients_keys_expire_and_hosts_do_not_bring_them_back() {
     let server = RedisServer::start();
     let url = server.url();
-    let ttl = Duration::from_millis(300);
+    // Long enough that the client's keys outlive a loaded machine's stalls while it uses
+    // them (its heartbeat rides with its commands).
+    let ttl = Duration::from_secs(3);
     let options = BrokerOptions::new("ttl", FP).ttl(ttl).timeouts(timeouts());
     // Before the keys get their TTL: they expire a TTL after it at the earliest (less a
     // millisecond of each clock's rounding).
