@@ -10,8 +10,10 @@ use std::time::Duration;
 use pool_api::{Pool, Process, ProcessHandle, cluster};
 use pool_testkit::RedisServer;
 
-/// The lease of the tests' hosts: a vanished host's chunks are taken over after it.
-pub(crate) const LEASE: Duration = Duration::from_millis(1000);
+/// The lease of the tests' hosts: a vanished host's chunks are taken over after it. Long
+/// beside the third of it at which a supervisor renews its running chunks, so that a loaded
+/// machine (a renewal late by seconds) does not let a host take over chunks of a live one.
+pub(crate) const LEASE: Duration = Duration::from_secs(5);
 
 /// The Redis timeouts of the hosts and pools: ones a loaded machine does not run out (a
 /// reply a second late is no error here). A killed Redis still shows at once, its
