@@ -19,16 +19,20 @@
 //! failed instead of run: [`Outcome::WorkerLost`] when it may run once,
 //! [`Outcome::Poisoned`] when every one of its tries killed its worker.
 //!
-//! A chunk of another build is never run: it is *parked*, handed to a consumer no worker is
-//! named after with its delivery undone, so nobody renews it and after the lease any host may
-//! take it over, one of its build among them.
+//! A chunk of another build is never run: it is *parked*, handed with its delivery undone to
+//! the consumer `parked:FINGERPRINT` of the chunk's build, which no worker is named after.
+//! A worker of that build moves what that consumer holds into its own pending list at its
+//! next takeover (at most half a lease later), so a refused chunk waits for its build's next
+//! free worker, not for a lease. Nobody renews parked entries, so any worker may still take
+//! them over after the lease (and a worker of another build parks them again): a chunk of a
+//! build no host serves stays parked until its client gives up on it.
 
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
 
 use crate::conn::{Conn, OpenError, Timeouts, is_no_pool, millis};
-use crate::keys::{self, Fingerprint, GROUP, Keys, NameError, PARKED};
+use crate::keys::{self, Fingerprint, GROUP, Keys, NameError};
 use crate::wire::{self, Bad, Entry, EntryError, EntryId, Outcome, Pending};
 
 /// How many entries of its own pending list or of a dead consumer's one call looks at.
@@ -162,6 +166,8 @@ pub struct Consumer {
     keys: Keys,
     name: String,
     fingerprint: Fingerprint,
+    /// The consumer holding chunks of this build that workers of other builds refused.
+    parked: String,
     lease: Duration,
     /// Whether this consumer's own pending list may hold entries to run (handed over by a
     /// supervisor, taken over, or left by a predecessor of the same name).
@@ -192,6 +198,7 @@ impl Consumer {
             conn,
             keys,
             name: options.consumer,
+            parked: keys::parked(&options.fingerprint),
             fingerprint: options.fingerprint,
             lease: options.lease,
             check_own: true,
@@ -208,8 +215,9 @@ impl Consumer {
     /// The next chunk to run, waiting up to `block` for one (`None`: none came).
     ///
     /// In order: entries in this consumer's own pending list (handed over or taken over);
-    /// entries of other consumers idle longer than the lease (looked for at most every half
-    /// lease); new entries. A chunk is returned only if it is of this build and has tries
+    /// entries of this build that workers of other builds refused, and entries of other
+    /// consumers idle longer than the lease (both looked for at most every half lease); new
+    /// entries. A chunk is returned only if it is of this build and has tries
     /// left; the others are dealt with here (see [`ClaimError`]).
     pub fn claim(&mut self, block: Duration) -> Result<Option<Entry>, ClaimError> {
         let deadline = Instant::now() + block;
@@ -228,8 +236,11 @@ impl Consumer {
                 }
             }
             if Instant::now() >= self.next_reclaim {
+                // Set after the takeover succeeded: one that failed (a timeout on a loaded
+                // machine) is due again at the next claim, not half a lease later.
+                let taken = self.take_over()?;
                 self.next_reclaim = Instant::now() + self.lease / 2;
-                if self.reclaim(self.lease, RECLAIM_BATCH)? > 0 {
+                if taken > 0 {
                     continue;
                 }
             }
@@ -324,14 +335,8 @@ impl Consumer {
         };
         entry.deliveries = deliveries;
         if entry.fingerprint != self.fingerprint {
-            self.park(id, deliveries.saturating_sub(1))
+            self.park(id, deliveries.saturating_sub(1), &entry.fingerprint)
                 .map_err(claim_error)?;
-            // The parked entry can be taken over once it has been idle a lease. This worker
-            // would look again exactly then (its takeovers come every half lease, from the
-            // one that found this entry) and win that race every time, keeping the entry
-            // from a host of its build: it waits half a lease more, which leaves the entry
-            // to the others first.
-            self.next_reclaim = Instant::now() + self.lease + self.lease / 2;
             tracing::warn!(
                 %id, job = entry.job, index = entry.index, consumer = %self.name,
                 theirs = %entry.fingerprint, ours = %self.fingerprint,
@@ -565,44 +570,42 @@ impl Consumer {
         }
     }
 
-    /// Renews every entry held by the consumers `owners` (two round trips whatever their
+    /// Renews every entry held by the consumers `owners` (one round trip whatever their
     /// number). Returns how many entries were renewed. A pool without a stream renews none.
     pub fn renew_all(&mut self, owners: &[&str]) -> Result<usize, ConsumerError> {
-        let mut pipe = redis::pipe();
-        for owner in owners {
-            self.add_pending(&mut pipe, owner);
-        }
-        let replies = match self.conn.pipe(&pipe) {
-            Err(e) if is_no_pool(&e) => return Ok(0),
-            other => other.map_err(ConsumerError::Redis)?,
-        };
-        let mut claims = redis::pipe();
-        let mut any = false;
-        for (owner, reply) in owners.iter().zip(replies) {
-            let ids: Vec<EntryId> = wire::pending_reply(reply)?.iter().map(|p| p.id).collect();
-            if !ids.is_empty() {
-                any = true;
-                claims
-                    .cmd("XCLAIM")
-                    .arg(&self.keys.chunks)
-                    .arg(GROUP)
-                    .arg(*owner)
-                    .arg(0)
-                    .arg(&ids[..])
-                    .arg("JUSTID");
-            }
-        }
-        if !any {
+        // One script: which entries an owner holds and their renewal in one step. As two
+        // round trips (XPENDING, then XCLAIM with min-idle 0 to the owner), an entry that the
+        // owner handed on in between (parked, being of another build) was taken back to an
+        // owner that no longer looks at it, and renewed there for good: the chunk never ran.
+        const RENEW: &str = "local n = 0 \
+            for i = 3, #ARGV do \
+              local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[2], ARGV[i]) \
+              if #pending > 0 then \
+                local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[i], '0'} \
+                for _, p in ipairs(pending) do claim[#claim + 1] = p[1] end \
+                claim[#claim + 1] = 'JUSTID' \
+                n = n + #redis.call(unpack(claim)) \
+              end \
+            end \
+            return n";
+        if owners.is_empty() {
             return Ok(0);
         }
-        let replies = self.conn.pipe(&claims).map_err(ConsumerError::Redis)?;
-        Ok(replies
-            .iter()
-            .map(|r| match r {
-                Value::Array(ids) => ids.len(),
-                _ => 0,
-            })
-            .sum())
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RENEW)
+            .arg(1)
+            .arg(&self.keys.chunks)
+            .arg(GROUP)
+            .arg(PEL_BATCH);
+        for owner in owners {
+            cmd.arg(*owner);
+        }
+        match self.conn.query(&cmd) {
+            Err(e) if is_no_pool(&e) => Ok(0),
+            Err(e) => Err(ConsumerError::Redis(e)),
+            Ok(Value::Int(n)) => Ok(usize::try_from(n).unwrap_or(0)),
+            Ok(_) => Err(EntryError::Shape("the renewal script's reply is not a number").into()),
+        }
     }
 
     /// Takes over up to `count` entries idle for at least `min_idle` (XAUTOCLAIM with
@@ -611,18 +614,74 @@ impl Consumer {
     pub fn reclaim(&mut self, min_idle: Duration, count: usize) -> Result<usize, ClaimError> {
         let reply = self
             .conn
-            .query(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.chunks)
-                    .arg(GROUP)
-                    .arg(&self.name)
-                    .arg(millis(min_idle))
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count.max(1))
-                    .arg("JUSTID"),
-            )
+            .query(&self.autoclaim(min_idle, count))
             .map_err(claim_error)?;
+        self.reclaimed(reply)
+    }
+
+    /// The takeover [`claim`](Consumer::claim) makes every half lease, in one round trip:
+    /// the entries parked for this build (all of them: refused by workers of other builds,
+    /// and due now), then up to [`RECLAIM_BATCH`] entries idle longer than the lease. Both
+    /// go into this consumer's own pending list. Returns how many were taken.
+    fn take_over(&mut self) -> Result<usize, ClaimError> {
+        // Moved in a script so that the check of who holds an entry and the move are one
+        // step: a plain XPENDING then XCLAIM could take an entry that another worker of this
+        // build moved to itself in between and has started, and run it a second time.
+        const UNPARK: &str = "local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[2], ARGV[3]) \
+            if #pending == 0 then return 0 end \
+            local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[4], '0'} \
+            for _, p in ipairs(pending) do claim[#claim + 1] = p[1] end \
+            claim[#claim + 1] = 'JUSTID' \
+            return #redis.call(unpack(claim))";
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(UNPARK)
+            .arg(1)
+            .arg(&self.keys.chunks)
+            .arg(GROUP)
+            .arg(PEL_BATCH)
+            .arg(&self.parked)
+            .arg(&self.name);
+        pipe.add_command(self.autoclaim(self.lease, RECLAIM_BATCH));
+        let replies = self.conn.pipe(&pipe).map_err(claim_error)?;
+        let malformed = |error| ClaimError::Malformed {
+            id: EntryId { ms: 0, seq: 0 },
+            error,
+        };
+        let [unparked, reclaimed] = <[Value; 2]>::try_from(replies)
+            .map_err(|_| malformed(EntryError::Shape("two replies expected")))?;
+        let unparked = match unparked {
+            Value::Int(n) => usize::try_from(n).unwrap_or(0),
+            _ => {
+                return Err(malformed(EntryError::Shape(
+                    "the unpark script's reply is not a number",
+                )));
+            }
+        };
+        if unparked > 0 {
+            self.check_own = true;
+            tracing::info!(consumer = %self.name, count = unparked, "chunks of this build refused by another build taken");
+        }
+        Ok(unparked + self.reclaimed(reclaimed)?)
+    }
+
+    /// XAUTOCLAIM of up to `count` entries idle for at least `min_idle`, into this consumer's
+    /// pending list.
+    fn autoclaim(&self, min_idle: Duration, count: usize) -> redis::Cmd {
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(&self.keys.chunks)
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg(millis(min_idle))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("JUSTID");
+        cmd
+    }
+
+    /// Reads an XAUTOCLAIM's reply; see [`reclaim`](Consumer::reclaim).
+    fn reclaimed(&mut self, reply: Value) -> Result<usize, ClaimError> {
         let malformed = |error| ClaimError::Malformed {
             id: EntryId { ms: 0, seq: 0 },
             error,
@@ -760,7 +819,7 @@ impl Consumer {
                 report.handed.push(place);
             }
             _ if entry.fingerprint != self.fingerprint => {
-                self.park(p.id, p.deliveries.saturating_sub(1))
+                self.park(p.id, p.deliveries.saturating_sub(1), &entry.fingerprint)
                     .map_err(ConsumerError::Redis)?;
             }
             _ => {
@@ -798,14 +857,20 @@ impl Consumer {
         }
     }
 
-    /// Hands `id` to the parked consumer with its delivery count set to `deliveries`.
-    fn park(&mut self, id: EntryId, deliveries: u32) -> Result<(), RedisError> {
+    /// Hands `id` to the parked consumer of build `build` with its delivery count set to
+    /// `deliveries`.
+    fn park(
+        &mut self,
+        id: EntryId,
+        deliveries: u32,
+        build: &Fingerprint,
+    ) -> Result<(), RedisError> {
         self.conn
             .query(
                 redis::cmd("XCLAIM")
                     .arg(&self.keys.chunks)
                     .arg(GROUP)
-                    .arg(PARKED)
+                    .arg(keys::parked(build))
                     .arg(0)
                     .arg(id)
                     .arg("RETRYCOUNT")

@@ -10,10 +10,14 @@ use std::fmt;
 /// The consumer group every host's workers join on the chunk stream.
 pub(crate) const GROUP: &str = "hosts";
 
-/// The consumer that holds chunks refused by a worker of another build until their lease
-/// passes and some host takes them over. No worker is ever named so (worker names contain a
-/// `/`, see [`check_consumer`]), so nobody renews them.
-pub(crate) const PARKED: &str = "parked";
+/// The consumer that holds chunks of build `fingerprint` refused by workers of other builds,
+/// `parked:FINGERPRINT`, one per build so that a worker of that build finds them there at
+/// its next takeover ([`Consumer::claim`](crate::Consumer::claim)) instead of waiting for
+/// their lease to pass. No worker is ever named so (worker names contain a `/`, see
+/// [`check_consumer`]), so nobody renews them.
+pub(crate) fn parked(fingerprint: &Fingerprint) -> String {
+    format!("parked:{fingerprint}")
+}
 
 /// The longest pool name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -80,7 +84,7 @@ impl Keys {
 }
 
 /// Checks a worker's consumer name: `HOST/WORKER`, printable ASCII without spaces, at most
-/// [`MAX_CONSUMER_LEN`] bytes. The `/` keeps worker names apart from [`PARKED`].
+/// [`MAX_CONSUMER_LEN`] bytes. The `/` keeps worker names apart from [`parked`] ones.
 pub(crate) fn check_consumer(name: &str) -> Result<(), NameError> {
     let fail = |why| NameError {
         what: "consumer name",
@@ -147,6 +151,7 @@ mod tests {
             "h/",
             "h /w",
             "parked",
+            &parked(&Fingerprint([0x22; 32])),
             &format!("h/{}", "x".repeat(127)),
         ] {
             assert!(check_consumer(bad).is_err(), "{bad:?}");

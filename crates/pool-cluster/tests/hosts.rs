@@ -13,8 +13,17 @@ use pool_cluster::{
 use pool_ipc::{ChildStart, SpawnOptions, spawn};
 use pool_testkit::RedisServer;
 
+/// A lease no run waits out: nothing is taken over, however slowly the test runs.
 const LONG_LEASE: Duration = Duration::from_secs(30);
+/// For hosts where a takeover changes no outcome the test checks (one worker, or a client
+/// that is gone), so that they renew and look for takeovers often while it watches them.
 const SHORT_LEASE: Duration = Duration::from_millis(500);
+/// The lease after which a killed host's chunks are taken over: long beside the third of it
+/// at which the survivor renews its own running chunks, so that a loaded machine does not
+/// let it take over its own.
+const TAKEOVER_LEASE: Duration = Duration::from_secs(2);
+/// The hang guard of every wait.
+const GUARD: Duration = Duration::from_secs(60);
 
 fn text(outcome: &Outcome) -> String {
     match outcome {
@@ -27,12 +36,12 @@ fn text(outcome: &Outcome) -> String {
 fn chunks_run_on_a_hosts_workers_with_one_outcome_each() {
     let server = RedisServer::start();
     let url = server.url();
-    let host = Host::start(&url, host_options("run", "h1", 2, SHORT_LEASE)).unwrap();
+    let host = Host::start(&url, host_options("run", "h1", 2, LONG_LEASE)).unwrap();
     let mut client = broker(&url, "run");
     client.submit(1, 0, b"echo", b"hello").unwrap();
     client.submit(1, 1, b"fail", b"").unwrap();
     client.submit(1, 2, b"panic", b"").unwrap();
-    let mut got = recv_n(&mut client, 3, Duration::from_secs(10));
+    let mut got = recv_n(&mut client, 3, GUARD);
     got.sort_by_key(|c| c.index);
     assert_eq!(got[0].outcome, Outcome::Ok(b"hello".to_vec()));
     assert_eq!(got[1].outcome, Outcome::Failed(b"asked to fail".to_vec()));
@@ -52,13 +61,13 @@ fn chunks_run_on_a_hosts_workers_with_one_outcome_each() {
 fn two_hosts_share_the_work() {
     let server = RedisServer::start();
     let url = server.url();
-    let h1 = Host::start(&url, host_options("share", "h1", 1, SHORT_LEASE)).unwrap();
-    let h2 = Host::start(&url, host_options("share", "h2", 1, SHORT_LEASE)).unwrap();
+    let h1 = Host::start(&url, host_options("share", "h1", 1, LONG_LEASE)).unwrap();
+    let h2 = Host::start(&url, host_options("share", "h2", 1, LONG_LEASE)).unwrap();
     let mut client = broker(&url, "share");
     for index in 0..12 {
         client.submit(1, index, b"sleep", b"40").unwrap();
     }
-    let got = recv_n(&mut client, 12, Duration::from_secs(20));
+    let got = recv_n(&mut client, 12, GUARD);
     let mut by_host = BTreeMap::new();
     for c in &got {
         assert!(matches!(c.outcome, Outcome::Ok(_)), "{c:?}");
@@ -83,31 +92,26 @@ fn a_worker_killed_mid_chunk_fails_it_at_once_and_is_replaced() {
     let mut client = broker(&url, "killed");
     let start = Instant::now();
     client.submit(1, 0, b"die", b"").unwrap();
-    let got = recv_n(&mut client, 1, Duration::from_secs(10));
+    let got = recv_n(&mut client, 1, GUARD);
     assert_eq!(
         (got[0].outcome.clone(), got[0].deliveries),
         (Outcome::WorkerLost, 1)
     );
     assert_eq!(got[0].consumer, "h1/supervisor");
     assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
+        start.elapsed() < LONG_LEASE,
+        "not a takeover after the lease"
     );
     client.submit(1, 1, b"echo", b"again").unwrap();
-    let got = recv_n(&mut client, 1, Duration::from_secs(10));
+    let got = recv_n(&mut client, 1, GUARD);
     assert_eq!(
         (got[0].outcome.clone(), got[0].consumer.as_str()),
         (Outcome::Ok(b"again".to_vec()), "h1/w0.1")
     );
-    wait_until(
-        Duration::from_secs(5),
-        "one death, one failure, one replacement",
-        || {
-            let stats = host.stats();
-            (stats.started, stats.died, stats.failed_lost) == (2, 1, 1)
-        },
-    );
+    wait_until(GUARD, "one death, one failure, one replacement", || {
+        let stats = host.stats();
+        (stats.started, stats.died, stats.failed_lost) == (2, 1, 1)
+    });
 }
 
 #[test]
@@ -120,20 +124,16 @@ fn a_poison_chunk_fails_after_its_delivery_budget_and_the_host_goes_on() {
         .timeouts(timeouts());
     let mut client = Broker::connect(&url, options).unwrap();
     client.submit(1, 0, b"die", b"").unwrap();
-    let got = recv_n(&mut client, 1, Duration::from_secs(15));
+    let got = recv_n(&mut client, 1, GUARD);
     assert_eq!(got[0].outcome, Outcome::Poisoned { deliveries: 3 });
     // The supervisor counts after writing the outcome.
-    wait_until(
-        Duration::from_secs(5),
-        "three deaths, two hand-overs, one failure",
-        || {
-            let stats = host.stats();
-            (stats.died, stats.handed, stats.failed_lost) == (3, 2, 1)
-        },
-    );
+    wait_until(GUARD, "three deaths, two hand-overs, one failure", || {
+        let stats = host.stats();
+        (stats.died, stats.handed, stats.failed_lost) == (3, 2, 1)
+    });
     client.submit(1, 1, b"echo", b"alive").unwrap();
     assert_eq!(
-        recv_n(&mut client, 1, Duration::from_secs(10))[0].outcome,
+        recv_n(&mut client, 1, GUARD)[0].outcome,
         Outcome::Ok(b"alive".to_vec())
     );
 }
@@ -147,7 +147,7 @@ fn host_process(start: ChildStart) -> i32 {
         lines.next().unwrap(),
         lines.next().unwrap(),
     );
-    serve(url, host_options(pool, host, 2, SHORT_LEASE)).map_or(1, |()| 0)
+    serve(url, host_options(pool, host, 2, LONG_LEASE)).map_or(1, |()| 0)
 }
 
 #[test]
@@ -167,20 +167,14 @@ fn a_killed_hosts_chunks_are_reclaimed_by_another_host_with_one_outcome_each() {
         ConsumerOptions::new("hostdies", "obs/x", FP).timeouts(timeouts()),
     )
     .unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "host A's workers hold chunks",
-        || {
-            observer.pending("hA/w0").unwrap().len() == 1
-                && observer.pending("hA/w1").unwrap().len() == 1
-        },
-    );
+    wait_until(GUARD, "host A's workers hold chunks", || {
+        observer.pending("hA/w0").unwrap().len() == 1
+            && observer.pending("hA/w1").unwrap().len() == 1
+    });
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
-    let killed = Instant::now();
-    let host_b = Host::start(&url, host_options("hostdies", "hB", 2, SHORT_LEASE)).unwrap();
-    let got = recv_n(&mut client, chunks as usize, Duration::from_secs(15));
-    let elapsed = killed.elapsed();
+    let host_b = Host::start(&url, host_options("hostdies", "hB", 2, TAKEOVER_LEASE)).unwrap();
+    let got = recv_n(&mut client, chunks as usize, GUARD);
     let mut indexes: Vec<u32> = got.iter().map(|c| c.index).collect();
     indexes.sort();
     assert_eq!(
@@ -206,9 +200,6 @@ fn a_killed_hosts_chunks_are_reclaimed_by_another_host_with_one_outcome_each() {
             .filter(|c| c.outcome != Outcome::WorkerLost)
             .all(|c| c.consumer.starts_with("hB/") && matches!(c.outcome, Outcome::Ok(_)))
     );
-    // The lease (500 ms), then four chunks of 300 ms on two workers: about 1.2 s; the bound
-    // is a watchdog for a machine under load.
-    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert_eq!(client.recv(Duration::from_millis(300)).unwrap(), None);
     assert_eq!(client.stats().stale, 0, "no chunk ended twice");
     assert_eq!(host_b.stats().died, 0);
@@ -226,24 +217,18 @@ fn a_host_outlives_redis_dying_and_serves_a_new_client_after_it_is_back() {
         ConsumerOptions::new("redisdies", "obs/x", FP).timeouts(timeouts()),
     )
     .unwrap();
-    wait_until(Duration::from_secs(10), "the chunk runs", || {
+    wait_until(GUARD, "the chunk runs", || {
         !observer.pending("h1/w0").unwrap().is_empty()
     });
     server.kill();
     let start = Instant::now();
-    assert!(matches!(
-        client.recv(Duration::from_secs(20)),
-        Err(RecvError::Redis(_))
-    ));
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(matches!(client.recv(GUARD * 2), Err(RecvError::Redis(_))));
+    // A block of two minutes ended by the error, not waited out.
+    assert!(start.elapsed() < GUARD, "took {:?}", start.elapsed());
     server.restart();
     let mut client = broker(&url, "redisdies");
     client.submit(2, 0, b"echo", b"back").unwrap();
-    let got = recv_n(&mut client, 1, Duration::from_secs(15));
+    let got = recv_n(&mut client, 1, GUARD);
     assert_eq!(got[0].outcome, Outcome::Ok(b"back".to_vec()));
     assert_eq!(host.stats().died, 0);
 }
@@ -252,7 +237,7 @@ fn a_host_outlives_redis_dying_and_serves_a_new_client_after_it_is_back() {
 fn garbage_in_the_stream_does_not_hurt_a_host() {
     let server = RedisServer::start();
     let url = server.url();
-    let host = Host::start(&url, host_options("junk", "h1", 2, SHORT_LEASE)).unwrap();
+    let host = Host::start(&url, host_options("junk", "h1", 2, LONG_LEASE)).unwrap();
     let mut client = broker(&url, "junk");
     let mut con = plain(&url);
     for junk in [&b"x"[..], b"", &[0xff; 4096][..]] {
@@ -268,12 +253,12 @@ fn garbage_in_the_stream_does_not_hurt_a_host() {
     }
     client.submit(1, 0, b"echo", b"fine").unwrap();
     assert_eq!(
-        recv_n(&mut client, 1, Duration::from_secs(10))[0].outcome,
+        recv_n(&mut client, 1, GUARD)[0].outcome,
         Outcome::Ok(b"fine".to_vec())
     );
     // The other worker may still be dropping the last piece of garbage when the good
     // chunk's outcome arrives: wait for it (a watchdog bound, not a timing claim).
-    wait_until(Duration::from_secs(10), "the garbage was dropped", || {
+    wait_until(GUARD, "the garbage was dropped", || {
         let len: u64 = redis::cmd("XLEN")
             .arg("pool:{junk}:chunks")
             .query(&mut con)
@@ -288,16 +273,18 @@ fn a_gone_clients_keys_expire_while_hosts_idle() {
     let server = RedisServer::start();
     let url = server.url();
     let _host = Host::start(&url, host_options("gone", "h1", 2, SHORT_LEASE)).unwrap();
-    let ttl = Duration::from_millis(400);
+    // Long enough that the client's keys outlive a loaded machine's stalls while it uses
+    // them (its heartbeat rides with its commands).
+    let ttl = Duration::from_secs(3);
     let options = BrokerOptions::new("gone", FP).ttl(ttl).timeouts(timeouts());
     let mut client = Broker::connect(&url, options).unwrap();
     client.submit(1, 0, b"echo", b"").unwrap();
-    recv_n(&mut client, 1, Duration::from_secs(10));
+    recv_n(&mut client, 1, GUARD);
     client.submit(1, 1, b"sleep", b"100").unwrap();
     let mut con = plain(&url);
     // The client dies (it does not close): only the TTL removes its keys.
     drop(client);
-    wait_until(ttl * 5, "the keys expire", || {
+    wait_until(GUARD, "the keys expire", || {
         common::keys_of(&mut con, "gone").is_empty()
     });
     // The hosts, claiming and renewing all along, do not bring any key back.

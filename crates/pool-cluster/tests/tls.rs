@@ -129,7 +129,7 @@ fn a_chunk_and_its_outcome_travel_over_tls() {
         .expect("the chunk");
     assert_eq!(&entry.payload[..], b"over tls");
     worker.complete(&entry, Ok(b"back over tls")).unwrap();
-    let got = recv_n(&mut client, 1, Duration::from_secs(5));
+    let got = recv_n(&mut client, 1, Duration::from_secs(60));
     assert_eq!(got[0].outcome, Outcome::Ok(b"back over tls".to_vec()));
     let _ = std::fs::remove_dir_all(&dir);
 }

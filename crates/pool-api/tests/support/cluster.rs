@@ -10,10 +10,19 @@ use std::time::Duration;
 use pool_api::{Pool, Process, ProcessHandle, cluster};
 use pool_testkit::RedisServer;
 
-/// The lease of the tests' hosts: a vanished host's chunks are taken over after it.
-pub(crate) const LEASE: Duration = Duration::from_millis(1000);
+/// The lease of the tests' hosts: a vanished host's chunks are taken over after it. Long
+/// beside the third of it at which a supervisor renews its running chunks, so that a loaded
+/// machine (a renewal late by seconds) does not let a host take over chunks of a live one.
+pub(crate) const LEASE: Duration = Duration::from_secs(5);
 
-/// A host: `cluster::serve` in a process of its own, until killed.
+/// The Redis timeouts of the hosts and pools: ones a loaded machine does not run out (a
+/// reply a second late is no error here). A killed Redis still shows at once, its
+/// connections refused or reset.
+pub(crate) const TIMEOUTS: cluster::Timeouts = cluster::Timeouts {
+    connect: Duration::from_secs(10),
+    io: Duration::from_secs(10),
+};
+
 /// A host of another build (its fingerprint is not this binary's): it serves the pool but
 /// never runs its chunks.
 pub(crate) fn foreign_host_main(args: (String, String)) -> bool {
@@ -30,6 +39,7 @@ fn never_run(_: &[u8], _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
     Err("a foreign host ran a chunk".into())
 }
 
+/// A host: `cluster::serve` in a process of its own, until killed.
 pub(crate) fn host_main(args: (String, String, String, usize)) -> bool {
     let (url, name, host, processes) = args;
     let options = cluster::options(&name)
@@ -38,10 +48,7 @@ pub(crate) fn host_main(args: (String, String, String, usize)) -> bool {
         .processes(processes)
         .lease(LEASE)
         .claim_block(Duration::from_millis(100))
-        .timeouts(cluster::Timeouts {
-            connect: Duration::from_millis(500),
-            io: Duration::from_millis(1000),
-        })
+        .timeouts(TIMEOUTS)
         .grace(Duration::from_secs(1));
     cluster::serve(&url, options).is_ok()
 }
@@ -108,7 +115,7 @@ impl Cluster {
         Pool::builder()
             .redis(self.url())
             .name(&self.name)
-            .redis_timeout(Duration::from_millis(1000))
+            .redis_timeout(TIMEOUTS.io)
     }
 
     pub(crate) fn pool(&self) -> Pool {
@@ -118,9 +125,9 @@ impl Cluster {
     pub(crate) fn redis(&self) -> redis::Connection {
         let con = redis::Client::open(self.url())
             .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
+            .get_connection_with_timeout(TIMEOUTS.connect)
             .unwrap();
-        con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        con.set_read_timeout(Some(TIMEOUTS.io)).unwrap();
         con
     }
 }
