@@ -35,6 +35,17 @@ fn nap_pid(ms: u64) -> u32 {
     std::process::id()
 }
 
+/// Leaves a file in `dir` as it starts (how a test knows which chunks are running), then
+/// sleeps and returns the worker's pid.
+fn nap_pid_marked((dir, ms): (String, u64)) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(format!("{dir}/{}-{nanos}", std::process::id()), b"").unwrap();
+    nap_pid(ms)
+}
+
 fn fail_on_odd(x: u64) -> u64 {
     assert!(x % 2 == 0, "odd input {x}");
     x
@@ -260,8 +271,19 @@ fn kill_a_host_mid_run(name: &str, retries: u32) -> (Vec<Result<u32, Error>>, po
         .unwrap()
         .into_iter()
         .collect();
-    let job = pool.map_async(nap_pid, vec![700u64; 8], Some(1)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let marks = std::env::temp_dir().join(format!("pool-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&marks).unwrap();
+    let dir = marks.to_str().unwrap().to_owned();
+    let job = pool
+        .map_async(nap_pid_marked, vec![(dir, 1_500u64); 8], Some(1))
+        .unwrap();
+    // h0 is the only host: once two chunks started, its two workers are each running one
+    // (for 1.5 s), and those two are what the kill takes.
+    let watchdog = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&marks).unwrap().count() < 2 {
+        assert!(Instant::now() < watchdog, "no two chunks started in 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     cluster.kill_host("h0");
     let killed = Instant::now();
     cluster.add_host("h1", 2);
@@ -272,6 +294,7 @@ fn kill_a_host_mid_run(name: &str, retries: u32) -> (Vec<Result<u32, Error>>, po
     for r in results.iter().flatten() {
         assert!(!victim_pids.contains(r), "ran on the killed host");
     }
+    std::fs::remove_dir_all(&marks).unwrap();
     (results, pool.stats())
 }
 
