@@ -406,11 +406,6 @@ impl<T> PlainOf<T> {
         unsafe { (self.plain.encode)(values.as_ptr().cast(), values.len(), out) }
     }
 
-    /// How many values `bytes` holds (whole ones).
-    pub(crate) fn count(self, bytes: &[u8]) -> usize {
-        bytes.len() / self.plain.size
-    }
-
     /// The `count` values' bytes at the front of `bytes` (not checked), and the bytes after.
     pub(crate) fn split(self, count: u64, bytes: &[u8]) -> Result<(&[u8], &[u8]), BulkError> {
         let size = self.plain.size;

@@ -9,8 +9,6 @@
 use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::shared::ProcessIdentity;
 use crate::sys;
@@ -51,73 +49,6 @@ pub fn release_free_memory() {
 /// with transparent huge pages in `madvise` mode (a common default) a 2 MiB page needs one.
 pub fn prefer_huge_pages(start: *const u8, len: usize) {
     sys::prefer_huge_pages(start as usize, len);
-}
-
-/// A thread that faults in a range of memory ahead of its first writes ([`prefault`]); it
-/// stops (after the piece it is at) and is joined when dropped.
-#[derive(Debug)]
-pub struct Prefault {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Prefault {
-    /// Waits until the whole range was faulted in (or the kernel refused a piece).
-    pub fn finish(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Prefault {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// How much [`prefault`]'s thread faults in at a time: between two looks at whether it
-/// should stop.
-const PREFAULT_PIECE: usize = 4 << 20;
-
-/// Faults in the memory of `[start, start + len)` on a thread of its own, front to back,
-/// writable and without writing it (Linux's `MADV_POPULATE_WRITE`, 5.14 on), so that the
-/// caller, writing it from the front, finds its pages there. Contents never change, pages
-/// already there are skipped, and a range (partly) not mapped ends the thread: any range may
-/// be given. `None` where the OS has no such call or no thread could be started.
-///
-/// The kernel zeroes every fresh page before handing it out: for a vector of hundreds of MB
-/// that is a large part of filling it (half the parent's time in a `map` of 100 M `u64`s), done
-/// here on a core the caller is not using. The range should stay the caller's until the
-/// handle is dropped (which stops the thread and waits for it): pages of whatever else were
-/// mapped there would be faulted in, though not changed.
-pub fn prefault(start: *mut u8, len: usize) -> Option<Prefault> {
-    if !cfg!(target_os = "linux") || len == 0 {
-        return None;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = Arc::clone(&stop);
-    let start = start as usize;
-    let thread = std::thread::Builder::new()
-        .name("pool-prefault".into())
-        .spawn(move || {
-            let mut at = 0;
-            while at < len && !stopped.load(Ordering::Relaxed) {
-                let piece = PREFAULT_PIECE.min(len - at);
-                if !sys::populate_write(start.wrapping_add(at), piece) {
-                    return;
-                }
-                at += piece;
-            }
-        })
-        .ok()?;
-    Some(Prefault {
-        stop,
-        thread: Some(thread),
-    })
 }
 
 /// Registers `f` to run in the child after every `fork` of this process (by
@@ -404,59 +335,6 @@ mod tests {
         assert_eq!(Signal::Term.as_raw(), libc::SIGTERM);
         assert_eq!(i32::from(Signal::Kill), libc::SIGKILL);
         assert_eq!(Signal::try_from(-1), Err(UnknownSignal(-1)));
-    }
-
-    /// How many of the pages of `[start, start + len)` (whole pages) are in memory
-    /// (`mincore`): the range's own, whatever its neighbours in the same mapping hold.
-    fn resident_pages(start: usize, len: usize) -> usize {
-        const PAGE: usize = 4096;
-        let first = start.next_multiple_of(PAGE);
-        let pages = (start + len - first) / PAGE;
-        let mut flags = vec![0u8; pages];
-        // SAFETY: `mincore` only reads the page tables of the range, mapped (it is the spare
-        // capacity of a live vector), and writes one byte a page into `flags`, `pages` long.
-        let rc = unsafe {
-            libc::mincore(
-                first as *mut libc::c_void,
-                pages * PAGE,
-                flags.as_mut_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-        flags.iter().filter(|&&f| f & 1 == 1).count()
-    }
-
-    #[test]
-    fn prefault_brings_in_a_range_without_changing_it() {
-        // 64 MiB, mapped by the C library on its own and not touched yet.
-        let mut fresh: Vec<u8> = Vec::with_capacity(64 << 20);
-        let (at, len) = (fresh.as_ptr() as usize, fresh.capacity());
-        assert!(resident_pages(at, len) < 16, "untouched");
-        let spare = fresh.spare_capacity_mut();
-        prefault(spare.as_mut_ptr().cast(), spare.len())
-            .expect("a thread")
-            .finish();
-        assert!(
-            resident_pages(at, len) >= len / 4096 - 1,
-            "faulted in, every page"
-        );
-
-        let written = vec![7u8; 16 << 20];
-        prefault(written.as_ptr().cast_mut(), written.len())
-            .expect("a thread")
-            .finish();
-        assert!(written.iter().all(|&b| b == 7), "contents unchanged");
-
-        // Not mapped, wrapping around, empty: the thread ends (or never starts), and dropping
-        // a handle stops its thread.
-        prefault(std::ptr::null_mut(), 1 << 30)
-            .expect("a thread")
-            .finish();
-        prefault(usize::MAX as *mut u8, 1 << 20)
-            .expect("a thread")
-            .finish();
-        assert!(prefault(fresh.as_mut_ptr(), 0).is_none());
-        drop(prefault(fresh.as_mut_ptr(), fresh.capacity()));
     }
 
     /// The `VmFlags` of the mapping of this process that holds `addr` (`/proc/self/smaps`).

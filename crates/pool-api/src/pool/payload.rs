@@ -616,10 +616,6 @@ impl<R> Outcomes<R> for VecDeque<Result<R, Error>> {
 /// are not kept.
 #[derive(Debug)]
 pub(crate) struct FirstError<R> {
-    /// Faults in the pages of `values`' spare room ahead of the copies into it; declared
-    /// first, so that it is stopped before `values` is freed. Stopped as well before `values`
-    /// could move (more values than the room reserved).
-    prefault: Option<pool_ipc::os::Prefault>,
     values: Vec<R>,
     error: Option<Error>,
 }
@@ -627,25 +623,15 @@ pub(crate) struct FirstError<R> {
 impl<R> FirstError<R> {
     pub(crate) fn new() -> FirstError<R> {
         FirstError {
-            prefault: None,
             values: Vec::new(),
             error: None,
         }
     }
 
-    pub(crate) fn into_result(mut self) -> Result<Vec<R>, Error> {
-        self.prefault = None;
+    pub(crate) fn into_result(self) -> Result<Vec<R>, Error> {
         match self.error {
             None => Ok(self.values),
             Some(e) => Err(e),
-        }
-    }
-
-    /// `n` more values are about to be added: the prefaulting stops first if the vector
-    /// could move for them.
-    fn room_for(&mut self, n: usize) {
-        if self.values.capacity() - self.values.len() < n {
-            self.prefault = None;
         }
     }
 }
@@ -653,21 +639,18 @@ impl<R> FirstError<R> {
 impl<R> Outcomes<R> for FirstError<R> {
     fn push_ok(&mut self, value: R) {
         if self.error.is_none() {
-            self.room_for(1);
             self.values.push(value);
         }
     }
 
     fn extend_ok(&mut self, mut values: Vec<R>) {
         if self.error.is_none() {
-            self.room_for(values.len());
             self.values.append(&mut values);
         }
     }
 
     fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
         if self.error.is_none() {
-            self.room_for(plain.count(bytes));
             // One copy, from the received bytes into the vector `map` returns.
             plain.append(bytes, &mut self.values)?;
         }
@@ -676,21 +659,15 @@ impl<R> Outcomes<R> for FirstError<R> {
 
     fn reserve(&mut self, n: usize) {
         if self.error.is_none() {
-            self.prefault = None;
-            if reserve_large(&mut self.values, n) {
-                let spare = self.values.spare_capacity_mut();
-                let bytes = std::mem::size_of_val(spare);
-                self.prefault = pool_ipc::os::prefault(spare.as_mut_ptr().cast(), bytes);
-            }
+            reserve_large(&mut self.values, n);
         }
     }
 
     fn push(&mut self, outcome: Result<R, Error>) {
         match (outcome, &self.error) {
-            (Ok(value), None) => self.push_ok(value),
+            (Ok(value), None) => self.values.push(value),
             (Err(e), None) => {
                 self.error = Some(e);
-                self.prefault = None;
                 self.values = Vec::new();
             }
             (_, Some(_)) => {}
@@ -708,19 +685,17 @@ impl<R> Outcomes<R> for FirstError<R> {
 const HUGE_PAGES_FROM: usize = 32 << 20;
 
 /// Reserves room for `n` more values; a vector of [`HUGE_PAGES_FROM`] bytes or more asks the
-/// kernel for huge pages, and says so. The C library serves allocations that large straight
-/// from the kernel, fresh for every `map`, and filling them costs a page fault per 4 KiB: at
-/// 100 M results of 8 bytes that doubled the time per item against a map of 1 M, whose
-/// smaller vector comes back warm from the heap.
-fn reserve_large<T>(values: &mut Vec<T>, n: usize) -> bool {
+/// kernel for huge pages. The C library serves allocations that large straight from the
+/// kernel, fresh for every `map`, and filling them costs a page fault per 4 KiB: at 100 M
+/// results of 8 bytes that doubled the time per item against a map of 1 M, whose smaller
+/// vector comes back warm from the heap.
+fn reserve_large<T>(values: &mut Vec<T>, n: usize) {
     let before = values.capacity();
     values.reserve(n);
     let bytes = values.capacity().saturating_mul(std::mem::size_of::<T>());
-    let large = values.capacity() != before && bytes >= HUGE_PAGES_FROM;
-    if large {
+    if values.capacity() != before && bytes >= HUGE_PAGES_FROM {
         pool_ipc::os::prefer_huge_pages(values.as_ptr().cast(), bytes);
     }
-    large
 }
 
 /// Below this, a buffer comes from the allocator and goes back to it.
@@ -1177,43 +1152,6 @@ mod tests {
         assert_eq!(frames.kept(), 1);
         let again = frames.take().unwrap();
         assert_eq!(again.as_ptr(), at);
-    }
-
-    #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "madvise (huge pages, MADV_POPULATE_WRITE) on a 32 MiB vector: Miri has no madvise"
-    )]
-    fn a_large_first_error_prefaults_and_stops_before_its_vector_moves() {
-        let plain = PlainOf::<u64>::get().unwrap();
-        let n = HUGE_PAGES_FROM / 8;
-        let mut values = FirstError::<u64>::new();
-        values.reserve(n);
-        assert!(
-            values.prefault.is_some(),
-            "a vector this large is faulted in ahead"
-        );
-        let bytes: Vec<u8> = (0..n as u64).flat_map(u64::to_le_bytes).collect();
-        values.extend_plain(plain, &bytes).unwrap();
-        assert!(values.prefault.is_some(), "it had room for them");
-        // One more value than reserved: the vector may move, so the thread stops first.
-        values.push_ok(7);
-        assert!(values.prefault.is_none());
-        let values = values.into_result().unwrap();
-        assert_eq!(values.len(), n + 1);
-        assert_eq!((values[12345], values[n]), (12345, 7));
-
-        let mut small = FirstError::<u64>::new();
-        small.reserve(1000);
-        assert!(small.prefault.is_none(), "a small vector is not");
-        let mut failed = FirstError::<u64>::new();
-        failed.reserve(n);
-        failed.push(Err(Error::Cancelled));
-        assert!(
-            failed.prefault.is_none(),
-            "stopped before the vector is freed"
-        );
-        assert!(failed.into_result().is_err());
     }
 
     #[test]

@@ -415,28 +415,6 @@ pub(crate) fn prefer_huge_pages(start: usize, len: usize) {
     }
 }
 
-/// Faults in the pages of `[start, start + len)` writable, without writing them
-/// (`MADV_POPULATE_WRITE`, Linux 5.14 on); whether it did. Pages already there are skipped.
-pub(crate) fn populate_write(start: usize, len: usize) -> bool {
-    const PAGE: usize = 4096;
-    let (first, Some(end)) = (start & !(PAGE - 1), start.checked_add(len)) else {
-        return false;
-    };
-    if end <= first {
-        return false;
-    }
-    // SAFETY: `MADV_POPULATE_WRITE` faults pages in as a write would, without writing: no
-    // byte of this process changes. A range (partly) not mapped fails with ENOMEM, an old
-    // kernel with EINVAL, both changing nothing.
-    unsafe {
-        libc::madvise(
-            first as *mut libc::c_void,
-            end - first,
-            libc::MADV_POPULATE_WRITE,
-        ) == 0
-    }
-}
-
 /// Registers `f` to run when the process exits through `exit` (returning from `main`
 /// included), as C's `atexit` does.
 pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
