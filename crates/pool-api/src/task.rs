@@ -1223,6 +1223,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "real channels (pipes, a memfd ring, futexes) and `Call::new`'s dl_iterate_phdr"
+    )]
     fn byte_vectors_are_read_straight_out_of_the_channel_on_both_transports() {
         use pool_ipc::TransportKind::{Pipe, Shm};
         // Items larger than the ring's quarter and the pipe's staging buffer, and empty ones.
