@@ -247,10 +247,7 @@ impl Consumer {
             let wait = deadline.saturating_duration_since(Instant::now());
             let read = self.read_one(">", wait);
             let reply = self.conn.query_blocking(&read, wait).map_err(claim_error)?;
-            let items = wire::read_reply(reply).map_err(|error| ClaimError::Malformed {
-                id: EntryId { ms: 0, seq: 0 },
-                error,
-            })?;
+            let items = wire::read_reply(reply).map_err(malformed)?;
             let Some((id, fields)) = items.into_iter().next() else {
                 return Ok(None);
             };
@@ -292,10 +289,6 @@ impl Consumer {
             .arg(1)
             .arg(&self.name);
         let replies = self.conn.pipe(&pipe).map_err(claim_error)?;
-        let malformed = |error| ClaimError::Malformed {
-            id: EntryId { ms: 0, seq: 0 },
-            error,
-        };
         let [read, pending] = <[Value; 2]>::try_from(replies)
             .map_err(|_| malformed(EntryError::Shape("two replies expected")))?;
         let items = wire::read_reply(read).map_err(malformed)?;
@@ -644,10 +637,6 @@ impl Consumer {
             .arg(&self.name);
         pipe.add_command(self.autoclaim(self.lease, RECLAIM_BATCH));
         let replies = self.conn.pipe(&pipe).map_err(claim_error)?;
-        let malformed = |error| ClaimError::Malformed {
-            id: EntryId { ms: 0, seq: 0 },
-            error,
-        };
         let [unparked, reclaimed] = <[Value; 2]>::try_from(replies)
             .map_err(|_| malformed(EntryError::Shape("two replies expected")))?;
         let unparked = match unparked {
@@ -682,10 +671,6 @@ impl Consumer {
 
     /// Reads an XAUTOCLAIM's reply; see [`reclaim`](Consumer::reclaim).
     fn reclaimed(&mut self, reply: Value) -> Result<usize, ClaimError> {
-        let malformed = |error| ClaimError::Malformed {
-            id: EntryId { ms: 0, seq: 0 },
-            error,
-        };
         let Value::Array(parts) = reply else {
             return Err(malformed(EntryError::Shape(
                 "XAUTOCLAIM's reply is not a list",
@@ -896,6 +881,15 @@ fn exhausted(deliveries: u32, tries: u32) -> Outcome {
         Outcome::WorkerLost
     } else {
         Outcome::Poisoned { deliveries }
+    }
+}
+
+/// A reply of Redis that does not have the shape of its command's (no entry to name: the
+/// id is zero).
+fn malformed(error: EntryError) -> ClaimError {
+    ClaimError::Malformed {
+        id: EntryId { ms: 0, seq: 0 },
+        error,
     }
 }
 
