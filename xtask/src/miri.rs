@@ -40,7 +40,14 @@ const RUNS: &[Run] = &[
     Run {
         package: "pool-api",
         targets: &["--lib"],
-        filters: &["task::", "error::", "pool::payload::", "bytes::", "bulk::"],
+        filters: &[
+            "task::",
+            "error::",
+            "pool::payload::",
+            "pool::placement::",
+            "bytes::",
+            "bulk::",
+        ],
     },
 ];
 

@@ -424,6 +424,21 @@ impl<T> PlainOf<T> {
     /// Appends the values of `bytes` (a multiple of the size long, as [`PlainOf::split`]
     /// gives) to `values`; nothing if one is invalid.
     pub(crate) fn append(self, bytes: &[u8], values: &mut Vec<T>) -> Result<(), BulkError> {
+        let n = self.count(bytes)?;
+        // Bounded by the bytes received.
+        values.reserve(n);
+        let at = values.len();
+        // SAFETY: `values` has room for the `n` values after its `at` values, and is borrowed
+        // mutably; `set_len` follows only their writing, all of them.
+        unsafe {
+            self.write_at(bytes, values.as_mut_ptr().add(at))?;
+            values.set_len(at + n);
+        }
+        Ok(())
+    }
+
+    /// How many values `bytes` holds, if it is a multiple of the size long.
+    pub(crate) fn count(self, bytes: &[u8]) -> Result<usize, BulkError> {
         let size = self.plain.size;
         if bytes.len() % size != 0 {
             return Err(BulkError::Length {
@@ -432,19 +447,22 @@ impl<T> PlainOf<T> {
                 len: bytes.len(),
             });
         }
-        let n = bytes.len() / size;
-        // Bounded by the bytes received.
-        values.reserve(n);
-        let at = values.len();
-        // SAFETY: the entry is `T`'s (see `put`); `bytes` is `n` values long, for which
-        // `values` has room after its `at` values; `set_len` follows only their writing, all
-        // of them.
-        unsafe {
-            (self.plain.decode)(bytes, values.as_mut_ptr().add(at).cast())
-                .map_err(BulkError::Invalid)?;
-            values.set_len(at + n);
-        }
-        Ok(())
+        Ok(bytes.len() / size)
+    }
+
+    /// Writes the values of `bytes` (a multiple of the size long, as [`PlainOf::count`]
+    /// checks) at `dest`, and says how many they were. If one is invalid, the error names it,
+    /// and what was written at `dest` must not be read as `T`s.
+    ///
+    /// # Safety
+    /// `dest` is valid for writes of that many `T`s, and nothing else reads or writes them
+    /// meanwhile.
+    pub(crate) unsafe fn write_at(self, bytes: &[u8], dest: *mut T) -> Result<usize, BulkError> {
+        let n = self.count(bytes)?;
+        // SAFETY: the entry is `T`'s (see `put`); `bytes` is `n` values long, for which `dest`
+        // has room (per the caller).
+        unsafe { (self.plain.decode)(bytes, dest.cast()) }.map_err(BulkError::Invalid)?;
+        Ok(n)
     }
 }
 

@@ -186,3 +186,38 @@ fn byte_vectors_travel_whole_in_chunks_of_any_size() {
         assert_eq!(got, inputs.into_iter().map(reverse).collect::<Vec<_>>());
     });
 }
+
+/// Crashes its worker on one item (a placed chunk of a sized map never comes back), or
+/// returns its argument tripled.
+fn dies_on_12345(x: u64) -> u64 {
+    if x == 12_345 {
+        std::process::abort();
+    }
+    x * 3
+}
+
+#[test]
+fn sized_maps_of_large_chunks_come_back_whole_around_a_lost_worker() {
+    // Chunks of 600 `u64`s (4800 bytes) are written in place by the reader threads; the
+    // last chunk is short, and a chunk of 100 (800 bytes) is copied by the caller.
+    each_transport(|transport| {
+        let pool = pool(transport);
+        for (items, chunksize) in [(10_007u64, 600), (30_000, 600), (10_007, 100), (601, 600)] {
+            let got = pool.map_chunked(square, 0..items, chunksize).unwrap();
+            let want: Vec<u64> = (0..items).map(square).collect();
+            assert_eq!(
+                got, want,
+                "{transport:?} {items} items in chunks of {chunksize}"
+            );
+        }
+        let err = pool
+            .map_chunked(dies_on_12345, 0..40_000, 1000)
+            .unwrap_err();
+        assert!(matches!(err, Error::WorkerLost { .. }), "{err:?}");
+        // The pool goes on, and places the next map's results as before.
+        let got = pool
+            .map_chunked(dies_on_12345, 20_000..60_000, 1000)
+            .unwrap();
+        assert_eq!(got, (20_000..60_000).map(|x| x * 3).collect::<Vec<_>>());
+    });
+}

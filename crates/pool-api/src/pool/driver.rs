@@ -691,6 +691,13 @@ impl Shared {
                 Ok((msg, body)) => {
                     let body_at = frame.len() - body.len();
                     let decoded = self.decode_ahead(worker, &msg, &frame, body_at);
+                    // Results written in place leave their frame to be received into again.
+                    let frame = if matches!(decoded, Some(ChunkResult::Placed { .. })) {
+                        self.frames.keep_frame(frame);
+                        Vec::new()
+                    } else {
+                        frame
+                    };
                     parsed.push(Received {
                         msg,
                         frame,
@@ -725,8 +732,9 @@ impl Shared {
         })
     }
 
-    /// A large chunk of results is decoded before the scheduler's lock is taken, if its
-    /// caller takes it once (see `ChunkResult::Decoded`).
+    /// A large chunk of results is written in place or decoded before the scheduler's lock
+    /// is taken, if its caller takes it once (see `ChunkResult::Placed` and
+    /// `ChunkResult::Decoded`).
     fn decode_ahead(
         &self,
         worker: WorkerId,
@@ -734,21 +742,28 @@ impl Shared {
         frame: &[u8],
         body_at: usize,
     ) -> Option<ChunkResult> {
-        let job = match msg {
-            FromWorker::Finished { job, .. } | FromWorker::FinishedThenStarted { job, .. } => {
-                JobId(*job)
-            }
+        let (job, index) = match msg {
+            FromWorker::Finished { job, index }
+            | FromWorker::FinishedThenStarted { job, index, .. } => (JobId(*job), *index),
             _ => return None,
         };
         if frame.len() - body_at < DECODE_AHEAD_FROM {
             return None;
         }
-        let (decoder, pid) = {
+        let (decoder, placement, pid) = {
             let state = self.lock();
-            let decoder = state.jobs.get(&job).and_then(|j| j.decoder());
-            (decoder, state.pids.get(&worker).copied().unwrap_or(0))
+            let job = state.jobs.get(&job);
+            (
+                job.and_then(|j| j.decoder()),
+                job.and_then(|j| j.placement()),
+                state.pids.get(&worker).copied().unwrap_or(0),
+            )
         };
-        decoder.and_then(|decode| decode(&frame[body_at..], pid).map(ChunkResult::Decoded))
+        let body = &frame[body_at..];
+        if let Some(placed) = placement.and_then(|p| p.place(index, body)) {
+            return Some(placed);
+        }
+        decoder.and_then(|decode| decode(body, pid).map(ChunkResult::Decoded))
     }
 
     /// One message of `worker`'s, under the state lock.

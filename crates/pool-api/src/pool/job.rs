@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::link::WorkerLink;
 use super::payload::{ChunkResult, Decoder, FirstError, Outcomes, Payload};
+use super::placement::PlaceAhead;
 use super::sleepers::Sleepers;
 use crate::Error;
 use crate::futures::{Watcher, Watchers};
@@ -84,6 +85,9 @@ pub(crate) struct JobShared {
     pub(crate) awaited: AtomicBool,
     /// The worker an awaited job's one chunk was first sent to.
     pub(crate) sent_to: OnceLock<(WorkerId, Arc<WorkerLink>)>,
+    /// Where the reader threads write this job's results, if they do (see
+    /// [`super::placement`]).
+    placement: OnceLock<Arc<dyn PlaceAhead>>,
 }
 
 impl std::fmt::Debug for JobShared {
@@ -125,6 +129,7 @@ impl JobShared {
             news: AtomicBool::new(false),
             awaited: AtomicBool::new(awaited),
             sent_to: OnceLock::new(),
+            placement: OnceLock::new(),
         })
     }
 
@@ -137,6 +142,17 @@ impl JobShared {
     /// How the reader threads may decode this job's results ahead (see [`Source::Caller`]).
     pub(crate) fn decoder(&self) -> Option<Decoder> {
         self.decoder
+    }
+
+    /// Where the reader threads write this job's results, if they do.
+    pub(crate) fn placement(&self) -> Option<Arc<dyn PlaceAhead>> {
+        self.placement.get().cloned()
+    }
+
+    /// The reader threads are to write this job's results at `placement`; set by the caller
+    /// before it answers the first pull, so before any result arrives.
+    pub(crate) fn place_results(&self, placement: Arc<dyn PlaceAhead>) {
+        let _ = self.placement.set(placement);
     }
 
     pub(crate) fn take_single(&self) -> Option<Payload> {

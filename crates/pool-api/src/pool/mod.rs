@@ -8,6 +8,7 @@ mod driver;
 mod job;
 mod link;
 mod payload;
+mod placement;
 mod sleepers;
 mod worker;
 
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use self::driver::{Shared, WorkerSetup};
 use self::job::{Callback, JobShared, Source, Wake};
 use self::payload::{FirstError, Outcomes, Payload, decoder};
+use self::placement::PlaceAhead;
 use crate::Error;
 use crate::task::{Call, StarFn};
 
@@ -441,40 +443,56 @@ impl Pool {
             };
             JobSpec::new(input, Delivery::Ordered).with_window(self.stream_window())
         };
-        let (spec, len, mut items) = match chunksize {
-            _ if hi == Some(lo) => (
-                sized(lo, self.chunksize(lo, chunksize)?),
-                lo,
-                Counted::Told(items),
-            ),
+        // A sized input's chunks have one size (but the last): their results have a place
+        // known in advance, where the reader threads may write them.
+        let (spec, len, mut items, fixed_chunks) = match chunksize {
+            _ if hi == Some(lo) => {
+                let chunksize = self.chunksize(lo, chunksize)?;
+                let spec = sized(lo, chunksize);
+                (spec, lo, Counted::Told(items), Some(chunksize))
+            }
             Some(_) => {
                 let chunksize = self.chunksize(lo, chunksize)?;
                 let spec = JobSpec::new(Input::Stream { chunksize }, Delivery::Ordered)
                     .with_window(self.stream_window());
-                (spec, lo, Counted::Told(items))
+                (spec, lo, Counted::Told(items), None)
             }
             None => {
                 let all: Vec<A> = items.by_ref().collect();
                 let len = all.len();
-                let spec = sized(len, self.chunksize(len, None)?);
-                (spec, len, Counted::Read(all.into_iter()))
+                let chunksize = self.chunksize(len, None)?;
+                let spec = sized(len, chunksize);
+                (spec, len, Counted::Read(all.into_iter()), Some(chunksize))
             }
+        };
+        into.reserve(len);
+        let placement: Option<Arc<dyn PlaceAhead>> = match fixed_chunks {
+            Some(chunksize) => into
+                .place_ahead(chunksize as u64, len as u64)
+                .map(|placement| placement as Arc<dyn PlaceAhead>),
+            None => None,
         };
         let job = self
             .backend
             .submit(spec, call, Source::Caller(decoder::<R>()), None, false)?;
+        if let Some(placement) = &placement {
+            job.place_results(placement.clone());
+        }
         let mut guard = CancelOnDrop {
             backend: &self.backend,
             job: &job,
             armed: true,
         };
-        into.reserve(len);
         loop {
             match job.next_wake(None) {
                 Wake::Pull { chunk, max_items } => self.feed(chunk, max_items, &mut items)?,
                 Wake::Delivered(chunks) => {
                     let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
+                        let result = match &placement {
+                            Some(placement) => placement.settle(chunk.id.index, result),
+                            None => result,
+                        };
                         let frame = result.into_outcomes(chunk.items, into);
                         self.backend.frame_back(frame);
                     }

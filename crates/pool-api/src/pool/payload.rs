@@ -26,6 +26,8 @@ use crate::Error;
 use crate::bulk::{self, PlainOf};
 use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 
+use super::placement::Placement;
+
 /// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
 /// clone: a requeued chunk is sent again from the same payload.
 ///
@@ -340,6 +342,10 @@ pub(crate) enum ChunkResult {
     /// so that a `map`'s one feeding thread does not decode for every worker as well. Only
     /// for chunks taken once, by [`ChunkResult::into_outcomes`].
     Decoded(Box<dyn Any + Send>),
+    /// The results (`items` values, all of them successes) were written by the reader thread
+    /// that received them into the caller's vector, from item `start` on (see
+    /// [`super::placement`]).
+    Placed { start: u64, items: u32 },
     /// No result.
     Failed(Error),
 }
@@ -351,8 +357,8 @@ impl ChunkResult {
         let (frame, body_at, pid) = match self {
             ChunkResult::Failed(e) => return into.fail(items, e),
             // Values cannot be handed out twice; only jobs whose chunks are taken once (by
-            // `into_outcomes`) have their results decoded ahead.
-            ChunkResult::Decoded(_) => {
+            // `into_outcomes`) have their results decoded ahead, or placed.
+            ChunkResult::Decoded(_) | ChunkResult::Placed { .. } => {
                 return into.fail(
                     items,
                     &Error::Codec(crate::error::CodecError::new("results already taken")),
@@ -379,6 +385,18 @@ impl ChunkResult {
         items: u32,
         into: &mut impl Outcomes<R>,
     ) -> Option<Vec<u8>> {
+        if let ChunkResult::Placed {
+            start,
+            items: placed,
+        } = self
+        {
+            if placed == items {
+                into.placed(start, items);
+            } else {
+                into.fail(items, &wrong_count());
+            }
+            return None;
+        }
         let ChunkResult::Decoded(decoded) = self else {
             self.decode_into(items, into);
             return match self {
@@ -388,12 +406,7 @@ impl ChunkResult {
         };
         match decoded.downcast::<DecodedChunk<R>>() {
             Ok(chunk) if chunk.outcomes == items => chunk.replay(into),
-            Ok(_) => into.fail(
-                items,
-                &Error::Codec(crate::error::CodecError::new(
-                    "a chunk came back with the wrong number of results",
-                )),
-            ),
+            Ok(_) => into.fail(items, &wrong_count()),
             Err(_) => into.fail(
                 items,
                 &Error::Codec(crate::error::CodecError::new("results of another type")),
@@ -401,6 +414,12 @@ impl ChunkResult {
         }
         None
     }
+}
+
+fn wrong_count() -> Error {
+    Error::Codec(crate::error::CodecError::new(
+        "a chunk came back with the wrong number of results",
+    ))
 }
 
 /// Decodes a chunk's `items` results, handing each to `into` and counting them in `pushed`.
@@ -587,6 +606,24 @@ pub(crate) trait Outcomes<R> {
     /// Room for `n` more outcomes is wanted.
     fn reserve(&mut self, _n: usize) {}
 
+    /// The reader threads may write the values of a sized map's chunks (of `chunksize` of
+    /// its `items` items) where they go, if this sink has such a place (see
+    /// [`super::placement`]); called after [`Outcomes::reserve`], before any outcome.
+    fn place_ahead(&mut self, _chunksize: u64, _items: u64) -> Option<Arc<Placement<R>>> {
+        None
+    }
+
+    /// The next `items` items succeeded, and their values were written in place, from item
+    /// `start` on (see [`Outcomes::place_ahead`]).
+    fn placed(&mut self, _start: u64, items: u32) {
+        self.fail(
+            items,
+            &Error::Codec(crate::error::CodecError::new(
+                "results were placed where nothing waits for them",
+            )),
+        );
+    }
+
     /// The next `n` items all failed with `error`.
     fn fail(&mut self, n: u32, error: &Error) {
         for _ in 0..n {
@@ -618,6 +655,9 @@ impl<R> Outcomes<R> for VecDeque<Result<R, Error>> {
 pub(crate) struct FirstError<R> {
     values: Vec<R>,
     error: Option<Error>,
+    /// Where the reader threads write values into `values`, if they do (see
+    /// [`super::placement`]): revoked before `values` may move or go.
+    placement: Option<Arc<Placement<R>>>,
 }
 
 impl<R> FirstError<R> {
@@ -625,32 +665,58 @@ impl<R> FirstError<R> {
         FirstError {
             values: Vec::new(),
             error: None,
+            placement: None,
         }
     }
 
-    pub(crate) fn into_result(self) -> Result<Vec<R>, Error> {
-        match self.error {
-            None => Ok(self.values),
+    pub(crate) fn into_result(mut self) -> Result<Vec<R>, Error> {
+        self.revoke();
+        match self.error.take() {
+            None => Ok(std::mem::take(&mut self.values)),
             Some(e) => Err(e),
         }
+    }
+
+    /// No reader thread writes into `values` from now on.
+    fn revoke(&mut self) {
+        if let Some(placement) = self.placement.take() {
+            placement.revoke();
+        }
+    }
+
+    /// `n` more values are to be pushed: if that could move the vector (more than its room,
+    /// which a worker's lie could ask for), nothing may be written in place any more.
+    fn room_for(&mut self, n: usize) {
+        if self.values.capacity() - self.values.len() < n {
+            self.revoke();
+        }
+    }
+}
+
+impl<R> Drop for FirstError<R> {
+    fn drop(&mut self) {
+        self.revoke();
     }
 }
 
 impl<R> Outcomes<R> for FirstError<R> {
     fn push_ok(&mut self, value: R) {
         if self.error.is_none() {
+            self.room_for(1);
             self.values.push(value);
         }
     }
 
     fn extend_ok(&mut self, mut values: Vec<R>) {
         if self.error.is_none() {
+            self.room_for(values.len());
             self.values.append(&mut values);
         }
     }
 
     fn extend_plain(&mut self, plain: PlainOf<R>, bytes: &[u8]) -> Result<(), bulk::BulkError> {
         if self.error.is_none() {
+            self.room_for(plain.count(bytes)?);
             // One copy, from the received bytes into the vector `map` returns.
             plain.append(bytes, &mut self.values)?;
         }
@@ -659,14 +725,49 @@ impl<R> Outcomes<R> for FirstError<R> {
 
     fn reserve(&mut self, n: usize) {
         if self.error.is_none() {
+            self.room_for(n);
             reserve_large(&mut self.values, n);
+        }
+    }
+
+    fn place_ahead(&mut self, chunksize: u64, items: u64) -> Option<Arc<Placement<R>>> {
+        if self.error.is_some() || self.placement.is_some() {
+            return None;
+        }
+        let placement = Placement::new(&mut self.values, chunksize, items)?;
+        self.placement = Some(placement.clone());
+        Some(placement)
+    }
+
+    fn placed(&mut self, start: u64, items: u32) {
+        if self.error.is_some() {
+            return;
+        }
+        let at = self.values.len();
+        let n = items as usize;
+        if self.placement.is_some() && start == at as u64 && self.values.capacity() - at >= n {
+            // SAFETY: a reader thread wrote these `n` values at `at` (the chunk's place: it
+            // starts at `start`, and chunks are delivered in order), having claimed the chunk,
+            // so nothing else wrote them; its writes happened before the chunk was delivered
+            // to this thread, through the driver's lock. The vector has not moved since the
+            // placement was made: every push that could move it revokes the placement first,
+            // and then `self.placement` is `None`.
+            unsafe { self.values.set_len(at + n) };
+        } else {
+            self.fail(
+                items,
+                &Error::Codec(crate::error::CodecError::new(
+                    "a chunk's results were placed out of order",
+                )),
+            );
         }
     }
 
     fn push(&mut self, outcome: Result<R, Error>) {
         match (outcome, &self.error) {
-            (Ok(value), None) => self.values.push(value),
+            (Ok(value), None) => self.push_ok(value),
             (Err(e), None) => {
+                self.revoke();
                 self.error = Some(e);
                 self.values = Vec::new();
             }
