@@ -692,7 +692,7 @@ impl Shared {
                     let body_at = frame.len() - body.len();
                     let decoded = self.decode_ahead(worker, &msg, &frame, body_at);
                     // Results written in place leave their frame to be received into again.
-                    let frame = if matches!(decoded, Some(ChunkResult::Placed { .. })) {
+                    let frame = if matches!(decoded, Some(ChunkResult::Placed(_))) {
                         self.frames.keep_frame(frame);
                         Vec::new()
                     } else {
@@ -761,7 +761,7 @@ impl Shared {
         };
         let body = &frame[body_at..];
         if let Some(placed) = placement.and_then(|p| p.place(index, body)) {
-            return Some(placed);
+            return Some(placed.map_or_else(ChunkResult::Failed, ChunkResult::Placed));
         }
         decoder.and_then(|decode| decode(body, pid).map(ChunkResult::Decoded))
     }

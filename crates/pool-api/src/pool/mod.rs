@@ -490,7 +490,7 @@ impl Pool {
                     let n = chunks.len() as u32;
                     for (chunk, result) in chunks {
                         let result = match &placement {
-                            Some(placement) => placement.settle(chunk.id.index, result),
+                            Some(placement) => result.settle(chunk.id.index, &**placement),
                             None => result,
                         };
                         let frame = result.into_outcomes(chunk.items, into);

@@ -26,7 +26,7 @@ use crate::Error;
 use crate::bulk::{self, PlainOf};
 use crate::task::{Appender, ItemCodec, Panic, type_id_of};
 
-use super::placement::Placement;
+use super::placement::{PlaceAhead, Placed, Placement};
 
 /// A chunk's encoded arguments and the descriptors of the handles inside them. Cheap to
 /// clone: a requeued chunk is sent again from the same payload.
@@ -342,15 +342,27 @@ pub(crate) enum ChunkResult {
     /// so that a `map`'s one feeding thread does not decode for every worker as well. Only
     /// for chunks taken once, by [`ChunkResult::into_outcomes`].
     Decoded(Box<dyn Any + Send>),
-    /// The results (`items` values, all of them successes) were written by the reader thread
-    /// that received them into the caller's vector, from item `start` on (see
-    /// [`super::placement`]).
-    Placed { start: u64, items: u32 },
+    /// The results (all of them successes) were written by the reader thread that received
+    /// them into the caller's vector (see [`super::placement`]).
+    Placed(Placed),
     /// No result.
     Failed(Error),
 }
 
 impl ChunkResult {
+    /// This result of chunk `index` of a job whose results may be placed: as it is if it was
+    /// placed or failed (a failure writes no value, and keeps its cause); the caller, which
+    /// decodes it next, claims the chunk first, and fails it if it was written already.
+    pub(crate) fn settle(self, index: u32, placement: &dyn PlaceAhead) -> ChunkResult {
+        match self {
+            ChunkResult::Placed(_) | ChunkResult::Failed(_) => self,
+            _ if placement.claim(index) => self,
+            _ => ChunkResult::Failed(Error::Codec(crate::error::CodecError::new(
+                "a chunk's results were reported twice",
+            ))),
+        }
+    }
+
     /// Hands the chunk's per-item outcomes (`items` of them) to `into`, in order, decoding
     /// them one by one (no vector of `Result<R, Panic>` is built: see `task::run_chunk`).
     pub(crate) fn decode_into<R: DeserializeOwned>(&self, items: u32, into: &mut impl Outcomes<R>) {
@@ -358,7 +370,7 @@ impl ChunkResult {
             ChunkResult::Failed(e) => return into.fail(items, e),
             // Values cannot be handed out twice; only jobs whose chunks are taken once (by
             // `into_outcomes`) have their results decoded ahead, or placed.
-            ChunkResult::Decoded(_) | ChunkResult::Placed { .. } => {
+            ChunkResult::Decoded(_) | ChunkResult::Placed(_) => {
                 return into.fail(
                     items,
                     &Error::Codec(crate::error::CodecError::new("results already taken")),
@@ -385,13 +397,9 @@ impl ChunkResult {
         items: u32,
         into: &mut impl Outcomes<R>,
     ) -> Option<Vec<u8>> {
-        if let ChunkResult::Placed {
-            start,
-            items: placed,
-        } = self
-        {
-            if placed == items {
-                into.placed(start, items);
+        if let ChunkResult::Placed(placed) = self {
+            if placed.items == items {
+                into.placed(placed.start, items);
             } else {
                 into.fail(items, &wrong_count());
             }
@@ -886,6 +894,38 @@ mod tests {
     /// Bytes in postcard's layout, after its tag.
     fn serde_chunk<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
         postcard::to_extend(value, vec![bulk::SERDE]).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_the_caller_decodes_is_claimed_once_and_failures_keep_their_cause() {
+        let mut values: Vec<u64> = Vec::with_capacity(1024);
+        let place = Placement::new(&mut values, 512, 1024).unwrap();
+        let decoded = || ChunkResult::Decoded(Box::new(()));
+        assert!(matches!(
+            decoded().settle(0, &*place),
+            ChunkResult::Decoded(_)
+        ));
+        let twice = decoded().settle(0, &*place);
+        assert!(matches!(twice, ChunkResult::Failed(Error::Codec(_))));
+        let failed = ChunkResult::Failed(Error::Terminated).settle(0, &*place);
+        assert!(matches!(failed, ChunkResult::Failed(Error::Terminated)));
+        let placed = Placed {
+            start: 512,
+            items: 512,
+        };
+        let settled = ChunkResult::Placed(placed).settle(1, &*place);
+        assert!(matches!(settled, ChunkResult::Placed(p) if p == placed));
+    }
+
+    #[test]
+    fn values_placed_out_of_order_are_not_counted() {
+        let mut into = FirstError::<u64>::new();
+        into.reserve(1024);
+        assert!(into.place_ahead(512, 1024).is_some());
+        // Chunk 1 comes first: its place is not where the vector ends.
+        into.placed(512, 512);
+        assert!(into.values.is_empty());
+        assert!(matches!(into.into_result(), Err(Error::Codec(_))));
     }
 
     /// A chunk's results as a worker encodes them.

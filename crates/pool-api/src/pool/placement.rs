@@ -28,7 +28,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use super::payload::ChunkResult;
 use crate::Error;
 use crate::bulk::{self, PlainOf};
 use crate::error::CodecError;
@@ -37,17 +36,25 @@ use crate::error::CodecError;
 /// would cost more than they save.
 pub(crate) const PLACED_FROM: u64 = 4096;
 
+/// A chunk's values, written at their place: `items` of them from item `start` on, all of
+/// them successes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placed {
+    pub(crate) start: u64,
+    pub(crate) items: u32,
+}
+
 /// A vector's results written in place by the threads that receive them (see the module
 /// documentation), without its type: what the driver and the caller's loop need.
 pub(crate) trait PlaceAhead: Send + Sync {
     /// Writes chunk `index`'s values (`body`: the worker's encoded results) at their place.
-    /// `Some` if the chunk is settled here: [`ChunkResult::Placed`], or, for values that are
-    /// not valid, [`ChunkResult::Failed`]. `None` leaves the body to the usual decoding.
-    fn place(&self, index: u32, body: &[u8]) -> Option<ChunkResult>;
+    /// `Some` if the chunk is settled here: placed, or, for values that are not valid, an
+    /// error for each of its items. `None` leaves the body to the usual decoding.
+    fn place(&self, index: u32, body: &[u8]) -> Option<Result<Placed, Error>>;
 
-    /// A chunk's result as delivered to the caller, which decodes it next unless it was
-    /// placed or failed: the chunk is claimed for that, or fails if it was written already.
-    fn settle(&self, index: u32, result: ChunkResult) -> ChunkResult;
+    /// Claims chunk `index`'s place for its one writer; `false` if it was claimed already (or
+    /// there is no such chunk). The caller claims a chunk it is about to decode.
+    fn claim(&self, index: u32) -> bool;
 }
 
 /// The vector's first value's address, valid while the placement is not revoked.
@@ -118,20 +125,10 @@ impl<R> Placement<R> {
     pub(crate) fn revoke(&self) {
         *self.dest.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
-
-    /// Claims chunk `index`'s place for its one writer; `false` if it was claimed already (or
-    /// there is no such chunk).
-    fn claim(&self, index: u32) -> bool {
-        let Some(word) = self.claimed.get(index as usize / 64) else {
-            return false;
-        };
-        let bit = 1u64 << (index % 64);
-        word.fetch_or(bit, Ordering::AcqRel) & bit == 0
-    }
 }
 
 impl<R: Send + 'static> PlaceAhead for Placement<R> {
-    fn place(&self, index: u32, body: &[u8]) -> Option<ChunkResult> {
+    fn place(&self, index: u32, body: &[u8]) -> Option<Result<Placed, Error>> {
         let (&bulk::BULK, body) = body.split_first()? else {
             return None;
         };
@@ -155,26 +152,26 @@ impl<R: Send + 'static> PlaceAhead for Placement<R> {
                 .write_at(results.values, base.0.add(start as usize))
         };
         Some(match written {
-            Ok(_) => ChunkResult::Placed {
+            Ok(_) => Ok(Placed {
                 start,
                 items: expected as u32,
-            },
-            Err(e) => ChunkResult::Failed(Error::Codec(CodecError::caused_by(
+            }),
+            Err(e) => Err(Error::Codec(CodecError::caused_by(
                 "decoding a chunk's results",
                 e,
             ))),
         })
     }
 
-    fn settle(&self, index: u32, result: ChunkResult) -> ChunkResult {
-        match result {
-            // A failure writes no value: it keeps its cause, whoever wrote the chunk.
-            ChunkResult::Placed { .. } | ChunkResult::Failed(_) => result,
-            _ if self.claim(index) => result,
-            _ => ChunkResult::Failed(Error::Codec(CodecError::new(
-                "a chunk's results were reported twice",
-            ))),
+    fn claim(&self, index: u32) -> bool {
+        if u64::from(index) >= self.items.div_ceil(self.chunksize) {
+            return false;
         }
+        let Some(word) = self.claimed.get(index as usize / 64) else {
+            return false;
+        };
+        let bit = 1u64 << (index % 64);
+        word.fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 }
 
@@ -192,35 +189,17 @@ mod tests {
         let place = Placement::new(&mut values, 512, 1200).unwrap();
         let last: Vec<u64> = (1024..1200).collect();
         let first: Vec<u64> = (0..512).collect();
-        assert!(matches!(
-            place.place(2, &bulk_results(&last)),
-            Some(ChunkResult::Placed {
-                start: 1024,
-                items: 176
-            })
-        ));
-        assert!(matches!(
-            place.place(0, &bulk_results(&first)),
-            Some(ChunkResult::Placed {
-                start: 0,
-                items: 512
-            })
-        ));
-        // A second report of a chunk writes nothing, and fails when the caller gets it; a
-        // failure keeps its own cause.
+        let placed = |start, items| Placed { start, items };
+        let got = place.place(2, &bulk_results(&last)).unwrap().unwrap();
+        assert_eq!(got, placed(1024, 176));
+        let got = place.place(0, &bulk_results(&first)).unwrap().unwrap();
+        assert_eq!(got, placed(0, 512));
+        // A second report of a chunk writes nothing, and the caller cannot claim it either.
         assert!(place.place(0, &bulk_results(&first)).is_none());
-        let again = place.settle(0, decoded());
-        assert!(matches!(again, ChunkResult::Failed(Error::Codec(_))));
-        assert!(matches!(
-            place.settle(0, ChunkResult::Failed(Error::Terminated)),
-            ChunkResult::Failed(Error::Terminated)
-        ));
+        assert!(!place.claim(0));
         // A chunk not placed is claimed by the caller, and no reader writes it afterwards.
         let middle: Vec<u64> = (512..1024).collect();
-        assert!(matches!(
-            place.settle(1, decoded()),
-            ChunkResult::Decoded(_)
-        ));
+        assert!(place.claim(1));
         assert!(place.place(1, &bulk_results(&middle)).is_none());
         place.revoke();
         // SAFETY: chunks 0 and 2 were written above; the test reads only those.
@@ -246,10 +225,8 @@ mod tests {
         let full: Vec<u64> = (0..512).collect();
         assert!(place.place(0, &bulk_results(&full)).is_none());
         // Not claimed by the refusals: the caller decodes it.
-        assert!(matches!(
-            place.settle(0, decoded()),
-            ChunkResult::Decoded(_)
-        ));
+        assert!(place.claim(0));
+        assert!(!place.claim(2), "there is no chunk 2");
     }
 
     #[test]
@@ -259,10 +236,7 @@ mod tests {
         let mut body = bulk_results_of::<bool>(&[true; 4096]);
         let last = body.len() - 1;
         body[last] = 7;
-        assert!(matches!(
-            place.place(1, &body),
-            Some(ChunkResult::Failed(Error::Codec(_)))
-        ));
+        assert!(matches!(place.place(1, &body), Some(Err(Error::Codec(_)))));
     }
 
     #[test]
@@ -273,11 +247,6 @@ mod tests {
         assert!(Placement::new(&mut strings, 10_000, 100_000).is_none());
         let mut short: Vec<u64> = Vec::with_capacity(10);
         assert!(Placement::new(&mut short, 1024, 100_000).is_none());
-    }
-
-    /// A result the caller decodes (what it holds does not matter here).
-    fn decoded() -> ChunkResult {
-        ChunkResult::Decoded(Box::new(()))
     }
 
     /// A worker's results for `values`, as it encodes them.
