@@ -109,6 +109,10 @@ def start_redis():
             "--save", "",
             "--appendonly", "no",
             "--dir", tmp,
+            # Celery's Redis result backend delivers results over pub/sub: 64 results of
+            # 1 MiB overrun the default pub/sub output buffer limit (8 MB for 60 s, 32 MB
+            # hard), Redis drops the subscriber, and the group's results never arrive.
+            "--client-output-buffer-limit", "pubsub 0 0 0",
         ],
         stdout=subprocess.DEVNULL,
     )
