@@ -715,10 +715,27 @@ impl Shared {
         let now = self.now();
         let pid = state.pids.get(&worker).copied().unwrap_or(0);
         let mut verdict = if garbage { Err(None) } else { Ok(()) };
-        for received in parsed {
+        let mut parsed = parsed.into_iter();
+        for received in parsed.by_ref() {
             if let Err(violation) = Self::handle(&mut state, worker, pid, now, received) {
                 verdict = Err(Some(violation));
                 break;
+            }
+        }
+        // Results placed ahead but not handled (the worker broke the protocol before them)
+        // give their chunk's claim back: nothing counts those values, and the chunk's retry
+        // must be able to place them.
+        for received in parsed {
+            let (FromWorker::Finished { job, index }
+            | FromWorker::FinishedThenStarted { job, index, .. }) = received.msg
+            else {
+                continue;
+            };
+            if matches!(received.decoded, Some(ChunkResult::Placed(_))) {
+                let placement = state.jobs.get(&JobId(job)).and_then(|j| j.placement());
+                if let Some(placement) = placement {
+                    placement.release(index);
+                }
             }
         }
         let effects = self.drain(&mut state);

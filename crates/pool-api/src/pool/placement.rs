@@ -55,6 +55,11 @@ pub(crate) trait PlaceAhead: Send + Sync {
     /// Claims chunk `index`'s place for its one writer; `false` if it was claimed already (or
     /// there is no such chunk). The caller claims a chunk it is about to decode.
     fn claim(&self, index: u32) -> bool;
+
+    /// Gives chunk `index`'s claim back: a reader placed it, but its report was never handled
+    /// (the worker broke the protocol before it), so nothing counts those values, and the
+    /// chunk's retry must be able to place them again.
+    fn release(&self, index: u32);
 }
 
 /// The vector's first value's address, valid while the placement is not revoked.
@@ -173,6 +178,12 @@ impl<R: Send + 'static> PlaceAhead for Placement<R> {
         let bit = 1u64 << (index % 64);
         word.fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
+
+    fn release(&self, index: u32) {
+        if let Some(word) = self.claimed.get(index as usize / 64) {
+            word.fetch_and(!(1u64 << (index % 64)), Ordering::Release);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +238,10 @@ mod tests {
         // Not claimed by the refusals: the caller decodes it.
         assert!(place.claim(0));
         assert!(!place.claim(2), "there is no chunk 2");
+        // A claim given back (its report never handled) can be taken again, once.
+        place.release(0);
+        assert!(place.claim(0));
+        assert!(!place.claim(0));
     }
 
     #[test]
