@@ -452,18 +452,17 @@ impl<T> PlainOf<T> {
     }
 
     /// Writes the values of `bytes` (a multiple of the size long, as [`PlainOf::count`]
-    /// checks) at `dest`, and says how many they were. If one is invalid, the error names it,
-    /// and what was written at `dest` must not be read as `T`s.
+    /// checks) at `dest`. If one is invalid, the error names it, and what was written at
+    /// `dest` must not be read as `T`s.
     ///
     /// # Safety
-    /// `dest` is valid for writes of that many `T`s, and nothing else reads or writes them
-    /// meanwhile.
-    pub(crate) unsafe fn write_at(self, bytes: &[u8], dest: *mut T) -> Result<usize, BulkError> {
-        let n = self.count(bytes)?;
-        // SAFETY: the entry is `T`'s (see `put`); `bytes` is `n` values long, for which `dest`
-        // has room (per the caller).
-        unsafe { (self.plain.decode)(bytes, dest.cast()) }.map_err(BulkError::Invalid)?;
-        Ok(n)
+    /// `dest` is valid for writes of as many `T`s as `bytes` holds, and nothing else reads or
+    /// writes them meanwhile.
+    pub(crate) unsafe fn write_at(self, bytes: &[u8], dest: *mut T) -> Result<(), BulkError> {
+        self.count(bytes)?;
+        // SAFETY: the entry is `T`'s (see `put`); `bytes` is a whole number of values, for
+        // which `dest` has room (per the caller).
+        unsafe { (self.plain.decode)(bytes, dest.cast()) }.map_err(BulkError::Invalid)
     }
 }
 

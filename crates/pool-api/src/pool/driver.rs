@@ -726,13 +726,11 @@ impl Shared {
         // give their chunk's claim back: nothing counts those values, and the chunk's retry
         // must be able to place them.
         for received in parsed {
-            let (FromWorker::Finished { job, index }
-            | FromWorker::FinishedThenStarted { job, index, .. }) = received.msg
-            else {
+            let Some((job, index)) = finished_chunk(&received.msg) else {
                 continue;
             };
             if matches!(received.decoded, Some(ChunkResult::Placed(_))) {
-                let placement = state.jobs.get(&JobId(job)).and_then(|j| j.placement());
+                let placement = state.jobs.get(&job).and_then(|j| j.placement());
                 if let Some(placement) = placement {
                     placement.release(index);
                 }
@@ -759,11 +757,7 @@ impl Shared {
         frame: &[u8],
         body_at: usize,
     ) -> Option<ChunkResult> {
-        let (job, index) = match msg {
-            FromWorker::Finished { job, index }
-            | FromWorker::FinishedThenStarted { job, index, .. } => (JobId(*job), *index),
-            _ => return None,
-        };
+        let (job, index) = finished_chunk(msg)?;
         if frame.len() - body_at < DECODE_AHEAD_FROM {
             return None;
         }
@@ -1014,6 +1008,15 @@ const RECEIVE_BATCH_BYTES: usize = 1 << 20;
 /// Results at least this large are decoded by the reader thread that received them, when
 /// their job allows it; smaller ones (an `apply`'s) are not worth a second look at the state.
 const DECODE_AHEAD_FROM: usize = 4096;
+
+/// The chunk whose results follow `msg`, if it carries any.
+fn finished_chunk(msg: &FromWorker) -> Option<(JobId, u32)> {
+    match msg {
+        FromWorker::Finished { job, index }
+        | FromWorker::FinishedThenStarted { job, index, .. } => Some((JobId(*job), *index)),
+        _ => None,
+    }
+}
 
 /// Starts workers as the scheduler asks. Workers asked for together start together, each
 /// from a thread of its own, so that their children load and initialise in parallel: a pool

@@ -157,7 +157,7 @@ impl<R: Send + 'static> PlaceAhead for Placement<R> {
                 .write_at(results.values, base.0.add(start as usize))
         };
         Some(match written {
-            Ok(_) => Ok(Placed {
+            Ok(()) => Ok(Placed {
                 start,
                 items: expected as u32,
             }),
